@@ -1,0 +1,1 @@
+"""Recipe cards shipped with irpo (YAML files beside this one)."""

@@ -1,0 +1,177 @@
+"""Benchmarks as tasks: load a split, render the prompt, give the gold final answer.
+
+One module per benchmark (`gsm8k`, `math`, `arc_challenge`, `demo`); each defines a `Task`
+subclass and registers it. A task turns raw rows into `Question`s, for example GSM8K's
+
+    {"question": "Natalia sold clips to 48 of her friends ...", "answer": "... #### 72"}
+
+becomes `Question(question_id="gsm8k/train/0", text="Natalia sold ...", gold="72")`.
+
+Rows come from the task's Hub dataset by default, or from `{data_dir}/{split}.jsonl` /
+`.parquet` when a local folder is given. Rows with an empty gold answer are skipped and
+counted; a row that is not a JSON object or lacks a field is an error naming file and line.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+log = logging.getLogger(__name__)
+
+
+class TaskError(ValueError):
+    """A task name, split or data file that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Question:
+    question_id: str
+    text: str  # the question as the benchmark states it, options included for multiple choice
+    gold: str  # gold final answer: a number, a LaTeX expression, or an option label
+    labels: tuple[str, ...] = ()  # option labels for multiple choice ("A", "B", ... or "1", "2", ...)
+
+
+@dataclass
+class LoadedSplit:
+    questions: list[Question]
+    skipped_empty_gold: int = 0
+    source: str = ""  # where the rows came from, for the dataset card's lineage
+
+
+@dataclass(frozen=True)
+class Task:
+    """One benchmark. Subclasses set the class attributes and implement `parse_row`/`instruction`."""
+
+    name: ClassVar[str]
+    hub_id: ClassVar[str]
+    hub_config: ClassVar[str | None] = None
+    license: ClassVar[str]  # Hub licence id of the source data, copied into the dataset card
+    answer_kind: ClassVar[str]  # "number", "latex" or "choice": how grading compares answers
+    # Regex (case-insensitive) of the answer phrase this task's prompt asks for; an answer
+    # found after another phrase is still graded but the sample is not well formed.
+    answer_phrase: ClassVar[str]
+    required_fields: ClassVar[tuple[str, ...]]
+
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
+        """A `Question`, or None when the row's gold answer is empty (skipped, counted)."""
+        raise NotImplementedError
+
+    def user_message(self, question: Question) -> str:
+        raise NotImplementedError
+
+    def messages(self, question: Question) -> list[dict[str, str]]:
+        """Chat messages of the prompt; the sampler applies the model's chat template."""
+        return [{"role": "user", "content": self.user_message(question)}]
+
+    def load(self, split: str, data_dir: str | None = None, hub_id: str | None = None) -> LoadedSplit:
+        rows, source = self.read_rows(split, data_dir, hub_id)
+        questions, skipped = [], 0
+        for index, row in enumerate(rows):
+            where = f"{source} row {index + 1}"
+            if not isinstance(row, dict):
+                raise TaskError(f"{where} is {type(row).__name__}, not a JSON object; fix or remove that row")
+            missing = [k for k in self.required_fields if k not in row]
+            if missing:
+                raise TaskError(
+                    f"{where} has no field {', '.join(missing)} (task {self.name} needs "
+                    f"{', '.join(self.required_fields)}); fix the row or pick the task that matches the file"
+                )
+            question = self.parse_row(row, split, index)
+            if question is None:
+                skipped += 1
+            else:
+                questions.append(question)
+        if not questions:
+            raise TaskError(f"{source} has no usable questions ({skipped} with an empty gold answer)")
+        if skipped:
+            log.info("%s: skipped %d rows with an empty gold answer", source, skipped)
+        return LoadedSplit(questions, skipped, source)
+
+    def read_rows(self, split: str, data_dir: str | None, hub_id: str | None) -> tuple[list[Any], str]:
+        """Raw rows and a description of their source: local files if given, else the Hub."""
+        if data_dir is not None:
+            return _read_local(Path(data_dir).expanduser(), split)
+        return self._read_hub(split, hub_id or self.hub_id)
+
+    def _read_hub(self, split: str, hub_id: str) -> tuple[list[dict], str]:
+        import datasets  # imported here: a local-file build should not pay for it
+
+        source = f"hf://{hub_id}" + (f"/{self.hub_config}" if self.hub_config else "") + f" split {split}"
+        try:
+            ds = datasets.load_dataset(hub_id, self.hub_config, split=split)
+        except Exception as exc:  # network, offline mode, missing split: all need the same advice
+            raise TaskError(
+                f"could not load {source} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
+                f"check the network or HF_HUB_OFFLINE, or set task.data_dir to a folder with {split}.jsonl"
+            ) from None
+        return list(ds), source
+
+
+def _read_local(folder: Path, split: str) -> tuple[list[Any], str]:
+    jsonl, parquet = folder / f"{split}.jsonl", folder / f"{split}.parquet"
+    if jsonl.is_file():
+        rows = []
+        with jsonl.open(encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise TaskError(f"{jsonl} line {number} is not valid JSON ({exc.msg}); fix or remove it") from None
+        return rows, str(jsonl)
+    if parquet.is_file():
+        import polars as pl
+
+        return pl.read_parquet(parquet).to_dicts(), str(parquet)
+    raise TaskError(f"no {split}.jsonl or {split}.parquet in {folder}; check task.data_dir and the split name")
+
+
+def split_held_out(questions: list[Question], held_out: int) -> tuple[list[Question], list[Question]]:
+    """Split off `held_out` questions for checkpoint choice, the same ones on every run.
+
+    The choice hashes each question id (no seed), so the held-out set never changes with the
+    card's seed or iteration and is never sampled for pairs. Both parts keep the file's order.
+    """
+    if held_out >= len(questions):
+        raise TaskError(
+            f"task.held_out={held_out} leaves no training questions out of {len(questions)}; lower task.held_out"
+        )
+    ranked = sorted(questions, key=lambda q: hashlib.sha256(q.question_id.encode()).digest())
+    held_ids = {q.question_id for q in ranked[:held_out]}
+    train = [q for q in questions if q.question_id not in held_ids]
+    held = [q for q in questions if q.question_id in held_ids]
+    return train, held
+
+
+_REGISTRY: dict[str, type[Task]] = {}
+
+
+def register(cls: type[Task]) -> type[Task]:
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def get_task(name: str) -> Task:
+    if name not in _REGISTRY:
+        import difflib
+
+        near = difflib.get_close_matches(name, list(_REGISTRY), n=1)
+        hint = f" Did you mean {near[0]!r}?" if near else ""
+        raise TaskError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]()
+
+
+def task_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+# Importing the modules registers them; they import this package, so these come last.
+from irpo_data.tasks import arc_challenge, demo, gsm8k, math  # noqa: E402,F401

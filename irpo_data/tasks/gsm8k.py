@@ -1,0 +1,38 @@
+"""GSM8K: grade-school word problems, gold = the number after `####` in the worked solution.
+
+Row: {"question": "Natalia sold clips to 48 ...", "answer": "... <<48/2=24>> ... #### 72"}
+Prompt: the paper's zero-shot chain-of-thought instruction, answer as "Final answer: N".
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from irpo_data.tasks import Question, Task, register
+
+# Zero-shot CoT instruction of Pang et al. (2024) for GSM8K: reason first, then a fixed
+# answer phrase that grading keys on.
+INSTRUCTION = (
+    "Your task is to answer the question below. Give step by step reasoning before you answer, "
+    'and when you\'re ready to answer, please use the format "Final answer: ..."'
+)
+
+
+@register
+class GSM8K(Task):
+    name = "gsm8k"
+    hub_id = "openai/gsm8k"
+    hub_config = "main"
+    license = "mit"
+    answer_kind = "number"
+    answer_phrase = r"final answer\s*:"
+    required_fields = ("question", "answer")
+
+    def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
+        gold = str(row["answer"]).rpartition("####")[2].strip().replace(",", "")
+        if not gold:
+            return None
+        return Question(f"gsm8k/{split}/{index}", str(row["question"]).strip(), gold)
+
+    def user_message(self, question: Question) -> str:
+        return f"{INSTRUCTION}\n\nQuestion: {question.text}"
