@@ -87,6 +87,7 @@ def push_iteration(iter_dir: Path, repo_id: str, iteration: int, fingerprint_hex
     token = resolve_token(token)
     config = f"iter_{iteration}"
     tag = f"{config}-{fingerprint_hex[:12]}"
+    card_text = (iter_dir / "README.md").read_text()
     try:
         dataset = load_from_disk(str(iter_dir / "pairs"))
         dataset.push_to_hub(
@@ -98,7 +99,8 @@ def push_iteration(iter_dir: Path, repo_id: str, iteration: int, fingerprint_hex
             repo_id,
             repo_type="dataset",
             operations=[
-                CommitOperationAdd(f"{config}/README.md", str(iter_dir / "README.md")),
+                # The local card cannot know the repo; the pushed copy names it in its example.
+                CommitOperationAdd(f"{config}/README.md", card_text.replace('"REPO"', f'"{repo_id}"').encode()),
                 CommitOperationAdd(f"{config}/manifest.json", str(iter_dir / "manifest.json")),
             ],
             commit_message=f"irpo: dataset card and manifest of iteration {iteration}",

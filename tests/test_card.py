@@ -1,0 +1,76 @@
+"""The recipe card: bundled cards load, bad cards fail with every problem named at once."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from irpo_data.card import BUNDLED_CARDS, Card, CardError, load_card
+
+
+@pytest.mark.parametrize("name", BUNDLED_CARDS)
+def test_every_bundled_card_loads(name):
+    card = load_card(name)
+    assert card.name == name
+    assert card.train.beta == 0.1 and card.train.alpha == 1.0
+
+
+def test_paper_settings_per_benchmark():
+    gsm8k, arc, math = load_card("gsm8k"), load_card("arc_challenge"), load_card("math")
+    assert (gsm8k.sampling.num_samples, gsm8k.pairs.pairs_per_question) == (30, 10)
+    assert (arc.sampling.num_samples, arc.pairs.pairs_per_question) == (30, 20)
+    assert (math.sampling.num_samples, math.pairs.pairs_per_question) == (20, 15)
+    assert [gsm8k.sampling.temperature(t) for t in (1, 2, 3, 4, 5)] == [0.8, 0.8, 1.3, 1.3, 1.3]
+    assert math.sampling.temperature(3) == 1.0
+    assert gsm8k.train.learning_rate == 7e-7 and gsm8k.train.batch_size == 16
+    assert gsm8k.task.held_out == 1000 and gsm8k.eval.maj_k == 32
+
+
+def test_card_is_frozen():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        load_card("demo").sampling.num_samples = 3  # type: ignore[misc]
+
+
+def test_dotted_overrides_are_typed():
+    card = load_card("demo", ["sampling.num_samples=3", "sampling.temperatures=[0.5, 1.0]", "task.max_questions=null"])
+    assert card.sampling.num_samples == 3
+    assert card.sampling.temperatures == [0.5, 1.0]
+    assert card.task.max_questions is None
+
+
+def test_all_problems_reported_at_once_with_key_and_fix():
+    with pytest.raises(CardError) as info:
+        load_card("demo", ["sampling.num_sample=3", "task.held_out=many", "pairs=3", "sampling.engine=tpu"])
+    message = str(info.value)
+    assert "4 problem(s)" in message
+    assert "unknown key sampling.num_sample; did you mean sampling.num_samples?" in message
+    assert "task.held_out must be an integer, got 'many'" in message
+    assert "pairs must be a mapping" in message
+    assert "sampling.engine must be auto, vllm or transformers" in message
+    assert "demo.yaml" in message  # names the card
+
+
+def test_typo_in_a_card_file_names_the_file(tmp_path):
+    path = tmp_path / "mine.yaml"
+    path.write_text("name: mine\nsampling:\n  temperture: [0.8]\n")
+    with pytest.raises(CardError, match=r"mine.yaml.*\n.*sampling.temperture; did you mean sampling.temperatures"):
+        load_card(str(path))
+
+
+def test_missing_card_file_and_missing_data_dir(tmp_path):
+    with pytest.raises(CardError, match="no such card file; pass a path or one of the bundled cards: demo"):
+        load_card(str(tmp_path / "nope.yaml"))
+    with pytest.raises(CardError, match="task.data_dir .* is not a folder"):
+        load_card("demo", [f"task.data_dir={tmp_path / 'missing'}"])
+
+
+def test_override_without_equals_sign_is_an_error():
+    with pytest.raises(CardError, match="is not KEY=VALUE"):
+        load_card("demo", ["sampling.num_samples"])
+
+
+def test_card_hash_changes_with_any_key():
+    assert load_card("demo").sha256() == load_card("demo").sha256()
+    assert load_card("demo").sha256() != load_card("demo", ["seed=1"]).sha256()
+    assert Card().sha256() != load_card("demo").sha256()

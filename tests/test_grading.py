@@ -1,0 +1,101 @@
+"""Grading: answers written the way models write them, traps, hostile output, math-verify parity."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import threading
+import time
+
+import pytest
+from math_verify import parse, verify
+
+from irpo_data.grading import Grade, grade
+
+# (task, completion, gold) -> (answer, correct, well_formed), each worked out by hand.
+CASES = [
+    ("gsm8k", "12 + 6 = 18.\nFinal answer: 18", "18", ("18", True, True)),
+    ("gsm8k", "So she pays $1,000 in all. The answer is $1,000.", "1000", ("1000", True, False)),
+    ("gsm8k", "Total = 18\n#### 18", "18", ("18", True, False)),
+    ("gsm8k", "Final answer: 18.00", "18", ("18", True, True)),
+    ("gsm8k", "Final answer: $18.", "18", ("18", True, True)),
+    ("gsm8k", "Final answer: 18 apples.", "18", ("18", True, True)),
+    ("gsm8k", "Final answer: -3", "3", ("-3", False, True)),
+    ("gsm8k", "Final answer: 17", "18", ("17", False, True)),
+    # The answer ends at its sentence: the later 19 is commentary (math-verify alone says 19).
+    ("gsm8k", "The answer is 18. Also 12+7 = 19", "18", ("18", True, False)),
+    # The last answer phrase wins: a model that corrects itself is graded on the correction.
+    ("gsm8k", "Final answer: 17\nWait, recount. Final answer: 18", "18", ("18", True, True)),
+    ("gsm8k", "I think it is 18.", "18", (None, False, False)),
+    ("gsm8k", "", "18", (None, False, False)),
+    ("demo", "4 x 7 = 28. The answer is 28.", "28", ("28", True, True)),
+    ("math", "so the result is \\boxed{\\frac{1}{2}}", "0.5", ("\\frac{1}{2}", True, True)),
+    ("math", "Final Answer: The final answer is $[2,5)$. I hope it is correct.", "[2,5)", ("[2,5)", True, True)),
+    ("math", "The final answer is $x^2+1$.", "1+x^2", ("x^2+1", True, True)),
+    ("math", "The final answer is $\\frac{3}{4}$.", "\\frac{2}{3}", ("\\frac{3}{4}", False, True)),
+    ("arc_challenge", "Plants need light.\nFinal answer: (B)", "B", ("B", True, True)),
+    ("arc_challenge", "Final answer: B) the leaves", "B", ("B", True, True)),
+    ("arc_challenge", "Final answer: 3", "3", ("3", True, True)),
+    ("arc_challenge", "The answer is C.", "B", ("C", False, False)),
+]
+
+
+@pytest.mark.parametrize("task,completion,gold,expected", CASES)
+def test_grade_table(task, completion, gold, expected):
+    assert grade(task, completion, gold) == Grade(*expected)
+
+
+def test_model_text_is_never_evaluated(tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = f"Final answer: __import__('os').system('touch {marker}')"
+    result = grade("gsm8k", hostile, "0")
+    assert not result.correct and not marker.exists()
+
+
+HOSTILE = [
+    "Final answer: " + "{" * 50_000 + "1" + "}" * 50_000,
+    "\\boxed{" * 30_000,
+    "Final answer: " + "\\frac{1}{" * 40 + "2" + "}" * 40,
+    "x" * 100_000 + " The answer is " + "9" * 290,
+    "Final answer: " + "(" * 290,
+    "The answer is " * 8_000,
+    "Final answer: $" + "\\sqrt{" * 11 + "2" + "}" * 11 + "^{" * 50 + "$",
+]
+
+
+def _grade_all(texts):
+    start = time.perf_counter()
+    results = [grade("math", text, "1") for text in texts]
+    return results, time.perf_counter() - start
+
+
+def test_hostile_output_is_bounded_in_main_thread():
+    results, seconds = _grade_all(HOSTILE)
+    assert not any(r.correct for r in results)
+    assert seconds < 10, f"hostile inputs took {seconds:.1f} s"
+
+
+def test_hostile_output_is_bounded_in_a_thread():
+    # math-verify's own timeouts raise ValueError in a thread; ours must not.
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        results, seconds = pool.submit(_grade_all, HOSTILE).result(timeout=60)
+    assert not any(r.correct for r in results) and seconds < 10
+    assert threading.current_thread() is threading.main_thread()
+
+
+def test_hostile_output_is_bounded_in_worker_processes():
+    with multiprocessing.get_context("spawn").Pool(2) as pool:
+        results, seconds = pool.apply_async(_grade_all, (HOSTILE,)).get(timeout=120)
+    assert not any(r.correct for r in results) and seconds < 10
+
+
+def test_verdicts_match_math_verify_on_the_extracted_answers():
+    """Our fast number path must agree with math-verify wherever both see the same answer."""
+    golds = ["18", "1000", "0.5", "72", "3", "-4", "12.5", "100"]
+    answers = ["18", "18.0", "1,000", "1000.00", "$1,000", "1/2", "0.5", "\\frac{1}{2}", "72", "72.000001",
+               "3", "-3", "-4", "12.5", "12.50", "25/2", "100", "1e2", "99.9999999", "0", "1,50"]  # fmt: skip
+    for gold in golds:
+        for answer in answers:
+            ours = grade("gsm8k", f"Final answer: {answer}", gold)
+            theirs = verify(parse(gold), parse(ours.answer)) if ours.answer is not None else False
+            assert ours.correct == theirs, (gold, answer, ours)

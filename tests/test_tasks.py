@@ -1,0 +1,131 @@
+"""Tasks load real benchmark rows, render the paper's prompts and give gold answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from conftest import ASSETS, SHARED_DATA
+from irpo_data.tasks import TaskError, get_task, split_held_out, task_names
+from irpo_data.tasks.demo import generate_rows
+
+
+def test_registry_lists_the_four_tasks_and_rejects_unknown_names():
+    assert task_names() == ["arc_challenge", "demo", "gsm8k", "math"]
+    with pytest.raises(TaskError, match=r"unknown task 'gsm8kk'\. Did you mean 'gsm8k'\? Known tasks: arc_challenge, demo, gsm8k, math"):
+        get_task("gsm8kk")
+
+
+def test_gsm8k_gold_is_the_number_after_hashes():
+    loaded = get_task("gsm8k").load("train", str(ASSETS / "gsm8k"))
+    first = loaded.questions[0]
+    assert first.question_id == "gsm8k/train/0"
+    assert first.text.startswith("Natalia sold clips to 48 of her friends")
+    assert first.gold == "72"
+    assert len(loaded.questions) == 40 and loaded.skipped_empty_gold == 0
+
+
+def test_gsm8k_prompt_is_the_zero_shot_cot_instruction():
+    task = get_task("gsm8k")
+    question = task.load("test", str(ASSETS / "gsm8k")).questions[0]
+    message = task.messages(question)[0]["content"]
+    assert message.startswith("Your task is to answer the question below. Give step by step reasoning")
+    assert 'use the format "Final answer: ..."' in message and question.text in message
+
+
+def test_math_skips_empty_gold_and_counts_it():
+    loaded = get_task("math").load("train", str(ASSETS / "math"))
+    assert loaded.skipped_empty_gold == 1  # train/number_theory/7115.json has an empty \boxed{}
+    assert len(loaded.questions) == 30
+    assert all(q.gold for q in loaded.questions)
+    assert loaded.questions[0].question_id.startswith("train/")
+
+
+def test_math_prompt_is_four_shot_minerva():
+    task = get_task("math")
+    question = task.load("test", str(ASSETS / "math")).questions[0]
+    message = task.user_message(question)
+    assert message.count("Problem:\n") == 5 and message.count("Final Answer: The final answer is") == 4
+    assert message.endswith(f"Problem:\n{question.text}\n\nSolution:")
+
+
+def test_arc_lists_options_and_keeps_numeric_labels():
+    loaded = get_task("arc_challenge").load("train", str(ASSETS / "arc_challenge"))
+    first = loaded.questions[0]
+    assert first.labels == ("A", "B", "C", "D") and first.gold in first.labels
+    assert "\n(A) " in first.text
+    numeric = [q for q in loaded.questions if q.labels[0] == "1"]
+    assert len(numeric) == 3 and all(q.gold in q.labels for q in numeric)
+    assert "one of 1, 2, 3, 4" in get_task("arc_challenge").user_message(numeric[0])
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+@pytest.mark.parametrize("name,rows,skipped", [("gsm8k", 7473, 0), ("math", 12000, 2), ("arc_challenge", 1119, 0)])
+def test_full_training_splits_load(name, rows, skipped):
+    loaded = get_task(name).load("train", str(SHARED_DATA / name))
+    assert len(loaded.questions) + loaded.skipped_empty_gold == rows
+    assert loaded.skipped_empty_gold == skipped
+    assert len({q.question_id for q in loaded.questions}) == len(loaded.questions)
+
+
+def test_malformed_json_line_names_file_and_line(tmp_path):
+    lines = (ASSETS / "gsm8k" / "train.jsonl").read_text().splitlines()[:3]
+    (tmp_path / "train.jsonl").write_text("\n".join([lines[0], lines[1], '{"question": "broken', lines[2]]) + "\n")
+    with pytest.raises(TaskError, match=r"train.jsonl line 3 is not valid JSON .*fix or remove it"):
+        get_task("gsm8k").load("train", str(tmp_path))
+
+
+def test_row_missing_a_field_names_row_and_fields(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"question": "q"}) + "\n")
+    with pytest.raises(TaskError, match=r"row 1 has no field answer \(task gsm8k needs question, answer\)"):
+        get_task("gsm8k").load("train", str(tmp_path))
+    (tmp_path / "train.jsonl").write_text("[1, 2]\n")
+    with pytest.raises(TaskError, match="row 1 is list, not a JSON object"):
+        get_task("gsm8k").load("train", str(tmp_path))
+
+
+def test_empty_dataset_and_missing_split_are_errors(tmp_path):
+    (tmp_path / "train.jsonl").write_text("")
+    with pytest.raises(TaskError, match="has no usable questions"):
+        get_task("gsm8k").load("train", str(tmp_path))
+    with pytest.raises(TaskError, match="no validation.jsonl or validation.parquet in"):
+        get_task("gsm8k").load("validation", str(tmp_path))
+
+
+def test_parquet_files_load_like_jsonl(tmp_path):
+    import polars as pl
+
+    pl.read_ndjson(ASSETS / "gsm8k" / "train.jsonl").write_parquet(tmp_path / "train.parquet")
+    from_parquet = get_task("gsm8k").load("train", str(tmp_path)).questions
+    assert from_parquet == get_task("gsm8k").load("train", str(ASSETS / "gsm8k")).questions
+
+
+def test_hub_failure_says_how_to_use_local_files(monkeypatch):
+    """The Hub is unreachable here; offline mode makes that fail fast instead of timing out."""
+    import datasets
+    import huggingface_hub
+
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    with pytest.raises(TaskError, match=r"could not load hf://openai/gsm8k/main split train .* set task.data_dir"):
+        get_task("gsm8k").load("train")
+
+
+def test_held_out_split_is_disjoint_stable_and_seed_free():
+    questions = get_task("demo").load("train").questions
+    train, held = split_held_out(questions, 100)
+    assert len(held) == 100 and len(train) == len(questions) - 100
+    assert not {q.question_id for q in train} & {q.question_id for q in held}
+    reordered = split_held_out(list(reversed(questions)), 100)[1]
+    assert {q.question_id for q in reordered} == {q.question_id for q in held}  # order of the file does not matter
+    with pytest.raises(TaskError, match="lower task.held_out"):
+        split_held_out(questions[:5], 5)
+
+
+def test_demo_task_is_deterministic_and_splits_do_not_overlap():
+    train, test = generate_rows("train"), generate_rows("test")
+    assert train == generate_rows("train") and len(train) == 1200 and len(test) == 300
+    assert not {r["question"] for r in train} & {r["question"] for r in test}
+    q = get_task("demo").load("test").questions[0]
+    assert int(q.gold) > 0 and 'finish with "The answer is N."' in get_task("demo").user_message(q)
