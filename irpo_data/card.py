@@ -247,7 +247,11 @@ def _type_name(kind: Any) -> str:
 
 def _check_values(card: Card, base_dir: Path) -> list[str]:
     """Range and existence checks that types alone cannot express."""
+    from irpo_data.tasks import task_names  # here: tasks never import the card, so no cycle
+
     problems = []
+    if card.task.name not in task_names():
+        problems.append(f"task.name {card.task.name!r} is not a known task; known tasks: {', '.join(task_names())}")
     positive = {
         "sampling.num_samples": card.sampling.num_samples,
         "sampling.max_new_tokens": card.sampling.max_new_tokens,

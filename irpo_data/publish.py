@@ -41,9 +41,12 @@ def save_pairs(pairs: pl.DataFrame, iteration: int, path: Path):
     from datasets import Dataset, DatasetDict
 
     table = pairs.with_columns(pl.lit(iteration, dtype=pl.Int32).alias("iteration"))
-    dataset = DatasetDict({"train": Dataset.from_polars(table)})
+    # From the Arrow table directly: Dataset.from_polars fails on a table with no rows, and an
+    # iteration with no pairs is a result to save (and report), not a crash.
+    dataset = DatasetDict({"train": Dataset(table.to_arrow())})
     with atomic_dir(path) as tmp:
-        dataset.save_to_disk(str(tmp))
+        # One shard at least: datasets writes no shard for an empty split and then cannot load it.
+        dataset.save_to_disk(str(tmp), num_shards={"train": 1} if table.height == 0 else None)
     return dataset
 
 

@@ -110,3 +110,11 @@ def test_missing_token_says_how_to_log_in(tmp_path, monkeypatch):
     monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "hf_home" / "token"))
     with pytest.raises(PublishError, match="no Hugging Face token: run `hf auth login` or set HF_TOKEN"):
         push_iteration(iter_dir, "org/irpo-test", 1, fp)
+
+
+def test_an_iteration_without_pairs_saves_and_loads_as_an_empty_split(tmp_path):
+    pairs, _ = build_pairs(samples_table({"q_all_wrong": SPEC["q_all_wrong"]}), pairs_per_question=4, max_tokens=50, seed=0)
+    assert pairs.height == 0
+    save_pairs(pairs, 1, tmp_path / "pairs")
+    train = load_from_disk(str(tmp_path / "pairs"))["train"]
+    assert train.num_rows == 0 and "chosen" in train.column_names
