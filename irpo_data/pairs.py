@@ -7,10 +7,9 @@ Steps, as Iterative RPO prescribes: drop generations that were cut off (finish_r
 drop questions left with no correct or no wrong generation; then per question pick
 min(K, |correct| x |wrong|) distinct (chosen=correct, rejected=wrong) pairs uniformly at random.
 
-Uniform and reproducible: every (correct, wrong) combination of a question gets a random key
-from one generator seeded by `seed`, drawn over the combinations in (question_id, chosen,
-rejected) order, and the K smallest keys win. The result depends only on the samples' content
-and the seed, never on row order. One output row:
+Uniform and reproducible: every (correct, wrong) combination of a question gets a 64-bit key
+hashed from (seed, question, chosen index, rejected index), and the K smallest keys win. The
+result depends only on the samples' content and the seed, never on row order. One output row:
 
     question_id="demo/train/3", prompt="<|im_start|>user ...", chosen="... The answer is 28.",
     rejected="... The answer is 11.", gold="28", chosen_answer="28", rejected_answer="11",
@@ -63,20 +62,19 @@ def build_pairs(
         "questions_no_wrong": per_question.filter(pl.col("n_wrong") == 0).height,
     }
 
-    side = ["question_id", "sample_idx", "completion", "answer"]
-    chosen = kept.filter(pl.col("correct")).select(side)
-    rejected = kept.filter(~pl.col("correct")).select(side)
-    combos = (
-        chosen.join(rejected, on="question_id", suffix="_rejected")
-        .sort("question_id", "sample_idx", "sample_idx_rejected")
-    )
-    rng = np.random.default_rng(seed)
-    combos = combos.with_columns(pl.Series("key", rng.random(combos.height)))
-    picked = combos.filter(pl.col("key").rank("ordinal").over("question_id") <= pairs_per_question)
-    questions = kept.group_by("question_id").agg(pl.col("prompt").first(), pl.col("gold").first())
+    # Combinations carry only integers; text is joined back for the picked pairs alone.
+    kept = kept.with_columns(pl.col("question_id").rank("dense").cast(pl.UInt64).alias("q"))
+    chosen = kept.filter(pl.col("correct")).select("q", "sample_idx")
+    rejected = kept.filter(~pl.col("correct")).select("q", "sample_idx")
+    combos = chosen.join(rejected, on="q", suffix="_rejected")
+    combos = combos.with_columns(pl.Series("key", _combo_keys(combos, seed)))
+    picked = combos.filter(pl.col("key").rank("ordinal").over("q") <= pairs_per_question)
+    text = kept.select("q", "sample_idx", "question_id", "prompt", "gold", "completion", "answer")
     pairs = (
-        picked.join(questions, on="question_id")
-        .sort("question_id", "key")
+        picked.join(text, on=["q", "sample_idx"])
+        .join(text.select("q", "sample_idx", "completion", "answer"),
+              left_on=["q", "sample_idx_rejected"], right_on=["q", "sample_idx"], suffix="_rejected")
+        .sort("q", "key")
         .select(
             "question_id",
             "prompt",
@@ -88,8 +86,27 @@ def build_pairs(
             pl.col("sample_idx").alias("chosen_sample_idx"),
             pl.col("sample_idx_rejected").alias("rejected_sample_idx"),
         )
-    )
+    )  # fmt: skip
     stats["questions_paired"] = pairs["question_id"].n_unique()
     stats["pairs"] = pairs.height
     stats["train_accuracy"] = float(samples["correct"].fill_null(False).mean() or 0.0)  # type: ignore[arg-type]
     return pairs, stats
+
+
+def _combo_keys(combos: pl.DataFrame, seed: int) -> np.ndarray:
+    """A uniform 64-bit key per (question, chosen, rejected), from splitmix64 of the triple and
+    the seed: the K smallest keys of a question are a uniform random K-subset of its
+    combinations, and no sort is needed to make the draw independent of row order."""
+    with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
+        x = (
+            np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
+            + combos["q"].to_numpy().astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
+            + combos["sample_idx"].to_numpy().astype(np.uint64) * np.uint64(0x94D049BB133111EB)
+            + combos["sample_idx_rejected"].to_numpy().astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
+        )
+        x ^= x >> np.uint64(30)
+        x *= np.uint64(0xBF58476D1CE4E5B9)
+        x ^= x >> np.uint64(27)
+        x *= np.uint64(0x94D049BB133111EB)
+        x ^= x >> np.uint64(31)
+    return x
