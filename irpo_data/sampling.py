@@ -267,8 +267,8 @@ def sample_answers(
     done_before = len(shards) - len(todo)
     if done_before:
         log.info("resuming: %d of %d shards already in %s", done_before, len(shards), out_dir)
-    bar = tqdm(total=len(questions), desc="sampling", unit="q", disable=not progress,
-               initial=sum(len(shards[k]) for k in range(len(shards)) if k not in set(todo)))
+    already = len(questions) - sum(len(shards[k]) for k in todo)
+    bar = tqdm(total=len(questions), initial=already, desc="sampling", unit="q", disable=not progress)
     start, generations, tokens = time.perf_counter(), 0, 0
     for k in todo:
         shard_questions = shards[k]
