@@ -55,6 +55,16 @@ def main() -> None:
     seeds = [question_seed(0, q.question_id) for q in questions]
     n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model.path).parameters())
 
+    # Limits and the transformers baseline first: vLLM binds this process's OpenMP threads
+    # when it starts, which slows any torch work after it (measured: fp32 matmul halved).
+    limit32, limit16 = (matmul_flops(dt) / (2 * n_params) for dt in (torch.float32, torch.bfloat16))
+    hf = TransformersEngine(model.path, "float32", batch_size=16)
+    k = args.hf_questions
+    start = time.perf_counter()
+    out = hf.generate(prompts[:k], params, seeds[:k])
+    hf_rate = sum(g.n_tokens for o in out for g in o) / (time.perf_counter() - start)
+    del hf
+
     engine = VLLMEngine(model.path, "bfloat16", 0, SamplingConfig())
     engine.generate(prompts[:8], params, seeds[:8])  # warm-up: first-call allocations
 
@@ -75,14 +85,6 @@ def main() -> None:
         ours.append(irpo_stage())
     del engine
 
-    hf = TransformersEngine(model.path, "float32", batch_size=16)
-    k = args.hf_questions
-    start = time.perf_counter()
-    out = hf.generate(prompts[:k], params, seeds[:k])
-    hf_rate = sum(g.n_tokens for o in out for g in o) / (time.perf_counter() - start)
-
-    torch.set_num_threads(torch.get_num_threads())
-    limit32, limit16 = (matmul_flops(dt) / (2 * n_params) for dt in (torch.float32, torch.bfloat16))
     rows = [("raw vLLM generate (bf16)", max(raw), limit16), ("irpo sampling stage (vLLM bf16)", max(ours), limit16),
             ("transformers generate (fp32)", hf_rate, limit32)]  # fmt: skip
     print(f"{'engine':34} {'tok/s':>8} {'% of limit':>11}")
