@@ -1,0 +1,82 @@
+"""dpo_nll_loss against values worked out by hand."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from irpo_train.loss import dpo_nll_loss
+
+
+def t(*values):
+    return torch.tensor(values, dtype=torch.float64)
+
+
+def test_one_pair_by_hand():
+    # Policy log-probs: winner -10, loser -12; reference: both -11; winner has 5 tokens.
+    # beta * ((-10 + 11) - (-12 + 11)) = 0.1 * 2 = 0.2
+    # dpo = -log sigmoid(0.2) = log(1 + e^-0.2) = 0.598138869...
+    # nll = 10 / 5 = 2
+    loss, parts = dpo_nll_loss(t(-10), t(-12), t(-11), t(-11), t(5), beta=0.1, alpha=1.0)
+    dpo = math.log1p(math.exp(-0.2))
+    assert loss.item() == pytest.approx(dpo + 2.0, abs=1e-12)
+    assert parts["dpo"].item() == pytest.approx(dpo, abs=1e-12)
+    assert parts["nll"].item() == pytest.approx(2.0)
+    assert parts["reward_chosen"].item() == pytest.approx(0.1)
+    assert parts["reward_rejected"].item() == pytest.approx(-0.1)
+    assert parts["reward_margin"].item() == pytest.approx(0.2)
+    assert parts["reward_accuracy"].item() == 1.0
+
+
+def test_alpha_zero_is_plain_dpo():
+    loss, parts = dpo_nll_loss(t(-10), t(-12), t(-11), t(-11), t(5), beta=0.1, alpha=0.0)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-0.2)), abs=1e-12)
+    assert parts["nll"].item() == pytest.approx(2.0)  # still reported, not added
+
+
+def test_nll_is_normalised_per_answer_not_per_batch_token():
+    # Winners of 2 and 8 tokens with log-probs -4 and -8: per answer (4/2 + 8/8) / 2 = 1.5,
+    # whereas a batch token mean (TRL's sft term) would give (4 + 8) / (2 + 8) = 1.2.
+    _, parts = dpo_nll_loss(t(-4, -8), t(-9, -9), t(-4, -8), t(-9, -9), t(2, 8), beta=0.1, alpha=1.0)
+    assert parts["nll"].item() == pytest.approx(1.5)
+    # Equal log-ratios: margin 0, dpo = log 2 for both pairs, accuracy 0 (a tie is not a win).
+    assert parts["dpo"].item() == pytest.approx(math.log(2))
+    assert parts["reward_accuracy"].item() == 0.0
+
+
+def test_batch_mean_of_mixed_pairs():
+    # Pair 1 margin +0.2 (as above); pair 2 mirrored: margin -0.2, winner -12 over 4 tokens.
+    loss, parts = dpo_nll_loss(t(-10, -12), t(-12, -10), t(-11, -11), t(-11, -11), t(5, 4), beta=0.1, alpha=0.5)
+    dpo = (math.log1p(math.exp(-0.2)) + math.log1p(math.exp(0.2))) / 2
+    nll = (10 / 5 + 12 / 4) / 2
+    assert loss.item() == pytest.approx(dpo + 0.5 * nll, abs=1e-12)
+    assert parts["reward_accuracy"].item() == 0.5 and parts["reward_margin"].item() == pytest.approx(0.0)
+
+
+@pytest.mark.parametrize("gap", [1e4, -1e4, 1e30, -1e30])
+def test_extreme_margins_stay_finite_with_finite_gradients(gap):
+    chosen = t(-5.0).requires_grad_()
+    loss, parts = dpo_nll_loss(chosen, t(-5.0 - gap), t(-5.0), t(-5.0), t(3), beta=0.1, alpha=1.0)
+    loss.backward()
+    assert math.isfinite(loss.item()) and math.isfinite(chosen.grad.item())
+    expected_dpo = 0.0 if gap > 0 else 0.1 * abs(gap)  # -log sigmoid(m) -> 0 or -m
+    assert parts["dpo"].item() == pytest.approx(expected_dpo, rel=1e-9, abs=1e-12)
+
+
+def test_gradient_pushes_winner_up_and_loser_down():
+    chosen, rejected = t(-10.0).requires_grad_(), t(-12.0).requires_grad_()
+    loss, _ = dpo_nll_loss(chosen, rejected, t(-11), t(-11), t(5), beta=0.1, alpha=1.0)
+    loss.backward()
+    # d/dc = -beta * sigmoid(-m) - alpha / |w| < 0 ; d/dr = +beta * sigmoid(-m) > 0
+    sig = 1 / (1 + math.exp(0.2))
+    assert chosen.grad.item() == pytest.approx(-0.1 * sig - 1 / 5)
+    assert rejected.grad.item() == pytest.approx(0.1 * sig)
+
+
+def test_bad_shapes_and_empty_winners_are_refused():
+    with pytest.raises(ValueError, match="1-D tensors of one length"):
+        dpo_nll_loss(t(-1, -2), t(-1), t(-1), t(-1), t(1))
+    with pytest.raises(ValueError, match="chosen_lengths must be positive"):
+        dpo_nll_loss(t(-1), t(-1), t(-1), t(-1), t(0))
