@@ -1,0 +1,72 @@
+"""Pairs to token ids: prompt masked, the answer closed by the end-of-turn token, overlong pairs dropped.
+
+Input: iteration T's pair dataset (runs/NAME/iter_T/pairs, TRL preference format). The prompt
+already carries the chat template (irpo_data renders it), so it is tokenised as is; each
+completion gets the tokenizer's EOS (for chat models the end-of-turn token) appended, because
+a sampled answer ended there and the model must learn to stop. A pair whose prompt plus longer
+answer exceeds `max_length` tokens is dropped and counted rather than truncated: a cut answer
+loses its final answer, which is what the pair is about.
+
+Row out: {"prompt_ids": [...], "chosen_ids": [...], "rejected_ids": [...]} (completion ids only).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+log = logging.getLogger(__name__)
+
+
+class PairDataError(ValueError):
+    """A pair dataset that cannot be trained on."""
+
+
+@dataclass
+class TokenizedPairs:
+    rows: list[dict[str, list[int]]]
+    dropped_too_long: int
+
+
+def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
+    missing = {"prompt", "chosen", "rejected"} - set(dataset.column_names)
+    if missing:
+        raise PairDataError(f"pair dataset lacks column(s) {', '.join(sorted(missing))}; build it with `irpo-data build`")
+    if tokenizer.eos_token_id is None:
+        raise PairDataError("the tokenizer has no EOS token to end answers with")
+
+    def ids(texts):
+        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+    prompts, chosen, rejected = ids(dataset["prompt"]), ids(dataset["chosen"]), ids(dataset["rejected"])
+    rows, dropped = [], 0
+    for p, c, r in zip(prompts, chosen, rejected):
+        c, r = c + [tokenizer.eos_token_id], r + [tokenizer.eos_token_id]
+        if len(p) + max(len(c), len(r)) > max_length:
+            dropped += 1
+            continue
+        rows.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": r})
+    if dropped:
+        log.info("dropped %d of %d pairs longer than train.max_length=%d tokens", dropped, len(prompts), max_length)
+    return TokenizedPairs(rows, dropped)
+
+
+def collate(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
+    """One batch of 2B sequences: the B chosen ones, then the B rejected ones (right padded)."""
+    sequences = [r["prompt_ids"] + r["chosen_ids"] for r in rows] + [r["prompt_ids"] + r["rejected_ids"] for r in rows]
+    prompt_lens = [len(r["prompt_ids"]) for r in rows] * 2
+    width = max(map(len, sequences))
+    input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(sequences), width), dtype=torch.long)
+    completion = torch.zeros((len(sequences), width), dtype=torch.bool)
+    for i, (seq, plen) in enumerate(zip(sequences, prompt_lens)):
+        input_ids[i, : len(seq)] = torch.tensor(seq)
+        attention[i, : len(seq)] = 1
+        completion[i, plen : len(seq)] = True
+    batch = {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
+    for key in ("ref_chosen_logps", "ref_rejected_logps"):
+        if key in rows[0]:
+            batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
+    return batch

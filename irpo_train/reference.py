@@ -1,0 +1,66 @@
+"""Reference log-probs, computed once per (reference model, pair dataset) and cached.
+
+DPO compares the policy with the frozen reference M_{T-1} on every pair. Those numbers never
+change during training, so they are computed in one batched no-grad pass before it and the
+reference model is freed: a training step then holds the policy alone.
+
+Cache: runs/NAME/models/M_T.work/ref_logps.parquet, one row per tokenized pair
+(ref_chosen_logps, ref_rejected_logps), with its key in ref_logps.json: the reference's weights
+hash, the pair dataset's fingerprint and max_length. A cache whose key differs is stale and is
+recomputed (and the log says why); it is never used.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from pathlib import Path
+
+import polars as pl
+import torch
+
+from irpo_data.runs import write_json_atomic, write_parquet_atomic
+from irpo_train.data import collate
+from irpo_train.logprobs import completion_logps
+
+log = logging.getLogger(__name__)
+
+
+def reference_logps(model, rows, pad_token_id: int, batch_size: int = 8, progress: bool = True) -> tuple[list[float], list[float], float]:
+    """(chosen, rejected) summed log-probs of every pair under `model`, and tokens/s of the pass."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    # Similar lengths together: less padding per batch. Results go back in the input order.
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["prompt_ids"]) + len(rows[i]["chosen_ids"]) + len(rows[i]["rejected_ids"]))
+    chosen, rejected = [0.0] * len(rows), [0.0] * len(rows)
+    tokens, start = 0, time.perf_counter()
+    with torch.no_grad():
+        for begin in tqdm(range(0, len(order), batch_size), desc="reference log-probs", unit="batch", disable=not progress):
+            index = order[begin : begin + batch_size]
+            batch = collate([rows[i] for i in index], pad_token_id)
+            logps, _ = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+            tokens += int(batch["attention_mask"].sum())
+            for j, i in enumerate(index):
+                chosen[i], rejected[i] = logps[j].item(), logps[j + len(index)].item()
+    seconds = time.perf_counter() - start
+    return chosen, rejected, tokens / seconds if seconds else 0.0
+
+
+def load_or_compute(cache_dir: Path, key: dict, compute) -> tuple[list[float], list[float], dict]:
+    """Cached reference log-probs for `key`, or `compute()`'s, which are then cached."""
+    table, meta = cache_dir / "ref_logps.parquet", cache_dir / "ref_logps.json"
+    if table.is_file() and meta.is_file():
+        stored = json.loads(meta.read_text())
+        if stored.get("key") == key:
+            frame = pl.read_parquet(table)
+            log.info("reference log-probs: reusing %s", table)
+            return frame["ref_chosen_logps"].to_list(), frame["ref_rejected_logps"].to_list(), stored
+        changed = sorted(k for k in key if stored.get("key", {}).get(k) != key[k])
+        log.info("reference log-probs in %s are stale (%s changed); recomputing", table, ", ".join(changed))
+    chosen, rejected, tokens_per_s = compute()
+    write_parquet_atomic(pl.DataFrame({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}), table)
+    stored = {"key": key, "tokens_per_s": round(tokens_per_s, 1), "pairs": len(chosen)}
+    write_json_atomic(meta, stored)
+    return chosen, rejected, stored
