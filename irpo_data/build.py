@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from irpo_data import __version__
-from irpo_data.card import Card
+from irpo_data.card import BUILD_SECTIONS, Card
 from irpo_data.models import ModelError, ResolvedModel, resolve_model
 from irpo_data.pairs import build_pairs
 from irpo_data.publish import dataset_card, fingerprint, save_pairs, write_card_and_manifest
@@ -73,10 +73,10 @@ def build_iteration(
     if iteration < 1:
         raise ValueError(f"--iter must be 1 or more, got {iteration}")
     run = RunFolder.for_card(card, runs_dir)
-    run.freeze_card(card)
+    run.freeze_card(card, BUILD_SECTIONS)
     resolved = sampling_model(card, run, iteration, model)
     iter_dir = run.iteration(iteration)
-    identity = {"card_sha256": card.sha256(), "weights_sha256": resolved.weights_sha256}
+    identity = {"card_sha256": card.sha256(BUILD_SECTIONS), "weights_sha256": resolved.weights_sha256}
     manifest_path = run.manifest(iteration)
     if manifest_path.is_file():
         manifest = json.loads(manifest_path.read_text())

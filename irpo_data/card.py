@@ -93,8 +93,14 @@ class TrainConfig:
     batch_size: int = 16  # pairs per optimiser step
     max_steps: int = 5000
     eval_every: int = 500  # steps between held-out accuracy checks (checkpoint choice)
-    max_length: int = 1024  # prompt + answer tokens; longer pairs are truncated
-    lora: bool = False
+    max_length: int = 1024  # prompt + answer tokens; longer pairs are dropped (counted)
+    gradient_accumulation_steps: int = 1
+    warmup_steps: int = 0  # linear warm-up, then a constant learning rate
+    eval_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
+    bf16: bool = False  # bf16 mixed precision (GPU, or CPUs with AMX)
+    lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into M_t at the end
+    lora_r: int = 16
+    report_to: str = "none"  # transformers report_to: none, tensorboard, wandb, ...
 
 
 @dataclass(frozen=True)
@@ -123,10 +129,16 @@ class Card:
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
-    def sha256(self) -> str:
-        """Hash of the resolved recipe, recorded in every manifest."""
-        blob = json.dumps(self.to_dict(), sort_keys=True).encode()
+    def sha256(self, sections: tuple[str, ...] | None = None) -> str:
+        """Hash of the recipe (or of the sections a stage depends on), recorded in manifests."""
+        tree = self.to_dict()
+        blob = json.dumps({k: tree[k] for k in sections} if sections else tree, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+# The card sections each stage depends on: changing one re-runs that stage and the ones after it.
+BUILD_SECTIONS = ("name", "seed", "task", "model", "sampling", "pairs")
+TRAIN_SECTIONS = (*BUILD_SECTIONS, "train")
 
 
 BUNDLED_CARDS = ("demo", "gsm8k", "math", "arc_challenge")

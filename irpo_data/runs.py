@@ -1,6 +1,6 @@
 """The run folder: where every stage reads its inputs and writes its outputs.
 
-    runs/NAME/card.yaml             the resolved card, frozen at the first command
+    runs/NAME/card.yaml             the resolved card; each stage refuses a change to the sections it depends on
     runs/NAME/iter_T/samples/       parquet shards of graded generations (irpo_data.sampling)
     runs/NAME/iter_T/pairs/         the pair DatasetDict (irpo_data.publish)
     runs/NAME/iter_T/README.md      its dataset card
@@ -50,21 +50,27 @@ class RunFolder:
     def model(self, t: int) -> Path:
         return self.root / "models" / f"M_{t}"
 
-    def freeze_card(self, card: Card) -> None:
-        """Write card.yaml on the first command; later commands must use the same recipe."""
+    def freeze_card(self, card: Card, sections: tuple[str, ...]) -> None:
+        """Record the card in card.yaml; refuse one whose `sections` differ from the run's.
+
+        A stage passes the sections it depends on: the builder cannot reuse a run whose
+        sampling changed, while a new `train.*` value is fine for it and recorded for the trainer.
+        """
         path = self.root / "card.yaml"
-        if not path.is_file():
-            self.root.mkdir(parents=True, exist_ok=True)
-            write_text_atomic(path, card.to_yaml())
-            return
-        frozen = card_from_dict(yaml.safe_load(path.read_text()), str(path))
-        if frozen != card:
-            before, after = _flatten(frozen.to_dict()), _flatten(card.to_dict())
-            diff = [f"{k}: {before.get(k)!r} in the run, {after.get(k)!r} now" for k in sorted(before) if before[k] != after.get(k)]
-            raise CardError(
-                str(path),
-                diff + [f"this run was started with another recipe; use a new run name (name=...) or delete {self.root}"],
-            )
+        if path.is_file():
+            frozen = card_from_dict(yaml.safe_load(path.read_text()), str(path))
+            before = {k: v for k, v in _flatten(frozen.to_dict()).items() if k.split(".")[0] in sections}
+            after = _flatten(card.to_dict())
+            diff = [f"{k}: {before[k]!r} in the run, {after.get(k)!r} now" for k in sorted(before) if before[k] != after.get(k)]
+            if diff:
+                raise CardError(
+                    str(path),
+                    diff + [f"this run was made with another recipe; use a new run name (name=...) or delete {self.root}"],
+                )
+            if frozen == card:
+                return
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, card.to_yaml())
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict:

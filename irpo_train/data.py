@@ -38,7 +38,7 @@ def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
         raise PairDataError("the tokenizer has no EOS token to end answers with")
 
     def ids(texts):
-        return tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # datasets 5 columns are lazy
 
     prompts, chosen, rejected = ids(dataset["prompt"]), ids(dataset["chosen"]), ids(dataset["rejected"])
     rows, dropped = [], 0

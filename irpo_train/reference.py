@@ -27,8 +27,12 @@ from irpo_train.logprobs import completion_logps
 log = logging.getLogger(__name__)
 
 
-def reference_logps(model, rows, pad_token_id: int, batch_size: int = 8, progress: bool = True) -> tuple[list[float], list[float], float]:
-    """(chosen, rejected) summed log-probs of every pair under `model`, and tokens/s of the pass."""
+def reference_logps(model, rows, pad_token_id: int, batch_size: int = 8, progress: bool = True, bf16: bool = False) -> tuple[list[float], list[float], float]:
+    """(chosen, rejected) summed log-probs of every pair under `model`, and tokens/s of the pass.
+
+    With `bf16` the pass runs under the same bf16 autocast as training, so that at step 1 the
+    policy's log-probs equal these and every reward starts at exactly zero.
+    """
     from tqdm.auto import tqdm
 
     model.eval()
@@ -36,7 +40,8 @@ def reference_logps(model, rows, pad_token_id: int, batch_size: int = 8, progres
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["prompt_ids"]) + len(rows[i]["chosen_ids"]) + len(rows[i]["rejected_ids"]))
     chosen, rejected = [0.0] * len(rows), [0.0] * len(rows)
     tokens, start = 0, time.perf_counter()
-    with torch.no_grad():
+    device = "cuda" if next(model.parameters()).is_cuda else "cpu"
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
         for begin in tqdm(range(0, len(order), batch_size), desc="reference log-probs", unit="batch", disable=not progress):
             index = order[begin : begin + batch_size]
             batch = collate([rows[i] for i in index], pad_token_id)

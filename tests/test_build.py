@@ -91,6 +91,7 @@ def test_build_writes_a_loadable_iteration_and_a_rerun_keeps_it(tmp_path, monkey
 
     changed = invoke("build", "--runs-dir", runs, *TINY, "seed=5")
     assert changed.exit_code == 1 and "seed: 0 in the run, 5 now" in changed.output and "use a new run name" in changed.output
+    assert invoke("build", "--runs-dir", runs, *TINY, "train.max_steps=7").exit_code == 0  # a train key does not touch the pairs
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_TOKEN", "hf_neverPrintedToken42")

@@ -1,0 +1,153 @@
+"""`irpo-train --iter T`: train M_T from M_{T-1} on iteration T's pairs, into runs/NAME/models/M_T/.
+
+    iter_T/pairs ─► tokenize ─► reference log-probs (cached) ─► DPONLLTrainer ─► best held-out step
+                 ─► models/M_T/  (transformers folder + metrics.jsonl, logps.png, checkpoint_choice.json,
+                                  ref_logps.parquet, train_manifest.json)
+
+The policy starts as M_{T-1}, which is also the reference, so the reference log-probs are
+computed with the policy's own weights before the first step: no second model is ever loaded.
+Work in progress lives in models/M_T.work/ (checkpoints, cache, metrics); a killed run resumes
+from its last checkpoint, and M_T/ appears in one rename when training is done.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import torch
+
+from irpo_data import __version__
+from irpo_data.build import sampling_model, training_questions
+from irpo_data.card import BUILD_SECTIONS, TRAIN_SECTIONS, Card
+from irpo_data.runs import RunFolder, atomic_dir, write_json_atomic
+from irpo_data.sampling import render_prompts
+from irpo_data.tasks import get_task
+from irpo_train.data import PairDataError, collate, tokenize_pairs
+from irpo_train.plots import plot_logps
+from irpo_train.reference import load_or_compute, reference_logps
+from irpo_train.trainer import DPONLLTrainer, HeldOutAccuracy, MetricsFile
+
+log = logging.getLogger(__name__)
+
+
+def load_pairs(run: RunFolder, iteration: int):
+    from datasets import load_from_disk
+
+    pairs_dir, manifest = run.pairs(iteration), run.manifest(iteration)
+    if not manifest.is_file() or not pairs_dir.is_dir():
+        raise PairDataError(f"{run.iteration(iteration)} has no finished pair dataset; run `irpo-data build --iter {iteration}` first")
+    dataset = load_from_disk(str(pairs_dir))["train"]
+    if dataset.num_rows == 0:
+        raise PairDataError(
+            f"{pairs_dir} has no pairs (see {run.iteration(iteration) / 'README.md'} for why); "
+            "raise sampling.num_samples or use an easier task, then rebuild"
+        )
+    return dataset, json.loads(manifest.read_text())["dataset_fingerprint"]
+
+
+def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", progress: bool = True) -> Path:
+    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+    from transformers.trainer_utils import get_last_checkpoint
+
+    run = RunFolder.for_card(card, runs_dir)
+    run.freeze_card(card, BUILD_SECTIONS)  # the pairs came from these; train.* may change
+    dataset, fingerprint = load_pairs(run, iteration)
+    reference = sampling_model(card, run, iteration, None)  # M_{T-1}: the model iteration T sampled from
+    out_dir, work = run.model(iteration), run.root / "models" / f"M_{iteration}.work"
+    identity = {"card_sha256": card.sha256(TRAIN_SECTIONS), "pairs_fingerprint": fingerprint, "reference_weights_sha256": reference.weights_sha256}
+    done = out_dir / "train_manifest.json"
+    if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in identity} == identity:
+        log.info("%s is already trained from these pairs and this reference; nothing to do", out_dir)
+        return out_dir
+
+    cfg = card.train
+    tokenizer = AutoTokenizer.from_pretrained(reference.path, trust_remote_code=card.model.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenized = tokenize_pairs(dataset, tokenizer, cfg.max_length)
+    if not tokenized.rows:
+        raise PairDataError(f"every pair of {run.pairs(iteration)} is longer than train.max_length={cfg.max_length}; raise it")
+    model = AutoModelForCausalLM.from_pretrained(reference.path, dtype=torch.float32, trust_remote_code=card.model.trust_remote_code)
+
+    key = {"reference_weights_sha256": reference.weights_sha256, "pairs_fingerprint": fingerprint, "max_length": cfg.max_length, "bf16": cfg.bf16}
+    chosen, rejected, ref_meta = load_or_compute(
+        work, key, lambda: reference_logps(model, tokenized.rows, tokenizer.pad_token_id, cfg.batch_size, progress, cfg.bf16)
+    )
+    rows = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(tokenized.rows, chosen, rejected)]
+    if cfg.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"))
+
+    task = get_task(card.task.name)
+    _, held_out, _, _ = training_questions(card)
+    held_out = held_out[: cfg.eval_questions] if cfg.eval_questions is not None else held_out
+    accuracy = HeldOutAccuracy(
+        task, held_out, render_prompts(task, held_out, tokenizer), tokenizer, cfg.eval_every,
+        card.sampling.max_new_tokens, work / "best", work / "checkpoint_choice.json", bf16=cfg.bf16,
+    )  # fmt: skip
+    args = TrainingArguments(
+        output_dir=str(work / "checkpoints"),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=cfg.warmup_steps,
+        max_steps=cfg.max_steps,
+        logging_steps=1,
+        save_steps=cfg.eval_every,
+        save_total_limit=1,
+        seed=card.seed,
+        bf16=cfg.bf16,
+        use_cpu=not torch.cuda.is_available(),
+        report_to=cfg.report_to,
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+    trainer = DPONLLTrainer(
+        model=model, args=args, train_dataset=rows, beta=cfg.beta, alpha=cfg.alpha,
+        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
+        callbacks=[MetricsFile(work / "metrics.jsonl"), accuracy],
+    )  # fmt: skip
+    checkpoint = get_last_checkpoint(str(work / "checkpoints")) if (work / "checkpoints").is_dir() else None
+    if checkpoint:
+        log.info("resuming training from %s", checkpoint)
+    trainer.train(resume_from_checkpoint=checkpoint)
+
+    best = accuracy.best()
+    final = _final_model(model, work / "best", reference.path, cfg.lora, best)
+    with atomic_dir(out_dir) as tmp:
+        final.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        for name in ("metrics.jsonl", "checkpoint_choice.json", "ref_logps.parquet", "ref_logps.json"):
+            shutil.copy2(work / name, tmp / name)
+        plot_logps(tmp / "metrics.jsonl", tmp / "checkpoint_choice.json", tmp / "logps.png")
+        write_json_atomic(tmp / "train_manifest.json", {
+            **identity, "irpo_version": __version__, "iteration": iteration, "reference": reference.spec,
+            "chosen_step": best and best["step"], "held_out_accuracy": best and best["accuracy"],
+            "why": "highest greedy accuracy on the held-out training questions; earliest step among ties",
+            "pairs_trained": len(rows), "pairs_dropped_too_long": tokenized.dropped_too_long,
+            "reference_tokens_per_s": ref_meta.get("tokens_per_s"), "steps": trainer.state.global_step,
+        })  # fmt: skip
+    shutil.rmtree(work)  # checkpoints are large; everything worth keeping is in M_T/
+    log.info("M_%d written to %s (step %s chosen)", iteration, out_dir, best and best["step"])
+    return out_dir
+
+
+def _final_model(model, best_dir: Path, reference_path: Path, lora: bool, best: dict | None):
+    """The best held-out step's model, merged to plain weights if trained with LoRA."""
+    from transformers import AutoModelForCausalLM
+
+    if best is None or not best_dir.is_dir():
+        log.warning("no held-out evaluation picked a step; keeping the last step's model")
+        return model.merge_and_unload() if lora else model
+    if lora:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(reference_path, dtype=torch.float32)
+        return PeftModel.from_pretrained(base, best_dir).merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(best_dir, dtype=torch.float32)

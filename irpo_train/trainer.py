@@ -1,0 +1,131 @@
+"""The DPO+NLL trainer: one small `transformers.Trainer` subclass and two callbacks.
+
+Everything a Trainer gives stays ours for free: accelerate (multi-GPU, FSDP, DeepSpeed), bf16,
+gradient accumulation, `report_to`, checkpoints and resume. This file adds three things:
+- `DPONLLTrainer.compute_loss`: policy log-probs of the batch's chosen and rejected answers
+  (one forward over 2B sequences), cached reference log-probs from the batch, the pure loss;
+- `HeldOutAccuracy`: greedy accuracy on the card's held-out training questions every
+  `eval_every` steps, keeping the best model (the paper's checkpoint choice) and why;
+- `MetricsFile`: every logged step as one JSON line (loss, dpo, nll, rewards, log-probs).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback
+
+from irpo_data.grading import grade
+from irpo_data.runs import atomic_dir, write_json_atomic
+from irpo_train.logprobs import completion_logps
+from irpo_train.loss import dpo_nll_loss
+
+log = logging.getLogger(__name__)
+
+
+class DPONLLTrainer(Trainer):
+    def __init__(self, *args, beta: float, alpha: float, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.beta, self.alpha = beta, alpha
+        self._parts: list[dict[str, torch.Tensor]] = []
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        logps, lengths = completion_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        half = logps.shape[0] // 2  # collate() puts the B chosen rows first, then the B rejected
+        loss, parts = dpo_nll_loss(
+            logps[:half], logps[half:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"], lengths[:half],
+            beta=self.beta, alpha=self.alpha,
+        )  # fmt: skip
+        self._parts.append(parts)
+        return (loss, {"logps": logps}) if return_outputs else loss
+
+    def log(self, logs: dict, *args, **kwargs) -> None:
+        # The Trainer logs the loss averaged since the last log; do the same for the parts.
+        if self._parts and "loss" in logs:
+            for name in self._parts[0]:
+                logs[name] = round(torch.stack([p[name] for p in self._parts]).mean().item(), 6)
+            self._parts.clear()
+        super().log(logs, *args, **kwargs)
+
+
+class MetricsFile(TrainerCallback):
+    """Append each training log (one per `logging_steps`) to metrics.jsonl."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        # After a resume, drop lines from steps that will be trained again.
+        if self.path.is_file():
+            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= state.global_step]
+            self.path.write_text("".join(line + "\n" for line in kept))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs and "loss" in logs:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class HeldOutAccuracy(TrainerCallback):
+    """Greedy accuracy on held-out training questions; the best step's model is kept.
+
+    The evaluation at step 0 is the reference model's accuracy, recorded for comparison; the
+    choice is among trained steps only, as in the paper.
+    """
+
+    def __init__(self, task, questions, prompts, tokenizer, every: int, max_new_tokens: int, best_dir: Path, record: Path, batch_size: int = 16, bf16: bool = False):
+        self.task, self.questions, self.prompts = task, questions, prompts
+        self.tokenizer, self.every, self.max_new_tokens = tokenizer, every, max_new_tokens
+        self.best_dir, self.record, self.batch_size, self.bf16 = best_dir, record, batch_size, bf16
+        self.history: list[dict] = json.loads(record.read_text())["history"] if record.is_file() else []
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        self.history = [h for h in self.history if h["step"] <= state.global_step]
+        if not self.history:
+            self._evaluate(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self._evaluate(model, state.global_step)
+
+    def best(self) -> dict | None:
+        trained = [h for h in self.history if h["step"] > 0]
+        # Highest accuracy; among equals the earliest step (least drift from the reference).
+        return max(trained, key=lambda h: (h["accuracy"], -h["step"])) if trained else None
+
+    def _evaluate(self, model, step: int) -> None:
+        if any(h["step"] == step for h in self.history):
+            return
+        accuracy = held_out_accuracy(model, self.tokenizer, self.task, self.questions, self.prompts, self.max_new_tokens, self.batch_size, self.bf16)
+        self.history.append({"step": step, "accuracy": accuracy})
+        best = self.best()
+        if step > 0 and best is not None and best["step"] == step:
+            with atomic_dir(self.best_dir) as tmp:
+                model.save_pretrained(tmp)
+        log.info("step %d: held-out greedy accuracy %.1f%% (best so far: step %s)", step, 100 * accuracy, best and best["step"])
+        write_json_atomic(self.record, {"history": self.history, "best": best, "questions": len(self.questions)})
+
+
+def held_out_accuracy(model, tokenizer, task, questions, prompts, max_new_tokens: int, batch_size: int, bf16: bool = False) -> float:
+    """Greedy accuracy with the model in memory, graded by irpo_data.grading (the reward's grader)."""
+    was_training = model.training
+    model.eval()
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    correct = 0
+    try:
+        with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+            for start in range(0, len(prompts), batch_size):
+                enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
+                out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
+                                     temperature=None, top_p=None, top_k=None)  # fmt: skip
+                texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+                for text, question in zip(texts, questions[start : start + batch_size]):
+                    correct += grade(task, text, question.gold).correct
+    finally:
+        tokenizer.padding_side = side
+        model.train(was_training)
+    return correct / len(prompts)

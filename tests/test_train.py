@@ -1,0 +1,144 @@
+"""irpo-train on the real demo model: tokenisation, the reference cache, a whole tiny run, resume."""
+
+from __future__ import annotations
+
+import json
+
+import polars as pl
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, TrainerCallback
+
+from irpo_data.card import BUILD_SECTIONS, load_card
+from irpo_data.publish import fingerprint, save_pairs, write_card_and_manifest
+from irpo_data.runs import RunFolder
+from irpo_train import train as train_module
+from irpo_train.data import PairDataError, collate, tokenize_pairs
+from irpo_train.reference import load_or_compute
+
+# Small enough for a few CPU steps: 4 pairs, batch 2, 2 held-out questions, 24 answer tokens.
+TINY = ["train.batch_size=2", "train.max_steps=4", "train.eval_every=2", "train.eval_questions=2",
+        "sampling.max_new_tokens=24", "train.learning_rate=1e-4"]  # fmt: skip
+
+
+def make_iteration(runs, demo_tokenizer, card):
+    """A real pair dataset in iter_1 (TRL format, chat-templated prompts), without sampling."""
+    from irpo_data.sampling import render_prompts
+    from irpo_data.tasks import get_task
+
+    task = get_task("demo")
+    questions = task.load("train").questions[:4]
+    prompts = render_prompts(task, questions, demo_tokenizer)
+    pairs = pl.DataFrame({
+        "question_id": [q.question_id for q in questions], "prompt": prompts,
+        "chosen": [f"We count them. The answer is {q.gold}." for q in questions],
+        "rejected": [f"We guess. The answer is {int(q.gold) + 3}." for q in questions],
+        "gold": [q.gold for q in questions], "chosen_answer": [q.gold for q in questions],
+        "rejected_answer": [str(int(q.gold) + 3) for q in questions],
+        "chosen_sample_idx": [0] * 4, "rejected_sample_idx": [1] * 4,
+    })  # fmt: skip
+    run = RunFolder.for_card(card, runs)
+    run.freeze_card(card, BUILD_SECTIONS)
+    save_pairs(pairs, 1, run.pairs(1))
+    write_card_and_manifest(run.iteration(1), "# card\n", {"dataset_fingerprint": fingerprint(pairs)})
+    return run, pairs
+
+
+def test_prompt_is_masked_and_answers_end_with_eos(demo_tokenizer):
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"prompt": ["Q: 2+3?\nA:"], "chosen": [" 5"], "rejected": [" 6 or so"]})
+    rows = tokenize_pairs(data, demo_tokenizer, max_length=64).rows
+    assert rows[0]["chosen_ids"][-1] == rows[0]["rejected_ids"][-1] == demo_tokenizer.eos_token_id
+    batch = collate(rows, demo_tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] == 2  # chosen row, then rejected row
+    prompt_len = len(rows[0]["prompt_ids"])
+    assert not batch["completion_mask"][:, :prompt_len].any()
+    assert batch["completion_mask"][0].sum() == len(rows[0]["chosen_ids"])
+    assert batch["completion_mask"][1].sum() == len(rows[0]["rejected_ids"])
+    assert (batch["attention_mask"][0] == batch["completion_mask"][0] | (torch.arange(batch["input_ids"].shape[1]) < prompt_len)).all()
+
+
+def test_pairs_longer_than_max_length_are_dropped_and_counted(demo_tokenizer):
+    from datasets import Dataset
+
+    data = Dataset.from_dict({"prompt": ["Q?"] * 2, "chosen": ["short", "long " * 50], "rejected": ["no", "no"]})
+    result = tokenize_pairs(data, demo_tokenizer, max_length=20)
+    assert len(result.rows) == 1 and result.dropped_too_long == 1
+    with pytest.raises(PairDataError, match="lacks column"):
+        tokenize_pairs(data.remove_columns("rejected"), demo_tokenizer, 20)
+
+
+def test_reference_cache_is_reused_for_its_key_and_refused_when_stale(tmp_path):
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return [-1.0, -2.0], [-3.0, -4.0], 100.0
+
+    key = {"reference_weights_sha256": "a", "pairs_fingerprint": "p", "max_length": 64}
+    assert load_or_compute(tmp_path, key, compute)[0] == [-1.0, -2.0]
+    assert load_or_compute(tmp_path, key, compute)[1] == [-3.0, -4.0] and len(calls) == 1  # reused
+    load_or_compute(tmp_path, {**key, "pairs_fingerprint": "other"}, compute)
+    assert len(calls) == 2  # stale: recomputed, never used
+    assert json.loads((tmp_path / "ref_logps.json").read_text())["key"]["pairs_fingerprint"] == "other"
+
+
+def test_missing_pairs_and_missing_previous_model_say_what_to_run(tmp_path):
+    card = load_card("demo", TINY)
+    with pytest.raises(PairDataError, match=r"run `irpo-data build --iter 1` first"):
+        train_module.train_iteration(card, 1, tmp_path, progress=False)
+    run = RunFolder.for_card(card, tmp_path)
+    run.iteration(2).mkdir(parents=True)
+    save_pairs(pl.DataFrame({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]}), 2, run.pairs(2))
+    write_card_and_manifest(run.iteration(2), "", {"dataset_fingerprint": "f"})
+    with pytest.raises(Exception, match=r"models/M_1, which does not exist yet"):
+        train_module.train_iteration(card, 2, tmp_path, progress=False)
+
+
+class StopAfter(TrainerCallback):
+    """Raises KeyboardInterrupt (Ctrl-C) after a given step, as a kill mid-training."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise KeyboardInterrupt
+
+
+def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(tmp_path, demo_model, demo_tokenizer, monkeypatch, caplog):
+    card = load_card("demo", TINY)
+    run, _ = make_iteration(tmp_path, demo_tokenizer, card)
+
+    real_trainer = train_module.DPONLLTrainer
+    monkeypatch.setattr(train_module, "DPONLLTrainer", lambda *a, **k: real_trainer(*a, **{**k, "callbacks": k["callbacks"] + [StopAfter(3)]}))
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train_iteration(card, 1, tmp_path, progress=False)
+    work = run.root / "models" / "M_1.work"
+    assert (work / "checkpoints" / "checkpoint-2").is_dir() and not run.model(1).exists()
+    assert [json.loads(l)["step"] for l in (work / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3]
+
+    monkeypatch.setattr(train_module, "DPONLLTrainer", real_trainer)
+    with caplog.at_level("INFO"):
+        out = train_module.train_iteration(card, 1, tmp_path, progress=False)
+    assert "reference log-probs: reusing" in caplog.text and "resuming training from" in caplog.text
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "logps.png", "checkpoint_choice.json", "ref_logps.parquet"):
+        assert (out / name).is_file(), name
+    manifest = json.loads((out / "train_manifest.json").read_text())
+    choice = json.loads((out / "checkpoint_choice.json").read_text())
+    assert [h["step"] for h in choice["history"]] == [0, 2, 4] and manifest["chosen_step"] in (2, 4)
+    assert manifest["pairs_trained"] == 4 and not work.exists()
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert {"loss", "dpo", "nll", "reward_margin", "reward_accuracy", "logps_chosen", "logps_rejected"} <= first.keys()
+    # At step 1 the policy equals the reference, so every reward is exactly zero: dpo = log 2.
+    assert first["dpo"] == pytest.approx(0.693147, abs=1e-4) and first["reward_margin"] == pytest.approx(0, abs=1e-4)
+
+    reference = AutoModelForCausalLM.from_pretrained(demo_model.path).state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    unchanged = [name for name, value in trained.items() if torch.equal(value, reference[name])]
+    assert unchanged == [], f"parameters that did not move: {unchanged}"
+
+    again = train_module.train_iteration(card, 1, tmp_path, progress=False)  # already done: kept
+    assert again == out and json.loads((out / "train_manifest.json").read_text()) == manifest
