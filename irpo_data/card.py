@@ -221,6 +221,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
             problems.append(f"unknown key {prefix}{key}{hint}")
             continue
         kind = hints[key]
+        value = _as_number(value, kind)
         if dataclasses.is_dataclass(kind):
             kwargs[key] = _build(kind, value, f"{prefix}{key}.", problems)
         elif _fits(value, kind):
@@ -228,6 +229,16 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         else:
             problems.append(f"{prefix}{key} must be {_type_name(kind)}, got {value!r}")
     return cls(**kwargs)
+
+
+def _as_number(value: Any, kind: Any) -> Any:
+    """YAML 1.1 reads `1e-4` (no dot) as a string; a float field takes it as the number meant."""
+    if isinstance(value, str) and (kind is float or float in typing.get_args(kind)):
+        try:
+            return float(value)
+        except ValueError:
+            return value
+    return value
 
 
 def _fits(value: Any, kind: Any) -> bool:

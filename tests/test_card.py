@@ -37,6 +37,8 @@ def test_dotted_overrides_are_typed():
     assert card.sampling.num_samples == 3
     assert card.sampling.temperatures == [0.5, 1.0]
     assert card.task.max_questions is None
+    # YAML 1.1 reads 1e-4 as a string; a number field still takes it.
+    assert load_card("demo", ["train.learning_rate=1e-4"]).train.learning_rate == 1e-4
 
 
 def test_all_problems_reported_at_once_with_key_and_fix():
