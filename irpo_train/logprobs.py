@@ -26,7 +26,7 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, chunk_ro
     position t is predicted from position t-1, so the first token is never scored.
     """
     decoder, head = model.get_decoder(), model.get_output_embeddings()
-    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    hidden = decoder(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
     scored = completion_mask[:, 1:]
     rows = hidden[:, :-1][scored]  # (N, H): states that predict a completion token
     targets = input_ids[:, 1:][scored]  # (N,)

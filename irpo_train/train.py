@@ -125,7 +125,7 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
         tokenizer.save_pretrained(tmp)
         for name in ("metrics.jsonl", "checkpoint_choice.json", "ref_logps.parquet", "ref_logps.json"):
             shutil.copy2(work / name, tmp / name)
-        plot_logps(tmp / "metrics.jsonl", tmp / "checkpoint_choice.json", tmp / "logps.png")
+        plot_logps(tmp / "metrics.jsonl", tmp / "checkpoint_choice.json", tmp / "logps.png", cfg.beta)
         write_json_atomic(tmp / "train_manifest.json", {
             **identity, "irpo_version": __version__, "iteration": iteration, "reference": reference.spec,
             "chosen_step": best and best["step"], "held_out_accuracy": best and best["accuracy"],
