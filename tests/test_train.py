@@ -18,7 +18,7 @@ from irpo_train.reference import load_or_compute
 
 # Small enough for a few CPU steps: 4 pairs, batch 2, 2 held-out questions, 24 answer tokens.
 TINY = ["train.batch_size=2", "train.max_steps=4", "train.eval_every=2", "train.eval_questions=2",
-        "sampling.max_new_tokens=24", "train.learning_rate=1e-4"]  # fmt: skip
+        "sampling.max_new_tokens=24", "train.learning_rate=1e-4", "train.bf16=false"]  # fmt: skip  # fp32: exact at step 1
 
 
 def make_iteration(runs, demo_tokenizer, card):
