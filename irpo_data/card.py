@@ -171,7 +171,7 @@ def load_card(name_or_path: str = "demo", overrides: list[str] | tuple[str, ...]
     for item in overrides:
         _apply_override(raw, item, problems)
     card = _build(Card, raw, "", problems)
-    problems += _check_values(card, path.parent)
+    problems += _check_values(card)
     if problems:
         raise CardError(str(path), problems)
     return card
@@ -181,7 +181,7 @@ def card_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Card:
     """Validate an already-parsed card (the frozen `runs/NAME/card.yaml`, a test's dict)."""
     problems: list[str] = []
     card = _build(Card, raw, "", problems)
-    problems += _check_values(card, Path("."))
+    problems += _check_values(card)
     if problems:
         raise CardError(source, problems)
     return card
@@ -268,7 +268,7 @@ def _type_name(kind: Any) -> str:
     )
 
 
-def _check_values(card: Card, base_dir: Path) -> list[str]:
+def _check_values(card: Card) -> list[str]:
     """Range and existence checks that types alone cannot express."""
     from irpo_data.tasks import task_names  # here: tasks never import the card, so no cycle
 
@@ -296,7 +296,8 @@ def _check_values(card: Card, base_dir: Path) -> list[str]:
         problems.append(f"sampling.engine must be auto, vllm or transformers, got {card.sampling.engine!r}")
     if card.sampling.dtype not in ("bfloat16", "float32", "float16"):
         problems.append(f"sampling.dtype must be bfloat16, float32 or float16, got {card.sampling.dtype!r}")
-    if card.task.data_dir is not None and not (base_dir / card.task.data_dir).expanduser().is_dir():
+    # Relative to the working directory, as the loader reads it (not to the card's folder).
+    if card.task.data_dir is not None and not Path(card.task.data_dir).expanduser().is_dir():
         problems.append(
             f"task.data_dir {card.task.data_dir!r} is not a folder; point it at a folder of "
             "{split}.jsonl or {split}.parquet files, or remove it to load from the Hub"

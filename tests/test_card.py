@@ -67,6 +67,12 @@ def test_missing_card_file_and_missing_data_dir(tmp_path):
         load_card("demo", [f"task.data_dir={tmp_path / 'missing'}"])
 
 
+def test_relative_data_dir_is_read_from_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "data").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert load_card("math", ["task.data_dir=data"]).task.data_dir == "data"  # bundled card, cwd-relative folder
+
+
 def test_override_without_equals_sign_is_an_error():
     with pytest.raises(CardError, match="is not KEY=VALUE"):
         load_card("demo", ["sampling.num_samples"])
