@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 
 import click
@@ -39,7 +40,7 @@ def main(card, iteration, runs_dir, dry_run, quiet, overrides):
         from irpo_train.train import train_iteration
 
         out = train_iteration(resolved, iteration, runs_dir, progress=not quiet)
-        manifest = __import__("json").loads((out / "train_manifest.json").read_text())
+        manifest = json.loads((out / "train_manifest.json").read_text())
         click.echo(
             f"{out}: step {manifest['chosen_step']} chosen, held-out accuracy "
             f"{100 * (manifest['held_out_accuracy'] or 0):.1f}%; curves in {out / 'logps.png'}"
