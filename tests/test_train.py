@@ -143,3 +143,14 @@ def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(tmp_pa
 
     again = train_module.train_iteration(card, 1, tmp_path, progress=False)  # already done: kept
     assert again == out and json.loads((out / "train_manifest.json").read_text()) == manifest
+
+
+def test_irpo_train_cli_has_help_and_names_the_missing_build(tmp_path):
+    from click.testing import CliRunner
+
+    from irpo_train.cli import main
+
+    help_text = CliRunner().invoke(main, ["--help"])
+    assert help_text.exit_code == 0 and "Example" in help_text.output
+    result = CliRunner().invoke(main, ["--runs-dir", str(tmp_path), "--iter", "1"])
+    assert result.exit_code == 1 and "run `irpo-data build --iter 1` first" in result.output
