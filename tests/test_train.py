@@ -154,3 +154,17 @@ def test_irpo_train_cli_has_help_and_names_the_missing_build(tmp_path):
     assert help_text.exit_code == 0 and "Example" in help_text.output
     result = CliRunner().invoke(main, ["--runs-dir", str(tmp_path), "--iter", "1"])
     assert result.exit_code == 1 and "run `irpo-data build --iter 1` first" in result.output
+
+
+def test_lora_run_merges_adapters_into_a_plain_model(tmp_path, demo_model, demo_tokenizer):
+    card = load_card("demo", [*TINY, "train.lora=true", "train.lora_r=4", "train.max_steps=2", "train.eval_every=2"])
+    make_iteration(tmp_path, demo_tokenizer, card)
+    out = train_module.train_iteration(card, 1, tmp_path, progress=False)
+    assert not list(out.glob("adapter_*"))  # merged: a plain transformers folder vLLM can load
+    trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
+    reference = AutoModelForCausalLM.from_pretrained(demo_model.path).state_dict()
+    assert trained.keys() == reference.keys()
+    moved = [n for n in trained if not torch.equal(trained[n], reference[n])]
+    # LoRA adapts the linear layers only: those moved, the norms and embeddings did not.
+    assert any(".mlp." in n for n in moved) and any(".self_attn." in n for n in moved)
+    assert not any("norm" in n or "embed_tokens" in n for n in moved)
