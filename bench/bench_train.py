@@ -57,7 +57,8 @@ def run_irpo(opts) -> dict:
     timer = _step_timer()
     args = TrainingArguments(output_dir="/tmp/irpo-bench-train", per_device_train_batch_size=opts.batch, max_steps=opts.steps,
                              learning_rate=5e-6, bf16=opts.bf16, use_cpu=True, report_to="none", save_strategy="no",
-                             remove_unused_columns=False, disable_tqdm=True, logging_steps=1)  # fmt: skip
+                             remove_unused_columns=False, disable_tqdm=True, logging_steps=1,
+                             gradient_checkpointing=opts.grad_ckpt)  # fmt: skip
     DPONLLTrainer(model=model, args=args, train_dataset=rows, beta=0.1, alpha=1.0, callbacks=[timer],
                   data_collator=lambda b: collate(b, tokenizer.pad_token_id)).train()  # fmt: skip
     return {"step_s": sum(timer.times[1:]) / len(timer.times[1:]), "ref_tokens_per_s": ref_tok_s}
@@ -81,7 +82,7 @@ def run_trl(opts) -> dict:
     args = DPOConfig(output_dir="/tmp/trl-bench-train", per_device_train_batch_size=opts.batch, max_steps=opts.steps,
                      learning_rate=5e-6, beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0], bf16=opts.bf16,
                      use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1,
-                     max_length=1024)  # fmt: skip
+                     max_length=1024, gradient_checkpointing=opts.grad_ckpt)  # fmt: skip
     DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=pairs, processing_class=tokenizer, callbacks=[timer]).train()
     return {"step_s": sum(timer.times[1:]) / len(timer.times[1:])}
 
@@ -92,6 +93,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--bf16", action="store_true")
+    parser.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in both trainers")
     parser.add_argument("--which", choices=["irpo", "trl"], help=argparse.SUPPRESS)  # child process
     opts = parser.parse_args()
     if opts.which:
@@ -113,7 +115,7 @@ def main() -> None:
     saving = 1 - ours["peak_rss_gb"] / trl["peak_rss_gb"]
     print(f"memory saved {saving:.0%} (target >= 30%); step time {trl['step_s'] / ours['step_s']:.2f}x TRL's (target >= 1)")
     print(f"irpo reference pass: {ours['ref_tokens_per_s']:.0f} tokens/s")
-    print(json.dumps({"bench": "train", "batch_pairs": opts.batch, "bf16": opts.bf16, "irpo": ours, "trl": trl}))
+    print(json.dumps({"bench": "train", "batch_pairs": opts.batch, "bf16": opts.bf16, "grad_ckpt": opts.grad_ckpt, "irpo": ours, "trl": trl}))
 
 
 if __name__ == "__main__":

@@ -98,6 +98,7 @@ class TrainConfig:
     warmup_steps: int = 0  # linear warm-up, then a constant learning rate
     eval_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
     bf16: bool = False  # bf16 mixed precision (GPU, or CPUs with AMX)
+    gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into M_t at the end
     lora_r: int = 16
     report_to: str = "none"  # transformers report_to: none, tensorboard, wandb, ...

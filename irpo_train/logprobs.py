@@ -19,7 +19,7 @@ import torch
 from torch.utils.checkpoint import checkpoint
 
 
-def completion_logps(model, input_ids, attention_mask, completion_mask, chunk_rows: int = 1024):
+def completion_logps(model, input_ids, attention_mask, completion_mask, chunk_rows: int = 256):
     """(sum of log p(token) over completion tokens, number of completion tokens), per row.
 
     completion_mask[b, t] is True where input_ids[b, t] is a completion token to score;

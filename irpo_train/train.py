@@ -102,6 +102,7 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
         save_total_limit=1,
         seed=card.seed,
         bf16=cfg.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
         report_to=cfg.report_to,
         remove_unused_columns=False,

@@ -168,3 +168,11 @@ def test_lora_run_merges_adapters_into_a_plain_model(tmp_path, demo_model, demo_
     # LoRA adapts the linear layers only: those moved, the norms and embeddings did not.
     assert any(".mlp." in n for n in moved) and any(".self_attn." in n for n in moved)
     assert not any("norm" in n or "embed_tokens" in n for n in moved)
+
+
+def test_gradient_checkpointing_trains_through_the_chunked_head(tmp_path, demo_model, demo_tokenizer):
+    card = load_card("demo", [*TINY, "train.gradient_checkpointing=true", "train.max_steps=2", "train.eval_every=2"])
+    make_iteration(tmp_path, demo_tokenizer, card)
+    out = train_module.train_iteration(card, 1, tmp_path, progress=False)
+    steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2] and all(s["grad_norm"] > 0 for s in steps)
