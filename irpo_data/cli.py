@@ -18,7 +18,7 @@ from irpo_data.tasks import TaskError, task_names
 USER_ERRORS = (CardError, TaskError, ModelError, SamplingError, PublishError)
 
 
-def _setup_logging(quiet: bool) -> None:
+def setup_logging(quiet: bool) -> None:
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s",
@@ -77,7 +77,7 @@ def build(card, iteration, runs_dir, model, data_dir, push_to_hub, private, dry_
     Overrides are dotted card keys (sampling.num_samples=8). A killed build resumes from its
     last finished shard when run again with the same arguments.
     """
-    _setup_logging(quiet)
+    setup_logging(quiet)
     try:
         resolved = _card(card, overrides, data_dir)
         if dry_run:
@@ -115,7 +115,7 @@ def push(card, iteration, runs_dir, push_to_hub, private, overrides):
     Example:
       irpo-data push --iter 1 --push-to-hub me/irpo-demo
     """
-    _setup_logging(False)
+    setup_logging(False)
     try:
         if not push_to_hub:
             raise click.UsageError("--push-to-hub ORG/NAME is required")

@@ -125,16 +125,19 @@ def _from_hub(repo_id: str, revision: str | None) -> ResolvedModel:
     return ResolvedModel(repo_id, Path(path), f"hub:{repo_id}@{commit}")
 
 
-def sha256_file(path: Path, _cache: dict = {}) -> str:
+_FILE_HASHES: dict[tuple, str] = {}  # (path, size, mtime) -> sha256: a 140 GB model is hashed once per process
+
+
+def sha256_file(path: Path) -> str:
     stat = path.stat()
     key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
-    if key not in _cache:
+    if key not in _FILE_HASHES:
         digest = hashlib.sha256()
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 22), b""):
                 digest.update(block)
-        _cache[key] = digest.hexdigest()
-    return _cache[key]
+        _FILE_HASHES[key] = digest.hexdigest()
+    return _FILE_HASHES[key]
 
 
 def weights_sha256(folder: Path) -> str:

@@ -8,7 +8,7 @@ import sys
 import click
 
 from irpo_data.card import load_card
-from irpo_data.cli import USER_ERRORS, _setup_logging, card_option, iter_option, runs_option
+from irpo_data.cli import USER_ERRORS, setup_logging, card_option, iter_option, runs_option
 from irpo_train.data import PairDataError
 
 
@@ -31,7 +31,7 @@ def main(card, iteration, runs_dir, dry_run, quiet, overrides):
     with metrics.jsonl, logps.png, checkpoint_choice.json and the cached reference log-probs.
     A killed run resumes from its last checkpoint when run again.
     """
-    _setup_logging(quiet)
+    setup_logging(quiet)
     try:
         resolved = load_card(card, overrides)
         if dry_run:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -56,8 +56,6 @@ class Task:
     # found after another phrase is still graded but the sample is not well formed.
     answer_phrase: ClassVar[str]
     required_fields: ClassVar[tuple[str, ...]]
-
-    options: dict[str, Any] = field(default_factory=dict)
 
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
         """A `Question`, or None when the row's gold answer is empty (skipped, counted)."""
