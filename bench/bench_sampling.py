@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--hf-questions", type=int, default=8, help="questions for the (slow) transformers baseline")
     args = parser.parse_args()
 
-    from transformers import AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from irpo_data.card import ModelConfig, SamplingConfig
     from irpo_data.models import resolve_model
@@ -53,7 +53,7 @@ def main() -> None:
     prompts = render_prompts(task, questions, AutoTokenizer.from_pretrained(model.path))
     params = SamplingParams(args.samples, 0.8, 1.0, args.max_new_tokens, seed=0)
     seeds = [question_seed(0, q.question_id) for q in questions]
-    n_params = sum(p.numel() for p in __import__("transformers").AutoModelForCausalLM.from_pretrained(model.path).parameters())
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model.path).parameters())
 
     # Limits and the transformers baseline first: vLLM binds this process's OpenMP threads
     # when it starts, which slows any torch work after it (measured: fp32 matmul halved).
