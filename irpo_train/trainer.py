@@ -6,20 +6,25 @@ gradient accumulation, `report_to`, checkpoints and resume. This file adds three
   (one forward over 2B sequences), cached reference log-probs from the batch, the pure loss;
 - `HeldOutAccuracy`: greedy accuracy on the card's held-out training questions every
   `eval_every` steps, keeping the best model (the paper's checkpoint choice) and why;
-- `MetricsFile`: every logged step as one JSON line (loss, dpo, nll, rewards, log-probs).
+- `MetricsFile`: every logged step as one JSON line (loss, dpo, nll, rewards, log-probs);
+- `ProbeLogps`: log-probs of a fixed sample of training pairs, followed through training;
+- `ProgressWithLoss`: the progress bar shows the loss.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import random
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback
+from transformers.trainer_callback import ProgressCallback
 
 from irpo_data.grading import grade
 from irpo_data.runs import atomic_dir, write_json_atomic
+from irpo_train.data import collate
 from irpo_train.logprobs import completion_logps
 from irpo_train.loss import dpo_nll_loss
 
@@ -51,6 +56,16 @@ class DPONLLTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
 
+class ProgressWithLoss(ProgressCallback):
+    """The Trainer's progress bar (steps, ETA) with the latest loss, dpo, nll and reward accuracy
+    in it, instead of one printed dict per step (every step is in metrics.jsonl)."""
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and self.training_bar is not None and logs and "loss" in logs:
+            shown = {k: f"{logs[k]:.3g}" for k in ("loss", "dpo", "nll", "reward_accuracy") if k in logs}
+            self.training_bar.set_postfix(shown, refresh=False)
+
+
 class MetricsFile(TrainerCallback):
     """Append each training log (one per `logging_steps`) to metrics.jsonl."""
 
@@ -67,6 +82,57 @@ class MetricsFile(TrainerCallback):
         if logs and "loss" in logs:
             with self.path.open("a") as handle:
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class ProbeLogps(TrainerCallback):
+    """Change of log M(y|x) against the reference on the same training pairs, every `every` steps.
+
+    This is the paper's likelihood figure. The per-step metrics cannot show it: each step logs
+    the batch it is about to train on, pairs the model has not seen yet, so they measure how
+    training generalises to new pairs rather than what it does to the pairs it trains on. The
+    probe is a fixed, seeded sample of the training pairs (some trained on early, some late,
+    some not yet); one JSON line per measurement goes to probe.jsonl.
+    """
+
+    def __init__(self, rows: list[dict], count: int, every: int, seed: int, pad_token_id: int, path: Path, bf16: bool, batch_size: int = 8):
+        self.rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), min(count, len(rows))))]
+        self.every, self.pad_token_id, self.path, self.bf16, self.batch_size = every, pad_token_id, path, bf16, batch_size
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        done = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
+        kept = [d for d in done if d["step"] <= state.global_step]  # after a resume: steps to be trained again go
+        self.path.write_text("".join(json.dumps(d) + "\n" for d in kept))
+        if not kept:
+            self._measure(model, 0)
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 or state.global_step == state.max_steps:
+            self._measure(model, state.global_step)
+
+    def _measure(self, model, step: int) -> None:
+        was_training = model.training
+        model.eval()
+        chosen, rejected = [], []
+        try:
+            with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+                for start in range(0, len(self.rows), self.batch_size):
+                    rows = self.rows[start : start + self.batch_size]
+                    batch = collate(rows, self.pad_token_id)
+                    logps, _ = completion_logps(model, batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device),
+                                                batch["completion_mask"].to(model.device))  # fmt: skip
+                    chosen += [logps[j].item() - r["ref_chosen_logps"] for j, r in enumerate(rows)]
+                    rejected += [logps[j + len(rows)].item() - r["ref_rejected_logps"] for j, r in enumerate(rows)]
+        finally:
+            model.train(was_training)
+        line = {
+            "step": step,
+            "pairs": len(chosen),
+            "chosen_change": sum(chosen) / len(chosen),
+            "rejected_change": sum(rejected) / len(rejected),
+            "chosen_rose": sum(c > 0 for c in chosen) / len(chosen),  # fraction of winners above the reference
+        }
+        with self.path.open("a") as handle:
+            handle.write(json.dumps(line) + "\n")
 
 
 class HeldOutAccuracy(TrainerCallback):

