@@ -22,8 +22,9 @@ from irpo_data.cli import USER_ERRORS, card_option, runs_option, setup_logging
               help="irpo-vllm sends a question's k samples as one request; vllm is lm-eval's own (k requests).")  # fmt: skip
 @click.option("--push-to-hub", "push_to_hub", metavar="ORG/NAME", default=None, help="Also upload evals/ and the leaderboard to this dataset repo (token: HF_TOKEN or `hf auth login`).")
 @click.option("--output", type=click.Path(dir_okay=False), default=None, help="With --model: also write the result as JSON here.")
+@click.option("--log-samples", is_flag=True, help="Also write each question's prompt, completions and answers (evals/M_t.samples.jsonl).")
 @click.option("--quiet", is_flag=True, help="Only warnings and the result on the terminal.")
-def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push_to_hub, output, quiet):
+def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push_to_hub, output, log_samples, quiet):
     """Evaluate greedy, maj@k and pass@k test accuracy with lm-eval, scored by the builder's grader.
 
     \b
@@ -43,7 +44,7 @@ def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push
 
         try:
             if model_spec is not None:
-                _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, quiet)
+                _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output)
                 return
             from irpo_eval.run_eval import evaluate_run
 
@@ -52,7 +53,7 @@ def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push
             if task is not None and task != resolved.task.name:
                 raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
             settings = EvalSettings.from_card(resolved, maj_k=maj_k, limit=limit, backend=backend)
-            paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, progress=not quiet)
+            paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples)
             click.echo(paths[1].read_text())
             click.echo(f"written: {', '.join(str(p) for p in paths)}")
         except EvalError as exc:
@@ -64,7 +65,7 @@ def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push
         sys.exit(130)
 
 
-def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, quiet):
+def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output):
     from pathlib import Path
 
     from irpo_data.models import resolve_model
@@ -72,11 +73,14 @@ def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, 
 
     # Settings come from the bundled card of the same task when there is one (the paper's
     # maj@k temperature and answer length), else from the --card.
+    from irpo_data.tasks import get_task
+
     task = task or load_card(card).task.name
+    get_task(task)  # an unknown --task is named as such, with the known ones
     defaults = load_card(task if task in BUNDLED_CARDS else card, [f"task.name={task}"])
     overrides = {"maj_k": maj_k, "limit": limit, "backend": backend, "data_dir": data_dir}
     settings = EvalSettings.from_card(defaults, **overrides)
-    record = evaluate_model(resolve_model(model_spec), settings, Path(output) if output else None, progress=not quiet)
+    record = evaluate_model(resolve_model(model_spec), settings, Path(output) if output else None)
     k = settings.maj_k
     click.echo(
         f"{model_spec} on {task} ({record['questions']} questions): greedy {100 * record['greedy']:.1f}%, "

