@@ -24,8 +24,8 @@ from irpo_eval.leaderboard import build_leaderboard, write_leaderboard
 log = logging.getLogger(__name__)
 
 
-def run_models(card: Card, run: RunFolder) -> list[tuple[int, ResolvedModel]]:
-    """(t, model) for M_0 and every trained M_t of the run, in order."""
+def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> list[tuple[int, ResolvedModel]]:
+    """(t, model) for M_0 and every trained M_t of the run (t <= max_iteration), in order."""
     if not run.root.is_dir():
         raise EvalError(f"no run folder {run.root}; run `irpo-data build` and `irpo-train` first, or pass --model PATH")
     trained = sorted(
@@ -33,6 +33,7 @@ def run_models(card: Card, run: RunFolder) -> list[tuple[int, ResolvedModel]]:
         for folder in (run.root / "models").glob("M_*")
         if (m := re.fullmatch(r"M_(\d+)", folder.name)) and (folder / "train_manifest.json").is_file()
     )
+    trained = [t for t in trained if max_iteration is None or t <= max_iteration]
     if not trained:
         raise EvalError(
             f"{run.root} has no trained models yet; run `irpo-train --card {card.name} --iter 1` first "
@@ -43,11 +44,11 @@ def run_models(card: Card, run: RunFolder) -> list[tuple[int, ResolvedModel]]:
 
 
 def evaluate_run(card: Card, runs_dir: str | Path = "runs", settings: EvalSettings | None = None,
-                 push_to_hub: str | None = None, log_samples: bool = False) -> list[Path]:  # fmt: skip
+                 push_to_hub: str | None = None, log_samples: bool = False, max_iteration: int | None = None) -> list[Path]:  # fmt: skip
     """Evaluate every model of the card's run; write and return the leaderboard files."""
     run = RunFolder.for_card(card, runs_dir)
     settings = settings or EvalSettings.from_card(card)
-    models = run_models(card, run)
+    models = run_models(card, run, max_iteration)
     records = []
     for t, model in models:
         log.info("evaluating M_%d (%s) on %s", t, model.spec, settings.task)

@@ -119,6 +119,7 @@ class EvalConfig:
 class Card:
     name: str = "demo"  # run name: the run folder is runs/NAME
     seed: int = 0  # seeds sampling and pair choice
+    iterations: int = 1  # iterations T that `irpo run` does (paper: 4 GSM8K, 3 ARC and MATH)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)

@@ -63,6 +63,7 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in identity} == identity:
         log.info("%s is already trained from these pairs and this reference; nothing to do", out_dir)
         return out_dir
+    _start_or_resume(work, identity)
 
     cfg = card.train
     tokenizer = AutoTokenizer.from_pretrained(reference.path, trust_remote_code=card.model.trust_remote_code)
@@ -145,6 +146,21 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     shutil.rmtree(work)  # checkpoints are large; everything worth keeping is in M_T/
     log.info("M_%d written to %s (step %s chosen)", iteration, out_dir, best and best["step"])
     return out_dir
+
+
+def _start_or_resume(work: Path, identity: dict) -> None:
+    """Keep a killed run's work only if it was started with this card, pairs and reference.
+
+    Otherwise its checkpoints and metrics go (resuming them would mix two recipes); the cached
+    reference log-probs stay, as they carry their own key and are checked on use.
+    """
+    started = work / "identity.json"
+    if work.is_dir() and (not started.is_file() or json.loads(started.read_text()) != identity):
+        log.info("%s was started with another card, pairs or reference; starting it over", work)
+        for path in work.iterdir():
+            if not path.name.startswith("ref_logps."):
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    write_json_atomic(started, identity)
 
 
 def _final_model(model, best_dir: Path, reference_path: Path, lora: bool, best: dict | None):

@@ -182,3 +182,15 @@ def test_gradient_checkpointing_trains_through_the_chunked_head(tmp_path, demo_m
     out = train_module.train_iteration(card, 1, tmp_path, progress=False)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2] and all(s["grad_norm"] > 0 for s in steps)
+
+
+def test_work_of_a_killed_run_is_resumed_only_with_the_same_recipe(tmp_path):
+    work = tmp_path / "M_1.work"
+    (work / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    (work / "ref_logps.json").write_text("{}")
+    train_module._start_or_resume(work, {"card_sha256": "a"})
+    train_module._start_or_resume(work, {"card_sha256": "a"})  # same recipe: the checkpoint stays
+    assert (work / "checkpoints" / "checkpoint-2").is_dir()
+    train_module._start_or_resume(work, {"card_sha256": "b"})  # e.g. another learning rate
+    assert not (work / "checkpoints").exists() and (work / "ref_logps.json").is_file()
+    assert json.loads((work / "identity.json").read_text()) == {"card_sha256": "b"}

@@ -1,0 +1,98 @@
+"""The loop: for t = 1..T, build iteration t's pairs, train M_t, evaluate M_0..M_t.
+
+    card ─► irpo_data.build ─► iter_t/ ─► irpo_train.train ─► models/M_t/ ─► irpo_eval ─► evals/, leaderboard
+            (t = 1, 2, …: iteration t samples from M_{t-1})
+
+Every stage skips itself when its outputs exist and their manifest matches the card and its
+inputs, so a rerun of a finished run does nothing and a killed run resumes where it stopped.
+What changes when the card changes:
+- `train.*`: M_t is retrained (its manifest hashes the train section); iteration t+1 then sees
+  a new M_t and is re-sampled, and so on downstream;
+- `eval.*`: results are recomputed (their key holds every eval setting);
+- the sections the pairs come from (`task`, `model`, `sampling`, `pairs`, `seed`): every
+  iteration depends on them, so the run starts over; the old run is moved to runs/NAME.stale/.
+Each of these is logged with the reason.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from irpo_data.build import build_iteration, sampling_model
+from irpo_data.card import BUILD_SECTIONS, Card, CardError
+from irpo_data.publish import push_iteration
+from irpo_data.runs import RunFolder
+from irpo_eval.evaluate import EvalSettings
+from irpo_eval.run_eval import evaluate_run
+from irpo_train.train import train_iteration
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StageTimes:
+    """Wall seconds per (iteration, stage) of this invocation; skipped stages take ~0."""
+
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def record(self, name: str, start: float) -> None:
+        self.seconds[name] = round(time.perf_counter() - start, 1)
+
+
+def restart_if_recipe_changed(card: Card, run: RunFolder) -> None:
+    """Move the run aside when a section every iteration depends on has changed."""
+    try:
+        run.freeze_card(card, BUILD_SECTIONS)
+    except CardError as exc:
+        stale = run.root.with_name(run.root.name + ".stale")
+        shutil.rmtree(stale, ignore_errors=True)
+        run.root.rename(stale)
+        changes = "; ".join(p for p in exc.problems if " in the run, " in p)
+        log.warning("the card changed what every iteration is built from (%s): starting the run over; the old run is in %s", changes, stale)
+        run.freeze_card(card, BUILD_SECTIONS)
+
+
+def set_aside_if_sampled_from_another_model(card: Card, run: RunFolder, t: int) -> None:
+    """Iteration t sampled from an M_{t-1} that has since been retrained: re-sample it."""
+    settings = run.samples(t) / "settings.json"
+    if not settings.is_file():
+        return
+    current = sampling_model(card, run, t, None).weights_sha256
+    if json.loads(settings.read_text()).get("weights_sha256") != current:
+        stale = run.root / f"iter_{t}.stale"
+        shutil.rmtree(stale, ignore_errors=True)
+        run.iteration(t).rename(stale)
+        log.warning("iteration %d was sampled from an earlier M_%d; sampling it again (the old one is in %s)", t, t - 1, stale)
+
+
+def run_loop(card: Card, iterations: int, runs_dir: str | Path = "runs", push_to_hub: str | None = None, progress: bool = True) -> StageTimes:
+    if iterations < 1:
+        raise ValueError(f"--iterations must be 1 or more, got {iterations}")
+    run = RunFolder.for_card(card, runs_dir)
+    restart_if_recipe_changed(card, run)
+    times = StageTimes()
+    settings = EvalSettings.from_card(card)
+    for t in range(1, iterations + 1):
+        start = time.perf_counter()
+        if t > 1:
+            set_aside_if_sampled_from_another_model(card, run, t)
+        built = build_iteration(card, t, runs_dir, progress=progress)
+        times.record(f"iter_{t}/build", start)
+        if push_to_hub and not built.skipped:
+            push_iteration(built.iter_dir, push_to_hub, t, built.manifest["dataset_fingerprint"])
+
+        start = time.perf_counter()
+        train_iteration(card, t, runs_dir, progress=progress)
+        times.record(f"iter_{t}/train", start)
+
+        start = time.perf_counter()
+        evaluate_run(card, runs_dir, settings, max_iteration=t)
+        times.record(f"iter_{t}/eval", start)
+    if push_to_hub:
+        evaluate_run(card, runs_dir, settings, push_to_hub=push_to_hub, max_iteration=iterations)  # all reused: pushes
+    return times

@@ -1,0 +1,62 @@
+"""The run summary: one table per run, read from the run folder's manifests and results.
+
+Written to runs/NAME/README.md and printed at the end of `irpo run`. Every number comes from a
+file a stage wrote (iter_t/manifest.json, models/M_t/train_manifest.json, evals/M_t.json), so
+the summary of a resumed run is the same as that of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from irpo_data.runs import RunFolder, write_text_atomic
+
+
+def _read(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _pct(value) -> str:
+    return "" if value is None else f"{100 * value:.1f}%"
+
+
+def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None = None) -> str:
+    evals = {t: _read(run.root / "evals" / f"M_{t}.json") for t in range(iterations + 1)}
+    k = next((e["maj_k"] for e in evals.values() if e), None)
+    lines = [
+        f"# Run `{run.root.name}`",
+        "",
+        "| iteration | samples | sampling model's train accuracy | pairs (questions) | dropped: truncated / too long / off-format | "
+        "steps (chosen) | held-out acc. | test greedy | test maj@k |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+    ]
+    base = evals.get(0)
+    if base:
+        lines.append(f"| M_0 (base) | | | | | | | {_pct(base['greedy'])} | {_pct(base['maj'])} |")
+    for t in range(1, iterations + 1):
+        manifest, trained = _read(run.manifest(t)), _read(run.model(t) / "train_manifest.json")
+        counts = (manifest or {}).get("counts", {})
+        result = evals.get(t) or {}
+        drops = " / ".join(str(counts.get(k_, "")) for k_ in ("dropped_truncated", "dropped_too_long", "dropped_not_well_formed")) if counts else ""
+        lines.append(
+            f"| {t} → M_{t} | {counts.get('generations', '')} | {_pct(counts.get('train_accuracy'))} "
+            f"| {counts.get('pairs', '')} ({counts.get('questions_paired', '')}) | {drops} "
+            f"| {trained['steps'] if trained else ''} ({trained['chosen_step'] if trained else ''}) "
+            f"| {_pct(trained and trained['held_out_accuracy'])} | {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
+        )
+    lines += ["", f"maj@k: k = {k}." if k else "", "", "Files:", ""]
+    for t in range(1, iterations + 1):
+        lines.append(f"- iteration {t}: [dataset card](iter_{t}/README.md), [log-prob curves](models/M_{t}/logps.png)")
+    lines.append("- [leaderboard](leaderboard.md) and its [plot](leaderboard.png)")
+    if times:
+        lines += ["", "Wall time of the last `irpo run` (skipped stages take about 0 s):", "", "| stage | seconds |", "| --- | ---: |"]
+        lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
+        lines.append(f"| total | {sum(times.values()):.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_summary(run: RunFolder, iterations: int, times: dict[str, float] | None = None) -> str:
+    text = run_summary(run, iterations, times)
+    write_text_atomic(run.root / "README.md", text)
+    return text
