@@ -43,7 +43,8 @@ class EvalSettings:
     seed: int = 0
     dtype: str = "bfloat16"
     backend: str = "irpo-vllm"  # or lm-eval's own "vllm" (k separate requests), for comparison
-    kv_cache_gb: float = 2
+    kv_cache_gb: float = 2  # vLLM on CPU
+    gpu_memory_utilization: float = 0.9  # vLLM on GPU
     max_model_len: int = 2048
     trust_remote_code: bool = False
 
@@ -60,7 +61,8 @@ class EvalSettings:
             task=card.task.name, maj_k=card.eval.maj_k, temperature=card.eval.temperature,
             max_new_tokens=card.eval.max_new_tokens, limit=card.eval.limit, split=card.task.test_split,
             data_dir=card.task.data_dir, hub_id=card.task.hub_id, seed=card.seed, dtype=card.sampling.dtype,
-            kv_cache_gb=card.sampling.kv_cache_gb, max_model_len=card.sampling.max_model_len,
+            kv_cache_gb=card.sampling.kv_cache_gb, gpu_memory_utilization=card.sampling.gpu_memory_utilization,
+            max_model_len=card.sampling.max_model_len,
             trust_remote_code=card.model.trust_remote_code,
         )  # fmt: skip
         values.update({k: v for k, v in overrides.items() if v is not None})
@@ -76,7 +78,7 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
     from irpo_data.sampling import vllm_device_settings
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the progress bar
-    _, device_kwargs = vllm_device_settings(settings.kv_cache_gb, 0.9)
+    _, device_kwargs = vllm_device_settings(settings.kv_cache_gb, settings.gpu_memory_utilization)
     metadata = {"data_dir": settings.data_dir, "hub_id": settings.hub_id, "split": settings.split}
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
     names = [f"irpo_{settings.task}", f"irpo_{settings.task}_maj"]

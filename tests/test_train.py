@@ -17,7 +17,7 @@ from irpo_train.data import PairDataError, collate, tokenize_pairs
 from irpo_train.reference import load_or_compute
 
 # Small enough for a few CPU steps: 4 pairs, batch 2, 2 held-out questions, 24 answer tokens.
-TINY = ["train.batch_size=2", "train.max_steps=4", "train.eval_every=2", "train.eval_questions=2",
+TINY = ["train.batch_size=2", "train.max_steps=4", "train.eval_every=2", "train.eval_questions=2", "train.probe_every=2",
         "sampling.max_new_tokens=24", "train.learning_rate=1e-4", "train.bf16=false"]  # fmt: skip  # fp32: exact at step 1
 
 
@@ -186,9 +186,9 @@ def test_gradient_checkpointing_trains_through_the_chunked_head(tmp_path, demo_m
 
 def test_work_of_a_killed_run_is_resumed_only_with_the_same_recipe(tmp_path):
     work = tmp_path / "M_1.work"
-    (work / "checkpoints" / "checkpoint-2").mkdir(parents=True)
+    train_module._start_or_resume(work, {"card_sha256": "a"})  # a new run records its recipe
+    (work / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # ... trains, and is killed
     (work / "ref_logps.json").write_text("{}")
-    train_module._start_or_resume(work, {"card_sha256": "a"})
     train_module._start_or_resume(work, {"card_sha256": "a"})  # same recipe: the checkpoint stays
     assert (work / "checkpoints" / "checkpoint-2").is_dir()
     train_module._start_or_resume(work, {"card_sha256": "b"})  # e.g. another learning rate
