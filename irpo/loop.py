@@ -49,10 +49,12 @@ def restart_if_recipe_changed(card: Card, run: RunFolder) -> None:
     try:
         run.freeze_card(card, BUILD_SECTIONS)
     except CardError as exc:
+        changes = "; ".join(p for p in exc.problems if " in the run, " in p)
+        if not changes:  # e.g. an unreadable card.yaml: not a recipe change, so nothing is moved
+            raise
         stale = run.root.with_name(run.root.name + ".stale")
         shutil.rmtree(stale, ignore_errors=True)
         run.root.rename(stale)
-        changes = "; ".join(p for p in exc.problems if " in the run, " in p)
         log.warning("the card changed what every iteration is built from (%s): starting the run over; the old run is in %s", changes, stale)
         run.freeze_card(card, BUILD_SECTIONS)
 

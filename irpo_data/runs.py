@@ -58,7 +58,11 @@ class RunFolder:
         """
         path = self.root / "card.yaml"
         if path.is_file():
-            frozen = card_from_dict(yaml.safe_load(path.read_text()), str(path))
+            try:
+                stored = yaml.safe_load(path.read_text())
+            except yaml.YAMLError as exc:
+                raise CardError(str(path), [f"not valid YAML ({exc}); restore it, or delete {self.root} to start the run over"]) from None
+            frozen = card_from_dict(stored, str(path))
             before = {k: v for k, v in _flatten(frozen.to_dict()).items() if k.split(".")[0] in sections}
             after = _flatten(card.to_dict())
             diff = [f"{k}: {before[k]!r} in the run, {after.get(k)!r} now" for k in sorted(before) if before[k] != after.get(k)]

@@ -132,3 +132,14 @@ def test_irpo_run_help_and_bad_card():
     assert "irpo run --card gsm8k --iterations 4" in runner.invoke(main, ["run", "--help"]).output
     result = runner.invoke(main, ["run", "--card", "nope.yaml"])
     assert result.exit_code == 1 and "no such card file" in result.output
+
+
+def test_an_unreadable_run_card_is_an_error_not_a_restart(tmp_path):
+    from irpo_data.card import CardError
+
+    run = RunFolder(tmp_path / "demo")
+    run.root.mkdir()
+    (run.root / "card.yaml").write_text("sampling: [unclosed\n")
+    with pytest.raises(CardError):
+        restart_if_recipe_changed(load_card("demo"), run)
+    assert (run.root / "card.yaml").is_file() and not (tmp_path / "demo.stale").exists()
