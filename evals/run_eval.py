@@ -49,10 +49,9 @@ def evaluate_run(card: Card, runs_dir: str | Path = "runs", settings: EvalSettin
     run = RunFolder.for_card(card, runs_dir)
     settings = settings or EvalSettings.from_card(card)
     models = run_models(card, run, max_iteration)
-    records = []
+    evals, records = run.root / "evals", []
     for t, model in models:
         log.info("evaluating M_%d (%s) on %s", t, model.spec, settings.task)
-        evals = run.root / "evals"
         record = evaluate_model(model, settings, evals / f"M_{t}.json", evals / f"M_{t}.samples.jsonl" if log_samples else None)
         log.info(
             "M_%d: greedy %.1f%%, maj@%d %.1f%%, pass@%d %.1f%% on %d questions",
@@ -61,7 +60,7 @@ def evaluate_run(card: Card, runs_dir: str | Path = "runs", settings: EvalSettin
         records.append((t, record))
     paths = write_leaderboard(build_leaderboard(records), run.root)
     if push_to_hub:
-        files = {f"evals/{p.name}": p for p in sorted((run.root / "evals").glob("M_*.json"))}
+        files = {f"evals/{p.name}": p for p in sorted(evals.glob("M_*.json"))}
         files.update({p.name: p for p in paths})
         push_files(push_to_hub, files, f"irpo: leaderboard of run {card.name}",
                    retry=f"irpo-eval --card {card.name} --push-to-hub {push_to_hub}")  # fmt: skip

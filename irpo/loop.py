@@ -93,8 +93,7 @@ def run_loop(card: Card, iterations: int, runs_dir: str | Path = "runs", push_to
         times.record(f"iter_{t}/train", start)
 
         start = time.perf_counter()
-        evaluate_run(card, runs_dir, settings, max_iteration=t)
+        # The leaderboard goes to the Hub once, with the last iteration's evaluation.
+        evaluate_run(card, runs_dir, settings, push_to_hub=push_to_hub if t == iterations else None, max_iteration=t)
         times.record(f"iter_{t}/eval", start)
-    if push_to_hub:
-        evaluate_run(card, runs_dir, settings, push_to_hub=push_to_hub, max_iteration=iterations)  # all reused: pushes
     return times

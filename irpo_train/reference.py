@@ -40,11 +40,11 @@ def reference_logps(model, rows, pad_token_id: int, batch_size: int = 8, progres
     order = sorted(range(len(rows)), key=lambda i: len(rows[i]["prompt_ids"]) + len(rows[i]["chosen_ids"]) + len(rows[i]["rejected_ids"]))
     chosen, rejected = [0.0] * len(rows), [0.0] * len(rows)
     tokens, start = 0, time.perf_counter()
-    device = "cuda" if next(model.parameters()).is_cuda else "cpu"
-    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
+    device = next(model.parameters()).device
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
         for begin in tqdm(range(0, len(order), batch_size), desc="reference log-probs", unit="batch", disable=not progress):
             index = order[begin : begin + batch_size]
-            batch = collate([rows[i] for i in index], pad_token_id)
+            batch = {k: v.to(device) for k, v in collate([rows[i] for i in index], pad_token_id).items()}
             logps, _ = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
             tokens += int(batch["attention_mask"].sum())
             for j, i in enumerate(index):

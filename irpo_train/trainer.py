@@ -24,9 +24,9 @@ from transformers.trainer_callback import ProgressCallback
 
 from irpo_data.grading import grade
 from irpo_data.runs import atomic_dir, write_json_atomic
-from irpo_train.data import collate
 from irpo_train.logprobs import completion_logps
 from irpo_train.loss import dpo_nll_loss
+from irpo_train.reference import reference_logps
 
 log = logging.getLogger(__name__)
 
@@ -111,19 +111,13 @@ class ProbeLogps(TrainerCallback):
 
     def _measure(self, model, step: int) -> None:
         was_training = model.training
-        model.eval()
-        chosen, rejected = [], []
         try:
-            with torch.no_grad(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=self.bf16):
-                for start in range(0, len(self.rows), self.batch_size):
-                    rows = self.rows[start : start + self.batch_size]
-                    batch = collate(rows, self.pad_token_id)
-                    logps, _ = completion_logps(model, batch["input_ids"].to(model.device), batch["attention_mask"].to(model.device),
-                                                batch["completion_mask"].to(model.device))  # fmt: skip
-                    chosen += [logps[j].item() - r["ref_chosen_logps"] for j, r in enumerate(rows)]
-                    rejected += [logps[j + len(rows)].item() - r["ref_rejected_logps"] for j, r in enumerate(rows)]
+            # The reference pass's own function: same batching and autocast, no gradients.
+            policy_chosen, policy_rejected, _ = reference_logps(model, self.rows, self.pad_token_id, self.batch_size, False, self.bf16)
         finally:
             model.train(was_training)
+        chosen = [p - r["ref_chosen_logps"] for p, r in zip(policy_chosen, self.rows)]
+        rejected = [p - r["ref_rejected_logps"] for p, r in zip(policy_rejected, self.rows)]
         line = {
             "step": step,
             "pairs": len(chosen),
