@@ -1,34 +1,51 @@
-"""The run's leaderboard: one row per model M_0 … M_T, the paper's rows beside them.
+"""The run's leaderboard: one row per model M_0 … M_T and per ablation, the paper's rows beside them.
 
-    evals/M_t.json (one per model) ─► leaderboard.json (for tools)
-                                    ─► leaderboard.md   (for people: percentages, ± standard error)
-                                    ─► leaderboard.png  (accuracy over iterations)
+    evals/MODEL.json (one per model) ─► leaderboard.json (for tools)
+                                      ─► leaderboard.md   (for people: percentages, ± standard error)
+                                      ─► leaderboard.png  (accuracy over iterations, ablations as points)
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
+from irpo_data.card import OBJECTIVE_NAMES
 from irpo_data.runs import write_json_atomic, write_text_atomic
-from irpo_eval.paper import PAPER_ROWS, SOURCE
+from irpo_eval.paper import PAPER_ROWS, SOURCE, paper_greedy
 
 METRICS = ("greedy", "maj", "pass", "sample_mean")
 
 
-def build_leaderboard(records: list[tuple[int, dict]]) -> dict:
-    """`records`: (iteration, evals/M_t.json content) for every evaluated model, M_0 first."""
-    records = sorted(records, key=lambda r: r[0])
-    base = records[0][1] if records and records[0][0] == 0 else None
-    first = records[0][1]
+@dataclass(frozen=True)
+class Entry:
+    """One evaluated model of a run."""
+
+    model: str  # "M_0", "M_1", "M_1-dpo" (models/ folder name; M_0 is the card's base model)
+    iteration: int
+    record: dict  # its evals/MODEL.json
+    objective: str | None = None  # train.objective it was trained with; None for M_0
+    ablation: bool = False  # a side model trained from iteration t's pairs, not on the main line
+    pairs_fingerprint: str | None = None  # the pair dataset it was trained from
+
+
+def build_leaderboard(entries: list[Entry]) -> dict:
+    """The leaderboard of every evaluated model: the main line by iteration, each ablation after its M_t."""
+    entries = sorted(entries, key=lambda e: (e.iteration, e.ablation, e.model))
+    base = entries[0].record if entries and entries[0].iteration == 0 else None
+    first = entries[0].record
     rows = []
-    for iteration, record in records:
-        row = {"model": f"M_{iteration}", "iteration": iteration, "spec": record["model"], "questions": record["questions"]}
+    for e in entries:
+        record = e.record
+        row = {"model": e.model, "iteration": e.iteration, "objective": e.objective, "ablation": e.ablation,
+               "spec": record["model"], "questions": record["questions"], "pairs_fingerprint": e.pairs_fingerprint}  # fmt: skip
         row.update({m: record[m] for m in METRICS})
         row["greedy_stderr"] = math.sqrt(record["greedy"] * (1 - record["greedy"]) / max(1, record["questions"]))
         if base is not None:
             row["delta_greedy"] = record["greedy"] - base["greedy"]
             row["delta_maj"] = record["maj"] - base["maj"]
+        row["paper_greedy"] = paper_greedy(first["task"], e.iteration, e.objective)
         rows.append(row)
     settings = first["key"]["settings"]
     return {
@@ -56,19 +73,31 @@ def leaderboard_markdown(board: dict) -> str:
         f"pass@{k} and per-sample come from the same {k} samples at temperature {s['temperature']}. "
         "± is the greedy accuracy's standard error. Δ is against M_0.",
         "",
-        f"| model | greedy | maj@{k} | pass@{k} | per-sample | questions | Δ greedy | Δ maj@{k} |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| model | trained with | greedy | maj@{k} | pass@{k} | per-sample | questions | Δ greedy | Δ maj@{k} | paper, greedy |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in board["rows"]:
+        trained = OBJECTIVE_NAMES.get(r.get("objective"), "base model (CoT prompt)" if r["iteration"] == 0 else r.get("objective") or "")
+        paper_value = r.get("paper_greedy")
         lines.append(
-            f"| {r['model']} | {_pct(r['greedy'])} ± {_pct(r['greedy_stderr'])} | {_pct(r['maj'])} | {_pct(r['pass'])} "
-            f"| {_pct(r['sample_mean'])} | {r['questions']} | {_pct(r.get('delta_greedy'), True)} | {_pct(r.get('delta_maj'), True)} |"
+            f"| {r['model']} | {trained} | {_pct(r['greedy'])} ± {_pct(r['greedy_stderr'])} | {_pct(r['maj'])} | {_pct(r['pass'])} "
+            f"| {_pct(r['sample_mean'])} | {r['questions']} | {_pct(r.get('delta_greedy'), True)} | {_pct(r.get('delta_maj'), True)} "
+            f"| {'' if paper_value is None else f'{paper_value:.1f}'} |"
         )
+    ablations = [r for r in board["rows"] if r.get("ablation")]
+    if ablations:
+        fingerprints = {r.get("pairs_fingerprint") for r in board["rows"] if r["iteration"] == ablations[0]["iteration"]}
+        same = (f"all trained from the same pair dataset (fingerprint {fingerprints.pop()})" if len(fingerprints) == 1
+                else f"WARNING: trained from different pair datasets ({', '.join(sorted(map(str, fingerprints)))})")  # fmt: skip
+        lines += ["", f"M_{ablations[0]['iteration']} and its ablations: {same}."]
     paper = board["paper"]
     lines.append("")
     if paper["rows"]:
-        lines += [f"Published ({paper['source']}, full test set), for reference:", "", "| row | accuracy |", "| --- | ---: |"]
-        lines += [f"| {p['label']} | {p['accuracy']:.1f} |" for p in paper["rows"]]
+        lines += [
+            f"Published ({paper['source']}, full test set), for reference; \"paper, greedy\" above is the row "
+            "trained the same way:", "", "| row | metric | accuracy |", "| --- | --- | ---: |",
+        ]  # fmt: skip
+        lines += [f"| {p['label']} | {p['metric']} | {p['accuracy']:.1f} |" for p in paper["rows"]]
     else:
         lines.append(f"The paper ({paper['source']}) reports no numbers for task `{board['task']}`.")
     return "\n".join(lines) + "\n"
@@ -80,19 +109,31 @@ def plot_leaderboard(board: dict, out: Path) -> None:
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt
 
-    rows, k = board["rows"], board["maj_k"]
+    k = board["maj_k"]
+    rows = [r for r in board["rows"] if not r.get("ablation")]
     steps = [r["iteration"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
     ax.errorbar(steps, [100 * r["greedy"] for r in rows], yerr=[100 * r["greedy_stderr"] for r in rows], marker="o", capsize=3, label="ours, greedy")
     ax.plot(steps, [100 * r["maj"] for r in rows], marker="s", label=f"ours, maj@{k}")
-    curve = [p for p in board["paper"]["rows"] if p["iteration"] is not None]
+    # Ablations: one point each beside their iteration, spread so that error bars do not overlap.
+    ablations = [r for r in board["rows"] if r.get("ablation")]
+    for i, (r, marker) in enumerate(zip(ablations, "D^v<>phX*")):
+        x = r["iteration"] + 0.08 * (i + 1)
+        ax.errorbar([x], [100 * r["greedy"]], yerr=[100 * r["greedy_stderr"]], marker=marker, capsize=3, linestyle="none",
+                    label=f"ours, greedy: {OBJECTIVE_NAMES.get(r['objective'], r['objective'])}")  # fmt: skip
+    paper = board["paper"]["rows"]
+    curve = [p for p in paper if p["iteration"] is not None and p["objective"] in (None, "dpo_nll")]
     if curve:
         ax.plot([p["iteration"] for p in curve], [p["accuracy"] for p in curve], "--", color="grey", marker=".", label=f"{board['paper']['source']}, greedy")
+    for p in paper:  # the paper's baselines that have a counterpart here, as labelled grey points
+        if p["iteration"] is not None and p["objective"] not in (None, "dpo_nll"):
+            ax.plot([p["iteration"]], [p["accuracy"]], "x", color="grey")
+            ax.annotate(OBJECTIVE_NAMES[p["objective"]], (p["iteration"], p["accuracy"]), fontsize=7, color="grey", xytext=(4, -3), textcoords="offset points")
     ax.set_xlabel("iteration (M_t)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(sorted(set(steps) | {p["iteration"] for p in curve}))
     ax.set_title(f"Iterative RPO on {board['task']}")
-    ax.legend()
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     tmp = out.with_name(f".tmp-{out.name}")
     fig.savefig(tmp, dpi=120, format="png")

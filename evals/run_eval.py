@@ -1,17 +1,19 @@
-"""`irpo-eval` over a run: every model M_0 … M_T on the card's test set, then the leaderboard.
+"""`irpo-eval` over a run: every model M_0 … M_T (and each ablation) on the card's test set, then the leaderboard.
 
-    card's base model (M_0), runs/NAME/models/M_t/ ─► evals/M_t.json ─► leaderboard.{md,json,png}
+    card's base model (M_0), runs/NAME/models/M_t/, models/M_t-OBJECTIVE/ ─► evals/MODEL.json ─► leaderboard.{md,json,png}
 
 M_0 is the card's base model; M_t (t ≥ 1) is every finished `models/M_t/` (one with its
-train_manifest.json). Each model's result is written as soon as it is computed, so a crash or
-Ctrl-C loses at most the model in flight, and a rerun reuses every result whose model and
-settings match.
+train_manifest.json), and M_t-OBJECTIVE every finished ablation (`irpo run --ablations`).
+Each model's result is written as soon as it is computed, so a crash or Ctrl-C loses at most
+the model in flight, and a rerun reuses every result whose model and settings match.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 from irpo_data.card import Card
@@ -19,28 +21,41 @@ from irpo_data.models import ResolvedModel, resolve_model
 from irpo_data.publish import push_files
 from irpo_data.runs import RunFolder
 from irpo_eval.evaluate import EvalError, EvalSettings, evaluate_model
-from irpo_eval.leaderboard import build_leaderboard, write_leaderboard
+from irpo_eval.leaderboard import Entry, build_leaderboard, write_leaderboard
 
 log = logging.getLogger(__name__)
 
 
-def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> list[tuple[int, ResolvedModel]]:
-    """(t, model) for M_0 and every trained M_t of the run (t <= max_iteration), in order."""
+@dataclass(frozen=True)
+class RunModel:
+    name: str  # "M_0", "M_1", "M_1-dpo": its evals/NAME.json
+    iteration: int
+    model: ResolvedModel
+    objective: str | None = None
+    ablation: bool = False
+    pairs_fingerprint: str | None = None
+
+
+def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> list[RunModel]:
+    """M_0 and every trained model of the run (iteration <= max_iteration), main line first."""
     if not run.root.is_dir():
         raise EvalError(f"no run folder {run.root}; run `irpo-data build` and `irpo-train` first, or pass --model PATH")
-    trained = sorted(
-        int(m.group(1))
-        for folder in (run.root / "models").glob("M_*")
-        if (m := re.fullmatch(r"M_(\d+)", folder.name)) and (folder / "train_manifest.json").is_file()
-    )
-    trained = [t for t in trained if max_iteration is None or t <= max_iteration]
-    if not trained:
+    trained = []
+    for folder in sorted((run.root / "models").glob("M_*")):
+        match = re.fullmatch(r"M_(\d+)(?:-(\w+))?", folder.name)
+        manifest = folder / "train_manifest.json"
+        if not match or not manifest.is_file() or (max_iteration is not None and int(match.group(1)) > max_iteration):
+            continue
+        info = json.loads(manifest.read_text())
+        trained.append(RunModel(folder.name, int(match.group(1)), resolve_model(str(folder)), info.get("objective", "dpo_nll"),
+                                match.group(2) is not None, info.get("pairs_fingerprint")))  # fmt: skip
+    if not any(not m.ablation for m in trained):
         raise EvalError(
             f"{run.root} has no trained models yet; run `irpo-train --card {card.name} --iter 1` first "
             f"(or evaluate the base model alone with `irpo-eval --model PATH --task {card.task.name}`)"
         )
     base = resolve_model(card.model.base, card.model.revision, card.model.trust_remote_code)
-    return [(0, base)] + [(t, resolve_model(str(run.model(t)))) for t in trained]
+    return [RunModel("M_0", 0, base)] + sorted(trained, key=lambda m: (m.iteration, m.ablation, m.name))
 
 
 def evaluate_run(card: Card, runs_dir: str | Path = "runs", settings: EvalSettings | None = None,
@@ -49,16 +64,16 @@ def evaluate_run(card: Card, runs_dir: str | Path = "runs", settings: EvalSettin
     run = RunFolder.for_card(card, runs_dir)
     settings = settings or EvalSettings.from_card(card)
     models = run_models(card, run, max_iteration)
-    evals, records = run.root / "evals", []
-    for t, model in models:
-        log.info("evaluating M_%d (%s) on %s", t, model.spec, settings.task)
-        record = evaluate_model(model, settings, evals / f"M_{t}.json", evals / f"M_{t}.samples.jsonl" if log_samples else None)
+    evals, entries = run.root / "evals", []
+    for m in models:
+        log.info("evaluating %s (%s) on %s", m.name, m.model.spec, settings.task)
+        record = evaluate_model(m.model, settings, evals / f"{m.name}.json", evals / f"{m.name}.samples.jsonl" if log_samples else None)
         log.info(
-            "M_%d: greedy %.1f%%, maj@%d %.1f%%, pass@%d %.1f%% on %d questions",
-            t, 100 * record["greedy"], settings.maj_k, 100 * record["maj"], settings.maj_k, 100 * record["pass"], record["questions"],
+            "%s: greedy %.1f%%, maj@%d %.1f%%, pass@%d %.1f%% on %d questions",
+            m.name, 100 * record["greedy"], settings.maj_k, 100 * record["maj"], settings.maj_k, 100 * record["pass"], record["questions"],
         )  # fmt: skip
-        records.append((t, record))
-    paths = write_leaderboard(build_leaderboard(records), run.root)
+        entries.append(Entry(m.name, m.iteration, record, m.objective, m.ablation, m.pairs_fingerprint))
+    paths = write_leaderboard(build_leaderboard(entries), run.root)
     if push_to_hub:
         files = {f"evals/{p.name}": p for p in sorted(evals.glob("M_*.json"))}
         files.update({p.name: p for p in paths})

@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from irpo_data.card import load_card
+from irpo_data.card import OBJECTIVES, Card, load_card
 from irpo_data.cli import USER_ERRORS, card_option, runs_option, setup_logging
 from irpo_eval.evaluate import EvalError
 from irpo_train.data import PairDataError
@@ -28,9 +28,12 @@ def main() -> None:
 @runs_option
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Iterations T  [default: the card's iterations]")
 @click.option("--push-to-hub", "push_to_hub", metavar="ORG/NAME", default=None, help="Push each iteration's pairs (config iter_t) and the leaderboard to this dataset repo.")
+@click.option("--ablations", is_flag=True,
+              help="Also train iteration 1's pairs with every other objective (dpo, sft_winners, sft_gold) and put them on the "
+                   "leaderboard; for some of them set the card key instead: ablations=[dpo,sft_winners].")
 @click.option("--quiet", is_flag=True, help="Only warnings and the summary on the terminal.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-def run(card, runs_dir, iterations, push_to_hub, quiet, overrides):
+def run(card, runs_dir, iterations, push_to_hub, ablations, quiet, overrides):
     """Run the loop: for t = 1..T build iteration t's pairs from M_{t-1}, train M_t, evaluate.
 
     \b
@@ -38,6 +41,8 @@ def run(card, runs_dir, iterations, push_to_hub, quiet, overrides):
       irpo run                                        # demo card, 2 iterations, runs/demo
       irpo run --card gsm8k --iterations 4 --push-to-hub ORG/irpo-gsm8k
       irpo run train.learning_rate=5e-6               # retrains M_1 on, reuses the pairs
+      irpo run --ablations                            # + DPO, SFT on winners, SFT on gold from iter 1's pairs
+      irpo run ablations=[dpo,sft_winners] --iterations 1
 
     The run folder is the only state: a finished stage whose manifest matches the card is
     skipped, a killed run resumes where it stopped, and a changed card key re-runs the stage
@@ -51,6 +56,8 @@ def run(card, runs_dir, iterations, push_to_hub, quiet, overrides):
         from irpo_data.runs import RunFolder
 
         resolved = load_card(card, overrides)
+        if ablations:  # set as the card's `ablations`, so it is checked like any card value
+            resolved = load_card(card, [*overrides, f"ablations=[{','.join(_all_ablations(resolved))}]"])
         iterations = iterations or resolved.iterations
         times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet)
         click.echo(write_summary(RunFolder.for_card(resolved, runs_dir), iterations, times.seconds))
@@ -66,3 +73,14 @@ def run(card, runs_dir, iterations, push_to_hub, quiet, overrides):
     except KeyboardInterrupt:
         click.echo("interrupted: finished stages are kept in the run folder; run the same command to go on", err=True)
         sys.exit(130)
+
+
+def _all_ablations(card: Card) -> list[str]:
+    """--ablations: every objective but the card's own (sft_gold only where the task has gold solutions)."""
+    from irpo_data.tasks import get_task
+
+    chosen = [o for o in OBJECTIVES if o != card.train.objective]
+    if "sft_gold" in chosen and not get_task(card.task.name).has_solutions:
+        click.echo(f"--ablations: skipping sft_gold, task {card.task.name} has no gold solutions", err=True)
+        chosen.remove("sft_gold")
+    return chosen

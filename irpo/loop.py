@@ -12,6 +12,10 @@ What changes when the card changes:
 - the sections the pairs come from (`task`, `model`, `sampling`, `pairs`, `seed`): every
   iteration depends on them, so the run starts over; the old run is moved to runs/NAME.stale/.
 Each of these is logged with the reason.
+
+Ablations (card `ablations`, `irpo run --ablations`): after M_1, the same iteration-1 pairs also
+train models/M_1-OBJECTIVE for each listed objective; they are evaluated with the rest, sit on
+the leaderboard beside M_1, and their log-prob curves share one figure (ablations_logps.png).
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from irpo_data.build import build_iteration, sampling_model
-from irpo_data.card import BUILD_SECTIONS, Card, CardError
+from irpo_data.card import BUILD_SECTIONS, OBJECTIVE_NAMES, Card, CardError
 from irpo_data.publish import push_iteration
 from irpo_data.runs import RunFolder
 from irpo_eval.evaluate import EvalSettings
 from irpo_eval.run_eval import evaluate_run
+from irpo_train.plots import plot_objectives
 from irpo_train.train import train_iteration
 
 log = logging.getLogger(__name__)
@@ -91,9 +96,25 @@ def run_loop(card: Card, iterations: int, runs_dir: str | Path = "runs", push_to
         start = time.perf_counter()
         train_iteration(card, t, runs_dir, progress=progress)
         times.record(f"iter_{t}/train", start)
+        if t == 1 and card.ablations:
+            train_ablations(card, run, runs_dir, times, progress)
 
         start = time.perf_counter()
         # The leaderboard goes to the Hub once, with the last iteration's evaluation.
         evaluate_run(card, runs_dir, settings, push_to_hub=push_to_hub if t == iterations else None, max_iteration=t)
         times.record(f"iter_{t}/eval", start)
     return times
+
+
+def train_ablations(card: Card, run: RunFolder, runs_dir: str | Path, times: StageTimes, progress: bool) -> None:
+    """Train models/M_1-OBJECTIVE for each of card.ablations from iteration 1's pairs; draw their curves."""
+    ablations = [a for a in dict.fromkeys(card.ablations) if a != card.train.objective]
+    for objective in ablations:
+        start = time.perf_counter()
+        log.info("ablation: training M_1-%s (%s) from iteration 1's pairs", objective, OBJECTIVE_NAMES[objective])
+        train_iteration(card, 1, runs_dir, progress=progress, ablation=objective)
+        times.record(f"iter_1/train {objective}", start)
+    folders = {OBJECTIVE_NAMES[card.train.objective]: run.model(1)}
+    folders.update({OBJECTIVE_NAMES[a]: run.model(1, a) for a in ablations})
+    figure = plot_objectives(folders, run.root / "ablations_logps.png")
+    log.info("log-prob curves of M_1 and its ablations: %s", figure)

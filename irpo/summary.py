@@ -45,15 +45,36 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
             f"| {trained['steps'] if trained else ''} ({trained['chosen_step'] if trained else ''}) "
             f"| {_pct(trained and trained['held_out_accuracy'])} | {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
         )
+    lines += _ablation_rows(run)
     lines += ["", f"maj@k: k = {k}." if k else "", "", "Files:", ""]
     for t in range(1, iterations + 1):
         lines.append(f"- iteration {t}: [dataset card](iter_{t}/README.md), [log-prob curves](models/M_{t}/logps.png)")
     lines.append("- [leaderboard](leaderboard.md) and its [plot](leaderboard.png)")
+    if (run.root / "ablations_logps.png").is_file():
+        lines.append("- [log-prob curves of M_1 and its ablations](ablations_logps.png)")
     if times:
         lines += ["", "Wall time of the last `irpo run` (skipped stages take about 0 s):", "", "| stage | seconds |", "| --- | ---: |"]
         lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
         lines.append(f"| total | {sum(times.values()):.0f} |")
     return "\n".join(lines) + "\n"
+
+
+def _ablation_rows(run: RunFolder) -> list[str]:
+    """M_1 beside its ablations: objective, pairs fingerprint, checkpoint, held-out and test accuracy."""
+    folders = [run.model(1)] + sorted(p for p in (run.root / "models").glob("M_1-*") if not p.name.endswith(".work"))
+    trained = [(f.name, m) for f in folders if (m := _read(f / "train_manifest.json"))]
+    if len(trained) < 2:
+        return []
+    lines = ["", "Iteration 1's pairs under each objective:", "",
+             "| model | objective | trained on | pairs fingerprint | steps (chosen) | held-out acc. | test greedy | test maj@k |",
+             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    for name, m in trained:
+        result = _read(run.root / "evals" / f"{name}.json") or {}
+        lines.append(
+            f"| {name} | {m.get('objective', 'dpo_nll')} | {m.get('trained_on', 'the pairs')} | {m['pairs_fingerprint']} "
+            f"| {m['steps']} ({m['chosen_step']}) | {_pct(m['held_out_accuracy'])} | {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
+        )
+    return lines
 
 
 def write_summary(run: RunFolder, iterations: int, times: dict[str, float] | None = None) -> str:

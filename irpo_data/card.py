@@ -87,8 +87,9 @@ class PairsConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     # Read by irpo-train; defaults are the paper's.
+    objective: str = "dpo_nll"  # one of OBJECTIVES: the paper's loss, or a baseline to compare with it
     beta: float = 0.1  # DPO temperature on the log-ratio margin
-    alpha: float = 1.0  # weight of the winner's length-normalised NLL
+    alpha: float = 1.0  # weight of the winner's length-normalised NLL (objective dpo_nll)
     learning_rate: float = 7e-7
     batch_size: int = 16  # pairs per optimiser step
     max_steps: int = 5000
@@ -120,6 +121,9 @@ class Card:
     name: str = "demo"  # run name: the run folder is runs/NAME
     seed: int = 0  # seeds sampling and pair choice
     iterations: int = 1  # iterations T that `irpo run` does (paper: 4 GSM8K, 3 ARC and MATH)
+    # Objectives `irpo run` also trains at iteration 1, from the same pairs, for comparison on the
+    # leaderboard (models/M_1-OBJECTIVE); empty = none. `irpo run --ablations` sets all of them.
+    ablations: list[str] = field(default_factory=list)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
@@ -138,6 +142,20 @@ class Card:
         tree = self.to_dict()
         blob = json.dumps({k: tree[k] for k in sections} if sections else tree, sort_keys=True).encode()
         return hashlib.sha256(blob).hexdigest()
+
+
+# Training objectives (train.objective), all trained by irpo-train from one iteration's pairs:
+# - dpo_nll: DPO on (winner, loser) + alpha x the winner's NLL / its length (Pang et al., 2024);
+# - dpo: the DPO term alone (alpha = 0);
+# - sft_winners: the NLL term alone, on the pairs' winners (STaR / rejection-sampling fine-tuning);
+# - sft_gold: the NLL term on the dataset's gold worked solutions of the iteration's questions.
+OBJECTIVES = ("dpo_nll", "dpo", "sft_winners", "sft_gold")
+OBJECTIVE_NAMES = {  # as tables and figures name them
+    "dpo_nll": "DPO+NLL (iterative RPO)",
+    "dpo": "DPO",
+    "sft_winners": "SFT on winners (STaR)",
+    "sft_gold": "SFT on gold solutions",
+}
 
 
 # The card sections each stage depends on: changing one re-runs that stage and the ones after it.
@@ -296,6 +314,19 @@ def _check_values(card: Card) -> list[str]:
     if not card.sampling.temperatures:
         problems.append("sampling.temperatures must list at least one temperature")
     problems += [f"sampling.temperatures has {t}; temperatures must be 0 or more" for t in card.sampling.temperatures if t < 0]
+    for key, objective in [("train.objective", card.train.objective), *(("ablations", a) for a in card.ablations)]:
+        if objective not in OBJECTIVES:
+            near = difflib.get_close_matches(objective, OBJECTIVES, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            problems.append(f"{key} has {objective!r}; {hint}objectives are {', '.join(OBJECTIVES)}")
+    if card.task.name in task_names() and "sft_gold" in (card.train.objective, *card.ablations):
+        from irpo_data.tasks import get_task
+
+        if not get_task(card.task.name).has_solutions:
+            problems.append(
+                f"objective sft_gold trains on gold worked solutions, and task {card.task.name} has none (only answer keys); "
+                f"choose dpo_nll, dpo or sft_winners"
+            )
     if card.sampling.engine not in ("auto", "vllm", "transformers"):
         problems.append(f"sampling.engine must be auto, vllm or transformers, got {card.sampling.engine!r}")
     if card.sampling.dtype not in ("bfloat16", "float32", "float16"):

@@ -160,7 +160,10 @@ def _nesting_depth(text: str) -> int:
 @lru_cache(maxsize=65536)
 def _parse(text: str, latex: bool) -> tuple:
     # math-verify reads LaTeX ("\frac{1}{2}", "[2,5)", "x^2+1") only inside $...$; plain
-    # text "x^2+1" would parse as 1. Spans reach here with their own $ already removed.
+    # text "x^2+1" would parse as 1. Spans reach here with their own $ already removed; an
+    # escaped \$ is a currency sign (MATH: "\$1,\!657"), which carries no value and would
+    # otherwise stop the wrapping.
+    text = text.replace("\\$", "")
     wrapped = f"${text}$" if (latex or "\\" in text) and "$" not in text else text
     return tuple(parse(wrapped, parsing_timeout=None))
 

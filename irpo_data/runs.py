@@ -47,8 +47,9 @@ class RunFolder:
     def manifest(self, t: int) -> Path:
         return self.iteration(t) / "manifest.json"
 
-    def model(self, t: int) -> Path:
-        return self.root / "models" / f"M_{t}"
+    def model(self, t: int, ablation: str | None = None) -> Path:
+        """models/M_t, or models/M_t-OBJECTIVE: the side model an ablation trains from the same pairs."""
+        return self.root / "models" / (f"M_{t}-{ablation}" if ablation else f"M_{t}")
 
     def freeze_card(self, card: Card, sections: tuple[str, ...]) -> None:
         """Record the card in card.yaml; refuse one whose `sections` differ from the run's.

@@ -8,6 +8,8 @@ answer exceeds `max_length` tokens is dropped and counted rather than truncated:
 loses its final answer, which is what the pair is about.
 
 Row out: {"prompt_ids": [...], "chosen_ids": [...], "rejected_ids": [...]} (completion ids only).
+The SFT objectives train on rows without "rejected_ids": the pairs' winners, or the gold
+solutions of `gold_solution_rows`, tokenised the same way.
 """
 
 from __future__ import annotations
@@ -53,10 +55,61 @@ def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
     return TokenizedPairs(rows, dropped)
 
 
+@dataclass
+class GoldRows:
+    rows: list[dict[str, list[int]]]
+    fingerprint: str  # sha256 of the (question id, solution) pairs trained on
+    questions: int  # questions with a gold solution
+    dropped_ungraded: int  # gold solutions the task's grader does not accept (not trained on)
+    dropped_too_long: int
+
+
+def gold_solution_rows(task, questions, prompts: list[str], tokenizer, max_length: int) -> GoldRows:
+    """(prompt, gold worked solution) rows for train.objective=sft_gold.
+
+    A gold solution the reward's own grader would not score as a correct, well-formed answer is
+    left out (a handful of MATH's, e.g. "6, 8\\text{, and }10"): training towards an answer
+    the reward calls wrong would compare the objectives on different targets.
+    """
+    import hashlib
+    import json
+
+    from irpo_data.grading import grade
+
+    if not getattr(task, "has_solutions", False):
+        raise PairDataError(f"task {task.name} has no gold solutions to train on; choose train.objective dpo_nll, dpo or sft_winners")
+    kept, ungraded = [], 0
+    for question, prompt in zip(questions, prompts):
+        if question.solution is None:
+            continue
+        result = grade(task, question.solution, question.gold)
+        if result.correct and result.well_formed:
+            kept.append((question, prompt))
+        else:
+            ungraded += 1
+    if not kept:
+        raise PairDataError(
+            f"none of the {len(questions)} questions has a usable gold solution (the data file needs a solution field); "
+            "choose another train.objective"
+        )
+    digest = hashlib.sha256(json.dumps([[q.question_id, q.solution] for q, _ in kept]).encode()).hexdigest()
+    prompt_ids = tokenizer([p for _, p in kept], add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer([q.solution for q, _ in kept], add_special_tokens=False)["input_ids"]
+    rows = [{"prompt_ids": p, "chosen_ids": a + [tokenizer.eos_token_id]} for p, a in zip(prompt_ids, answer_ids)]
+    fitting = [r for r in rows if len(r["prompt_ids"]) + len(r["chosen_ids"]) <= max_length]
+    return GoldRows(fitting, digest[:16], len(kept), ungraded, len(rows) - len(fitting))
+
+
 def collate(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
-    """One batch of 2B sequences: the B chosen ones, then the B rejected ones (right padded)."""
-    sequences = [r["prompt_ids"] + r["chosen_ids"] for r in rows] + [r["prompt_ids"] + r["rejected_ids"] for r in rows]
-    prompt_lens = [len(r["prompt_ids"]) for r in rows] * 2
+    """One batch of 2B sequences: the B chosen ones, then the B rejected ones (right padded).
+
+    Rows without "rejected_ids" (the SFT objectives' rows) give a batch of their B chosen ones.
+    """
+    pairwise = "rejected_ids" in rows[0]
+    sequences = [r["prompt_ids"] + r["chosen_ids"] for r in rows]
+    if pairwise:
+        sequences += [r["prompt_ids"] + r["rejected_ids"] for r in rows]
+    prompt_lens = [len(r["prompt_ids"]) for r in rows] * (2 if pairwise else 1)
     width = max(map(len, sequences))
     input_ids = torch.full((len(sequences), width), pad_token_id, dtype=torch.long)
     attention = torch.zeros((len(sequences), width), dtype=torch.long)

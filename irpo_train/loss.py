@@ -9,12 +9,23 @@ log M(y|x) is the sum of the completion's token log-probs (prompt masked) and |w
 completion length in tokens: the NLL is normalised per answer, as Pang et al. (2024) write it.
 TRL's `sft` loss term instead averages over all chosen tokens of the batch, which weighs long
 winners more; that difference is why this loss is ours. alpha = 0 is plain DPO.
+
+The baselines the paper compares with are this loss's parts (train.objective):
+    dpo_nll      the loss above
+    dpo          alpha = 0: the DPO term alone
+    sft_winners  the NLL term alone, on the winners (STaR / rejection-sampling fine-tuning)
+    sft_gold     the NLL term alone, on the dataset's gold solutions
+so that a comparison between them changes the objective and nothing else.
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+# Objectives that train on (winner, loser) pairs against reference log-probs; the others (SFT)
+# see one answer per row and need neither losers nor a reference.
+PAIRWISE = ("dpo_nll", "dpo")
 
 
 def dpo_nll_loss(
@@ -55,3 +66,28 @@ def dpo_nll_loss(
         "logps_rejected": rejected_logps.mean(),
     }
     return loss, {name: value.detach() for name, value in parts.items()}
+
+
+def sft_loss(logps: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Batch mean of -log M(y|x) / |y|: dpo_nll_loss's NLL term without the DPO term.
+
+    Normalised per answer like that term, so sft_winners differs from dpo_nll only by the DPO part.
+    """
+    if logps.dim() != 1 or lengths.shape != logps.shape:
+        raise ValueError(f"sft_loss wants two 1-D tensors of one length, got shapes {tuple(logps.shape)} and {tuple(lengths.shape)}")
+    if bool((lengths <= 0).any()):
+        raise ValueError("lengths must be positive: an answer with no completion tokens cannot be normalised")
+    nll = -logps / lengths.to(logps.dtype)
+    loss = nll.mean()
+    return loss, {"nll": loss.detach(), "logps_chosen": logps.mean().detach()}
+
+
+def objective_loss(objective: str, logps: torch.Tensor, lengths: torch.Tensor, batch: dict, *, beta: float, alpha: float):
+    """The loss of `objective` on one collated batch's policy log-probs (see the module docstring)."""
+    if objective not in PAIRWISE:
+        return sft_loss(logps, lengths)
+    half = logps.shape[0] // 2  # collate() puts the B chosen rows first, then the B rejected
+    return dpo_nll_loss(
+        logps[:half], logps[half:], batch["ref_chosen_logps"], batch["ref_rejected_logps"], lengths[:half],
+        beta=beta, alpha=alpha if objective == "dpo_nll" else 0.0,
+    )  # fmt: skip

@@ -26,7 +26,7 @@ def _smooth(values: list[float], window: int) -> list[float]:
     return [sum(values[max(0, i - window + 1) : i + 1]) / (i - max(0, i - window + 1) + 1) for i in range(len(values))]
 
 
-def plot_logps(folder: Path, beta: float, out: Path | None = None) -> Path:
+def plot_logps(folder: Path, beta: float, out: Path | None = None, title: str = "") -> Path:
     """Draw folder/logps.png (or `out`) from the folder's metrics.jsonl, probe.jsonl and checkpoint_choice.json."""
     import matplotlib
 
@@ -43,12 +43,12 @@ def plot_logps(folder: Path, beta: float, out: Path | None = None) -> Path:
         if probe:
             pairs = probe[0]["pairs"]
             top.plot([p["step"] for p in probe], [p[f"{key}_change"] for p in probe], "o-", color=color, label=f"{label}: the same {pairs} training pairs")
-        if rows:
+        if rows and f"reward_{key}" in rows[0]:  # the SFT objectives log no rewards
             delta = _smooth([r[f"reward_{key}"] / beta for r in rows], window)
             top.plot([r["step"] for r in rows], delta, ":", color=color, alpha=0.6, label=f"{label}: each batch before its step (mean of {window})")
     top.axhline(0, color="grey", linewidth=0.8)
     top.set_ylabel("log-prob change vs reference (nats)")
-    top.set_title("Iterative RPO training: chosen vs rejected log-probs")
+    top.set_title(f"Chosen vs rejected log-probs{': ' + title if title else ''}")
     top.legend(fontsize=8)
     if history:
         bottom.plot([h["step"] for h in history], [100 * h["accuracy"] for h in history], "o-", color="tab:blue")
@@ -60,4 +60,38 @@ def plot_logps(folder: Path, beta: float, out: Path | None = None) -> Path:
     fig.tight_layout()
     fig.savefig(out, dpi=120)
     plt.close(fig)
+    return out
+
+
+def plot_objectives(folders: dict[str, Path], out: Path) -> Path:
+    """One panel per objective (label -> model folder): the probe pairs' chosen and rejected change.
+
+    The paper's figures 2-3 side by side: every objective is measured on the same probe pairs
+    against the same reference, so the panels share their axes. Atomic: a reader never sees half a PNG.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    probes = {label: _read_jsonl(folder / "probe.jsonl") for label, folder in folders.items()}
+    probes = {label: probe for label, probe in probes.items() if probe}
+    if not probes:
+        raise ValueError(f"no probe.jsonl in {', '.join(map(str, folders.values()))}: train with train.probe_pairs > 0")
+    fig, axes = plt.subplots(1, len(probes), figsize=(3.4 * len(probes) + 0.6, 3.6), sharey=True, squeeze=False)
+    for ax, (label, probe) in zip(axes[0], probes.items()):
+        for key, name, color in SERIES:
+            ax.plot([p["step"] for p in probe], [p[f"{key}_change"] for p in probe], "o-", color=color, label=name)
+        ax.axhline(0, color="grey", linewidth=0.8)
+        ax.set_title(label, fontsize=10)
+        ax.set_xlabel("step")
+    axes[0][0].set_ylabel("log-prob change vs reference (nats)")
+    axes[0][0].legend(fontsize=8)
+    pairs = next(iter(probes.values()))[0]["pairs"]
+    fig.suptitle(f"The same {pairs} training pairs under each objective", fontsize=11)
+    fig.tight_layout()
+    tmp = out.with_name(f".tmp-{out.name}")
+    fig.savefig(tmp, dpi=120, format="png")
+    plt.close(fig)
+    tmp.replace(out)
     return out

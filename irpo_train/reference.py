@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -53,9 +54,21 @@ def reference_logps(model, rows, pad_token_id: int, batch_size: int = 8, progres
     return chosen, rejected, tokens / seconds if seconds else 0.0
 
 
-def load_or_compute(cache_dir: Path, key: dict, compute) -> tuple[list[float], list[float], dict]:
-    """Cached reference log-probs for `key`, or `compute()`'s, which are then cached."""
+def load_or_compute(cache_dir: Path, key: dict, compute, elsewhere: list[Path] = ()) -> tuple[list[float], list[float], dict]:
+    """Cached reference log-probs for `key`, or `compute()`'s, which are then cached.
+
+    `elsewhere`: finished model folders whose cache may hold the same key (an ablation trained
+    from the same pairs as M_T); a match is copied in rather than recomputed.
+    """
     table, meta = cache_dir / "ref_logps.parquet", cache_dir / "ref_logps.json"
+    if not (meta.is_file() and json.loads(meta.read_text()).get("key") == key):
+        for folder in elsewhere:
+            other = folder / "ref_logps.json"
+            if other.is_file() and (folder / "ref_logps.parquet").is_file() and json.loads(other.read_text()).get("key") == key:
+                log.info("reference log-probs: the same pairs and reference were scored for %s; reusing them", folder)
+                shutil.copy2(folder / "ref_logps.parquet", table)
+                shutil.copy2(other, meta)
+                break
     if table.is_file() and meta.is_file():
         stored = json.loads(meta.read_text())
         if stored.get("key") == key:

@@ -4,6 +4,11 @@
                  ─► models/M_T/  (transformers folder + metrics.jsonl, probe.jsonl, logps.png, checkpoint_choice.json,
                                   ref_logps.parquet, train_manifest.json)
 
+With `ablation=OBJECTIVE` (irpo-train --ablation, irpo run --ablations) the same pairs train
+a side model models/M_T-OBJECTIVE with that train.objective; M_T and the run's later iterations
+are untouched, so the baselines are compared on identical data (the pairs' fingerprint is in
+every train_manifest.json).
+
 The policy starts as M_{T-1}, which is also the reference, so the reference log-probs are
 computed with the policy's own weights before the first step: no second model is ever loaded.
 Work in progress lives in models/M_T.work/ (checkpoints, cache, metrics); a killed run resumes
@@ -12,6 +17,7 @@ from its last checkpoint, and M_T/ appears in one rename when training is done.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -25,10 +31,11 @@ from irpo_data.card import BUILD_SECTIONS, TRAIN_SECTIONS, Card
 from irpo_data.runs import RunFolder, atomic_dir, write_json_atomic
 from irpo_data.sampling import render_prompts
 from irpo_data.tasks import get_task
-from irpo_train.data import PairDataError, collate, tokenize_pairs
+from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize_pairs
+from irpo_train.loss import PAIRWISE
 from irpo_train.plots import plot_logps
 from irpo_train.reference import load_or_compute, reference_logps
-from irpo_train.trainer import DPONLLTrainer, HeldOutAccuracy, MetricsFile, ProbeLogps, ProgressWithLoss
+from irpo_train.trainer import DPONLLTrainer, HeldOutAccuracy, MetricsFile, ProbeLogps, ProgressWithLoss, probe_indices
 
 log = logging.getLogger(__name__)
 
@@ -48,16 +55,19 @@ def load_pairs(run: RunFolder, iteration: int):
     return dataset, json.loads(manifest.read_text())["dataset_fingerprint"]
 
 
-def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", progress: bool = True) -> Path:
+def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", progress: bool = True, ablation: str | None = None) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
     from transformers.trainer_utils import get_last_checkpoint
 
     run = RunFolder.for_card(card, runs_dir)
     run.freeze_card(card, BUILD_SECTIONS)  # the pairs came from these; train.* may change
+    if ablation is not None:  # after freezing: the run's card.yaml keeps the main line's objective
+        card = dataclasses.replace(card, train=dataclasses.replace(card.train, objective=ablation))
     dataset, fingerprint = load_pairs(run, iteration)
     reference = sampling_model(card, run, iteration, None)  # M_{T-1}: the model iteration T sampled from
-    out_dir, work = run.model(iteration), run.root / "models" / f"M_{iteration}.work"
+    out_dir = run.model(iteration, ablation)
+    work = out_dir.with_name(out_dir.name + ".work")
     identity = {"card_sha256": card.sha256(TRAIN_SECTIONS), "pairs_fingerprint": fingerprint, "reference_weights_sha256": reference.weights_sha256}
     done = out_dir / "train_manifest.json"
     if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in identity} == identity:
@@ -66,26 +76,45 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     _start_or_resume(work, identity)
 
     cfg = card.train
+    task = get_task(card.task.name)
+    questions, held_out, _, _ = training_questions(card)
     tokenizer = AutoTokenizer.from_pretrained(reference.path, trust_remote_code=card.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenized = tokenize_pairs(dataset, tokenizer, cfg.max_length)
     if not tokenized.rows:
         raise PairDataError(f"every pair of {run.pairs(iteration)} is longer than train.max_length={cfg.max_length}; raise it")
+    gold = None
+    if cfg.objective == "sft_gold":  # before any model is loaded: a task without solutions fails fast
+        gold = gold_solution_rows(task, questions, render_prompts(task, questions, tokenizer), tokenizer, cfg.max_length)
     model = AutoModelForCausalLM.from_pretrained(reference.path, dtype=torch.float32, trust_remote_code=card.model.trust_remote_code)
 
-    key = {"reference_weights_sha256": reference.weights_sha256, "pairs_fingerprint": fingerprint, "max_length": cfg.max_length, "bf16": cfg.bf16}
+    # DPO needs the reference log-probs of every pair; the SFT objectives only those of the probe
+    # pairs, for the log-prob figure, which is measured on the same pairs for every objective.
+    pairwise = cfg.objective in PAIRWISE
+    probe = probe_indices(len(tokenized.rows), cfg.probe_pairs, card.seed) if cfg.probe_pairs > 0 else []
+    scored = tokenized.rows if pairwise else [tokenized.rows[i] for i in probe]
+    key = {
+        "reference_weights_sha256": reference.weights_sha256, "pairs_fingerprint": fingerprint, "max_length": cfg.max_length,
+        "bf16": cfg.bf16, **({} if pairwise else {"probe_only": {"probe_pairs": cfg.probe_pairs, "seed": card.seed}}),
+    }  # fmt: skip
     chosen, rejected, ref_meta = load_or_compute(
-        work, key, lambda: reference_logps(model, tokenized.rows, tokenizer.pad_token_id, cfg.batch_size, progress, cfg.bf16)
-    )
-    rows = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(tokenized.rows, chosen, rejected)]
+        work, key, lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, cfg.bf16),
+        elsewhere=[run.model(iteration, a) for a in (None, *(o for o in PAIRWISE if o != cfg.objective))],
+    ) if scored else ([], [], {})  # fmt: skip
+    scored = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(scored, chosen, rejected)]
+    probe_rows = [scored[i] for i in probe] if pairwise else scored
+    if pairwise:
+        rows = scored
+    elif gold is None:  # sft_winners: each pair's winner, in the pairs' order
+        rows = [{"prompt_ids": r["prompt_ids"], "chosen_ids": r["chosen_ids"]} for r in tokenized.rows]
+    else:
+        rows = gold.rows
     if cfg.lora:
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"))
 
-    task = get_task(card.task.name)
-    _, held_out, _, _ = training_questions(card)
     held_out = held_out[: cfg.eval_questions] if cfg.eval_questions is not None else held_out
     accuracy = HeldOutAccuracy(
         task, held_out, render_prompts(task, held_out, tokenizer), tokenizer, cfg.eval_every,
@@ -112,10 +141,10 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
         dataloader_num_workers=0,
     )
     callbacks = [MetricsFile(work / "metrics.jsonl"), accuracy]
-    if cfg.probe_pairs > 0:
-        callbacks.append(ProbeLogps(rows, cfg.probe_pairs, cfg.probe_every or cfg.eval_every, card.seed, tokenizer.pad_token_id, work / "probe.jsonl", cfg.bf16))
+    if probe_rows:
+        callbacks.append(ProbeLogps(probe_rows, cfg.probe_every or cfg.eval_every, tokenizer.pad_token_id, work / "probe.jsonl", cfg.bf16))
     trainer = DPONLLTrainer(
-        model=model, args=args, train_dataset=rows, beta=cfg.beta, alpha=cfg.alpha,
+        model=model, args=args, train_dataset=rows, beta=cfg.beta, alpha=cfg.alpha, objective=cfg.objective,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), callbacks=callbacks,
     )  # fmt: skip
     # The stock bar prints a dict per step; ours shows the loss in the bar. Quiet: neither.
@@ -135,16 +164,22 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
         for name in ("metrics.jsonl", "probe.jsonl", "checkpoint_choice.json", "ref_logps.parquet", "ref_logps.json"):
             if (work / name).is_file():
                 shutil.copy2(work / name, tmp / name)
-        plot_logps(tmp, cfg.beta)
+        plot_logps(tmp, cfg.beta, title=f"{out_dir.name}, objective {cfg.objective}")
+        trained_on = {
+            "dpo_nll": "the pairs", "dpo": "the pairs", "sft_winners": "the pairs' winners (chosen answers)",
+            "sft_gold": f"gold solutions of the {len(questions)} questions iteration {iteration} sampled",
+        }  # fmt: skip
         write_json_atomic(tmp / "train_manifest.json", {
             **identity, "irpo_version": __version__, "iteration": iteration, "reference": reference.spec,
+            "objective": cfg.objective, "ablation": ablation is not None, "trained_on": trained_on[cfg.objective],
+            "rows_trained": len(rows), **({"gold": {k: v for k, v in vars(gold).items() if k != "rows"}} if gold else {}),
             "chosen_step": best and best["step"], "held_out_accuracy": best and best["accuracy"],
             "why": "highest greedy accuracy on the held-out training questions; earliest step among ties",
-            "pairs_trained": len(rows), "pairs_dropped_too_long": tokenized.dropped_too_long,
+            "pairs_trained": len(tokenized.rows), "pairs_dropped_too_long": tokenized.dropped_too_long,
             "reference_tokens_per_s": ref_meta.get("tokens_per_s"), "steps": trainer.state.global_step,
         })  # fmt: skip
     shutil.rmtree(work)  # checkpoints are large; everything worth keeping is in M_T/
-    log.info("M_%d written to %s (step %s chosen)", iteration, out_dir, best and best["step"])
+    log.info("%s (%s) written to %s (step %s chosen)", out_dir.name, cfg.objective, out_dir, best and best["step"])
     return out_dir
 
 

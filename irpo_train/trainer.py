@@ -1,9 +1,10 @@
-"""The DPO+NLL trainer: one small `transformers.Trainer` subclass and two callbacks.
+"""The DPO+NLL trainer: one small `transformers.Trainer` subclass and its callbacks.
 
 Everything a Trainer gives stays ours for free: accelerate (multi-GPU, FSDP, DeepSpeed), bf16,
-gradient accumulation, `report_to`, checkpoints and resume. This file adds three things:
+gradient accumulation, `report_to`, checkpoints and resume. This file adds:
 - `DPONLLTrainer.compute_loss`: policy log-probs of the batch's chosen and rejected answers
-  (one forward over 2B sequences), cached reference log-probs from the batch, the pure loss;
+  (one forward over 2B sequences; B chosen ones for the SFT objectives), cached reference
+  log-probs from the batch, the pure loss of train.objective (loss.objective_loss);
 - `HeldOutAccuracy`: greedy accuracy on the card's held-out training questions every
   `eval_every` steps, keeping the best model (the paper's checkpoint choice) and why;
 - `MetricsFile`: every logged step as one JSON line (loss, dpo, nll, rewards, log-probs);
@@ -25,25 +26,23 @@ from transformers.trainer_callback import ProgressCallback
 from irpo_data.grading import grade
 from irpo_data.runs import atomic_dir, write_json_atomic
 from irpo_train.logprobs import completion_logps
-from irpo_train.loss import dpo_nll_loss
+from irpo_train.loss import objective_loss
 from irpo_train.reference import reference_logps
 
 log = logging.getLogger(__name__)
 
 
 class DPONLLTrainer(Trainer):
-    def __init__(self, *args, beta: float, alpha: float, **kwargs):
+    """Trains any train.objective; the default and the reason for this class is DPO + NLL."""
+
+    def __init__(self, *args, beta: float, alpha: float, objective: str = "dpo_nll", **kwargs):
         super().__init__(*args, **kwargs)
-        self.beta, self.alpha = beta, alpha
+        self.beta, self.alpha, self.objective = beta, alpha, objective
         self._parts: list[dict[str, torch.Tensor]] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         logps, lengths = completion_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
-        half = logps.shape[0] // 2  # collate() puts the B chosen rows first, then the B rejected
-        loss, parts = dpo_nll_loss(
-            logps[:half], logps[half:], inputs["ref_chosen_logps"], inputs["ref_rejected_logps"], lengths[:half],
-            beta=self.beta, alpha=self.alpha,
-        )  # fmt: skip
+        loss, parts = objective_loss(self.objective, logps, lengths, inputs, beta=self.beta, alpha=self.alpha)
         self._parts.append(parts)
         return (loss, {"logps": logps}) if return_outputs else loss
 
@@ -94,8 +93,8 @@ class ProbeLogps(TrainerCallback):
     some not yet); one JSON line per measurement goes to probe.jsonl.
     """
 
-    def __init__(self, rows: list[dict], count: int, every: int, seed: int, pad_token_id: int, path: Path, bf16: bool, batch_size: int = 8):
-        self.rows = [rows[i] for i in sorted(random.Random(seed).sample(range(len(rows)), min(count, len(rows))))]
+    def __init__(self, rows: list[dict], every: int, pad_token_id: int, path: Path, bf16: bool, batch_size: int = 8):
+        self.rows = rows  # pairs with their reference log-probs, chosen by probe_indices
         self.every, self.pad_token_id, self.path, self.bf16, self.batch_size = every, pad_token_id, path, bf16, batch_size
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -127,6 +126,11 @@ class ProbeLogps(TrainerCallback):
         }
         with self.path.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
+
+
+def probe_indices(pairs: int, count: int, seed: int) -> list[int]:
+    """The probe's pairs: a seeded sample, the same for every objective trained on these pairs."""
+    return sorted(random.Random(seed).sample(range(pairs), min(count, pairs)))
 
 
 class HeldOutAccuracy(TrainerCallback):

@@ -19,7 +19,7 @@ from irpo_data.models import resolve_model
 from irpo_data.sampling import render_prompts
 from irpo_data.tasks import Question, TaskError, get_task
 from irpo_eval.evaluate import TASKS_DIR, EvalError, EvalSettings
-from irpo_eval.leaderboard import build_leaderboard, leaderboard_markdown
+from irpo_eval.leaderboard import Entry, build_leaderboard, leaderboard_markdown, plot_leaderboard
 
 
 @pytest.mark.parametrize("task,questions", [("gsm8k", 1319), ("math", 500), ("arc_challenge", 1172), ("demo", 300)])
@@ -82,13 +82,34 @@ def _record(greedy, maj, questions=100, task="gsm8k"):
 
 
 def test_leaderboard_has_deltas_against_m0_and_the_papers_rows():
-    board = build_leaderboard([(1, _record(0.30, 0.50)), (0, _record(0.25, 0.40))])
+    board = build_leaderboard([Entry("M_1", 1, _record(0.30, 0.50), "dpo_nll", pairs_fingerprint="f1"), Entry("M_0", 0, _record(0.25, 0.40))])
     assert [r["model"] for r in board["rows"]] == ["M_0", "M_1"]
     assert board["rows"][1]["delta_greedy"] == pytest.approx(0.05) and board["rows"][1]["delta_maj"] == pytest.approx(0.10)
     text = leaderboard_markdown(board)
-    assert "| M_1 | 30.0 ± 4.6 | 50.0 | 90.0 | 40.0 | 100 | +5.0 | +10.0 |" in text
-    assert "| iterative RPO, iteration 4, maj@32 | 88.7 |" in text and "| zero-shot CoT | 55.6 |" in text
-    assert "reports no numbers" in leaderboard_markdown(build_leaderboard([(0, _record(0.2, 0.3, task="demo"))]))
+    assert "| M_0 | base model (CoT prompt) | 25.0 ± 4.3 | 40.0 | 90.0 | 40.0 | 100 | +0.0 | +0.0 | 55.6 |" in text
+    assert "| M_1 | DPO+NLL (iterative RPO) | 30.0 ± 4.6 | 50.0 | 90.0 | 40.0 | 100 | +5.0 | +10.0 | 73.1 |" in text
+    assert "| iterative RPO, iteration 4, maj@32 | maj@32 | 88.7 |" in text and "| zero-shot CoT | greedy | 55.6 |" in text
+    assert "reports no numbers" in leaderboard_markdown(build_leaderboard([Entry("M_0", 0, _record(0.2, 0.3, task="demo"))]))
+
+
+def test_ablations_sit_after_their_iteration_beside_the_papers_baselines(tmp_path):
+    """Rows per objective, each matched to the paper's row trained the same way (Table 1 of the paper)."""
+    board = build_leaderboard([
+        Entry("M_1-sft_gold", 1, _record(0.20, 0.30), "sft_gold", True, "f1"),
+        Entry("M_2", 2, _record(0.40, 0.50), "dpo_nll", pairs_fingerprint="f2"),
+        Entry("M_1-dpo", 1, _record(0.10, 0.20), "dpo", True, "f1"),
+        Entry("M_1", 1, _record(0.30, 0.50), "dpo_nll", pairs_fingerprint="f1"),
+        Entry("M_0", 0, _record(0.25, 0.40)),
+    ])  # fmt: skip
+    assert [r["model"] for r in board["rows"]] == ["M_0", "M_1", "M_1-dpo", "M_1-sft_gold", "M_2"]
+    assert [r["paper_greedy"] for r in board["rows"]] == [55.6, 73.1, 61.8, 63.5, 78.0]
+    text = leaderboard_markdown(board)
+    assert "| M_1-dpo | DPO | 10.0 ± 3.0 |" in text and "| M_1-sft_gold | SFT on gold solutions | 20.0" in text
+    assert "same pair dataset (fingerprint f1)" in text
+    plot_leaderboard(board, tmp_path / "board.png")
+    assert (tmp_path / "board.png").stat().st_size > 10_000
+    board["rows"][2]["pairs_fingerprint"] = "other"
+    assert "WARNING: trained from different pair datasets" in leaderboard_markdown(board)
 
 
 @pytest.fixture

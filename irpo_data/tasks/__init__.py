@@ -34,6 +34,10 @@ class Question:
     text: str  # the question as the benchmark states it, options included for multiple choice
     gold: str  # gold final answer: a number, a LaTeX expression, or an option label
     labels: tuple[str, ...] = ()  # option labels for multiple choice ("A", "B", ... or "1", "2", ...)
+    # The dataset's own worked solution, ending in the answer phrase the prompt asks for, so that
+    # it grades as a correct, well-formed answer (train.objective=sft_gold trains on it). None when
+    # the benchmark has none (ARC-Challenge gives only the answer key).
+    solution: str | None = None
 
 
 @dataclass
@@ -56,6 +60,7 @@ class Task:
     # found after another phrase is still graded but the sample is not well formed.
     answer_phrase: ClassVar[str]
     required_fields: ClassVar[tuple[str, ...]]
+    has_solutions: ClassVar[bool] = False  # True when questions carry a gold worked `solution`
 
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
         """A `Question`, or None when the row's gold answer is empty (skipped, counted)."""

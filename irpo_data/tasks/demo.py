@@ -5,7 +5,8 @@ problems (one addition or one multiplication, numbers 2-20) sit where it is righ
 time, so sampling yields both winners and losers. Rows are generated from a fixed seed per
 split, so every install sees the same questions; nothing is downloaded.
 
-Row: {"question": "Tom has 4 boxes with 7 pencils in each box. How many pencils ...?", "answer": "28"}
+Row: {"question": "Tom has 4 boxes with 7 pencils in each. How many pencils ...?", "answer": "28",
+      "solution": "Tom has 4 boxes with 7 pencils in each, so 4 * 7 = 28. The answer is 28."}
 """
 
 from __future__ import annotations
@@ -23,14 +24,17 @@ SPLIT_SIZES = {"train": 1200, "test": 300}  # questions per split
 SPLIT_SEEDS = {"train": 1, "test": 2}
 
 
-def _problem(rng: random.Random) -> tuple[str, int]:
+def _problem(rng: random.Random) -> tuple[str, int, str]:
+    """(question, answer, worked solution); the solution draws nothing from `rng`."""
     name, item = rng.choice(NAMES), rng.choice(ITEMS)
     a, b = rng.randint(2, 20), rng.randint(2, 20)
     if rng.random() < 0.5:
-        return f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?", a + b
+        question = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
+        return question, a + b, f"{name} has {a} {item} and gets {b} more, so {a} + {b} = {a + b}. The answer is {a + b}."
     box = rng.choice(CONTAINERS)
     a, b = rng.randint(2, 9), rng.randint(2, 9)
-    return f"{name} has {a} {box} with {b} {item} in each. How many {item} does {name} have in total?", a * b
+    question = f"{name} has {a} {box} with {b} {item} in each. How many {item} does {name} have in total?"
+    return question, a * b, f"{name} has {a} {box} with {b} {item} in each, so {a} * {b} = {a * b}. The answer is {a * b}."
 
 
 def generate_rows(split: str) -> list[dict[str, str]]:
@@ -43,10 +47,10 @@ def generate_rows(split: str) -> list[dict[str, str]]:
     taken = {row["question"] for row in generate_rows("train")} if split == "test" else set()
     rng, rows = random.Random(SPLIT_SEEDS[split]), []
     while len(rows) < SPLIT_SIZES[split]:
-        question, answer = _problem(rng)
+        question, answer, solution = _problem(rng)
         if question not in taken:
             taken.add(question)
-            rows.append({"question": question, "answer": str(answer)})
+            rows.append({"question": question, "answer": str(answer), "solution": solution})
     return rows
 
 
@@ -58,6 +62,7 @@ class Demo(Task):
     answer_kind = "number"
     answer_phrase = r"the answer is"
     required_fields = ("question", "answer")
+    has_solutions = True  # generated with each question; a local file may add a `solution` field
 
     def read_rows(self, split: str, data_dir: str | None, hub_id: str | None) -> tuple[list[Any], str]:
         if data_dir is not None or hub_id:
@@ -68,7 +73,8 @@ class Demo(Task):
         gold = str(row["answer"]).strip()
         if not gold:
             return None
-        return Question(f"demo/{split}/{index}", str(row["question"]).strip(), gold)
+        solution = str(row.get("solution") or "").strip() or None
+        return Question(f"demo/{split}/{index}", str(row["question"]).strip(), gold, solution=solution)
 
     def user_message(self, question: Question) -> str:
         return (

@@ -6,6 +6,7 @@ Prompt: the paper's zero-shot chain-of-thought instruction, answer as "Final ans
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from irpo_data.tasks import Question, Task, register
@@ -27,12 +28,17 @@ class GSM8K(Task):
     answer_kind = "number"
     answer_phrase = r"final answer\s*:"
     required_fields = ("question", "answer")
+    has_solutions = True
 
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
-        gold = str(row["answer"]).rpartition("####")[2].strip().replace(",", "")
+        worked, _, final = str(row["answer"]).rpartition("####")
+        gold = final.strip().replace(",", "")
         if not gold:
             return None
-        return Question(f"gsm8k/{split}/{index}", str(row["question"]).strip(), gold)
+        # The gold solution as the prompt asks for it: calculator annotations (<<48/2=24>>) are
+        # tooling of the dataset's authors, not reasoning, and "#### N" becomes the answer phrase.
+        solution = f"{re.sub(r'<<[^>]*>>', '', worked).strip()}\nFinal answer: {gold}"
+        return Question(f"gsm8k/{split}/{index}", str(row["question"]).strip(), gold, solution=solution)
 
     def user_message(self, question: Question) -> str:
         return f"{INSTRUCTION}\n\nQuestion: {question.text}"

@@ -67,13 +67,17 @@ class MATH(Task):
     answer_kind = "latex"
     answer_phrase = r"final answer is|\\boxed\s*\{"
     required_fields = ("problem", "answer")
+    has_solutions = True  # in the `solution` field, when the file has it (MATH-500 and PRM800K do)
 
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
         gold = str(row["answer"] or "").strip()
         if not gold:
             return None
         question_id = str(row.get("unique_id") or f"math/{split}/{index}")
-        return Question(question_id, str(row["problem"]).strip(), gold)
+        worked = str(row.get("solution") or "").strip()
+        # Closed by the few-shot exemplars' answer sentence, which is what a sample must end with.
+        solution = f"{worked}\nFinal Answer: The final answer is ${gold}$. I hope it is correct." if worked else None
+        return Question(question_id, str(row["problem"]).strip(), gold, solution=solution)
 
     def user_message(self, question: Question) -> str:
         return f"{FEW_SHOT_PROMPT}\n\nProblem:\n{question.text}\n\nSolution:"
