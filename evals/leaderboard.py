@@ -87,8 +87,9 @@ def leaderboard_markdown(board: dict) -> str:
     ablations = [r for r in board["rows"] if r.get("ablation")]
     if ablations:
         fingerprints = {r.get("pairs_fingerprint") for r in board["rows"] if r["iteration"] == ablations[0]["iteration"]}
-        same = (f"all trained from the same pair dataset (fingerprint {fingerprints.pop()})" if len(fingerprints) == 1
-                else f"WARNING: trained from different pair datasets ({', '.join(sorted(map(str, fingerprints)))})")  # fmt: skip
+        short = sorted(str(f)[:16] for f in fingerprints)
+        same = (f"all trained from the same pair dataset (fingerprint {short[0]})" if len(short) == 1
+                else f"WARNING: trained from different pair datasets ({', '.join(short)})")  # fmt: skip
         lines += ["", f"M_{ablations[0]['iteration']} and its ablations: {same}."]
     paper = board["paper"]
     lines.append("")
@@ -113,7 +114,8 @@ def plot_leaderboard(board: dict, out: Path) -> None:
     rows = [r for r in board["rows"] if not r.get("ablation")]
     steps = [r["iteration"] for r in rows]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    ax.errorbar(steps, [100 * r["greedy"] for r in rows], yerr=[100 * r["greedy_stderr"] for r in rows], marker="o", capsize=3, label="ours, greedy")
+    ax.errorbar(steps, [100 * r["greedy"] for r in rows], yerr=[100 * r["greedy_stderr"] for r in rows], marker="o", capsize=3,
+                label="ours, greedy" + (f": {OBJECTIVE_NAMES[rows[-1]['objective']]}" if rows[-1].get("objective") in OBJECTIVE_NAMES else ""))  # fmt: skip
     ax.plot(steps, [100 * r["maj"] for r in rows], marker="s", label=f"ours, maj@{k}")
     # Ablations: one point each beside their iteration, spread so that error bars do not overlap.
     ablations = [r for r in board["rows"] if r.get("ablation")]

@@ -71,7 +71,7 @@ def _ablation_rows(run: RunFolder) -> list[str]:
     for name, m in trained:
         result = _read(run.root / "evals" / f"{name}.json") or {}
         lines.append(
-            f"| {name} | {m.get('objective', 'dpo_nll')} | {m.get('trained_on', 'the pairs')} | {m['pairs_fingerprint']} "
+            f"| {name} | {m.get('objective', 'dpo_nll')} | {m.get('trained_on', 'the pairs')} | {m['pairs_fingerprint'][:16]} "
             f"| {m['steps']} ({m['chosen_step']}) | {_pct(m['held_out_accuracy'])} | {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
         )
     return lines

@@ -82,3 +82,16 @@ def test_card_hash_changes_with_any_key():
     assert load_card("demo").sha256() == load_card("demo").sha256()
     assert load_card("demo").sha256() != load_card("demo", ["seed=1"]).sha256()
     assert Card().sha256() != load_card("demo").sha256()
+
+
+def test_objective_and_ablations_are_checked_and_sft_gold_needs_gold_solutions():
+    assert load_card("demo").train.objective == "dpo_nll" and load_card("demo").ablations == []
+    card = load_card("gsm8k", ["train.objective=sft_gold", "ablations=[dpo,sft_winners]"])
+    assert card.train.objective == "sft_gold" and card.ablations == ["dpo", "sft_winners"]
+    with pytest.raises(CardError) as error:
+        load_card("demo", ["train.objective=sft", "ablations=[dpo,star]"])
+    assert "train.objective has 'sft'" in str(error.value) and "ablations has 'star'" in str(error.value)
+    assert "dpo_nll, dpo, sft_winners, sft_gold" in str(error.value)
+    for overrides in (["train.objective=sft_gold"], ["ablations=[sft_gold]"]):
+        with pytest.raises(CardError, match="task arc_challenge has none .* choose dpo_nll, dpo or sft_winners"):
+            load_card("arc_challenge", overrides)

@@ -34,17 +34,17 @@ TINY = [
 ]  # fmt: skip
 
 
-def _irpo_run(runs_dir, iterations=2):
+def _irpo_run(runs_dir, iterations=2, *flags):
     exe = shutil.which("irpo") or str(Path(sys.executable).parent / "irpo")
-    return [exe, "run", "--runs-dir", str(runs_dir), "--iterations", str(iterations), "--quiet", *TINY], {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return [exe, "run", "--runs-dir", str(runs_dir), "--iterations", str(iterations), "--quiet", *flags, *TINY], {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-    """Two tiny iterations, uninterrupted, in a fresh process (as a user runs it)."""
+    """Two tiny iterations and the three ablations, uninterrupted, in a fresh process (as a user runs it)."""
     require_vllm()
     runs = tmp_path_factory.mktemp("straight")
-    cmd, env = _irpo_run(runs)
+    cmd, env = _irpo_run(runs, 2, "--ablations")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
     return RunFolder(runs / "demo"), done.stdout
@@ -70,14 +70,37 @@ def test_irpo_run_two_iterations_then_a_rerun_does_nothing(straight_run, caplog)
     assert "| M_0 (base) |" in summary and "| 2 → M_2 |" in summary
     assert summary.split("Wall time")[0] in output  # printed as well as written
     board = json.loads((run.root / "leaderboard.json").read_text())
-    assert [r["model"] for r in board["rows"]] == ["M_0", "M_1", "M_2"]
+    assert [r["model"] for r in board["rows"]] == ["M_0", "M_1", "M_1-dpo", "M_1-sft_gold", "M_1-sft_winners", "M_2"]
 
-    stamps = {p: p.stat().st_mtime_ns for p in (run.manifest(1), run.manifest(2), run.model(2) / "model.safetensors", run.root / "evals" / "M_2.json")}
+    stamps = {p: p.stat().st_mtime_ns for p in (run.manifest(1), run.manifest(2), run.model(2) / "model.safetensors",
+                                                run.model(1, "dpo") / "model.safetensors", run.root / "evals" / "M_2.json")}  # fmt: skip
     with caplog.at_level(logging.INFO):
-        again = CliRunner().invoke(main, ["run", "--runs-dir", str(run.root.parent), "--iterations", "2", *TINY])
+        again = CliRunner().invoke(main, ["run", "--runs-dir", str(run.root.parent), "--iterations", "2", "--ablations", *TINY])
     assert again.exit_code == 0, again.output
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
-    assert caplog.text.count("nothing to do") == 4  # two builds and two trainings skipped
+    assert caplog.text.count("nothing to do") == 7  # two builds, two trainings and three ablations skipped
+
+
+def test_ablations_train_on_iteration_1s_pairs_and_show_the_papers_likelihood_picture(straight_run):
+    """Every objective from the same pairs (fingerprint), probed on the same pairs. The log-prob
+    checks are the paper's Figures 2-3 at tiny scale: SFT on the winners raises them; both DPO
+    objectives open a margin between winners and losers."""
+    run, output = straight_run
+    pairs = json.loads(run.manifest(1).read_text())["dataset_fingerprint"]
+    probes = {}
+    for objective in ("dpo_nll", "dpo", "sft_winners", "sft_gold"):
+        folder = run.model(1) if objective == "dpo_nll" else run.model(1, objective)
+        manifest = json.loads((folder / "train_manifest.json").read_text())
+        assert (manifest["objective"], manifest["pairs_fingerprint"]) == (objective, pairs)
+        probes[objective] = [json.loads(line) for line in (folder / "probe.jsonl").read_text().splitlines()]
+    assert len({p[0]["pairs"] for p in probes.values()}) == 1  # the same probe pairs for every objective
+    assert probes["sft_winners"][-1]["chosen_change"] > 0
+    for objective in ("dpo_nll", "dpo"):
+        assert probes[objective][-1]["chosen_change"] > probes[objective][-1]["rejected_change"]
+    assert json.loads((run.model(1, "sft_gold") / "train_manifest.json").read_text())["gold"]["questions"] == 32
+    assert (run.root / "ablations_logps.png").stat().st_size > 10_000
+    assert "Iteration 1's pairs under each objective" in output
+    assert f"same pair dataset (fingerprint {pairs[:16]})" in (run.root / "leaderboard.md").read_text()
 
 
 def test_a_run_killed_mid_training_resumes_to_the_same_result(straight_run, tmp_path):

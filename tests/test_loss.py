@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from irpo_train.loss import dpo_nll_loss
+from irpo_train.loss import dpo_nll_loss, objective_loss, sft_loss
 
 
 def t(*values):
@@ -80,3 +80,30 @@ def test_bad_shapes_and_empty_winners_are_refused():
         dpo_nll_loss(t(-1, -2), t(-1), t(-1), t(-1), t(1))
     with pytest.raises(ValueError, match="chosen_lengths must be positive"):
         dpo_nll_loss(t(-1), t(-1), t(-1), t(-1), t(0))
+
+
+def test_the_baselines_are_the_losses_parts():
+    """dpo = the DPO term alone, sft_winners = the NLL term alone, on the same batch."""
+    chosen, rejected, lengths = t(-12.0, -30.0), t(-20.0, -25.0), t(4.0, 10.0)
+    batch = {"ref_chosen_logps": t(-14.0, -29.0), "ref_rejected_logps": t(-18.0, -26.0)}
+    logps, both = torch.cat([chosen, rejected]), torch.cat([lengths, t(5.0, 7.0)])
+    full, parts = objective_loss("dpo_nll", logps, both, batch, beta=0.1, alpha=1.0)
+    dpo, dpo_parts = objective_loss("dpo", logps, both, batch, beta=0.1, alpha=1.0)  # alpha is ignored: dpo is alpha 0
+    sft, sft_parts = sft_loss(chosen, lengths)
+    assert dpo.item() == pytest.approx(parts["dpo"].item()) and dpo_parts["nll"].item() == pytest.approx(parts["nll"].item())
+    assert sft.item() == pytest.approx((12 / 4 + 30 / 10) / 2) == pytest.approx(parts["nll"].item())
+    assert full.item() == pytest.approx(dpo.item() + sft.item())
+    # SFT batches hold the chosen answers only: objective_loss passes them straight through.
+    assert objective_loss("sft_gold", chosen, lengths, {}, beta=0.1, alpha=1.0)[0].item() == pytest.approx(sft.item())
+    assert set(sft_parts) == {"nll", "logps_chosen"}
+
+
+def test_sft_loss_gradient_raises_every_answer_and_refuses_bad_input():
+    logps = t(-8.0, -3.0).requires_grad_()
+    sft_loss(logps, t(4.0, 1.0))[0].backward()
+    assert (logps.grad < 0).all()  # descending the loss raises each answer's log-prob, short answers more per token
+    assert logps.grad[1] < logps.grad[0]
+    with pytest.raises(ValueError, match="positive"):
+        sft_loss(t(-1.0), t(0.0))
+    with pytest.raises(ValueError, match="1-D"):
+        sft_loss(t(-1.0, -2.0), t(1.0))

@@ -129,3 +129,29 @@ def test_demo_task_is_deterministic_and_splits_do_not_overlap():
     assert not {r["question"] for r in train} & {r["question"] for r in test}
     q = get_task("demo").load("test").questions[0]
     assert int(q.gold) > 0 and 'finish with "The answer is N."' in get_task("demo").user_message(q)
+
+
+def test_gsm8k_gold_solution_drops_calculator_notes_and_ends_in_the_answer_phrase():
+    row = {"question": "Q?", "answer": "She sold 48/2 = <<48/2=24>>24 clips.\n#### 1,024"}
+    question = get_task("gsm8k").parse_row(row, "train", 0)
+    assert question.solution == "She sold 48/2 = 24 clips.\nFinal answer: 1024"
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+@pytest.mark.parametrize("name,ungraded", [("demo", 0), ("gsm8k", 0), ("math", 1)])
+def test_gold_solutions_grade_as_correct_well_formed_answers(name, ungraded):
+    """What sft_gold trains on must be what the reward calls right; real data, the real grader."""
+    from irpo_data.grading import grade
+
+    task = get_task(name)
+    questions = task.load("train", None if name == "demo" else str(SHARED_DATA / name)).questions
+    assert task.has_solutions and all(q.solution for q in questions)
+    failing = [q.question_id for q in questions if not ((g := grade(task, q.solution, q.gold)).correct and g.well_formed)]
+    # MATH: one gold answer math-verify cannot match to itself after extraction ("6, 8\text{, and }10").
+    assert len(failing) == ungraded, failing[:5]
+
+
+def test_arc_has_no_gold_solutions():
+    task = get_task("arc_challenge")
+    rows = [json.loads(line) for line in (ASSETS / "arc_challenge" / "train.jsonl").read_text().splitlines()]
+    assert not task.has_solutions and all(task.parse_row(r, "train", i).solution is None for i, r in enumerate(rows))

@@ -13,7 +13,7 @@ from irpo_data.card import BUILD_SECTIONS, load_card
 from irpo_data.publish import fingerprint, save_pairs, write_card_and_manifest
 from irpo_data.runs import RunFolder
 from irpo_train import train as train_module
-from irpo_train.data import PairDataError, collate, tokenize_pairs
+from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize_pairs
 from irpo_train.reference import load_or_compute
 
 # Small enough for a few CPU steps: 4 pairs, batch 2, 2 held-out questions, 24 answer tokens.
@@ -160,6 +160,56 @@ def test_irpo_train_cli_has_help_and_names_the_missing_build(tmp_path):
     assert help_text.exit_code == 0 and "Example" in help_text.output
     result = CliRunner().invoke(main, ["--runs-dir", str(tmp_path), "--iter", "1"])
     assert result.exit_code == 1 and "run `irpo-data build --iter 1` first" in result.output
+
+
+def test_gold_rows_are_graded_tokenised_and_batched_without_losers(demo_tokenizer):
+    import dataclasses
+
+    from irpo_data.sampling import render_prompts
+    from irpo_data.tasks import get_task
+
+    task = get_task("demo")
+    questions = task.load("train").questions[:4]
+    prompts = render_prompts(task, questions, demo_tokenizer)
+    gold = gold_solution_rows(task, questions, prompts, demo_tokenizer, max_length=512)
+    assert (len(gold.rows), gold.dropped_ungraded, gold.dropped_too_long) == (4, 0, 0)
+    assert all(r["chosen_ids"][-1] == demo_tokenizer.eos_token_id and "rejected_ids" not in r for r in gold.rows)
+    assert demo_tokenizer.decode(gold.rows[0]["chosen_ids"][:-1]) == questions[0].solution
+    batch = collate(gold.rows[:3], demo_tokenizer.pad_token_id)
+    assert batch["input_ids"].shape[0] == 3 and "ref_chosen_logps" not in batch  # B chosen rows, no losers
+
+    wrong = [dataclasses.replace(questions[0], solution="Too hard. The answer is 999."), *questions[1:]]
+    worse = gold_solution_rows(task, wrong, prompts, demo_tokenizer, max_length=512)
+    assert worse.dropped_ungraded == 1 and len(worse.rows) == 3 and worse.fingerprint != gold.fingerprint
+    assert gold_solution_rows(task, questions, prompts, demo_tokenizer, max_length=60).dropped_too_long > 0
+    with pytest.raises(PairDataError, match="arc_challenge has no gold solutions"):
+        gold_solution_rows(get_task("arc_challenge"), questions, prompts, demo_tokenizer, 512)
+
+
+def test_an_ablation_trains_beside_m1_from_the_same_pairs(tmp_path, demo_model, demo_tokenizer):
+    """irpo-train --ablation sft_winners: models/M_1-sft_winners, same pairs, M_1 and the run's card untouched."""
+    card = load_card("demo", TINY)
+    run, pairs = make_iteration(tmp_path, demo_tokenizer, card)
+    out = train_module.train_iteration(card, 1, tmp_path, progress=False, ablation="sft_winners")
+    assert out == run.model(1, "sft_winners") and not run.model(1).exists()
+    manifest = json.loads((out / "train_manifest.json").read_text())
+    assert manifest["objective"] == "sft_winners" and manifest["pairs_fingerprint"] == fingerprint(pairs)
+    assert manifest["rows_trained"] == 4 and "objective: dpo_nll" in (run.root / "card.yaml").read_text()
+    assert "probe_only" in json.loads((out / "ref_logps.json").read_text())["key"]  # SFT scores only the probe pairs
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert "nll" in metrics[0] and "dpo" not in metrics[0]
+    probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probe] == [0, 2, 4] and probe[0]["chosen_change"] == pytest.approx(0, abs=1e-3)
+    assert probe[-1]["chosen_change"] > 1.0  # SFT on the winners raises them
+
+
+def test_irpo_train_refuses_sft_gold_where_the_task_has_no_solutions(tmp_path):
+    from click.testing import CliRunner
+
+    from irpo_train.cli import main
+
+    result = CliRunner().invoke(main, ["--card", "arc_challenge", "--runs-dir", str(tmp_path), "--ablation", "sft_gold"])
+    assert result.exit_code == 1 and "task arc_challenge has none" in result.output and "choose dpo_nll" in result.output
 
 
 def test_lora_run_merges_adapters_into_a_plain_model(tmp_path, demo_model, demo_tokenizer):
