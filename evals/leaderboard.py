@@ -88,8 +88,10 @@ def leaderboard_markdown(board: dict) -> str:
     if ablations:
         fingerprints = {r.get("pairs_fingerprint") for r in board["rows"] if r["iteration"] == ablations[0]["iteration"]}
         short = sorted(str(f)[:16] for f in fingerprints)
-        same = (f"all trained from the same pair dataset (fingerprint {short[0]})" if len(short) == 1
-                else f"WARNING: trained from different pair datasets ({', '.join(short)})")  # fmt: skip
+        same = (f"all from the same pair dataset (fingerprint {short[0]})" if len(short) == 1
+                else f"WARNING: from different pair datasets ({', '.join(short)})")  # fmt: skip
+        if any(r.get("objective") == "sft_gold" for r in ablations):
+            same += "; SFT on gold trains on the gold solutions of the questions those pairs were sampled for"
         lines += ["", f"M_{ablations[0]['iteration']} and its ablations: {same}."]
     paper = board["paper"]
     lines.append("")

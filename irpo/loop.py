@@ -114,6 +114,9 @@ def train_ablations(card: Card, run: RunFolder, runs_dir: str | Path, times: Sta
         log.info("ablation: training M_1-%s (%s) from iteration 1's pairs", objective, OBJECTIVE_NAMES[objective])
         train_iteration(card, 1, runs_dir, progress=progress, ablation=objective)
         times.record(f"iter_1/train {objective}", start)
+    if card.train.probe_pairs == 0:
+        log.warning("train.probe_pairs=0: no log-prob curves to compare the objectives with")
+        return
     folders = {OBJECTIVE_NAMES[card.train.objective]: run.model(1)}
     folders.update({OBJECTIVE_NAMES[a]: run.model(1, a) for a in ablations})
     figure = plot_objectives(folders, run.root / "ablations_logps.png")

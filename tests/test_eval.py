@@ -105,11 +105,11 @@ def test_ablations_sit_after_their_iteration_beside_the_papers_baselines(tmp_pat
     assert [r["paper_greedy"] for r in board["rows"]] == [55.6, 73.1, 61.8, 63.5, 78.0]
     text = leaderboard_markdown(board)
     assert "| M_1-dpo | DPO | 10.0 ± 3.0 |" in text and "| M_1-sft_gold | SFT on gold solutions | 20.0" in text
-    assert "same pair dataset (fingerprint f1)" in text
+    assert "same pair dataset (fingerprint f1); SFT on gold trains on the gold" in text
     plot_leaderboard(board, tmp_path / "board.png")
     assert (tmp_path / "board.png").stat().st_size > 10_000
     board["rows"][2]["pairs_fingerprint"] = "other"
-    assert "WARNING: trained from different pair datasets" in leaderboard_markdown(board)
+    assert "WARNING: from different pair datasets" in leaderboard_markdown(board)
 
 
 @pytest.fixture
