@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import sys
 
@@ -56,8 +57,8 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, quiet, overrides):
         from irpo_data.runs import RunFolder
 
         resolved = load_card(card, overrides)
-        if ablations:  # set as the card's `ablations`, so it is checked like any card value
-            resolved = load_card(card, [*overrides, f"ablations=[{','.join(_all_ablations(resolved))}]"])
+        if ablations:
+            resolved = dataclasses.replace(resolved, ablations=_all_ablations(resolved))
         iterations = iterations or resolved.iterations
         times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet)
         click.echo(write_summary(RunFolder.for_card(resolved, runs_dir), iterations, times.seconds))

@@ -39,13 +39,10 @@ def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
     if tokenizer.eos_token_id is None:
         raise PairDataError("the tokenizer has no EOS token to end answers with")
 
-    def ids(texts):
-        return tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # datasets 5 columns are lazy
-
-    prompts, chosen, rejected = ids(dataset["prompt"]), ids(dataset["chosen"]), ids(dataset["rejected"])
+    prompts = _ids(tokenizer, dataset["prompt"])
+    chosen, rejected = _ids(tokenizer, dataset["chosen"], eos=True), _ids(tokenizer, dataset["rejected"], eos=True)
     rows, dropped = [], 0
     for p, c, r in zip(prompts, chosen, rejected):
-        c, r = c + [tokenizer.eos_token_id], r + [tokenizer.eos_token_id]
         if len(p) + max(len(c), len(r)) > max_length:
             dropped += 1
             continue
@@ -53,6 +50,12 @@ def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
     if dropped:
         log.info("dropped %d of %d pairs longer than train.max_length=%d tokens", dropped, len(prompts), max_length)
     return TokenizedPairs(rows, dropped)
+
+
+def _ids(tokenizer, texts, eos: bool = False) -> list[list[int]]:
+    """Token ids of each text, the EOS appended to answers (a sampled answer ended there)."""
+    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # list(): datasets 5 columns are lazy
+    return [i + [tokenizer.eos_token_id] for i in ids] if eos else ids
 
 
 @dataclass
@@ -76,7 +79,7 @@ def gold_solution_rows(task, questions, prompts: list[str], tokenizer, max_lengt
 
     from irpo_data.grading import grade
 
-    if not getattr(task, "has_solutions", False):
+    if not task.has_solutions:
         raise PairDataError(f"task {task.name} has no gold solutions to train on; choose train.objective dpo_nll, dpo or sft_winners")
     kept, ungraded = [], 0
     for question, prompt in zip(questions, prompts):
@@ -93,9 +96,8 @@ def gold_solution_rows(task, questions, prompts: list[str], tokenizer, max_lengt
             "choose another train.objective"
         )
     digest = hashlib.sha256(json.dumps([[q.question_id, q.solution] for q, _ in kept]).encode()).hexdigest()
-    prompt_ids = tokenizer([p for _, p in kept], add_special_tokens=False)["input_ids"]
-    answer_ids = tokenizer([q.solution for q, _ in kept], add_special_tokens=False)["input_ids"]
-    rows = [{"prompt_ids": p, "chosen_ids": a + [tokenizer.eos_token_id]} for p, a in zip(prompt_ids, answer_ids)]
+    prompt_ids, answer_ids = _ids(tokenizer, [p for _, p in kept]), _ids(tokenizer, [q.solution for q, _ in kept], eos=True)
+    rows = [{"prompt_ids": p, "chosen_ids": a} for p, a in zip(prompt_ids, answer_ids)]
     fitting = [r for r in rows if len(r["prompt_ids"]) + len(r["chosen_ids"]) <= max_length]
     return GoldRows(fitting, digest[:16], len(kept), ungraded, len(rows) - len(fitting))
 

@@ -61,16 +61,15 @@ def load_or_compute(cache_dir: Path, key: dict, compute, elsewhere: list[Path] =
     from the same pairs as M_T); a match is copied in rather than recomputed.
     """
     table, meta = cache_dir / "ref_logps.parquet", cache_dir / "ref_logps.json"
-    if not (meta.is_file() and json.loads(meta.read_text()).get("key") == key):
-        for folder in elsewhere:
-            other = folder / "ref_logps.json"
-            if other.is_file() and (folder / "ref_logps.parquet").is_file() and json.loads(other.read_text()).get("key") == key:
-                log.info("reference log-probs: the same pairs and reference were scored for %s; reusing them", folder)
-                shutil.copy2(folder / "ref_logps.parquet", table)
-                shutil.copy2(other, meta)
-                break
-    if table.is_file() and meta.is_file():
-        stored = json.loads(meta.read_text())
+    stored = _stored(cache_dir)
+    if (stored or {}).get("key") != key:
+        source = next((f for f in elsewhere if (_stored(f) or {}).get("key") == key), None)
+        if source is not None:
+            log.info("reference log-probs: the same pairs and reference were scored for %s; reusing them", source)
+            shutil.copy2(source / table.name, table)
+            shutil.copy2(source / meta.name, meta)  # last: a cache is only ever read with its key
+            stored = _stored(cache_dir)
+    if stored is not None:
         if stored.get("key") == key:
             frame = pl.read_parquet(table)
             log.info("reference log-probs: reusing %s", table)
@@ -82,3 +81,9 @@ def load_or_compute(cache_dir: Path, key: dict, compute, elsewhere: list[Path] =
     stored = {"key": key, "tokens_per_s": round(tokens_per_s, 1), "pairs": len(chosen)}
     write_json_atomic(meta, stored)
     return chosen, rejected, stored
+
+
+def _stored(folder: Path) -> dict | None:
+    """The cache record (key, speed) of `folder`'s reference log-probs, if both files are there."""
+    meta = folder / "ref_logps.json"
+    return json.loads(meta.read_text()) if meta.is_file() and (folder / "ref_logps.parquet").is_file() else None

@@ -27,7 +27,7 @@ import torch
 
 from irpo_data import __version__
 from irpo_data.build import sampling_model, training_questions
-from irpo_data.card import BUILD_SECTIONS, TRAIN_SECTIONS, Card
+from irpo_data.card import BUILD_SECTIONS, OBJECTIVES, TRAIN_SECTIONS, Card
 from irpo_data.runs import RunFolder, atomic_dir, write_json_atomic
 from irpo_data.sampling import render_prompts
 from irpo_data.tasks import get_task
@@ -100,7 +100,7 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     }  # fmt: skip
     chosen, rejected, ref_meta = load_or_compute(
         work, key, lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, cfg.bf16),
-        elsewhere=[run.model(iteration, a) for a in (None, *(o for o in PAIRWISE if o != cfg.objective))],
+        elsewhere=[run.model(iteration, a) for a in (None, *OBJECTIVES)],  # siblings; their key decides
     ) if scored else ([], [], {})  # fmt: skip
     scored = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(scored, chosen, rejected)]
     probe_rows = [scored[i] for i in probe] if pairwise else scored
