@@ -118,6 +118,8 @@ def summarise(raw: dict, settings: EvalSettings) -> dict:
         "maj": maj["maj_acc,samples"],
         "pass": maj["pass_acc,samples"],
         "sample_mean": maj["sample_acc,samples"],
+        # Answers (greedy and sampled) whose verification ran out of time, counted wrong.
+        "grading_timeouts": int(greedy.get("grading_timeouts,samples", 0) + maj.get("grading_timeouts,samples", 0)),
     }
 
 

@@ -8,14 +8,21 @@ builder sees:
 - `doc_to_text`: the builder's prompt (the task's user message; lm-eval applies the chat
   template with `--apply_chat_template`, as the builder does);
 - `greedy_results` / `majority_results`: grading by `irpo_data.grading`, the reward's grader,
-  and majority vote by `irpo_eval.majority`.
+  and majority vote by `irpo_eval.majority`; `grade_all`, the filter, grades every response of
+  the task at once on every core first, so that these two read their verdicts from its caches.
+Each also reports `grading_timeouts`: answers whose verification ran out of time (counted wrong),
+summed over the task by `total`.
 """
 
 from __future__ import annotations
 
-from irpo_data.grading import grade
+import logging
+
+from irpo_data.grading import grade, grade_many
 from irpo_data.tasks import Question, get_task
 from irpo_eval.majority import score_samples
+
+log = logging.getLogger(__name__)
 
 
 def load_docs(task: str, split: str = "test", data_dir: str | None = None, hub_id: str | None = None, **_metadata):
@@ -45,14 +52,30 @@ def doc_to_text(doc: dict) -> str:
     return get_task(doc["task"]).user_message(_question(doc))
 
 
-def keep_all(resps, docs):
-    """lm-eval filter that keeps all k answers of a question (its default keeps the first)."""
+def grade_all(resps, docs):
+    """lm-eval filter: keeps all k answers of each question (lm-eval's default keeps the first)
+    and grades them all at once, on every core, before lm-eval scores them one question at a time."""
+    resps = [list(r) for r in resps]
+    if docs:
+        completions = [c for r in resps for c in r]
+        owners = [doc for doc, r in zip(docs, resps) for _ in r]
+        grades = grade_many(docs[0]["task"], completions, [doc["gold"] for doc in owners])
+        timed_out = sorted({doc["question_id"] for doc, g in zip(owners, grades) if g.timed_out})
+        if timed_out:
+            count = sum(g.timed_out for g in grades)
+            log.warning("grading ran out of time on %d answers, counted wrong; questions: %s", count, ", ".join(timed_out))
     return resps
+
+
+def total(values: list[float]) -> float:
+    """lm-eval aggregation: the sum over questions (lm-eval has mean, not sum)."""
+    return float(sum(values))
 
 
 def greedy_results(doc: dict, results: list) -> dict:
     completions = results[0] if isinstance(results[0], list) else results
-    return {"acc": float(grade(doc["task"], completions[0], doc["gold"]).correct)}
+    result = grade(doc["task"], completions[0], doc["gold"])
+    return {"acc": float(result.correct), "grading_timeouts": float(result.timed_out)}
 
 
 def majority_results(doc: dict, results: list) -> dict:
@@ -62,4 +85,5 @@ def majority_results(doc: dict, results: list) -> dict:
         "maj_acc": float(scores.majority_correct),
         "pass_acc": float(scores.any_correct),
         "sample_acc": scores.fraction_correct,
+        "grading_timeouts": float(scores.timeouts),
     }

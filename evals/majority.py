@@ -49,6 +49,7 @@ class SampleScores:
     any_correct: bool  # pass@k
     fraction_correct: float  # mean per-sample accuracy
     majority_answer: str | None
+    timeouts: int = 0  # samples whose grading ran out of time (counted wrong)
 
 
 def score_samples(task: Task | str, completions: list[str], gold: str) -> SampleScores:
@@ -60,4 +61,5 @@ def score_samples(task: Task | str, completions: list[str], gold: str) -> Sample
         any_correct=any(g.correct for g in grades),
         fraction_correct=sum(g.correct for g in grades) / len(grades) if grades else 0.0,
         majority_answer=winner,
+        timeouts=sum(g.timed_out for g in grades),
     )

@@ -60,6 +60,8 @@ def build_pairs(
         "questions_no_usable_generation": n_questions - per_question.height,
         "questions_no_correct": per_question.filter(pl.col("n_correct") == 0).height,
         "questions_no_wrong": per_question.filter(pl.col("n_wrong") == 0).height,
+        # Answers whose verification ran out of time (irpo_data.grading): graded wrong, counted here.
+        "grading_timeouts": int(samples["grading_timed_out"].sum()) if "grading_timed_out" in samples.columns else 0,
     }
 
     # Combinations carry only integers; text is joined back for the picked pairs alone.

@@ -5,7 +5,7 @@ Input: the task, its questions and their rendered prompts. Output: `samples/part
 
     question_id="demo/train/3", sample_idx=5, prompt="<|im_start|>user ...", gold="28",
     completion="4 boxes of 7 is 28. The answer is 28.", n_tokens=17, finish_reason="stop",
-    answer="28", correct=True, well_formed=True
+    answer="28", correct=True, well_formed=True, grading_timed_out=False
 
 Shard k holds questions [k*S, (k+1)*S), written under a temporary name and renamed, so a kill
 loses at most the shard in flight and a rerun skips every finished shard. Each question has
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import polars as pl
 
-from irpo_data.grading import grade
+from irpo_data.grading import GRADE_TIMEOUT_S, grade_many
 from irpo_data.runs import write_json_atomic, write_parquet_atomic
 from irpo_data.tasks import Question, Task
 
@@ -48,6 +48,7 @@ SAMPLE_SCHEMA = {
     "answer": pl.String,
     "correct": pl.Boolean,
     "well_formed": pl.Boolean,
+    "grading_timed_out": pl.Boolean,  # verification ran past grading.GRADE_TIMEOUT_S: counted wrong
 }
 
 
@@ -281,8 +282,7 @@ def sample_answers(
         first = k * questions_per_shard
         shard_prompts = prompts[first : first + len(shard_questions)]
         outputs = engine.generate(shard_prompts, params, [question_seed(params.seed, q.question_id) for q in shard_questions])
-        rows = _graded_rows(task, shard_questions, shard_prompts, outputs)
-        write_parquet_atomic(pl.DataFrame(rows, schema=SAMPLE_SCHEMA), shard_path(out_dir, k))
+        rows = write_shard(task, shard_questions, shard_prompts, outputs, shard_path(out_dir, k))
         generations += len(rows["completion"])
         tokens += sum(rows["n_tokens"])
         elapsed = time.perf_counter() - start
@@ -292,19 +292,42 @@ def sample_answers(
     return SamplingReport(len(shards), done_before, generations, tokens, time.perf_counter() - start)
 
 
+def write_shard(task: Task, questions: list[Question], prompts: list[str], outputs: list[list[Generation]], path: Path) -> dict:
+    """Grade one shard's generations (the engine's output) and write them to `path`, atomically."""
+    rows = _graded_rows(task, questions, prompts, outputs)
+    write_parquet_atomic(pl.DataFrame(rows, schema=SAMPLE_SCHEMA), path)
+    return rows
+
+
 def _graded_rows(task, questions, prompts, outputs) -> dict[str, list]:
     rows: dict[str, list] = {name: [] for name in SAMPLE_SCHEMA}
-    for question, prompt, generations in zip(questions, prompts, outputs, strict=True):
-        for idx, gen in enumerate(generations):
-            result = grade(task, gen.text, question.gold)
-            for name, value in (
-                ("question_id", question.question_id), ("sample_idx", idx), ("prompt", prompt),
-                ("gold", question.gold), ("completion", gen.text), ("n_tokens", gen.n_tokens),
-                ("finish_reason", gen.finish_reason), ("answer", result.answer),
-                ("correct", result.correct), ("well_formed", result.well_formed),
-            ):  # fmt: skip
-                rows[name].append(value)
+    flat = [(q, p, idx, gen) for q, p, gens in zip(questions, prompts, outputs, strict=True) for idx, gen in enumerate(gens)]
+    texts = [utf8_safe(gen.text) for _, _, _, gen in flat]
+    grades = grade_many(task, texts, [q.gold for q, _, _, _ in flat])  # math-verify on every core
+    for (question, prompt, idx, gen), text, result in zip(flat, texts, grades):
+        values = {
+            "question_id": question.question_id, "sample_idx": idx, "prompt": prompt, "gold": question.gold,
+            "completion": text, "n_tokens": gen.n_tokens, "finish_reason": gen.finish_reason, "answer": result.answer,
+            "correct": result.correct, "well_formed": result.well_formed, "grading_timed_out": result.timed_out,
+        }
+        for name, value in values.items():
+            rows[name].append(value)
+    timed_out = sorted({q.question_id for (q, _, _, _), g in zip(flat, grades) if g.timed_out})
+    if timed_out:
+        log.warning(
+            "grading ran out of time (%.0f s) on %d answers, counted wrong; questions: %s",
+            GRADE_TIMEOUT_S, sum(g.timed_out for g in grades), ", ".join(timed_out),
+        )
     return rows
+
+
+def utf8_safe(text: str) -> str:
+    """`text` with lone surrogates (which no UTF-8 file can hold) replaced by U+FFFD."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
 def shard_path(out_dir: Path, index: int) -> Path:
@@ -329,4 +352,7 @@ def read_samples(out_dir: Path) -> pl.DataFrame:
     files = sorted(out_dir.glob("part-*.parquet"))
     if not files:
         raise SamplingError(f"no sample shards in {out_dir}")
-    return pl.concat([pl.read_parquet(f) for f in files])
+    frames = [pl.read_parquet(f) for f in files]
+    # Shards written before grading had a deadline have no timeout column: none of theirs timed out.
+    frames = [f if "grading_timed_out" in f.columns else f.with_columns(pl.lit(False).alias("grading_timed_out")) for f in frames]
+    return pl.concat(frames)

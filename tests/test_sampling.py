@@ -71,7 +71,8 @@ def test_shards_hold_every_graded_generation(engine_fixture, request, demo_token
     truncated = samples.filter(pl.col("finish_reason") == "length")
     assert (truncated["n_tokens"] == 40).all()
     for row in samples.iter_rows(named=True):  # stored grades are exactly grade()'s
-        assert (row["answer"], row["correct"], row["well_formed"]) == tuple(grade(TASK, row["completion"], row["gold"]).__dict__.values())
+        stored = (row["answer"], row["correct"], row["well_formed"], row["grading_timed_out"])
+        assert stored == tuple(grade(TASK, row["completion"], row["gold"]).__dict__.values())
 
 
 @pytest.mark.parametrize("engine_fixture", ["hf_engine", "vllm_engine"])
