@@ -17,6 +17,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from irpo_data.hardware import resolve_dtype
 from irpo_data.models import ResolvedModel
 from irpo_data.runs import write_json_atomic, write_text_atomic
 from irpo_data.tasks import get_task
@@ -41,7 +42,7 @@ class EvalSettings:
     data_dir: str | None = None  # local {split}.jsonl folder; None = the task's Hub dataset
     hub_id: str | None = None
     seed: int = 0
-    dtype: str = "bfloat16"
+    dtype: str = "bfloat16"  # resolved by from_card (sampling.dtype "auto" is machine-dependent)
     backend: str = "irpo-vllm"  # or lm-eval's own "vllm" (k separate requests), for comparison
     kv_cache_gb: float = 2  # vLLM on CPU
     gpu_memory_utilization: float = 0.9  # vLLM on GPU
@@ -60,7 +61,7 @@ class EvalSettings:
         values = dict(
             task=card.task.name, maj_k=card.eval.maj_k, temperature=card.eval.temperature,
             max_new_tokens=card.eval.max_new_tokens, limit=card.eval.limit, split=card.task.test_split,
-            data_dir=card.task.data_dir, hub_id=card.task.hub_id, seed=card.seed, dtype=card.sampling.dtype,
+            data_dir=card.task.data_dir, hub_id=card.task.hub_id, seed=card.seed, dtype=resolve_dtype(card.sampling.dtype),
             kv_cache_gb=card.sampling.kv_cache_gb, gpu_memory_utilization=card.sampling.gpu_memory_utilization,
             max_model_len=card.sampling.max_model_len,
             trust_remote_code=card.model.trust_remote_code,

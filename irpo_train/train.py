@@ -28,6 +28,7 @@ import torch
 from irpo_data import __version__
 from irpo_data.build import sampling_model, training_questions
 from irpo_data.card import BUILD_SECTIONS, OBJECTIVES, TRAIN_SECTIONS, Card
+from irpo_data.hardware import resolve_bf16
 from irpo_data.runs import RunFolder, atomic_dir, write_json_atomic
 from irpo_data.sampling import render_prompts
 from irpo_data.tasks import get_task
@@ -68,7 +69,11 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     reference = sampling_model(card, run, iteration, None)  # M_{T-1}: the model iteration T sampled from
     out_dir = run.model(iteration, ablation)
     work = out_dir.with_name(out_dir.name + ".work")
-    identity = {"card_sha256": card.sha256(TRAIN_SECTIONS), "pairs_fingerprint": fingerprint, "reference_weights_sha256": reference.weights_sha256}
+    identity = {
+        "card_sha256": card.sha256(TRAIN_SECTIONS), "pairs_fingerprint": fingerprint,
+        "reference_weights_sha256": reference.weights_sha256,
+        "bf16": resolve_bf16(card.train.bf16),  # train.bf16=auto resolves per machine; another precision is another model
+    }
     done = out_dir / "train_manifest.json"
     if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in identity} == identity:
         log.info("%s is already trained from these pairs and this reference; nothing to do", out_dir)
@@ -76,6 +81,7 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     _start_or_resume(work, identity)
 
     cfg = card.train
+    bf16 = identity["bf16"]
     task = get_task(card.task.name)
     questions, held_out, _, _ = training_questions(card)
     tokenizer = AutoTokenizer.from_pretrained(reference.path, trust_remote_code=card.model.trust_remote_code)
@@ -96,10 +102,10 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     scored = tokenized.rows if pairwise else [tokenized.rows[i] for i in probe]
     key = {
         "reference_weights_sha256": reference.weights_sha256, "pairs_fingerprint": fingerprint, "max_length": cfg.max_length,
-        "bf16": cfg.bf16, **({} if pairwise else {"probe_only": {"probe_pairs": cfg.probe_pairs, "seed": card.seed}}),
+        "bf16": bf16, **({} if pairwise else {"probe_only": {"probe_pairs": cfg.probe_pairs, "seed": card.seed}}),
     }  # fmt: skip
     chosen, rejected, ref_meta = load_or_compute(
-        work, key, lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, cfg.bf16),
+        work, key, lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, bf16),
         elsewhere=[run.model(iteration, a) for a in (None, *OBJECTIVES)],  # siblings; their key decides
     ) if scored else ([], [], {})  # fmt: skip
     scored = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(scored, chosen, rejected)]
@@ -118,7 +124,7 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     held_out = held_out[: cfg.eval_questions] if cfg.eval_questions is not None else held_out
     accuracy = HeldOutAccuracy(
         task, held_out, render_prompts(task, held_out, tokenizer), tokenizer, cfg.eval_every,
-        card.sampling.max_new_tokens, work / "best", work / "checkpoint_choice.json", bf16=cfg.bf16,
+        card.sampling.max_new_tokens, work / "best", work / "checkpoint_choice.json", bf16=bf16,
     )  # fmt: skip
     args = TrainingArguments(
         output_dir=str(work / "checkpoints"),
@@ -132,7 +138,7 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
         save_steps=cfg.eval_every,
         save_total_limit=1,
         seed=card.seed,
-        bf16=cfg.bf16,
+        bf16=bf16,
         gradient_checkpointing=cfg.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
         report_to=cfg.report_to,
@@ -142,7 +148,7 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     )
     callbacks = [MetricsFile(work / "metrics.jsonl"), accuracy]
     if probe_rows:
-        callbacks.append(ProbeLogps(probe_rows, cfg.probe_every or cfg.eval_every, tokenizer.pad_token_id, work / "probe.jsonl", cfg.bf16))
+        callbacks.append(ProbeLogps(probe_rows, cfg.probe_every or cfg.eval_every, tokenizer.pad_token_id, work / "probe.jsonl", bf16))
     trainer = DPONLLTrainer(
         model=model, args=args, train_dataset=rows, beta=cfg.beta, alpha=cfg.alpha, objective=cfg.objective,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), callbacks=callbacks,

@@ -8,6 +8,7 @@ import pytest
 from conftest import require_vllm
 from irpo_data.card import SamplingConfig
 from irpo_data.grading import grade
+from irpo_data.hardware import resolve_dtype
 from irpo_data.sampling import (
     SAMPLE_SCHEMA, SamplingError, SamplingParams, TransformersEngine, VLLMEngine, read_samples, render_prompts,
     sample_answers,
@@ -43,7 +44,7 @@ def hf_engine(demo_model):
 @pytest.fixture(scope="module")
 def vllm_engine(demo_model):
     require_vllm()
-    return VLLMEngine(demo_model.path, "bfloat16", 0, SamplingConfig(max_model_len=1024))
+    return VLLMEngine(demo_model.path, resolve_dtype("auto"), 0, SamplingConfig(max_model_len=1024))
 
 
 def run(engine, out_dir, prompts, params=PARAMS, shard=2):
