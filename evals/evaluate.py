@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from irpo_data.hardware import resolve_dtype
@@ -34,6 +34,7 @@ class EvalError(ValueError):
 @dataclass(frozen=True)
 class EvalSettings:
     task: str
+    task_options: dict = field(default_factory=dict)  # the card's task options (MATH split and prompt, ARC sets)
     maj_k: int = 32  # samples per question for maj@k and pass@k
     temperature: float = 0.8  # of the k samples; greedy is temperature 0
     max_new_tokens: int = 512
@@ -50,7 +51,7 @@ class EvalSettings:
     trust_remote_code: bool = False
 
     def __post_init__(self):
-        get_task(self.task)  # unknown task: TaskError listing the known ones
+        get_task(self.task, **self.task_options)  # unknown task or option: TaskError listing the known ones
         if self.maj_k < 1:
             raise EvalError(f"maj_k={self.maj_k}: majority vote needs at least 1 sample per question; use --maj 32 as the paper does")
         if self.limit is not None and self.limit < 1:
@@ -59,7 +60,7 @@ class EvalSettings:
     @classmethod
     def from_card(cls, card, **overrides) -> "EvalSettings":
         values = dict(
-            task=card.task.name, maj_k=card.eval.maj_k, temperature=card.eval.temperature,
+            task=card.task.name, task_options=card.task.options(), maj_k=card.eval.maj_k, temperature=card.eval.temperature,
             max_new_tokens=card.eval.max_new_tokens, limit=card.eval.limit, split=card.task.test_split,
             data_dir=card.task.data_dir, hub_id=card.task.hub_id, seed=card.seed, dtype=resolve_dtype(card.sampling.dtype),
             kv_cache_gb=card.sampling.kv_cache_gb, gpu_memory_utilization=card.sampling.gpu_memory_utilization,
@@ -80,7 +81,7 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the progress bar
     _, device_kwargs = vllm_device_settings(settings.kv_cache_gb, settings.gpu_memory_utilization)
-    metadata = {"data_dir": settings.data_dir, "hub_id": settings.hub_id, "split": settings.split}
+    metadata = dict(data_dir=settings.data_dir, hub_id=settings.hub_id, split=settings.split, task_options=settings.task_options)
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
     names = [f"irpo_{settings.task}", f"irpo_{settings.task}_maj"]
     tasks = manager.load(names)["tasks"]
@@ -115,6 +116,7 @@ def summarise(raw: dict, settings: EvalSettings) -> dict:
         "task": settings.task,
         "questions": int(raw["n-samples"][f"irpo_{settings.task}"]["effective"]),
         "greedy": greedy["acc,samples"],
+        "greedy_strict": greedy.get("strict_acc,samples"),  # in the prompt's format: the paper's exact match
         "maj_k": settings.maj_k,
         "maj": maj["maj_acc,samples"],
         "pass": maj["pass_acc,samples"],
@@ -130,7 +132,8 @@ def evaluate_model(model: ResolvedModel, settings: EvalSettings, out: Path | Non
     With `samples_out`, every question's prompt, completions and graded answers also go there
     as JSON lines (as lm-eval's --log_samples, in our terms).
     """
-    key = {"model_weights_sha256": model.weights_sha256, "settings": asdict(settings)}
+    # As JSON stores it (tuples become lists), so that a stored key compares equal to a fresh one.
+    key = json.loads(json.dumps({"model_weights_sha256": model.weights_sha256, "settings": asdict(settings)}))
     if out is not None and out.is_file():
         stored = json.loads(out.read_text())
         if stored.get("key") == key:
@@ -157,12 +160,13 @@ def evaluate_model(model: ResolvedModel, settings: EvalSettings, out: Path | Non
 def write_samples(samples: dict, settings: EvalSettings, out: Path) -> None:
     from irpo_data.grading import grade
 
+    task = get_task(settings.task, **settings.task_options)
     lines = []
     for variant, name in (("greedy", f"irpo_{settings.task}"), ("maj", f"irpo_{settings.task}_maj")):
         for sample in samples[name]:
             doc, completions = sample["doc"], sample["filtered_resps"][0]
             lines.append(json.dumps({
                 "variant": variant, "question_id": doc["question_id"], "gold": doc["gold"], "prompt": sample["arguments"][0][0],
-                "completions": completions, "answers": [grade(settings.task, c, doc["gold"]).answer for c in completions],
+                "completions": completions, "answers": [grade(task, c, doc["gold"]).answer for c in completions],
             }))  # fmt: skip
     write_text_atomic(out, "\n".join(lines) + "\n")

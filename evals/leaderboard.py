@@ -15,7 +15,7 @@ from irpo_data.card import OBJECTIVE_NAMES
 from irpo_data.runs import write_json_atomic, write_text_atomic
 from irpo_eval.paper import PAPER_ROWS, SOURCE, paper_greedy
 
-METRICS = ("greedy", "maj", "pass", "sample_mean")
+METRICS = ("greedy", "greedy_strict", "maj", "pass", "sample_mean")
 
 
 @dataclass(frozen=True)
@@ -40,7 +40,7 @@ def build_leaderboard(entries: list[Entry]) -> dict:
         record = e.record
         row = {"model": e.model, "iteration": e.iteration, "objective": e.objective, "ablation": e.ablation,
                "spec": record["model"], "questions": record["questions"], "pairs_fingerprint": e.pairs_fingerprint}  # fmt: skip
-        row.update({m: record[m] for m in METRICS})
+        row.update({m: record.get(m) for m in METRICS})  # greedy_strict: absent from results before 2026-12
         row["greedy_stderr"] = math.sqrt(record["greedy"] * (1 - record["greedy"]) / max(1, record["questions"]))
         if base is not None:
             row["delta_greedy"] = record["greedy"] - base["greedy"]
@@ -71,16 +71,19 @@ def leaderboard_markdown(board: dict) -> str:
         f"Test accuracy (%) on {board['rows'][0]['questions']} questions of split `{s['split']}`"
         f"{' (first ' + str(s['limit']) + ')' if s['limit'] else ''}. Greedy is temperature 0; maj@{k}, "
         f"pass@{k} and per-sample come from the same {k} samples at temperature {s['temperature']}. "
-        "± is the greedy accuracy's standard error. Δ is against M_0.",
+        "± is the greedy accuracy's standard error. Δ is against M_0. Greedy counts a right answer in any "
+        "recognised style (flexible); strict only one stated in the prompt's format, the paper's exact match.",
         "",
-        f"| model | trained with | greedy | maj@{k} | pass@{k} | per-sample | questions | Δ greedy | Δ maj@{k} | paper, greedy |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        f"| model | trained with | greedy | greedy, strict | maj@{k} | pass@{k} | per-sample | questions | Δ greedy | Δ maj@{k} "
+        "| paper, greedy |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in board["rows"]:
         trained = OBJECTIVE_NAMES.get(r.get("objective"), "base model (CoT prompt)" if r["iteration"] == 0 else r.get("objective") or "")
         paper_value = r.get("paper_greedy")
         lines.append(
-            f"| {r['model']} | {trained} | {_pct(r['greedy'])} ± {_pct(r['greedy_stderr'])} | {_pct(r['maj'])} | {_pct(r['pass'])} "
+            f"| {r['model']} | {trained} | {_pct(r['greedy'])} ± {_pct(r['greedy_stderr'])} | {_pct(r.get('greedy_strict'))} "
+            f"| {_pct(r['maj'])} | {_pct(r['pass'])} "
             f"| {_pct(r['sample_mean'])} | {r['questions']} | {_pct(r.get('delta_greedy'), True)} | {_pct(r.get('delta_maj'), True)} "
             f"| {'' if paper_value is None else f'{paper_value:.1f}'} |"
         )

@@ -16,6 +16,8 @@ summed over the task by `total`.
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 
 from irpo_data.grading import grade, grade_many
@@ -25,17 +27,24 @@ from irpo_eval.majority import score_samples
 log = logging.getLogger(__name__)
 
 
-def load_docs(task: str, split: str = "test", data_dir: str | None = None, hub_id: str | None = None, **_metadata):
+def load_docs(
+    task: str, split: str = "test", data_dir: str | None = None, hub_id: str | None = None,
+    task_options: dict | None = None, **_metadata,
+):  # fmt: skip
     """lm-eval's `custom_dataset`: {split: Dataset} of one row per question.
 
+    `task_options` are the task's own options (MATH: {"split": "paper", "prompt": "paper"}), as the
+    card's task section sets them; each row carries them, so prompts and grading use the same task.
     lm-eval passes every metadata key (model arguments, version, ...) here too; unknown ones
     are ignored.
     """
     import datasets
 
-    questions = get_task(task).load(split, data_dir, hub_id).questions
+    options = json.dumps(task_options or {}, sort_keys=True)
+    questions = _task(task, options).load(split, data_dir, hub_id).questions
     rows = {
         "task": [task] * len(questions),
+        "task_options": [options] * len(questions),
         "question_id": [q.question_id for q in questions],
         "text": [q.text for q in questions],
         "gold": [q.gold for q in questions],
@@ -48,8 +57,18 @@ def _question(doc: dict) -> Question:
     return Question(doc["question_id"], doc["text"], doc["gold"], tuple(doc["labels"]))
 
 
+@functools.lru_cache(maxsize=None)
+def _task(name: str, options_json: str = "{}"):
+    return get_task(name, **{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(options_json).items()})
+
+
+def doc_task(doc: dict):
+    """The task a row was loaded for, with its options."""
+    return _task(doc["task"], doc.get("task_options") or "{}")
+
+
 def doc_to_text(doc: dict) -> str:
-    return get_task(doc["task"]).user_message(_question(doc))
+    return doc_task(doc).user_message(_question(doc))
 
 
 def grade_all(resps, docs):
@@ -59,7 +78,7 @@ def grade_all(resps, docs):
     if docs:
         completions = [c for r in resps for c in r]
         owners = [doc for doc, r in zip(docs, resps) for _ in r]
-        grades = grade_many(docs[0]["task"], completions, [doc["gold"] for doc in owners])
+        grades = grade_many(doc_task(docs[0]), completions, [doc["gold"] for doc in owners])
         timed_out = sorted({doc["question_id"] for doc, g in zip(owners, grades) if g.timed_out})
         if timed_out:
             count = sum(g.timed_out for g in grades)
@@ -74,13 +93,19 @@ def total(values: list[float]) -> float:
 
 def greedy_results(doc: dict, results: list) -> dict:
     completions = results[0] if isinstance(results[0], list) else results
-    result = grade(doc["task"], completions[0], doc["gold"])
-    return {"acc": float(result.correct), "grading_timeouts": float(result.timed_out)}
+    result = grade(doc_task(doc), completions[0], doc["gold"])
+    # acc: any recognised answer style (lm-eval's flexible-extract); strict_acc: right *and* in
+    # the prompt's own format, which is the paper's exact match.
+    return {
+        "acc": float(result.correct),
+        "strict_acc": float(result.correct and result.well_formed),
+        "grading_timeouts": float(result.timed_out),
+    }
 
 
 def majority_results(doc: dict, results: list) -> dict:
     completions = results[0] if isinstance(results[0], list) else results
-    scores = score_samples(doc["task"], completions, doc["gold"])
+    scores = score_samples(doc_task(doc), completions, doc["gold"])
     return {
         "maj_acc": float(scores.majority_correct),
         "pass_acc": float(scores.any_correct),

@@ -47,8 +47,10 @@ def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> 
         if not match or not manifest.is_file() or (max_iteration is not None and int(match.group(1)) > max_iteration):
             continue
         info = json.loads(manifest.read_text())
-        trained.append(RunModel(folder.name, int(match.group(1)), resolve_model(str(folder)), info.get("objective", "dpo_nll"),
-                                match.group(2) is not None, info.get("pairs_fingerprint")))  # fmt: skip
+        # An ablation is named by its folder (dpo_nll_2x trains dpo_nll on twice the pairs).
+        objective = match.group(2) or info.get("objective", "dpo_nll")
+        model = resolve_model(str(folder))
+        trained.append(RunModel(folder.name, int(match.group(1)), model, objective, match.group(2) is not None, info.get("pairs_fingerprint")))
     if not any(not m.ablation for m in trained):
         raise EvalError(
             f"{run.root} has no trained models yet; run `irpo-train --card {card.name} --iter 1` first "

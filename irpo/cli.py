@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from irpo_data.card import OBJECTIVES, Card, load_card
+from irpo_data.card import ABLATIONS, Card, load_card
 from irpo_data.cli import USER_ERRORS, card_option, runs_option, setup_logging
 from irpo_eval.evaluate import EvalError
 from irpo_train.data import PairDataError
@@ -30,7 +30,8 @@ def main() -> None:
 @click.option("--iterations", type=click.IntRange(min=1), default=None, help="Iterations T  [default: the card's iterations]")
 @click.option("--push-to-hub", "push_to_hub", metavar="ORG/NAME", default=None, help="Push each iteration's pairs (config iter_t) and the leaderboard to this dataset repo.")
 @click.option("--ablations", is_flag=True,
-              help="Also train iteration 1's pairs with every other objective (dpo, sft_winners, sft_gold) and put them on the "
+              help="Also train iteration 1's pairs with every other objective (dpo, sft_winners, sft_gold) and on twice the pairs "
+                   "(dpo_nll_2x, sft_winners_2x), and put them on the "
                    "leaderboard; for some of them set the card key instead: ablations=[dpo,sft_winners].")
 @click.option("--quiet", is_flag=True, help="Only warnings and the summary on the terminal.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
@@ -77,11 +78,12 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, quiet, overrides):
 
 
 def _all_ablations(card: Card) -> list[str]:
-    """--ablations: every objective but the card's own (sft_gold only where the task has gold solutions)."""
-    from irpo_data.tasks import get_task
+    """--ablations: every objective but the card's own, and the two twice-the-pairs baselines
+    (sft_gold only where the task has gold solutions)."""
+    from irpo_data.tasks import task_from_config
 
-    chosen = [o for o in OBJECTIVES if o != card.train.objective]
-    if "sft_gold" in chosen and not get_task(card.task.name).has_solutions:
+    chosen = [o for o in ABLATIONS if o != card.train.objective]
+    if "sft_gold" in chosen and not task_from_config(card.task).has_solutions:
         click.echo(f"--ablations: skipping sft_gold, task {card.task.name} has no gold solutions", err=True)
         chosen.remove("sft_gold")
     return chosen

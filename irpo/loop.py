@@ -107,13 +107,13 @@ def run_loop(card: Card, iterations: int, runs_dir: str | Path = "runs", push_to
 
 
 def train_ablations(card: Card, run: RunFolder, runs_dir: str | Path, times: StageTimes, progress: bool) -> None:
-    """Train models/M_1-OBJECTIVE for each of card.ablations from iteration 1's pairs; draw their curves."""
+    """Train models/M_1-NAME for each of card.ablations from iteration 1's samples; draw their curves."""
     ablations = [a for a in dict.fromkeys(card.ablations) if a != card.train.objective]
-    for objective in ablations:
+    for name in ablations:
         start = time.perf_counter()
-        log.info("ablation: training M_1-%s (%s) from iteration 1's pairs", objective, OBJECTIVE_NAMES[objective])
-        train_iteration(card, 1, runs_dir, progress=progress, ablation=objective)
-        times.record(f"iter_1/train {objective}", start)
+        log.info("ablation: training M_1-%s (%s) from iteration 1's samples", name, OBJECTIVE_NAMES[name])
+        train_iteration(card, 1, runs_dir, progress=progress, ablation=name)
+        times.record(f"iter_1/train {name}", start)
     if card.train.probe_pairs == 0:
         log.warning("train.probe_pairs=0: no log-prob curves to compare the objectives with")
         return

@@ -42,7 +42,7 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
         lines.append(
             f"| {t} → M_{t} | {counts.get('generations', '')} | {_pct(counts.get('train_accuracy'))} "
             f"| {counts.get('pairs', '')} ({counts.get('questions_paired', '')}) | {drops} "
-            f"| {trained['steps'] if trained else ''} ({trained['chosen_step'] if trained else ''}) "
+            f"| {trained.get('selection_steps', trained['steps']) if trained else ''} ({trained['chosen_step'] if trained else ''}) "
             f"| {_pct(trained and trained['held_out_accuracy'])} | {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
         )
     lines += _ablation_rows(run)
@@ -72,7 +72,7 @@ def _ablation_rows(run: RunFolder) -> list[str]:
         result = _read(run.root / "evals" / f"{name}.json") or {}
         lines.append(
             f"| {name} | {m.get('objective', 'dpo_nll')} | {m.get('trained_on', 'the pairs')} | {m['pairs_fingerprint'][:16]} "
-            f"| {m['steps']} ({m['chosen_step']}) | {_pct(m['held_out_accuracy'])} | {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
+            f"| {m.get('selection_steps', m['steps'])} ({m['chosen_step']}) | {_pct(m['held_out_accuracy'])} | {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
         )
     return lines
 

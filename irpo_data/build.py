@@ -1,31 +1,39 @@
 """`irpo-data build --iter T`: one iteration's pair dataset, from card to runs/NAME/iter_T/.
 
-    card -> training questions (minus the held-out slice) -> prompts
-         -> samples/ (sampling: N answers each, graded, sharded, resumable)
-         -> build_pairs -> pairs/ + README.md + manifest.json (publish)
+    card -> question_sets (training questions, held-out ones, the 13-gram test-overlap check)
+         -> prompts -> samples/ (sampling: N answers each, graded, sharded, resumable)
+         -> gold.parquet (each question's gold solution, graded by the reward's grader)
+         -> build_pairs -> pairs/ + README.md + manifest.json + contaminated.txt (publish)
 
 The sampling model is the card's base model at T=1 and runs/NAME/models/M_{T-1} after, unless
-`model` names another. A finished iteration (manifest present, same card, model and data) is
-not rebuilt; a killed one resumes from its finished sample shards.
+`model` names another. With train.retrain_with_held_out (the paper's), the held-out questions are
+sampled and paired too: the trainer leaves them out to choose its step, then retrains with them.
+A finished iteration (manifest present, same card, model and data) is not rebuilt; a killed one
+resumes from its finished sample shards.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
+
 from irpo_data import __version__
 from irpo_data.card import BUILD_SECTIONS, Card
+from irpo_data.contamination import overlapping_questions
+from irpo_data.grading import grade_many
 from irpo_data.hardware import describe
 from irpo_data.models import ModelError, ResolvedModel, resolve_model
 from irpo_data.pairs import build_pairs
 from irpo_data.publish import dataset_card, fingerprint, save_pairs, write_card_and_manifest
-from irpo_data.runs import RunFolder
+from irpo_data.runs import RunFolder, write_parquet_atomic, write_text_atomic
 from irpo_data.sampling import SamplingParams, make_engine, read_samples, render_prompts, sample_answers
-from irpo_data.tasks import Question, get_task, split_held_out
+from irpo_data.tasks import Question, Task, TaskError, split_held_out, task_from_config
 
 log = logging.getLogger(__name__)
 
@@ -37,14 +45,46 @@ class BuildResult:
     skipped: bool  # True when an identical finished build was found and kept
 
 
-def training_questions(card: Card) -> tuple[list[Question], list[Question], str, int]:
-    """(questions to sample, held-out questions, source, rows skipped for an empty gold)."""
-    task = get_task(card.task.name)
-    loaded = task.load(card.task.train_split, card.task.data_dir, card.task.hub_id)
-    train, held = split_held_out(loaded.questions, card.task.held_out)
-    if card.task.max_questions is not None:
-        train = train[: card.task.max_questions]
-    return train, held, loaded.source, loaded.skipped_empty_gold
+@dataclass
+class QuestionSets:
+    """The questions of one card, as every stage sees them."""
+
+    train: list[Question]  # training questions (after task.max_questions and the held-out split)
+    held_out: list[Question]  # checkpoint choice: held-out training questions, or task.selection_split
+    sampled: list[Question]  # what an iteration samples: train, plus held_out when the trainer retrains on them
+    source: str  # where the rows came from
+    skipped_rows: int  # rows with an empty gold answer (or a prompt exemplar)
+    contaminated: list[str] | None  # loaded training questions that repeat a test question; None = not checked
+
+
+def question_sets(card: Card, check_contamination: bool = False) -> QuestionSets:
+    """The card's question sets; `check_contamination` (or task.drop_contaminated) loads the test split too."""
+    task, cfg = task_from_config(card.task), card.task
+    loaded = task.load(cfg.train_split, cfg.data_dir, cfg.hub_id)
+    questions, contaminated = loaded.questions, None
+    if check_contamination or cfg.drop_contaminated:
+        contaminated = _test_overlap(task, card, questions)
+        if cfg.drop_contaminated and contaminated:
+            flagged = set(contaminated)
+            questions = [q for q in questions if q.question_id not in flagged]
+            log.info("task.drop_contaminated: %d training questions that repeat test questions are left out", len(flagged))
+    if cfg.selection_split is not None:  # the paper's ARC: the checkpoint is chosen on the dev set
+        train, held = questions, task.load(cfg.selection_split, cfg.data_dir, cfg.hub_id).questions
+    else:
+        train, held = split_held_out(questions, cfg.held_out)
+    if cfg.max_questions is not None:
+        train = train[: cfg.max_questions]
+    joins_retrain = card.train.retrain_with_held_out and cfg.selection_split is None
+    return QuestionSets(train, held, train + held if joins_retrain else train, loaded.source, loaded.skipped_empty_gold, contaminated)
+
+
+def _test_overlap(task: Task, card: Card, questions: list[Question]) -> list[str] | None:
+    try:
+        test = task.load(card.task.test_split, card.task.data_dir, card.task.hub_id).questions
+    except TaskError as exc:
+        log.warning("could not check the training questions against the test set (%s); continuing", exc)
+        return None
+    return overlapping_questions(questions, test)
 
 
 def sampling_model(card: Card, run: RunFolder, iteration: int, model: str | None) -> ResolvedModel:
@@ -68,11 +108,29 @@ def questions_sha256(questions: list[Question], prompts: list[str]) -> str:
     return digest.hexdigest()
 
 
+def gold_table(task: Task, questions: list[Question], tokenizer) -> pl.DataFrame:
+    """One row per question with a gold solution: its text, length in tokens, and grade (irpo_data.pairs.GOLD_COLUMNS)."""
+    with_gold = [q for q in questions if q.solution is not None]
+    texts = [q.solution for q in with_gold]
+    grades = grade_many(task, texts, [q.gold for q in with_gold])
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    return pl.DataFrame(
+        {
+            "question_id": [q.question_id for q in with_gold],
+            "completion": texts,
+            "n_tokens": lengths,
+            "correct": [g.correct for g in grades],
+            "well_formed": [g.well_formed for g in grades],
+        },
+        schema={"question_id": pl.String, "completion": pl.String, "n_tokens": pl.Int32, "correct": pl.Boolean, "well_formed": pl.Boolean},
+    )
+
+
 def build_iteration(
     card: Card, iteration: int, runs_dir: str | Path = "runs", model: str | None = None, progress: bool = True
 ) -> BuildResult:
     if iteration < 1:
-        raise ValueError(f"--iter must be 1 or more, got {iteration}")
+        raise TaskError(f"--iter must be 1 or more, got {iteration}: iteration 1 samples from the base model")
     run = RunFolder.for_card(card, runs_dir)
     run.freeze_card(card, BUILD_SECTIONS)
     resolved = sampling_model(card, run, iteration, model)
@@ -86,15 +144,17 @@ def build_iteration(
             return BuildResult(iter_dir, manifest, skipped=True)
         manifest_path.unlink()  # about to be rebuilt: never leave a manifest that vouches for old pairs
 
-    task = get_task(card.task.name)
-    questions, held_out, source, skipped_rows = training_questions(card)
-    log.info("iteration %d: %d training questions (%d held out) from %s", iteration, len(questions), len(held_out), source)
-
+    task = task_from_config(card.task)
+    sets = question_sets(card, check_contamination=True)
+    log.info(
+        "iteration %d: sampling %d questions (%d training, %d held out%s) from %s", iteration, len(sets.sampled),
+        len(sets.train), len(sets.held_out), ", sampled too" if len(sets.sampled) > len(sets.train) else "", sets.source,
+    )  # fmt: skip
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=card.model.trust_remote_code)
-    prompts = render_prompts(task, questions, tokenizer)
-    data_sha256 = questions_sha256(questions, prompts)
+    prompts = render_prompts(task, sets.sampled, tokenizer)
+    data_sha256 = questions_sha256(sets.sampled, prompts)
     params = SamplingParams(
         num_samples=card.sampling.num_samples,
         temperature=card.sampling.temperature(iteration),
@@ -104,13 +164,17 @@ def build_iteration(
     )
     engine = make_engine(resolved.path, card.sampling, card.seed, card.model.trust_remote_code)
     report = sample_answers(
-        task, questions, prompts, engine, params, run.samples(iteration), card.sampling.questions_per_shard,
+        task, sets.sampled, prompts, engine, params, run.samples(iteration), card.sampling.questions_per_shard,
         fixed_settings={"weights_sha256": resolved.weights_sha256, "data_sha256": data_sha256}, progress=progress,
     )  # fmt: skip
     del engine  # frees the vLLM engine's memory before the pair and dataset work
 
-    samples = read_samples(run.samples(iteration))
-    pairs, stats = build_pairs(samples, card.pairs.pairs_per_question, card.pairs.max_tokens, card.seed)
+    gold = gold_table(task, sets.sampled, tokenizer)
+    write_parquet_atomic(gold, iter_dir / "gold.parquet")
+    pairs, stats = build_pairs(read_samples(run.samples(iteration)), card.pairs, card.seed, gold)
+    stats["contaminated"] = None if sets.contaminated is None else len(sets.contaminated)
+    if sets.contaminated is not None:
+        write_text_atomic(iter_dir / "contaminated.txt", "".join(f"{q}\n" for q in sets.contaminated))
     if pairs.height == 0:
         log.warning(
             "iteration %d produced no pairs: %s. Raise sampling.num_samples or pick an easier task",
@@ -124,14 +188,17 @@ def build_iteration(
         "run": card.name,
         "iteration": iteration,
         "task": card.task.name,
+        "task_options": card.task.options(),
         "seed": card.seed,
         "model": resolved.spec,
         "previous_iteration": iteration - 1 if iteration > 1 else None,
         "data_sha256": data_sha256,
-        "data_source": source,
-        "rows_skipped_empty_gold": skipped_rows,
-        "held_out_questions": len(held_out),
+        "data_source": sets.source,
+        "rows_skipped_empty_gold": sets.skipped_rows,
+        "held_out_questions": len(sets.held_out),
+        "held_out_sampled": len(sets.sampled) > len(sets.train),
         "temperature": params.temperature,
+        "pairs_settings": dataclasses.asdict(card.pairs),
         "sampling": json.loads((run.samples(iteration) / "settings.json").read_text()),
         "sampling_seconds": round(report.seconds, 1),
         "sampling_tokens_per_s": round(report.tokens / report.seconds, 1) if report.seconds and report.tokens else None,
@@ -142,10 +209,45 @@ def build_iteration(
     text = dataset_card(
         license=task.license, iteration=iteration, run=card.name, model=resolved.spec, task=card.task.name,
         num_samples=card.sampling.num_samples, pairs_per_question=card.pairs.pairs_per_question, stats=stats,
-        weights_sha256=resolved.weights_sha256[:16], previous=f"iter_{iteration - 1}" if iteration > 1 else "none (base model)",
+        pair_scheme=card.pairs.scheme, weights_sha256=resolved.weights_sha256[:16],
+        previous=f"iter_{iteration - 1}" if iteration > 1 else "none (base model)",
         card_sha256=identity["card_sha256"][:16], seed=card.seed, temperature=params.temperature,
-        engine=manifest["sampling"].get("engine"), source=source, fingerprint=fp[:16], version=__version__,
+        engine=manifest["sampling"].get("engine"), source=sets.source, fingerprint=fp[:16], version=__version__,
     )  # fmt: skip
     write_card_and_manifest(iter_dir, text, manifest)
     log.info("iteration %d: %d pairs from %d questions -> %s", iteration, stats["pairs"], stats["questions_paired"], iter_dir)
     return BuildResult(iter_dir, manifest, skipped=False)
+
+
+def build_more_pairs(card: Card, iteration: int, factor: int, runs_dir: str | Path = "runs") -> tuple[Path, str]:
+    """Pairs of iteration T's samples with factor x K per question (and factor x pairs.max_pairs),
+    in iter_T/pairs_{factor}x/: the paper's "twice as much data" baselines. No new sampling.
+
+    Returns (folder, fingerprint); a finished folder with the same settings is reused.
+    """
+    run = RunFolder.for_card(card, runs_dir)
+    iter_dir = run.iteration(iteration)
+    if not run.manifest(iteration).is_file():
+        raise TaskError(f"{iter_dir} is not built; run `irpo-data build --iter {iteration}` first")
+    config = dataclasses.replace(
+        card.pairs, pairs_per_question=factor * card.pairs.pairs_per_question,
+        max_pairs=None if card.pairs.max_pairs is None else factor * card.pairs.max_pairs,
+    )  # fmt: skip
+    out, record = iter_dir / f"pairs_{factor}x", iter_dir / f"pairs_{factor}x.json"
+    settings = {"pairs": dataclasses.asdict(config), "seed": card.seed, "samples_fingerprint": _samples_digest(run.samples(iteration))}
+    if record.is_file() and out.is_dir() and json.loads(record.read_text())["settings"] == settings:
+        return out, json.loads(record.read_text())["dataset_fingerprint"]
+    gold = pl.read_parquet(iter_dir / "gold.parquet") if (iter_dir / "gold.parquet").is_file() else None
+    pairs, stats = build_pairs(read_samples(run.samples(iteration)), config, card.seed, gold)
+    save_pairs(pairs, iteration, out)
+    fp = fingerprint(pairs)
+    write_text_atomic(record, json.dumps({"settings": settings, "counts": stats, "dataset_fingerprint": fp}, indent=2) + "\n")
+    log.info("iteration %d, %dx pairs: %d pairs -> %s", iteration, factor, stats["pairs"], out)
+    return out, fp
+
+
+def _samples_digest(samples_dir: Path) -> str:
+    digest = hashlib.sha256()
+    for shard in sorted(samples_dir.glob("part-*.parquet")):
+        digest.update(shard.read_bytes())
+    return digest.hexdigest()

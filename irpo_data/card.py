@@ -46,7 +46,23 @@ class TaskConfig:
     train_split: str = "train"  # split the pairs are sampled from
     test_split: str = "test"  # split the evaluator reports
     max_questions: int | None = None  # cap on training questions (after the held-out split); None = all
-    held_out: int = 1000  # training questions kept back for checkpoint choice, never paired (paper: 1,000)
+    # Training questions set aside to choose the checkpoint (paper: 1,000). With
+    # train.retrain_with_held_out they are sampled and paired too, and join the final training run.
+    held_out: int = 1000
+    # Choose the checkpoint on this split instead of held-out training questions (paper, ARC: the
+    # ARC-Challenge validation split; then task.held_out is 0). None = the held-out questions.
+    selection_split: str | None = None
+    split: str | None = None  # MATH: paper (original 7,500 train / 5,000 test) or prm800k (12,000 / MATH-500)
+    prompt: str | None = None  # MATH: paper (App. B.1, 4-shot) or minerva (Lewkowycz et al. 2022)
+    train_subsets: list[str] | None = None  # ARC: sets pooled for training (paper: ARC-Easy and ARC-Challenge)
+    # Training questions that share a 13-gram with the test set are counted in every build
+    # (iter_t/contaminated.txt); true drops them before sampling.
+    drop_contaminated: bool = False
+
+    def options(self) -> dict:
+        """The task's own options (split, prompt, train_subsets) that the card sets."""
+        values = {"split": self.split, "prompt": self.prompt, "train_subsets": self.train_subsets}
+        return {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v is not None}
 
 
 @dataclass(frozen=True)
@@ -82,8 +98,18 @@ class SamplingConfig:
 
 @dataclass(frozen=True)
 class PairsConfig:
+    # Defaults are the paper's (Pang et al. 2024, §2-3); irpo_data.pairs says what each does.
     pairs_per_question: int = 10  # K (paper: 10 GSM8K, 20 ARC, 15 MATH)
     max_tokens: int = 512  # drop generations longer than this many tokens
+    scheme: str = "cycle"  # cycle: the paper's K pairs cycling W and L together; distinct: K distinct random pairs
+    # The gold solution joins the winners: always (the paper's plain reading: "we include the gold
+    # human written solution in the winning set so it is not empty"; it could also be read as
+    # when_none_correct), when_none_correct, or never (ARC has no gold chain of thought).
+    gold_winner: str = "always"
+    # false (the paper): an answer not stated in the prompt's format has reward 0 and is a loser.
+    # true: such answers are dropped from the pairs (irpo's behaviour before 2026-12).
+    drop_off_format: bool = False
+    max_pairs: int | None = 60000  # a seeded random subset of this many pairs at most (paper: "around 60k"); None = all
 
 
 @dataclass(frozen=True)
@@ -93,11 +119,17 @@ class TrainConfig:
     beta: float = 0.1  # DPO temperature on the log-ratio margin
     alpha: float = 1.0  # weight of the winner's length-normalised NLL (objective dpo_nll)
     learning_rate: float = 7e-7
-    batch_size: int = 16  # pairs per optimiser step
-    max_steps: int = 5000
+    # Pairs per optimiser step, whatever the number of processes: the per-device batch is
+    # batch_size / (gradient_accumulation_steps x processes), which must divide evenly.
+    batch_size: int = 16
+    max_steps: int = 5000  # paper: 5,000 (ARC 4,000)
     eval_every: int = 500  # steps between held-out accuracy checks (checkpoint choice)
+    # The paper's §3.1: choose the step on the held-out questions, then train again from M_{t-1}
+    # on the pairs of all questions, held-out ones included, for that many steps: that is M_t.
+    # false: the chosen checkpoint of the first run is M_t, and held-out questions are never sampled.
+    retrain_with_held_out: bool = True
     max_length: int = 1024  # prompt + answer tokens; longer pairs are dropped (counted)
-    gradient_accumulation_steps: int = 1
+    gradient_accumulation_steps: int = 1  # micro-batches per optimiser step on each process
     warmup_steps: int = 0  # linear warm-up, then a constant learning rate
     eval_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
     probe_pairs: int = 64  # training pairs whose log-probs are followed through training (logps.png); 0 = off
@@ -140,10 +172,12 @@ class Card:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def sha256(self, sections: tuple[str, ...] | None = None) -> str:
-        """Hash of the recipe (or of the sections a stage depends on), recorded in manifests."""
+        """Hash of the recipe (or of the sections, or dotted keys, a stage depends on), recorded in manifests."""
         tree = self.to_dict()
-        blob = json.dumps({k: tree[k] for k in sections} if sections else tree, sort_keys=True).encode()
-        return hashlib.sha256(blob).hexdigest()
+        if sections:
+            flat = flatten(tree)
+            tree = {k: tree[k] if k in tree else flat[k] for k in sections}
+        return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 
 # Training objectives (train.objective), all trained by irpo-train from one iteration's pairs:
@@ -152,16 +186,27 @@ class Card:
 # - sft_winners: the NLL term alone, on the pairs' winners (STaR / rejection-sampling fine-tuning);
 # - sft_gold: the NLL term on the dataset's gold worked solutions of the iteration's questions.
 OBJECTIVES = ("dpo_nll", "dpo", "sft_winners", "sft_gold")
+# Ablations (card `ablations`, irpo run --ablations): every objective, and two "twice as much
+# data" baselines of the paper's §3.1: iteration 1's samples paired with 2K pairs per question.
+ABLATIONS = (*OBJECTIVES, "dpo_nll_2x", "sft_winners_2x")
 OBJECTIVE_NAMES = {  # as tables and figures name them
     "dpo_nll": "DPO+NLL (iterative RPO)",
     "dpo": "DPO",
     "sft_winners": "SFT on winners (STaR)",
     "sft_gold": "SFT on gold solutions",
+    "dpo_nll_2x": "DPO+NLL, twice the pairs",
+    "sft_winners_2x": "SFT on winners, twice the pairs",
 }
 
 
-# The card sections each stage depends on: changing one re-runs that stage and the ones after it.
-BUILD_SECTIONS = ("name", "seed", "task", "model", "sampling", "pairs")
+def ablation_objective(ablation: str) -> str:
+    """The train.objective an ablation trains with: "dpo_nll_2x" trains dpo_nll (on 2K pairs)."""
+    return ablation.removesuffix("_2x")
+
+
+# The card sections (or single keys) each stage depends on: changing one re-runs that stage and the
+# ones after it. The builder samples the held-out questions when the trainer will retrain on them.
+BUILD_SECTIONS = ("name", "seed", "task", "model", "sampling", "pairs", "train.retrain_with_held_out")
 TRAIN_SECTIONS = (*BUILD_SECTIONS, "train")
 
 
@@ -292,13 +337,39 @@ def _type_name(kind: Any) -> str:
     )
 
 
+def flatten(tree: dict, prefix: str = "") -> dict:
+    """{"sampling": {"dtype": "auto"}} -> {"sampling.dtype": "auto"}: card keys as overrides write them."""
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+# Keys whose value is one of a few words, and those words.
+CHOICES = {
+    "sampling.engine": ("auto", "vllm", "transformers"),
+    "sampling.dtype": ("auto", "bfloat16", "float32", "float16"),
+    "pairs.scheme": ("cycle", "distinct"),
+    "pairs.gold_winner": ("always", "when_none_correct", "never"),
+}
+
+
 def _check_values(card: Card) -> list[str]:
     """Range and existence checks that types alone cannot express."""
-    from irpo_data.tasks import task_names  # here: tasks never import the card, so no cycle
+    from irpo_data.tasks import TaskError, get_task, task_names  # here: tasks never import the card, so no cycle
 
     problems = []
+    task = None
     if card.task.name not in task_names():
         problems.append(f"task.name {card.task.name!r} is not a known task; known tasks: {', '.join(task_names())}")
+    else:
+        try:
+            task = get_task(card.task.name, **card.task.options())
+        except TaskError as exc:
+            problems.append(str(exc))
     positive = {
         "sampling.num_samples": card.sampling.num_samples,
         "sampling.max_new_tokens": card.sampling.max_new_tokens,
@@ -306,33 +377,28 @@ def _check_values(card: Card) -> list[str]:
         "sampling.batch_size": card.sampling.batch_size,
         "pairs.pairs_per_question": card.pairs.pairs_per_question,
         "pairs.max_tokens": card.pairs.max_tokens,
+        "pairs.max_pairs": card.pairs.max_pairs or 1,
         "train.batch_size": card.train.batch_size,
+        "train.gradient_accumulation_steps": card.train.gradient_accumulation_steps,
         "train.max_steps": card.train.max_steps,
         "eval.maj_k": card.eval.maj_k,
     }
     problems += [f"{key} must be at least 1, got {value}" for key, value in positive.items() if value < 1]
+    if card.train.gradient_accumulation_steps >= 1 and card.train.batch_size % card.train.gradient_accumulation_steps:
+        problems.append(
+            f"train.batch_size={card.train.batch_size} pairs per step cannot be split into "
+            f"train.gradient_accumulation_steps={card.train.gradient_accumulation_steps} equal micro-batches; pick a divisor"
+        )
     if card.task.held_out < 0:
         problems.append(f"task.held_out must be 0 or more, got {card.task.held_out}")
     if not card.sampling.temperatures:
         problems.append("sampling.temperatures must list at least one temperature")
     problems += [f"sampling.temperatures has {t}; temperatures must be 0 or more" for t in card.sampling.temperatures if t < 0]
-    for key, objective in [("train.objective", card.train.objective), *(("ablations", a) for a in card.ablations)]:
-        if objective not in OBJECTIVES:
-            near = difflib.get_close_matches(objective, OBJECTIVES, n=1)
-            hint = f"did you mean {near[0]!r}? " if near else ""
-            problems.append(f"{key} has {objective!r}; {hint}objectives are {', '.join(OBJECTIVES)}")
-    if card.task.name in task_names() and "sft_gold" in (card.train.objective, *card.ablations):
-        from irpo_data.tasks import get_task
-
-        if not get_task(card.task.name).has_solutions:
-            problems.append(
-                f"objective sft_gold trains on gold worked solutions, and task {card.task.name} has none (only answer keys); "
-                f"choose dpo_nll, dpo or sft_winners"
-            )
-    if card.sampling.engine not in ("auto", "vllm", "transformers"):
-        problems.append(f"sampling.engine must be auto, vllm or transformers, got {card.sampling.engine!r}")
-    if card.sampling.dtype not in ("auto", "bfloat16", "float32", "float16"):
-        problems.append(f"sampling.dtype must be auto, bfloat16, float32 or float16, got {card.sampling.dtype!r}")
+    problems += _objective_problems(card, task)
+    flat = flatten(card.to_dict())
+    for key, choices in CHOICES.items():
+        if flat[key] not in choices:
+            problems.append(f"{key} must be {', '.join(choices[:-1])} or {choices[-1]}, got {flat[key]!r}")
     if isinstance(card.train.bf16, str) and card.train.bf16 != "auto":
         problems.append(f"train.bf16 must be true, false or auto, got {card.train.bf16!r}")
     # Relative to the working directory, as the loader reads it (not to the card's folder).
@@ -340,5 +406,20 @@ def _check_values(card: Card) -> list[str]:
         problems.append(
             f"task.data_dir {card.task.data_dir!r} is not a folder; point it at a folder of "
             "{split}.jsonl or {split}.parquet files, or remove it to load from the Hub"
+        )
+    return problems
+
+
+def _objective_problems(card: Card, task) -> list[str]:
+    problems = []
+    for key, name, valid in [("train.objective", card.train.objective, OBJECTIVES), *(("ablations", a, ABLATIONS) for a in card.ablations)]:
+        if name not in valid:
+            near = difflib.get_close_matches(name, valid, n=1)
+            hint = f"did you mean {near[0]!r}? " if near else ""
+            problems.append(f"{key} has {name!r}; {hint}choose from {', '.join(valid)}")
+    if task is not None and "sft_gold" in (card.train.objective, *card.ablations) and not task.has_solutions:
+        problems.append(
+            f"objective sft_gold trains on gold worked solutions, and task {card.task.name} has none (only answer keys); "
+            f"choose dpo_nll, dpo or sft_winners"
         )
     return problems

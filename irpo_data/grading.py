@@ -47,7 +47,10 @@ MAX_ANSWER_CHARS = 300  # longest answer span handed to math-verify
 MAX_BRACE_DEPTH = 12  # deeper nesting is not an answer a benchmark expects
 PARALLEL_MIN_ANSWERS = 64  # grade_many spreads math-verify over all cores from this many answers
 
-ANSWER_PHRASE = re.compile(r"final answer\s*(?:is)?\s*:?|the answer is\s*:?|####|\\boxed\s*\{", re.IGNORECASE)
+# "Final answer: $\boxed{" is one phrase, so a boxed answer after the prompt's phrase is well formed.
+ANSWER_PHRASE = re.compile(
+    r"(?:final answer\s*:?\s*\$*\s*)?\\boxed\s*\{|final answer\s*(?:is)?\s*:?|the answer is\s*:?|####", re.IGNORECASE
+)
 # "Answer:", "A:", "**Answer:**", "> answer:" at the start of the last line (matched at its start).
 LAST_LINE_LABEL = re.compile(r"[ \t>#*_]*(?:final\s+)?(?:answer|a)[ \t*_]*:[ \t*_]*", re.IGNORECASE)
 PLAIN_NUMBER = re.compile(r"-?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
@@ -164,7 +167,7 @@ def extract_span(completion: str) -> tuple[str | None, str]:
         phrase, span = label.group(0), stripped[label.end() : label.end() + MAX_ANSWER_CHARS + 1].strip() or None
     elif last is not None:
         phrase = last.group(0)
-        if phrase.lower().startswith("\\boxed"):
+        if phrase.endswith("{"):  # \boxed{
             span = _braced(completion, last.end())
         else:
             rest = completion[last.end() : last.end() + MAX_ANSWER_CHARS + 1]

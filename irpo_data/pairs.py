@@ -1,82 +1,197 @@
 """Preference pairs from graded samples: a pure function of the samples table.
 
-    pairs, stats = build_pairs(samples, pairs_per_question=10, max_tokens=512, seed=0)
+    pairs, stats = build_pairs(samples, PairsConfig(pairs_per_question=10), seed=0, gold=gold_rows)
 
-Steps, as Iterative RPO prescribes: drop generations that were cut off (finish_reason
-"length"), are longer than `max_tokens`, or do not state the answer in the requested format;
-drop questions left with no correct or no wrong generation; then per question pick
-min(K, |correct| x |wrong|) distinct (chosen=correct, rejected=wrong) pairs uniformly at random.
+Steps, as Pang et al. (2024) §2-3 prescribe (each departure is a PairsConfig switch):
+1. Drop generations cut off at max_new_tokens (finish_reason "length") or longer than
+   `max_tokens`: too long for the context. With `drop_off_format`, also those that do not state
+   their answer in the prompt's format (irpo's old rule; the paper has no such filter).
+2. Winners G_w: correct *and* stated in the prompt's format (the paper reads the final answer
+   from "Final answer: ..."). Losers G_l: every other finished answer, off-format ones included
+   (reward 0; counted as `losers_off_format`).
+3. The gold solution joins G_w (`gold_winner`: always, when_none_correct, or never), so that a
+   question no sample got right still teaches; it is graded by the reward's grader first.
+4. Questions left with no winner or no loser are dropped.
+5. K pairs per question (`scheme`):
+   - cycle (the paper's): "iterate over G_w and G_l simultaneously", restarting a set when it
+     runs out: pair k = (W[k mod |W|], L[k mod |L|]) for k < K over seeded shuffles of both
+     sets. Always K pairs; every sample used as evenly as possible; a pair may repeat.
+   - distinct: min(K, |W| x |L|) distinct (winner, loser) combinations, uniformly at random.
+6. At most `max_pairs` pairs in all (paper: "around 60k"), a seeded uniform subset.
 
-Uniform and reproducible: every (correct, wrong) combination of a question gets a 64-bit key
-hashed from (seed, question, chosen index, rejected index), and the K smallest keys win. The
-result depends only on the samples' content and the seed, never on row order. One output row:
+Reproducible: every shuffle and draw is keyed by splitmix64 of (seed, the question id's hash,
+sample indices), so a question's pairs depend on its own samples and the seed alone, never on row
+order or on which other questions are in the table. One output row:
 
     question_id="demo/train/3", prompt="<|im_start|>user ...", chosen="... The answer is 28.",
     rejected="... The answer is 11.", gold="28", chosen_answer="28", rejected_answer="11",
-    chosen_sample_idx=0, rejected_sample_idx=4
+    chosen_sample_idx=0, rejected_sample_idx=4, chosen_source="sample"   (gold: -1, "gold")
 """
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import polars as pl
+
+from irpo_data.card import PairsConfig
 
 REQUIRED_COLUMNS = (
     "question_id", "sample_idx", "prompt", "gold", "completion", "n_tokens",
     "finish_reason", "answer", "correct", "well_formed",
 )  # fmt: skip
+GOLD_COLUMNS = ("question_id", "completion", "n_tokens", "correct", "well_formed")
+GOLD_SAMPLE_IDX = -1  # chosen_sample_idx of a gold solution
 
 # Drop reasons, in the order they are checked: a generation is counted under the first that applies.
 DROP_REASONS = ("truncated", "too_long", "not_well_formed")
 
 
 def build_pairs(
-    samples: pl.DataFrame, pairs_per_question: int = 10, max_tokens: int = 512, seed: int = 0
-) -> tuple[pl.DataFrame, dict[str, int]]:
-    missing = [c for c in REQUIRED_COLUMNS if c not in samples.columns]
-    if missing:
-        raise ValueError(f"samples table lacks column(s) {', '.join(missing)}; it must have {', '.join(REQUIRED_COLUMNS)}")
-    if pairs_per_question < 1:
-        raise ValueError(f"pairs_per_question must be at least 1, got {pairs_per_question}")
-
+    samples: pl.DataFrame, config: PairsConfig, seed: int = 0, gold: pl.DataFrame | None = None
+) -> tuple[pl.DataFrame, dict]:
+    """(pairs table, counts) from a samples table and, optionally, the questions' gold solutions
+    (GOLD_COLUMNS: one graded row per question, as irpo_data.build writes them)."""
+    _check(samples, REQUIRED_COLUMNS, "samples table")
+    if config.pairs_per_question < 1:
+        raise ValueError(f"pairs.pairs_per_question must be at least 1, got {config.pairs_per_question}")
     reason = (
         pl.when(pl.col("finish_reason") == "length").then(pl.lit("truncated"))
-        .when(pl.col("n_tokens") > max_tokens).then(pl.lit("too_long"))
-        .when(~pl.col("well_formed").fill_null(False)).then(pl.lit("not_well_formed"))
+        .when(pl.col("n_tokens") > config.max_tokens).then(pl.lit("too_long"))
+        .when(pl.lit(config.drop_off_format) & ~pl.col("well_formed").fill_null(False)).then(pl.lit("not_well_formed"))
     )  # fmt: skip
     marked = samples.with_columns(reason.alias("drop_reason"))
     dropped = dict(marked.group_by("drop_reason").len().drop_nulls().iter_rows())
-    kept = marked.filter(pl.col("drop_reason").is_null()).with_columns(pl.col("correct").fill_null(False))
+    kept = marked.filter(pl.col("drop_reason").is_null()).with_columns(
+        (pl.col("correct").fill_null(False) & pl.col("well_formed").fill_null(False)).alias("winner"),
+        pl.lit("sample").alias("source"),
+    )
+    golds, gold_stats = _gold_winners(kept, samples, gold, config)
+    pool = pl.concat([kept.select(_POOL), golds.select(_POOL)]) if golds.height else kept.select(_POOL)
+    pool = pool.join(_question_hashes(samples), on="question_id")
 
-    per_question = kept.group_by("question_id").agg(
-        pl.col("correct").sum().alias("n_correct"), (~pl.col("correct")).sum().alias("n_wrong")
+    per_question = pool.group_by("question_id").agg(
+        pl.col("winner").sum().alias("n_winners"), (~pl.col("winner")).sum().alias("n_losers")
     )
     n_questions = samples["question_id"].n_unique()
     stats = {
         "generations": samples.height,
         **{f"dropped_{r}": int(dropped.get(r, 0)) for r in DROP_REASONS},
         "generations_kept": kept.height,
+        "losers_off_format": kept.filter(~pl.col("winner") & ~pl.col("well_formed").fill_null(False)).height,
+        **gold_stats,
         "questions": n_questions,
-        "questions_no_usable_generation": n_questions - per_question.height,
-        "questions_no_correct": per_question.filter(pl.col("n_correct") == 0).height,
-        "questions_no_wrong": per_question.filter(pl.col("n_wrong") == 0).height,
+        "questions_no_usable_generation": n_questions - kept["question_id"].n_unique(),
+        "questions_no_correct": per_question.filter(pl.col("n_winners") == 0).height,
+        "questions_no_wrong": per_question.filter(pl.col("n_losers") == 0).height,
         # Answers whose verification ran out of time (irpo_data.grading): graded wrong, counted here.
         "grading_timeouts": int(samples["grading_timed_out"].sum()) if "grading_timed_out" in samples.columns else 0,
     }
+    picked = _cycle(pool, per_question, config.pairs_per_question, seed) if config.scheme == "cycle" else _distinct(
+        pool, config.pairs_per_question, seed
+    )
+    picked, over = _cap(picked, config.max_pairs, seed)
+    pairs = _with_text(picked, pool, samples)
+    stats["dropped_over_max_pairs"] = over
+    stats["questions_paired"] = pairs["question_id"].n_unique()
+    stats["pairs"] = pairs.height
+    stats["train_accuracy"] = float(samples["correct"].fill_null(False).mean() or 0.0)  # type: ignore[arg-type]
+    return pairs, stats
 
-    # Combinations carry only integers; text is joined back for the picked pairs alone.
-    kept = kept.with_columns(pl.col("question_id").rank("dense").cast(pl.UInt64).alias("q"))
-    chosen = kept.filter(pl.col("correct")).select("q", "sample_idx")
-    rejected = kept.filter(~pl.col("correct")).select("q", "sample_idx")
-    combos = chosen.join(rejected, on="q", suffix="_rejected")
-    combos = combos.with_columns(pl.Series("key", _combo_keys(combos, seed)))
-    picked = combos.filter(pl.col("key").rank("ordinal").over("q") <= pairs_per_question)
-    text = kept.select("q", "sample_idx", "question_id", "prompt", "gold", "completion", "answer")
-    pairs = (
-        picked.join(text, on=["q", "sample_idx"])
-        .join(text.select("q", "sample_idx", "completion", "answer"),
-              left_on=["q", "sample_idx_rejected"], right_on=["q", "sample_idx"], suffix="_rejected")
-        .sort("q", "key")
+
+_POOL = ("question_id", "sample_idx", "completion", "answer", "winner", "source")
+
+
+def _check(table: pl.DataFrame, columns: tuple[str, ...], what: str) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise ValueError(f"{what} lacks column(s) {', '.join(missing)}; it must have {', '.join(columns)}")
+
+
+def _gold_winners(kept: pl.DataFrame, samples: pl.DataFrame, gold: pl.DataFrame | None, config: PairsConfig):
+    """The gold rows that join G_w under config.gold_winner, and their counts."""
+    empty = pl.DataFrame(schema={c: kept.schema[c] for c in _POOL})
+    if gold is None or config.gold_winner == "never":
+        return empty, {"gold_winners": 0, "gold_not_accepted": 0}
+    _check(gold, GOLD_COLUMNS, "gold table")
+    gold = gold.filter(pl.col("question_id").is_in(samples["question_id"].unique().implode()))
+    accepted = gold.filter(pl.col("correct") & pl.col("well_formed") & (pl.col("n_tokens") <= config.max_tokens))
+    if config.gold_winner == "when_none_correct":
+        answered = kept.filter(pl.col("winner"))["question_id"].unique().implode()
+        accepted = accepted.filter(~pl.col("question_id").is_in(answered))
+    answers = samples.group_by("question_id").agg(pl.col("gold").first().alias("answer"))
+    rows = accepted.join(answers, on="question_id").select(
+        "question_id",
+        pl.lit(GOLD_SAMPLE_IDX, dtype=kept.schema["sample_idx"]).alias("sample_idx"),
+        "completion",
+        "answer",
+        pl.lit(True).alias("winner"),
+        pl.lit("gold").alias("source"),
+    )
+    return rows, {"gold_winners": rows.height, "gold_not_accepted": gold.height - gold.filter(
+        pl.col("correct") & pl.col("well_formed") & (pl.col("n_tokens") <= config.max_tokens)).height}
+
+
+def _question_hashes(samples: pl.DataFrame) -> pl.DataFrame:
+    """A 64-bit hash of each question id: its draws depend on it, not on its rank in the table."""
+    ids = samples["question_id"].unique().to_list()
+    hashes = [int.from_bytes(hashlib.sha256(str(q).encode()).digest()[:8], "big") for q in ids]
+    return pl.DataFrame({"question_id": ids, "qhash": hashes}, schema={"question_id": pl.String, "qhash": pl.UInt64})
+
+
+def _cycle(pool: pl.DataFrame, per_question: pl.DataFrame, k: int, seed: int) -> pl.DataFrame:
+    """Pair k = (W[k mod |W|], L[k mod |L|]), k < K, over a seeded shuffle of each set."""
+    ranked = pool.with_columns(pl.Series("key", _mix(seed, pool["qhash"], pool["sample_idx"])))
+    ranked = ranked.with_columns((pl.col("key").rank("ordinal").over("question_id", "winner").cast(pl.Int64) - 1).alias("position"))
+    rounds = (
+        per_question.filter((pl.col("n_winners") > 0) & (pl.col("n_losers") > 0))
+        .with_columns(pl.int_ranges(0, k).alias("k"))
+        .explode("k")
+        .with_columns(
+            pl.col("k").cast(pl.Int64),
+            (pl.col("k").cast(pl.Int64) % pl.col("n_winners").cast(pl.Int64)).alias("w"),
+            (pl.col("k").cast(pl.Int64) % pl.col("n_losers").cast(pl.Int64)).alias("l"),
+        )
+    )
+    winners = ranked.filter(pl.col("winner")).select("question_id", "qhash", pl.col("position").alias("w"), "sample_idx")
+    losers = ranked.filter(~pl.col("winner")).select("question_id", pl.col("position").alias("l"), "sample_idx")
+    return (
+        rounds.join(winners, on=["question_id", "w"])
+        .join(losers, on=["question_id", "l"], suffix="_rejected")
+        .select("question_id", "qhash", "sample_idx", "sample_idx_rejected", pl.col("k").alias("order"))
+    )
+
+
+def _distinct(pool: pl.DataFrame, k: int, seed: int) -> pl.DataFrame:
+    """The K combinations with the smallest keys: a uniform random K-subset of W x L."""
+    winners = pool.filter(pl.col("winner")).select("question_id", "qhash", "sample_idx")
+    losers = pool.filter(~pl.col("winner")).select("question_id", "sample_idx")
+    combos = winners.join(losers, on="question_id", suffix="_rejected")
+    combos = combos.with_columns(pl.Series("key", _mix(seed, combos["qhash"], combos["sample_idx"], combos["sample_idx_rejected"])))
+    combos = combos.with_columns((pl.col("key").rank("ordinal").over("question_id") - 1).cast(pl.Int64).alias("order"))
+    return combos.filter(pl.col("order") < k).select("question_id", "qhash", "sample_idx", "sample_idx_rejected", "order")
+
+
+def _cap(picked: pl.DataFrame, max_pairs: int | None, seed: int) -> tuple[pl.DataFrame, int]:
+    """At most `max_pairs` pairs: those with the smallest keys, a uniform random subset."""
+    if max_pairs is None or picked.height <= max_pairs:
+        return picked, 0
+    keys = _mix(seed ^ 0x5EED, picked["qhash"], picked["order"], picked["sample_idx"], picked["sample_idx_rejected"])
+    kept = picked.with_columns(pl.Series("key", keys)).sort("key").head(max_pairs).drop("key")
+    return kept, picked.height - max_pairs
+
+
+def _with_text(picked: pl.DataFrame, pool: pl.DataFrame, samples: pl.DataFrame) -> pl.DataFrame:
+    """Join the texts back onto the picked (winner, loser) indices; sorted by question, then draw."""
+    text = pool.select("question_id", "sample_idx", "completion", "answer", "source")
+    prompts = samples.group_by("question_id").agg(pl.col("prompt").first(), pl.col("gold").first())
+    return (
+        picked.join(text, on=["question_id", "sample_idx"])
+        .join(text.select("question_id", "sample_idx", "completion", "answer"),
+              left_on=["question_id", "sample_idx_rejected"], right_on=["question_id", "sample_idx"], suffix="_rejected")
+        .join(prompts, on="question_id")
+        .sort("question_id", "order")
         .select(
             "question_id",
             "prompt",
@@ -87,25 +202,20 @@ def build_pairs(
             pl.col("answer_rejected").alias("rejected_answer"),
             pl.col("sample_idx").alias("chosen_sample_idx"),
             pl.col("sample_idx_rejected").alias("rejected_sample_idx"),
+            pl.col("source").alias("chosen_source"),
         )
     )  # fmt: skip
-    stats["questions_paired"] = pairs["question_id"].n_unique()
-    stats["pairs"] = pairs.height
-    stats["train_accuracy"] = float(samples["correct"].fill_null(False).mean() or 0.0)  # type: ignore[arg-type]
-    return pairs, stats
 
 
-def _combo_keys(combos: pl.DataFrame, seed: int) -> np.ndarray:
-    """A uniform 64-bit key per (question, chosen, rejected), from splitmix64 of the triple and
-    the seed: the K smallest keys of a question are a uniform random K-subset of its
-    combinations, and no sort is needed to make the draw independent of row order."""
+def _mix(seed: int, *columns: pl.Series) -> np.ndarray:
+    """A uniform 64-bit key per row from splitmix64 of the seed and the row's integers."""
+    multipliers = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93, 0xA0761D6478BD642F)
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
-        x = (
-            np.uint64(seed) * np.uint64(0x9E3779B97F4A7C15)
-            + combos["q"].to_numpy().astype(np.uint64) * np.uint64(0xBF58476D1CE4E5B9)
-            + combos["sample_idx"].to_numpy().astype(np.uint64) * np.uint64(0x94D049BB133111EB)
-            + combos["sample_idx_rejected"].to_numpy().astype(np.uint64) * np.uint64(0xD6E8FEB86659FD93)
-        )
+        x = np.full(len(columns[0]), np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
+        for column, multiplier in zip(columns, multipliers):
+            values = column.to_numpy()
+            values = values if values.dtype == np.uint64 else values.astype(np.int64).view(np.uint64)  # -1 wraps: fine
+            x += values * np.uint64(multiplier)
         x ^= x >> np.uint64(30)
         x *= np.uint64(0xBF58476D1CE4E5B9)
         x ^= x >> np.uint64(27)

@@ -56,8 +56,9 @@ def dataset_card(**fields) -> str:
     rows = [f"| generation {r.replace('_', ' ')} | {stats[f'dropped_{r}']} |" for r in DROP_REASONS]
     rows += [
         f"| question: no usable generation left | {stats['questions_no_usable_generation']} |",
-        f"| question: no correct generation | {stats['questions_no_correct']} |",
+        f"| question: no correct generation (and no gold winner) | {stats['questions_no_correct']} |",
         f"| question: no wrong generation | {stats['questions_no_wrong']} |",
+        f"| pair: over pairs.max_pairs (a random subset kept) | {stats.get('dropped_over_max_pairs', 0)} |",
     ]
     values = {**stats, **fields, "drop_table": "\n".join(rows), "train_accuracy": f"{stats['train_accuracy']:.1%}"}
     return string.Template(template).substitute(values)

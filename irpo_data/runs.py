@@ -24,7 +24,7 @@ from typing import Iterator
 
 import yaml
 
-from irpo_data.card import Card, CardError, card_from_dict
+from irpo_data.card import Card, CardError, flatten, card_from_dict
 
 
 @dataclass(frozen=True)
@@ -64,8 +64,8 @@ class RunFolder:
             except yaml.YAMLError as exc:
                 raise CardError(str(path), [f"not valid YAML ({exc}); restore it, or delete {self.root} to start the run over"]) from None
             frozen = card_from_dict(stored, str(path))
-            before = {k: v for k, v in _flatten(frozen.to_dict()).items() if k.split(".")[0] in sections}
-            after = _flatten(card.to_dict())
+            before = {k: v for k, v in flatten(frozen.to_dict()).items() if k.split(".")[0] in sections or k in sections}
+            after = flatten(card.to_dict())
             diff = [f"{k}: {before[k]!r} in the run, {after.get(k)!r} now" for k in sorted(before) if before[k] != after.get(k)]
             if diff:
                 raise CardError(
@@ -76,16 +76,6 @@ class RunFolder:
                 return
         self.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, card.to_yaml())
-
-
-def _flatten(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def write_text_atomic(path: Path, text: str) -> None:

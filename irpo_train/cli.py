@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from irpo_data.card import OBJECTIVES, load_card
+from irpo_data.card import ABLATIONS, ablation_objective, load_card
 from irpo_data.cli import USER_ERRORS, setup_logging, card_option, iter_option, runs_option
 from irpo_train.data import PairDataError
 
@@ -16,7 +16,7 @@ from irpo_train.data import PairDataError
 @card_option
 @iter_option
 @runs_option
-@click.option("--ablation", type=click.Choice(OBJECTIVES), default=None,
+@click.option("--ablation", type=click.Choice(ABLATIONS), default=None,
               help="Train a side model models/M_T-OBJECTIVE with this objective from the same pairs; M_T is untouched.")
 @click.option("--dry-run", is_flag=True, help="Print the resolved card and exit.")
 @click.option("--quiet", is_flag=True, help="Only warnings and the result on the terminal.")
@@ -46,7 +46,7 @@ def main(card, iteration, runs_dir, ablation, dry_run, quiet, overrides):
         from irpo_train.train import train_iteration
 
         if ablation:  # checked as a card value would be, so sft_gold on a task without solutions says why
-            load_card(card, [*overrides, f"train.objective={ablation}"])
+            load_card(card, [*overrides, f"train.objective={ablation_objective(ablation)}"])
         out = train_iteration(resolved, iteration, runs_dir, progress=not quiet, ablation=ablation)
         manifest = json.loads((out / "train_manifest.json").read_text())
         click.echo(

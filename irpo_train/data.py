@@ -7,7 +7,8 @@ a sampled answer ended there and the model must learn to stop. A pair whose prom
 answer exceeds `max_length` tokens is dropped and counted rather than truncated: a cut answer
 loses its final answer, which is what the pair is about.
 
-Row out: {"prompt_ids": [...], "chosen_ids": [...], "rejected_ids": [...]} (completion ids only).
+Row out: {"question_id": "gsm8k/train/3", "prompt_ids": [...], "chosen_ids": [...], "rejected_ids": [...]}
+(completion ids only; the question id lets the trainer leave the held-out questions out).
 The SFT objectives train on rows without "rejected_ids": the pairs' winners, or the gold
 solutions of `gold_solution_rows`, tokenised the same way.
 """
@@ -33,7 +34,7 @@ class TokenizedPairs:
 
 
 def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
-    missing = {"prompt", "chosen", "rejected"} - set(dataset.column_names)
+    missing = {"question_id", "prompt", "chosen", "rejected"} - set(dataset.column_names)
     if missing:
         raise PairDataError(f"pair dataset lacks column(s) {', '.join(sorted(missing))}; build it with `irpo-data build`")
     if tokenizer.eos_token_id is None:
@@ -42,11 +43,11 @@ def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
     prompts = _ids(tokenizer, dataset["prompt"])
     chosen, rejected = _ids(tokenizer, dataset["chosen"], eos=True), _ids(tokenizer, dataset["rejected"], eos=True)
     rows, dropped = [], 0
-    for p, c, r in zip(prompts, chosen, rejected):
+    for question_id, p, c, r in zip(list(dataset["question_id"]), prompts, chosen, rejected):
         if len(p) + max(len(c), len(r)) > max_length:
             dropped += 1
             continue
-        rows.append({"prompt_ids": p, "chosen_ids": c, "rejected_ids": r})
+        rows.append({"question_id": question_id, "prompt_ids": p, "chosen_ids": c, "rejected_ids": r})
     if dropped:
         log.info("dropped %d of %d pairs longer than train.max_length=%d tokens", dropped, len(prompts), max_length)
     return TokenizedPairs(rows, dropped)
@@ -97,7 +98,7 @@ def gold_solution_rows(task, questions, prompts: list[str], tokenizer, max_lengt
         )
     digest = hashlib.sha256(json.dumps([[q.question_id, q.solution] for q, _ in kept]).encode()).hexdigest()
     prompt_ids, answer_ids = _ids(tokenizer, [p for _, p in kept]), _ids(tokenizer, [q.solution for q, _ in kept], eos=True)
-    rows = [{"prompt_ids": p, "chosen_ids": a} for p, a in zip(prompt_ids, answer_ids)]
+    rows = [{"question_id": q.question_id, "prompt_ids": p, "chosen_ids": a} for (q, _), p, a in zip(kept, prompt_ids, answer_ids)]
     fitting = [r for r in rows if len(r["prompt_ids"]) + len(r["chosen_ids"]) <= max_length]
     return GoldRows(fitting, digest[:16], len(kept), ungraded, len(rows) - len(fitting))
 

@@ -1,18 +1,28 @@
 """`irpo-train --iter T`: train M_T from M_{T-1} on iteration T's pairs, into runs/NAME/models/M_T/.
 
-    iter_T/pairs ─► tokenize ─► reference log-probs (cached) ─► DPONLLTrainer ─► best held-out step
-                 ─► models/M_T/  (transformers folder + metrics.jsonl, probe.jsonl, logps.png, checkpoint_choice.json,
-                                  ref_logps.parquet, train_manifest.json)
+    iter_T/pairs ─► tokenize ─► reference log-probs (cached, all pairs) ─► selection run ─► retrain ─► models/M_T/
 
-With `ablation=OBJECTIVE` (irpo-train --ablation, irpo run --ablations) the same pairs train
-a side model models/M_T-OBJECTIVE with that train.objective; M_T and the run's later iterations
-are untouched, so the baselines are compared on identical data (the pairs' fingerprint is in
-every train_manifest.json).
+As the paper (§3.1) runs it, with train.retrain_with_held_out:
+1. selection run: train on the pairs *without* the held-out questions for up to max_steps,
+   scoring the model greedily on the held-out questions every eval_every steps;
+2. retrain: train again from M_{T-1} on the pairs of *all* questions for the chosen number of
+   steps; that model is M_T.
+Without it (or when the checkpoint is chosen on task.selection_split, as for ARC) the selection
+run trains on every pair and its chosen checkpoint is M_T.
+
+M_T/ is a transformers folder with metrics.jsonl, probe.jsonl, logps.png (the run that made M_T),
+checkpoint_choice.json (which step won and why), select/ (the selection run's metrics, when it
+was not the run that made M_T), the cached reference log-probs and train_manifest.json.
+
+With `ablation=NAME` (irpo-train --ablation, irpo run --ablations) the same pairs train a side model
+models/M_T-NAME with that objective (the _2x ablations: with twice as many pairs per question,
+rebuilt from the same samples); M_T and the run's later iterations are untouched.
 
 The policy starts as M_{T-1}, which is also the reference, so the reference log-probs are
 computed with the policy's own weights before the first step: no second model is ever loaded.
-Work in progress lives in models/M_T.work/ (checkpoints, cache, metrics); a killed run resumes
-from its last checkpoint, and M_T/ appears in one rename when training is done.
+Work in progress lives in models/M_T.work/ (select/ and retrain/ each with checkpoints and
+metrics, the reference cache); a killed run resumes from its last checkpoint of the phase it was
+in, and M_T/ appears in one rename when training is done.
 """
 
 from __future__ import annotations
@@ -20,18 +30,22 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from irpo_data import __version__
-from irpo_data.build import sampling_model, training_questions
-from irpo_data.card import BUILD_SECTIONS, OBJECTIVES, TRAIN_SECTIONS, Card
+from irpo_data.build import QuestionSets, build_more_pairs, question_sets, sampling_model
+from irpo_data.card import ABLATIONS, BUILD_SECTIONS, TRAIN_SECTIONS, Card, TrainConfig, ablation_objective
 from irpo_data.hardware import resolve_bf16
+from irpo_data.models import ResolvedModel
+from irpo_data.publish import fingerprint as table_fingerprint
 from irpo_data.runs import RunFolder, atomic_dir, write_json_atomic
 from irpo_data.sampling import render_prompts
-from irpo_data.tasks import get_task
+from irpo_data.tasks import task_from_config
 from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize_pairs
 from irpo_train.loss import PAIRWISE
 from irpo_train.plots import plot_logps
@@ -39,6 +53,13 @@ from irpo_train.reference import load_or_compute, reference_logps
 from irpo_train.trainer import DPONLLTrainer, HeldOutAccuracy, MetricsFile, ProbeLogps, ProgressWithLoss, probe_indices
 
 log = logging.getLogger(__name__)
+
+TRAINED_ON = {
+    "dpo_nll": "the pairs",
+    "dpo": "the pairs",
+    "sft_winners": "the pairs' winners (chosen answers)",
+    "sft_gold": "the gold solutions of the questions the iteration sampled",
+}
 
 
 def load_pairs(run: RunFolder, iteration: int):
@@ -56,89 +77,184 @@ def load_pairs(run: RunFolder, iteration: int):
     return dataset, json.loads(manifest.read_text())["dataset_fingerprint"]
 
 
-def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", progress: bool = True, ablation: str | None = None) -> Path:
-    from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
-    from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from transformers.trainer_utils import get_last_checkpoint
+@dataclass
+class TrainJob:
+    """One training of M_T (or of an ablation beside it), resolved from the card and the run folder."""
 
+    card: Card  # with train.objective set to the ablation's objective
+    cfg: TrainConfig
+    iteration: int
+    ablation: str | None
+    run: RunFolder
+    out_dir: Path  # models/M_T or models/M_T-ABLATION
+    work: Path  # models/M_T.work: checkpoints and caches while training
+    reference: ResolvedModel  # M_{T-1}
+    dataset: object  # the pair Dataset
+    fingerprint: str  # of the pairs
+    identity: dict  # what the finished model is the result of
+    bf16: bool
+    sets: QuestionSets
+
+    @property
+    def retrain(self) -> bool:
+        """Whether a second run trains on all pairs: the held-out questions are training questions then."""
+        return self.cfg.retrain_with_held_out and self.card.task.selection_split is None and bool(self.sets.held_out)
+
+
+def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", progress: bool = True, ablation: str | None = None) -> Path:
+    """Train M_T (or the ablation's side model); return its folder. Skips a finished one."""
+    job = _prepare(card, iteration, runs_dir, ablation)
+    if job is None:
+        return RunFolder.for_card(card, runs_dir).model(iteration, ablation)
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(job.reference.path, trust_remote_code=card.model.trust_remote_code)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    rows, probe_rows, notes, model = _training_rows(job, tokenizer, progress)
+    held_ids = {q.question_id for q in job.sets.held_out}
+    if job.retrain:
+        selection_rows = [r for r in rows if r["question_id"] not in held_ids]
+        if not selection_rows:
+            raise PairDataError(f"every pair of {job.run.pairs(iteration)} is of a held-out question; lower task.held_out")
+        selection = _fit(job, "select", selection_rows, job.cfg.max_steps, tokenizer, None, progress, model=model)
+        steps = (selection["best"] or {}).get("step") or job.cfg.max_steps
+        final = _fit(job, "retrain", rows, steps, tokenizer, probe_rows, progress, choose=False)
+        notes["selection"] = {"pairs": len(selection_rows), "pairs_fingerprint": _rows_fingerprint(job, held_ids), "steps": selection["steps"]}
+    else:
+        selection = final = _fit(job, "select", rows, job.cfg.max_steps, tokenizer, probe_rows, progress, model=model)
+    _write_model(job, tokenizer, selection, final, notes, len(rows))
+    return job.out_dir
+
+
+def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> TrainJob | None:
+    """The job, or None when the model is already trained from these pairs and this reference."""
     run = RunFolder.for_card(card, runs_dir)
     run.freeze_card(card, BUILD_SECTIONS)  # the pairs came from these; train.* may change
+    if ablation is not None and ablation not in ABLATIONS:
+        raise PairDataError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
     if ablation is not None:  # after freezing: the run's card.yaml keeps the main line's objective
-        card = dataclasses.replace(card, train=dataclasses.replace(card.train, objective=ablation))
+        card = dataclasses.replace(card, train=dataclasses.replace(card.train, objective=ablation_objective(ablation)))
     dataset, fingerprint = load_pairs(run, iteration)
+    if ablation is not None and ablation.endswith("_2x"):
+        from datasets import load_from_disk
+
+        folder, fingerprint = build_more_pairs(card, iteration, 2, run.root.parent)
+        dataset = load_from_disk(str(folder))["train"]
     reference = sampling_model(card, run, iteration, None)  # M_{T-1}: the model iteration T sampled from
     out_dir = run.model(iteration, ablation)
-    work = out_dir.with_name(out_dir.name + ".work")
     identity = {
-        "card_sha256": card.sha256(TRAIN_SECTIONS), "pairs_fingerprint": fingerprint,
+        "card_sha256": card.sha256(TRAIN_SECTIONS),
+        "pairs_fingerprint": fingerprint,
         "reference_weights_sha256": reference.weights_sha256,
         "bf16": resolve_bf16(card.train.bf16),  # train.bf16=auto resolves per machine; another precision is another model
     }
     done = out_dir / "train_manifest.json"
     if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in identity} == identity:
         log.info("%s is already trained from these pairs and this reference; nothing to do", out_dir)
-        return out_dir
+        return None
+    work = out_dir.with_name(out_dir.name + ".work")
     _start_or_resume(work, identity)
+    return TrainJob(card, card.train, iteration, ablation, run, out_dir, work, reference, dataset, fingerprint, identity,
+                    identity["bf16"], question_sets(card))  # fmt: skip
 
-    cfg = card.train
-    bf16 = identity["bf16"]
-    task = get_task(card.task.name)
-    questions, held_out, _, _ = training_questions(card)
-    tokenizer = AutoTokenizer.from_pretrained(reference.path, trust_remote_code=card.model.trust_remote_code)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenized = tokenize_pairs(dataset, tokenizer, cfg.max_length)
+
+def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict], list[dict], dict, object]:
+    """(rows to train on, probe rows with reference log-probs, notes for the manifest, M_{T-1} loaded)."""
+    cfg, task = job.cfg, task_from_config(job.card.task)
+    tokenized = tokenize_pairs(job.dataset, tokenizer, cfg.max_length)
     if not tokenized.rows:
-        raise PairDataError(f"every pair of {run.pairs(iteration)} is longer than train.max_length={cfg.max_length}; raise it")
+        raise PairDataError(f"every pair of {job.run.pairs(job.iteration)} is longer than train.max_length={cfg.max_length}; raise it")
+    notes: dict = {"pairs_trained": len(tokenized.rows), "pairs_dropped_too_long": tokenized.dropped_too_long}
     gold = None
     if cfg.objective == "sft_gold":  # before any model is loaded: a task without solutions fails fast
+        questions = job.sets.sampled
         gold = gold_solution_rows(task, questions, render_prompts(task, questions, tokenizer), tokenizer, cfg.max_length)
-    model = AutoModelForCausalLM.from_pretrained(reference.path, dtype=torch.float32, trust_remote_code=card.model.trust_remote_code)
-
+        notes["gold"] = {k: v for k, v in vars(gold).items() if k != "rows"}
     # DPO needs the reference log-probs of every pair; the SFT objectives only those of the probe
     # pairs, for the log-prob figure, which is measured on the same pairs for every objective.
     pairwise = cfg.objective in PAIRWISE
-    probe = probe_indices(len(tokenized.rows), cfg.probe_pairs, card.seed) if cfg.probe_pairs > 0 else []
+    probe = probe_indices(len(tokenized.rows), cfg.probe_pairs, job.card.seed) if cfg.probe_pairs > 0 else []
     scored = tokenized.rows if pairwise else [tokenized.rows[i] for i in probe]
     key = {
-        "reference_weights_sha256": reference.weights_sha256, "pairs_fingerprint": fingerprint, "max_length": cfg.max_length,
-        "bf16": bf16, **({} if pairwise else {"probe_only": {"probe_pairs": cfg.probe_pairs, "seed": card.seed}}),
+        "reference_weights_sha256": job.reference.weights_sha256, "pairs_fingerprint": job.fingerprint,
+        "max_length": cfg.max_length, "bf16": job.bf16,
+        **({} if pairwise else {"probe_only": {"probe_pairs": cfg.probe_pairs, "seed": job.card.seed}}),
     }  # fmt: skip
-    chosen, rejected, ref_meta = load_or_compute(
-        work, key, lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, bf16),
-        elsewhere=[run.model(iteration, a) for a in (None, *OBJECTIVES)],  # siblings; their key decides
-    ) if scored else ([], [], {})  # fmt: skip
-    scored = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(scored, chosen, rejected)]
+    model = _load_model(job)  # M_{T-1}: the reference, and the first run's starting point
+    if scored:
+        siblings = [job.run.model(job.iteration, a) for a in (None, *ABLATIONS)]  # their cache's key decides
+        chosen, rejected, meta = load_or_compute(
+            job.work, key, lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, job.bf16),
+            elsewhere=siblings,
+        )  # fmt: skip
+        notes["reference_tokens_per_s"] = meta.get("tokens_per_s")
+        scored = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(scored, chosen, rejected)]
     probe_rows = [scored[i] for i in probe] if pairwise else scored
     if pairwise:
         rows = scored
     elif gold is None:  # sft_winners: each pair's winner, in the pairs' order
-        rows = [{"prompt_ids": r["prompt_ids"], "chosen_ids": r["chosen_ids"]} for r in tokenized.rows]
+        rows = [{"question_id": r["question_id"], "prompt_ids": r["prompt_ids"], "chosen_ids": r["chosen_ids"]} for r in tokenized.rows]
     else:
         rows = gold.rows
-    if cfg.lora:
+    return rows, probe_rows, notes, model
+
+
+def _load_model(job: TrainJob):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(job.reference.path, dtype=torch.float32, trust_remote_code=job.card.model.trust_remote_code)
+    if job.cfg.lora:
         from peft import LoraConfig, get_peft_model
 
-        model = get_peft_model(model, LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"))
+        lora = LoraConfig(r=job.cfg.lora_r, lora_alpha=2 * job.cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
+        model = get_peft_model(model, lora)
+    return model
 
-    held_out = held_out[: cfg.eval_questions] if cfg.eval_questions is not None else held_out
-    accuracy = HeldOutAccuracy(
-        task, held_out, render_prompts(task, held_out, tokenizer), tokenizer, cfg.eval_every,
-        card.sampling.max_new_tokens, work / "best", work / "checkpoint_choice.json", bf16=bf16,
-    )  # fmt: skip
+
+def per_device_batch(cfg: TrainConfig, world_size: int) -> int:
+    """Pairs per forward on each process, so that one optimiser step sees train.batch_size pairs."""
+    share = cfg.gradient_accumulation_steps * world_size
+    if cfg.batch_size % share:
+        raise PairDataError(
+            f"train.batch_size={cfg.batch_size} pairs per step cannot be split over {world_size} process(es) x "
+            f"train.gradient_accumulation_steps={cfg.gradient_accumulation_steps}; make batch_size a multiple of {share}"
+        )
+    return cfg.batch_size // share
+
+
+def _fit(job: TrainJob, phase: str, rows: list[dict], max_steps: int, tokenizer, probe_rows, progress: bool,
+         choose: bool = True, model=None) -> dict:  # fmt: skip
+    """Train one phase from M_{T-1} (`model`, or loaded afresh) in work/PHASE/, resumably; its record.
+
+    `choose`: score candidates on the held-out questions every eval_every steps and keep the best.
+    """
+    from transformers import TrainingArguments
+    from transformers.trainer_callback import PrinterCallback, ProgressCallback
+    from transformers.trainer_utils import get_last_checkpoint
+
+    folder, cfg = job.work / phase, job.cfg
+    record_path = folder / "done.json"
+    if record_path.is_file():
+        log.info("%s: the %s run is done; reusing it", job.out_dir.name, phase)
+        return json.loads(record_path.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    log.info("%s: %s run, %d rows, up to %d steps", job.out_dir.name, phase, len(rows), max_steps)
+    model = model if model is not None else _load_model(job)
+    choose = choose and bool(job.sets.held_out)
     args = TrainingArguments(
-        output_dir=str(work / "checkpoints"),
-        per_device_train_batch_size=cfg.batch_size,
+        output_dir=str(folder / "checkpoints"),
+        per_device_train_batch_size=per_device_batch(cfg, int(os.environ.get("WORLD_SIZE", "1"))),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="constant_with_warmup",
         warmup_steps=cfg.warmup_steps,
-        max_steps=cfg.max_steps,
+        max_steps=max_steps,
         logging_steps=1,
         save_steps=cfg.eval_every,
         save_total_limit=1,
-        seed=card.seed,
-        bf16=bf16,
+        seed=job.card.seed,
+        bf16=job.bf16,
         gradient_checkpointing=cfg.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
         report_to=cfg.report_to,
@@ -146,9 +262,20 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
         disable_tqdm=not progress,
         dataloader_num_workers=0,
     )
-    callbacks = [MetricsFile(work / "metrics.jsonl"), accuracy]
+    callbacks = [MetricsFile(folder / "metrics.jsonl")]
+    accuracy = None
+    if choose:
+        task = task_from_config(job.card.task)
+        held_out = job.sets.held_out[: cfg.eval_questions] if cfg.eval_questions is not None else job.sets.held_out
+        accuracy = HeldOutAccuracy(
+            task, held_out, render_prompts(task, held_out, tokenizer), tokenizer, every=cfg.eval_every,
+            max_new_tokens=job.card.sampling.max_new_tokens, best_dir=folder / "best", record=folder / "checkpoint_choice.json",
+            bf16=job.bf16,
+        )  # fmt: skip
+        callbacks.append(accuracy)
     if probe_rows:
-        callbacks.append(ProbeLogps(probe_rows, cfg.probe_every or cfg.eval_every, tokenizer.pad_token_id, work / "probe.jsonl", bf16))
+        every = cfg.probe_every or cfg.eval_every
+        callbacks.append(ProbeLogps(probe_rows, every, tokenizer.pad_token_id, folder / "probe.jsonl", job.bf16))
     trainer = DPONLLTrainer(
         model=model, args=args, train_dataset=rows, beta=cfg.beta, alpha=cfg.alpha, objective=cfg.objective,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), callbacks=callbacks,
@@ -157,36 +284,80 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
     if progress:
         trainer.add_callback(ProgressWithLoss)
-    checkpoint = get_last_checkpoint(str(work / "checkpoints")) if (work / "checkpoints").is_dir() else None
+    checkpoint = get_last_checkpoint(str(folder / "checkpoints")) if (folder / "checkpoints").is_dir() else None
     if checkpoint:
-        log.info("resuming training from %s", checkpoint)
+        log.info("resuming the %s run from %s", phase, checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
+    best = accuracy.best() if accuracy else None
+    if not (best and (folder / "best").is_dir()):
+        with atomic_dir(folder / "last") as tmp:  # the model this phase ends with
+            model.save_pretrained(tmp)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+    record = {"phase": phase, "steps": trainer.state.global_step, "pairs": len(rows), "best": best}
+    write_json_atomic(record_path, record)  # last: the phase is done
+    return record
 
-    best = accuracy.best()
-    final = _final_model(model, work / "best", reference.path, cfg.lora, best)
-    with atomic_dir(out_dir) as tmp:
-        final.save_pretrained(tmp)
+
+def _final_model(job: TrainJob, phase_dir: Path):
+    """The phase's model (its best step, else its last), merged to plain weights if trained with LoRA."""
+    from transformers import AutoModelForCausalLM
+
+    folder = phase_dir / "best" if (phase_dir / "best").is_dir() else phase_dir / "last"
+    if folder.name == "last" and (phase_dir / "checkpoint_choice.json").is_file():
+        log.warning("no held-out evaluation picked a step; keeping the last step's model")
+    if job.cfg.lora:
+        from peft import PeftModel
+
+        base = AutoModelForCausalLM.from_pretrained(job.reference.path, dtype=torch.float32)
+        return PeftModel.from_pretrained(base, folder).merge_and_unload()
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+
+
+def _write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: dict, rows_trained: int) -> None:
+    """M_T/ in one rename: weights, the files of the run that made them, the selection's record, manifest."""
+    select_dir, final_dir = job.work / "select", job.work / final["phase"]
+    best = selection["best"]
+    model = _final_model(job, final_dir)
+    with atomic_dir(job.out_dir) as tmp:
+        model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        for name in ("metrics.jsonl", "probe.jsonl", "checkpoint_choice.json", "ref_logps.parquet", "ref_logps.json"):
-            if (work / name).is_file():
-                shutil.copy2(work / name, tmp / name)
-        plot_logps(tmp, cfg.beta, title=f"{out_dir.name}, objective {cfg.objective}")
-        trained_on = {
-            "dpo_nll": "the pairs", "dpo": "the pairs", "sft_winners": "the pairs' winners (chosen answers)",
-            "sft_gold": f"gold solutions of the {len(questions)} questions iteration {iteration} sampled",
-        }  # fmt: skip
+        for name in ("metrics.jsonl", "probe.jsonl"):
+            if (final_dir / name).is_file():
+                shutil.copy2(final_dir / name, tmp / name)
+        for name in ("checkpoint_choice.json",):
+            if (select_dir / name).is_file():
+                shutil.copy2(select_dir / name, tmp / name)
+        for name in ("ref_logps.parquet", "ref_logps.json"):
+            if (job.work / name).is_file():
+                shutil.copy2(job.work / name, tmp / name)
+        if final is not selection and final["phase"] != "select":
+            (tmp / "select").mkdir()
+            for name in ("metrics.jsonl", "checkpoint_choice.json", "done.json"):
+                if (select_dir / name).is_file():
+                    shutil.copy2(select_dir / name, tmp / "select" / name)
+        retrained = final["phase"] == "retrain"
+        title = f"{job.out_dir.name}, objective {job.cfg.objective}" + (f", retrained {final['steps']} steps" if retrained else "")
+        plot_logps(tmp, job.cfg.beta, title=title)
+        why = "highest greedy accuracy on the held-out questions; earliest step among ties"
         write_json_atomic(tmp / "train_manifest.json", {
-            **identity, "irpo_version": __version__, "iteration": iteration, "reference": reference.spec,
-            "objective": cfg.objective, "ablation": ablation is not None, "trained_on": trained_on[cfg.objective],
-            "rows_trained": len(rows), **({"gold": {k: v for k, v in vars(gold).items() if k != "rows"}} if gold else {}),
-            "chosen_step": best and best["step"], "held_out_accuracy": best and best["accuracy"],
-            "why": "highest greedy accuracy on the held-out training questions; earliest step among ties",
-            "pairs_trained": len(tokenized.rows), "pairs_dropped_too_long": tokenized.dropped_too_long,
-            "reference_tokens_per_s": ref_meta.get("tokens_per_s"), "steps": trainer.state.global_step,
+            **job.identity, "irpo_version": __version__, "iteration": job.iteration, "reference": job.reference.spec,
+            "objective": job.cfg.objective, "ablation": job.ablation, "trained_on": TRAINED_ON[job.cfg.objective],
+            "rows_trained": rows_trained, "chosen_step": best and best["step"], "held_out_accuracy": best and best["accuracy"],
+            "why": why + (f", then retrained from {job.reference.spec} on all pairs for that many steps" if retrained else ""),
+            "held_out_questions": len(job.sets.held_out), "retrained": retrained, "steps": final["steps"],
+            "selection_steps": selection["steps"], **notes,
         })  # fmt: skip
-    shutil.rmtree(work)  # checkpoints are large; everything worth keeping is in M_T/
-    log.info("%s (%s) written to %s (step %s chosen)", out_dir.name, cfg.objective, out_dir, best and best["step"])
-    return out_dir
+    shutil.rmtree(job.work)  # checkpoints are large; everything worth keeping is in M_T/
+    log.info("%s (%s) written to %s (step %s chosen%s)", job.out_dir.name, job.cfg.objective, job.out_dir,
+             best and best["step"], ", retrained on all pairs" if retrained else "")  # fmt: skip
+
+
+def _rows_fingerprint(job: TrainJob, held_ids: set[str]) -> str:
+    """Fingerprint of the pairs without the held-out questions: what the selection run trained on."""
+    import polars as pl
+
+    table = pl.from_arrow(job.dataset.data.table).filter(~pl.col("question_id").is_in(sorted(held_ids)))
+    return table_fingerprint(table.drop("iteration") if "iteration" in table.columns else table)
 
 
 def _start_or_resume(work: Path, identity: dict) -> None:
@@ -202,18 +373,3 @@ def _start_or_resume(work: Path, identity: dict) -> None:
             if not path.name.startswith("ref_logps."):
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
     write_json_atomic(started, identity)
-
-
-def _final_model(model, best_dir: Path, reference_path: Path, lora: bool, best: dict | None):
-    """The best held-out step's model, merged to plain weights if trained with LoRA."""
-    from transformers import AutoModelForCausalLM
-
-    if best is None or not best_dir.is_dir():
-        log.warning("no held-out evaluation picked a step; keeping the last step's model")
-        return model.merge_and_unload() if lora else model
-    if lora:
-        from peft import PeftModel
-
-        base = AutoModelForCausalLM.from_pretrained(reference_path, dtype=torch.float32)
-        return PeftModel.from_pretrained(base, best_dir).merge_and_unload()
-    return AutoModelForCausalLM.from_pretrained(best_dir, dtype=torch.float32)

@@ -15,7 +15,7 @@ import pytest
 from click.testing import CliRunner
 from datasets import load_from_disk
 
-from conftest import ASSETS, require_vllm
+from conftest import ASSETS, SHARED_DATA, require_vllm
 from irpo_data.cli import main
 
 # A build small enough for the transformers engine in seconds; the numbers are the model's own.
@@ -143,3 +143,77 @@ def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
     subprocess.run(cmd, env=env, check=True, timeout=600)
     other = json.loads((tmp_path / "other_seed/demo/iter_1/manifest.json").read_text())
     assert other["dataset_fingerprint"] != straight["dataset_fingerprint"]
+
+
+# --- what a build samples, for the paper's cards (no model: the question sets and checks alone) ---
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+def test_arc_samples_both_training_sets_and_chooses_on_the_validation_split():
+    from irpo_data.build import question_sets
+    from irpo_data.card import load_card
+
+    sets = question_sets(load_card("arc_challenge", [f"task.data_dir={SHARED_DATA}"]))
+    assert len(sets.train) == len(sets.sampled) == 3370  # ARC-Easy 2,251 + ARC-Challenge 1,119
+    assert len(sets.held_out) == 299  # ARC-Challenge's development set, never sampled
+    assert not {q.question_id for q in sets.held_out} & {q.question_id for q in sets.sampled}
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+def test_gsm8k_samples_its_held_out_questions_when_it_retrains_on_them():
+    from irpo_data.build import question_sets
+    from irpo_data.card import load_card
+
+    paper = question_sets(load_card("gsm8k", [f"task.data_dir={SHARED_DATA / 'gsm8k'}"]))
+    assert len(paper.held_out) == 1000 and len(paper.train) == 6473 and len(paper.sampled) == 7473
+    old = question_sets(load_card("gsm8k", [f"task.data_dir={SHARED_DATA / 'gsm8k'}", "train.retrain_with_held_out=false"]))
+    assert len(old.sampled) == 6473 and old.held_out == paper.held_out
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+def test_contamination_check_flags_prm800k_training_problems_and_can_drop_them():
+    from irpo_data.build import question_sets
+    from irpo_data.card import load_card
+
+    overrides = [f"task.data_dir={SHARED_DATA / 'math'}", "task.held_out=0"]
+    prm800k = question_sets(load_card("math", [*overrides, "task.split=prm800k", "task.test_split=test"]), check_contamination=True)
+    # Against its own MATH-500 test set it is nearly clean (MATH repeats a few problems across its sets)...
+    assert len(prm800k.contaminated) < 0.001 * len(prm800k.train)
+    # Against the original 5,000-problem test set, PRM800K's training split repeats ~4,000 of them.
+    from irpo_data.contamination import overlapping_questions
+    from irpo_data.tasks import get_task
+
+    original_test = get_task("math").load("test", str(SHARED_DATA / "math")).questions
+    assert len(overlapping_questions(prm800k.train, original_test)) > 3900
+    paper = question_sets(load_card("math", overrides), check_contamination=True)
+    assert len(paper.contaminated) < 0.01 * len(paper.train)  # MATH's own few train/test duplicates
+    dropped = question_sets(load_card("math", [*overrides, "task.drop_contaminated=true"]))
+    assert len(dropped.train) == len(paper.train) - len(paper.contaminated)
+    assert not set(paper.contaminated) & {q.question_id for q in dropped.train}
+
+
+def test_build_more_pairs_doubles_k_from_the_same_samples(tmp_path):
+    """The twice-the-data baselines: no new sampling, 2K pairs per question from iteration 1's samples."""
+    import polars as pl
+
+    from irpo_data.build import build_more_pairs
+    from irpo_data.card import load_card
+    from irpo_data.runs import RunFolder
+    from irpo_data.sampling import SAMPLE_SCHEMA
+
+    card = load_card("demo", ["pairs.pairs_per_question=3"])
+    run = RunFolder.for_card(card, tmp_path)
+    rows = [
+        {"question_id": f"q{q}", "sample_idx": i, "prompt": "p", "gold": "7", "completion": f"q{q} answer {i}", "n_tokens": 5,
+         "finish_reason": "stop", "answer": "7" if i < 2 else "8", "correct": i < 2, "well_formed": True, "grading_timed_out": False}
+        for q in range(3) for i in range(5)
+    ]  # fmt: skip
+    run.samples(1).mkdir(parents=True)
+    pl.DataFrame(rows, schema=SAMPLE_SCHEMA).write_parquet(run.samples(1) / "part-00000.parquet")
+    run.manifest(1).write_text("{}")
+    folder, fp = build_more_pairs(card, 1, 2, tmp_path)
+    from datasets import load_from_disk
+
+    pairs = load_from_disk(str(folder))["train"]
+    assert pairs.num_rows == 3 * 6 and folder.name == "pairs_2x"
+    assert build_more_pairs(card, 1, 2, tmp_path) == (folder, fp)  # reused, not rebuilt

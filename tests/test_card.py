@@ -22,9 +22,24 @@ def test_paper_settings_per_benchmark():
     assert (arc.sampling.num_samples, arc.pairs.pairs_per_question) == (30, 20)
     assert (math.sampling.num_samples, math.pairs.pairs_per_question) == (20, 15)
     assert [gsm8k.sampling.temperature(t) for t in (1, 2, 3, 4, 5)] == [0.8, 0.8, 1.3, 1.3, 1.3]
-    assert math.sampling.temperature(3) == 1.0
+    assert [math.sampling.temperature(t) for t in (1, 2, 3)] == [0.8, 0.8, 1.0]  # "0.8 for iterations 1-2, 1.0 for 3"
+    assert [arc.sampling.temperature(t) for t in (1, 2, 3)] == [0.8, 0.8, 1.3]
     assert gsm8k.train.learning_rate == 7e-7 and gsm8k.train.batch_size == 16
     assert gsm8k.task.held_out == 1000 and gsm8k.eval.maj_k == 32
+
+
+def test_paper_cards_run_the_papers_method_by_default():
+    """§2-3 of the paper, point by point; every departure is a named switch that these cards leave off."""
+    gsm8k, arc, math = load_card("gsm8k"), load_card("arc_challenge"), load_card("math")
+    for card in (gsm8k, math):
+        assert card.train.retrain_with_held_out and card.task.held_out == 1000 and card.pairs.gold_winner == "always"
+    for card in (gsm8k, arc, math):
+        assert card.pairs.scheme == "cycle" and not card.pairs.drop_off_format and card.pairs.max_pairs == 60000
+        assert card.eval.temperature == 0.8 and card.train.batch_size == 16 and card.train.beta == 0.1
+    assert (math.task.split, math.task.prompt) == ("paper", "paper")
+    assert arc.task.train_subsets == ["ARC-Easy", "ARC-Challenge"] and arc.task.selection_split == "validation"
+    assert arc.task.held_out == 0 and arc.train.max_steps == 4000 and arc.pairs.gold_winner == "never"
+    assert gsm8k.train.max_steps == math.train.max_steps == 5000
 
 
 def test_card_is_frozen():

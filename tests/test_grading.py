@@ -2,19 +2,14 @@
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
 
 import pytest
 from math_verify import parse, verify
 
-from conftest import SHARED_DATA
 from irpo_data.grading import Grade, grade
+from irpo_data.tasks import get_task
+
+MINERVA = get_task("math", prompt="minerva")
 
 # (task, completion, gold) -> (answer, correct, well_formed), each worked out by hand.
 CASES = [
@@ -33,10 +28,18 @@ CASES = [
     ("gsm8k", "I think it is 18.", "18", (None, False, False)),
     ("gsm8k", "", "18", (None, False, False)),
     ("demo", "4 x 7 = 28. The answer is 28.", "28", ("28", True, True)),
-    ("math", "so the result is \\boxed{\\frac{1}{2}}", "0.5", ("\\frac{1}{2}", True, True)),
-    ("math", "Final Answer: The final answer is $[2,5)$. I hope it is correct.", "[2,5)", ("[2,5)", True, True)),
-    ("math", "The final answer is $x^2+1$.", "1+x^2", ("x^2+1", True, True)),
-    ("math", "The final answer is $\\frac{3}{4}$.", "\\frac{2}{3}", ("\\frac{3}{4}", False, True)),
+    # MATH with the paper's prompt: "Final answer: ...", the answer in \\boxed.
+    ("math", "so 2x = 1.\nFinal answer: $\\boxed{\\frac{1}{2}}$", "0.5", ("\\frac{1}{2}", True, True)),
+    ("math", "Final answer: \\boxed{[2,5)}", "[2,5)", ("[2,5)", True, True)),
+    ("math", "the domain is $\\boxed{[2,5)}$.\nFinal answer: [2,5)", "[2,5)", ("[2,5)", True, True)),
+    ("math", "so the result is \\boxed{\\frac{1}{2}}", "0.5", ("\\frac{1}{2}", True, False)),
+    ("math", "Final answer: $x^2+1$", "1+x^2", ("x^2+1", True, True)),
+    ("math", "Final answer: $\\frac{3}{4}$", "\\frac{2}{3}", ("\\frac{3}{4}", False, True)),
+    # MATH with Minerva's prompt: "The final answer is $X$. I hope it is correct."
+    (MINERVA, "so the result is \\boxed{\\frac{1}{2}}", "0.5", ("\\frac{1}{2}", True, True)),
+    (MINERVA, "Final Answer: The final answer is $[2,5)$. I hope it is correct.", "[2,5)", ("[2,5)", True, True)),
+    (MINERVA, "The final answer is $x^2+1$.", "1+x^2", ("x^2+1", True, True)),
+    (MINERVA, "The final answer is $\\frac{3}{4}$.", "\\frac{2}{3}", ("\\frac{3}{4}", False, True)),
     ("arc_challenge", "Plants need light.\nFinal answer: (B)", "B", ("B", True, True)),
     ("arc_challenge", "Final answer: B) the leaves", "B", ("B", True, True)),
     ("arc_challenge", "Final answer: 3", "3", ("3", True, True)),
@@ -57,6 +60,7 @@ CASES = [
     ("gsm8k", "Answer: The answer is 18.", "18", ("18", True, False)),
     ("gsm8k", "Area: 18", "18", (None, False, False)),  # "Area:" is no answer label
     ("math", "Answer: $\\frac{1}{2}$", "0.5", ("\\frac{1}{2}", True, False)),
+    ("gsm8k", "So 18 in all.\nFinal answer: \\boxed{18}", "18", ("18", True, True)),
     ("arc_challenge", "Light is needed.\nAnswer: (B)", "B", ("B", True, False)),
 ]
 

@@ -72,7 +72,7 @@ def test_a_power_tower_that_passes_the_screen_is_stopped_at_the_deadline(monkeyp
         seconds = time.monotonic() - start
         assert result.timed_out and not result.correct, result
         assert seconds < 1.5, f"{text}: {seconds:.2f} s"
-    assert grade("math", "The final answer is $\\frac{6}{14}$.", "\\frac{3}{7}") == Grade("\\frac{6}{14}", True, True)
+    assert grade("math", "Final answer: $\\frac{6}{14}$", "\\frac{3}{7}") == Grade("\\frac{6}{14}", True, True)
 
 
 def test_a_timed_out_answer_is_graded_the_same_every_time(monkeypatch):

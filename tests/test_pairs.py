@@ -7,7 +7,15 @@ import itertools
 import polars as pl
 import pytest
 
+from irpo_data.card import PairsConfig
 from irpo_data.pairs import build_pairs
+
+# irpo's rule before the paper's was adopted: distinct random pairs, off-format answers dropped.
+DISTINCT = dict(scheme="distinct", drop_off_format=True, gold_winner="never")
+
+
+def pairs_of(table, k, max_tokens=50, seed=0, **settings):
+    return build_pairs(table, PairsConfig(pairs_per_question=k, max_tokens=max_tokens, **{**DISTINCT, **settings}), seed)
 
 
 def samples_table(spec: dict[str, list[tuple[bool, int, str, bool]]]) -> pl.DataFrame:
@@ -38,7 +46,7 @@ SPEC = {
 
 
 def test_drop_counts_are_derived_per_reason():
-    _, stats = build_pairs(samples_table(SPEC), pairs_per_question=4, max_tokens=50, seed=0)
+    _, stats = pairs_of(samples_table(SPEC), 4, seed=0)
     assert stats["generations"] == 18
     assert stats["dropped_truncated"] == 2  # q_filtered[1], q_nothing_usable[0]
     assert stats["dropped_too_long"] == 1  # q_filtered[2]: 99 > 50 tokens
@@ -54,7 +62,7 @@ def test_drop_counts_are_derived_per_reason():
 
 def test_every_pair_is_correct_over_wrong_within_one_question_and_distinct():
     table = samples_table(SPEC)
-    pairs, _ = build_pairs(table, pairs_per_question=4, max_tokens=50, seed=3)
+    pairs, _ = pairs_of(table, 4, seed=3)
     by_text = {row["completion"]: row for row in table.iter_rows(named=True)}
     for row in pairs.iter_rows(named=True):
         chosen, rejected = by_text[row["chosen"]], by_text[row["rejected"]]
@@ -67,18 +75,18 @@ def test_every_pair_is_correct_over_wrong_within_one_question_and_distinct():
 
 
 def test_k_larger_than_combinations_takes_them_all():
-    pairs, _ = build_pairs(samples_table(SPEC), pairs_per_question=100, max_tokens=50, seed=0)
+    pairs, _ = pairs_of(samples_table(SPEC), 100, seed=0)
     mixed = pairs.filter(pl.col("question_id") == "q_mixed")
     assert sorted(zip(mixed["chosen_sample_idx"], mixed["rejected_sample_idx"])) == list(itertools.product([0, 1, 2], [3, 4]))
 
 
 def test_same_seed_same_pairs_whatever_the_row_order_and_other_seeds_differ():
     table = samples_table(SPEC)
-    first, _ = build_pairs(table, pairs_per_question=2, max_tokens=50, seed=7)
-    shuffled, _ = build_pairs(table.sample(fraction=1.0, shuffle=True, seed=1), pairs_per_question=2, max_tokens=50, seed=7)
+    first, _ = pairs_of(table, 2, seed=7)
+    shuffled, _ = pairs_of(table.sample(fraction=1.0, shuffle=True, seed=1), 2, seed=7)
     assert first.equals(shuffled)
-    picks = {tuple(build_pairs(table, pairs_per_question=2, max_tokens=50, seed=s)[0]["chosen_sample_idx"]) + tuple(
-        build_pairs(table, pairs_per_question=2, max_tokens=50, seed=s)[0]["rejected_sample_idx"]) for s in range(8)}
+    picks = {tuple(pairs_of(table, 2, seed=s)[0]["chosen_sample_idx"]) + tuple(
+        pairs_of(table, 2, seed=s)[0]["rejected_sample_idx"]) for s in range(8)}
     assert len(picks) > 1
 
 
@@ -87,7 +95,7 @@ def test_pair_choice_is_uniform_over_combinations():
     table = samples_table({"q_mixed": SPEC["q_mixed"]})
     counts: dict[tuple, int] = {}
     for seed in range(600):
-        row = build_pairs(table, pairs_per_question=1, max_tokens=50, seed=seed)[0].row(0, named=True)
+        row = pairs_of(table, 1, seed=seed)[0].row(0, named=True)
         key = (row["chosen_sample_idx"], row["rejected_sample_idx"])
         counts[key] = counts.get(key, 0) + 1
     assert len(counts) == 6 and min(counts.values()) > 60 and max(counts.values()) < 140
@@ -95,10 +103,84 @@ def test_pair_choice_is_uniform_over_combinations():
 
 def test_empty_samples_give_no_pairs_and_zero_counts():
     empty = samples_table(SPEC).clear()  # the right columns, no rows
-    pairs, stats = build_pairs(empty, pairs_per_question=4, max_tokens=50, seed=0)
+    pairs, stats = pairs_of(empty, 4, seed=0)
     assert pairs.height == 0 and stats["pairs"] == 0 and stats["questions"] == 0
 
 
 def test_missing_columns_are_named():
     with pytest.raises(ValueError, match="lacks column\\(s\\) well_formed"):
-        build_pairs(samples_table(SPEC).drop("well_formed"))
+        pairs_of(samples_table(SPEC).drop("well_formed"), 4)
+
+
+# --- the paper's rules (Pang et al. 2024, §2-3): cycled pairs, gold winners, off-format losers ---
+
+PAPER = PairsConfig(pairs_per_question=10, max_tokens=50)  # the defaults are the paper's
+
+
+def gold_table(questions, correct=True, well_formed=True, n_tokens=5):
+    return pl.DataFrame({
+        "question_id": list(questions), "completion": [f"gold of {q}" for q in questions], "n_tokens": [n_tokens] * len(questions),
+        "correct": [correct] * len(questions), "well_formed": [well_formed] * len(questions),
+    })  # fmt: skip
+
+
+def test_cycled_pairs_are_exactly_k_per_question_using_every_sample_evenly():
+    # q_mixed: 3 winners, 2 losers; K = 10 cycles W five times... and L five times over.
+    table = samples_table({"q_mixed": SPEC["q_mixed"], "q_two": SPEC["q_two"]})
+    pairs, stats = build_pairs(table, PAPER, seed=0)
+    assert pairs.group_by("question_id").len().sort("question_id").rows() == [("q_mixed", 10), ("q_two", 10)]
+    mixed = pairs.filter(pl.col("question_id") == "q_mixed")
+    for column, members in (("chosen_sample_idx", {0, 1, 2}), ("rejected_sample_idx", {3, 4})):
+        uses = mixed.group_by(column).len()["len"].to_list()
+        assert set(mixed[column]) == members and max(uses) - min(uses) <= 1, (column, uses)
+    # Both sets advance together: pair k is (W[k mod 3], L[k mod 2]), so pairs repeat every 6.
+    keys = list(zip(mixed["chosen_sample_idx"], mixed["rejected_sample_idx"]))
+    assert keys[:4] == keys[6:10] and len(set(keys[:6])) == 6
+    assert stats["pairs"] == 20 and set(pairs["chosen_source"]) == {"sample"}
+
+
+def test_cycled_pairs_depend_on_the_seed_and_on_nothing_else_in_the_table():
+    alone = build_pairs(samples_table({"q_mixed": SPEC["q_mixed"]}), PAPER, seed=3)[0]
+    crowded = build_pairs(samples_table(SPEC), PAPER, seed=3)[0].filter(pl.col("question_id") == "q_mixed")
+    assert alone.equals(crowded)
+    others = {tuple(build_pairs(samples_table({"q_mixed": SPEC["q_mixed"]}), PAPER, seed=s)[0]["chosen_sample_idx"]) for s in range(6)}
+    assert len(others) > 1
+
+
+def test_off_format_answers_are_losers_and_counted():
+    # q_filtered[3] is wrong and off-format; an off-format *right* answer is a loser too (reward 0).
+    spec = {"q": [OK, (True, 10, "stop", False), (False, 10, "stop", False), (True, 10, "length", True)]}
+    pairs, stats = build_pairs(samples_table(spec), PAPER, seed=0)
+    assert set(pairs["rejected_sample_idx"]) == {1, 2} and set(pairs["chosen_sample_idx"]) == {0}
+    assert stats["losers_off_format"] == 2 and stats["dropped_not_well_formed"] == 0 and stats["dropped_truncated"] == 1
+    dropped, dropped_stats = build_pairs(samples_table(spec), PairsConfig(max_tokens=50, drop_off_format=True), seed=0)
+    assert dropped.height == 0 and dropped_stats["dropped_not_well_formed"] == 2
+
+
+@pytest.mark.parametrize("mode,expected", [("always", {"q_mixed", "q_two", "q_all_wrong", "q_filtered", "q_nothing_usable"}),
+                                           ("when_none_correct", {"q_all_wrong", "q_nothing_usable"}), ("never", set())])  # fmt: skip
+def test_gold_solutions_join_the_winners_where_the_card_says(mode, expected):
+    pairs, stats = build_pairs(samples_table(SPEC), PairsConfig(max_tokens=50, gold_winner=mode), seed=0, gold=gold_table(SPEC))
+    gold_rows = pairs.filter(pl.col("chosen_source") == "gold")
+    assert set(gold_rows["question_id"]) == expected
+    assert (gold_rows["chosen_sample_idx"] == -1).all() and (gold_rows["chosen"] == "gold of " + gold_rows["question_id"]).all()
+    assert (gold_rows["chosen_answer"] == "7").all()  # the gold answer itself
+    # q_all_wrong has no right sample: only a gold winner gives it pairs.
+    assert ("q_all_wrong" in set(pairs["question_id"])) == (mode != "never")
+
+
+def test_a_gold_solution_the_grader_rejects_or_too_long_is_not_a_winner():
+    table = samples_table({"q_all_wrong": SPEC["q_all_wrong"]})
+    for gold in (gold_table(["q_all_wrong"], correct=False), gold_table(["q_all_wrong"], well_formed=False), gold_table(["q_all_wrong"], n_tokens=99)):
+        pairs, stats = build_pairs(table, PAPER, seed=0, gold=gold)
+        assert pairs.height == 0 and stats["gold_winners"] == 0 and stats["gold_not_accepted"] == 1
+
+
+def test_max_pairs_keeps_a_seeded_random_subset_and_counts_the_rest():
+    full, _ = build_pairs(samples_table(SPEC), PAPER, seed=0, gold=gold_table(SPEC))
+    capped, stats = build_pairs(samples_table(SPEC), PairsConfig(max_tokens=50, max_pairs=17), seed=0, gold=gold_table(SPEC))
+    assert capped.height == 17 and stats["dropped_over_max_pairs"] == full.height - 17
+    assert capped.join(full, on=capped.columns, how="anti").height == 0  # a subset of the uncapped pairs
+    again, _ = build_pairs(samples_table(SPEC), PairsConfig(max_tokens=50, max_pairs=17), seed=0, gold=gold_table(SPEC))
+    other, _ = build_pairs(samples_table(SPEC), PairsConfig(max_tokens=50, max_pairs=17), seed=1, gold=gold_table(SPEC))
+    assert capped.equals(again) and not capped.equals(other)

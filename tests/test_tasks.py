@@ -26,24 +26,58 @@ def test_gsm8k_gold_is_the_number_after_hashes():
     assert len(loaded.questions) == 40 and loaded.skipped_empty_gold == 0
 
 
-def test_gsm8k_prompt_is_the_zero_shot_cot_instruction():
+# The paper's prompts (Pang et al. 2024, App. B.1), word for word, typed here from its text.
+GSM8K_PROMPT = (
+    "Your task is to answer the question below. Give step by step reasoning before you answer, and when you're "
+    'ready to answer, please use the format "Final answer: ..."\nQuestion: {question}\nSolution:'
+)
+ARC_PROMPT = (
+    "Your task is to answer the question below. Give step by step reasoning before you answer, and when you're "
+    'ready to answer, conclude using the format "Final answer: (insert letter here)"\nQuestion: {question}\nSolution:'
+)
+MATH_INSTRUCTION = (
+    "Your task is to answer the last question below. Give step by step reasoning before you answer, and when "
+    "you're ready to answer, please wrap your answer in \\boxed, and conclude using the format \"Final answer: ...\""
+)
+
+
+def test_gsm8k_prompt_is_the_papers_byte_for_byte():
     task = get_task("gsm8k")
     question = task.load("test", str(ASSETS / "gsm8k")).questions[0]
-    message = task.messages(question)[0]["content"]
-    assert message.startswith("Your task is to answer the question below. Give step by step reasoning")
-    assert 'use the format "Final answer: ..."' in message and question.text in message
+    assert task.messages(question)[0]["content"] == GSM8K_PROMPT.format(question=question.text)
+
+
+def test_arc_prompt_is_the_papers_byte_for_byte_with_lettered_options():
+    task = get_task("arc_challenge")
+    question = task.load("test", str(ASSETS / "arc_challenge")).questions[0]
+    assert "\n(A) " in question.text and "\n(D) " in question.text
+    assert task.user_message(question) == ARC_PROMPT.format(question=question.text)
+
+
+def test_math_prompt_is_the_papers_with_four_fixed_training_exemplars():
+    from irpo_data.tasks.math import FEW_SHOT, FEW_SHOT_IDS
+
+    task = get_task("math")
+    question = task.load("test", str(ASSETS / "math")).questions[0]
+    message = task.user_message(question)
+    assert message.startswith(MATH_INSTRUCTION + "\n\nQuestion: ")
+    assert message.endswith(f"\n\nQuestion: {question.text}\nSolution:")
+    assert message.count("\nSolution: ") == 4 and message.count("\nFinal answer: ") == 4
+    for problem, solution, answer in FEW_SHOT:
+        assert f"Question: {problem}\nSolution: {solution}\nFinal answer: {answer}" in message
+    assert len(FEW_SHOT_IDS) == 4 and all(i.startswith("train/") for i in FEW_SHOT_IDS)
 
 
 def test_math_skips_empty_gold_and_counts_it():
-    loaded = get_task("math").load("train", str(ASSETS / "math"))
+    loaded = get_task("math", split="prm800k").load("train", str(ASSETS / "math"))
     assert loaded.skipped_empty_gold == 1  # train/number_theory/7115.json has an empty \boxed{}
     assert len(loaded.questions) == 30
     assert all(q.gold for q in loaded.questions)
     assert loaded.questions[0].question_id.startswith("train/")
 
 
-def test_math_prompt_is_four_shot_minerva():
-    task = get_task("math")
+def test_math_prompt_minerva_is_a_card_switch():
+    task = get_task("math", prompt="minerva")
     question = task.load("test", str(ASSETS / "math")).questions[0]
     message = task.user_message(question)
     assert message.count("Problem:\n") == 5 and message.count("Final Answer: The final answer is") == 4
@@ -51,19 +85,28 @@ def test_math_prompt_is_four_shot_minerva():
 
 
 def test_arc_lists_options_and_keeps_numeric_labels():
-    loaded = get_task("arc_challenge").load("train", str(ASSETS / "arc_challenge"))
+    loaded = get_task("arc_challenge", train_subsets=("ARC-Challenge",)).load("train", str(ASSETS / "arc_challenge"))
     first = loaded.questions[0]
     assert first.labels == ("A", "B", "C", "D") and first.gold in first.labels
     assert "\n(A) " in first.text
     numeric = [q for q in loaded.questions if q.labels[0] == "1"]
     assert len(numeric) == 3 and all(q.gold in q.labels for q in numeric)
-    assert "one of 1, 2, 3, 4" in get_task("arc_challenge").user_message(numeric[0])
+    assert "\n(1) " in get_task("arc_challenge").user_message(numeric[0])
 
 
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
-@pytest.mark.parametrize("name,rows,skipped", [("gsm8k", 7473, 0), ("math", 12000, 2), ("arc_challenge", 1119, 0)])
-def test_full_training_splits_load(name, rows, skipped):
-    loaded = get_task(name).load("train", str(SHARED_DATA / name))
+@pytest.mark.parametrize(
+    "name,options,rows,skipped",
+    [
+        ("gsm8k", {}, 7473, 0),
+        ("math", {}, 7500, 6),  # the paper's split: 2 empty golds + the 4 prompt exemplars
+        ("math", {"split": "prm800k"}, 12000, 6),
+        ("arc_challenge", {}, 2251 + 1119, 0),  # ARC-Easy's and ARC-Challenge's training sets, as the paper
+        ("arc_challenge", {"train_subsets": ("ARC-Challenge",)}, 1119, 0),
+    ],
+)
+def test_full_training_splits_load(name, options, rows, skipped):
+    loaded = get_task(name, **options).load("train", str(SHARED_DATA / name))
     assert len(loaded.questions) + loaded.skipped_empty_gold == rows
     assert loaded.skipped_empty_gold == skipped
     assert len({q.question_id for q in loaded.questions}) == len(loaded.questions)
@@ -155,3 +198,34 @@ def test_arc_has_no_gold_solutions():
     task = get_task("arc_challenge")
     rows = [json.loads(line) for line in (ASSETS / "arc_challenge" / "train.jsonl").read_text().splitlines()]
     assert not task.has_solutions and all(task.parse_row(r, "train", i).solution is None for i, r in enumerate(rows))
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+def test_math_paper_split_is_the_original_7500_5000_and_disjoint():
+    task = get_task("math")
+    train, test = (task.load(split, str(SHARED_DATA / "math")) for split in ("train", "test"))
+    assert len(train.questions) + train.skipped_empty_gold == 7500 and len(test.questions) + test.skipped_empty_gold == 5000
+    assert all(q.question_id.startswith("train/") for q in train.questions)
+    assert all(q.question_id.startswith("test/") for q in test.questions)
+    assert not {q.question_id for q in train.questions} & {q.question_id for q in test.questions}
+
+
+def test_math_paper_split_needs_unique_ids(tmp_path):
+    (tmp_path / "train.jsonl").write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
+    with pytest.raises(TaskError, match="has no unique_id, which the paper split needs.*task.split=prm800k"):
+        get_task("math").load("train", str(tmp_path))
+
+
+def test_task_options_are_checked_with_the_valid_values():
+    with pytest.raises(TaskError, match="task.split has 'full'; MATH's splits are paper, prm800k"):
+        get_task("math", split="full")
+    with pytest.raises(TaskError, match="task gsm8k has no option task.prompt; it takes no options"):
+        get_task("gsm8k", prompt="paper")
+    with pytest.raises(TaskError, match="task.train_subsets has \\['ARC-Hard'\\]; choose from ARC-Easy, ARC-Challenge"):
+        get_task("arc_challenge", train_subsets=("ARC-Hard",))
+
+
+def test_arc_without_easy_files_says_where_to_put_them(tmp_path):
+    (tmp_path / "train.jsonl").write_text((ASSETS / "arc_challenge" / "train.jsonl").read_text())
+    with pytest.raises(TaskError, match="no arc_easy/ folder .* task.train_subsets=\\[ARC-Challenge\\]"):
+        get_task("arc_challenge").load("train", str(tmp_path))

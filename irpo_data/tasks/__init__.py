@@ -49,7 +49,11 @@ class LoadedSplit:
 
 @dataclass(frozen=True)
 class Task:
-    """One benchmark. Subclasses set the class attributes and implement `parse_row`/`instruction`."""
+    """One benchmark. Subclasses set the class attributes and implement `parse_row`/`user_message`.
+
+    A task's options (MATH's split and prompt, ARC's training sets) are its dataclass fields, set
+    from the card's task section by `task_from_config`; a task without options has none.
+    """
 
     name: ClassVar[str]
     hub_id: ClassVar[str]
@@ -94,21 +98,21 @@ class Task:
         if not questions:
             raise TaskError(f"{source} has no usable questions ({skipped} with an empty gold answer)")
         if skipped:
-            log.info("%s: skipped %d rows with an empty gold answer", source, skipped)
+            log.info("%s: skipped %d rows (an empty gold answer, or a prompt exemplar)", source, skipped)
         return LoadedSplit(questions, skipped, source)
 
     def read_rows(self, split: str, data_dir: str | None, hub_id: str | None) -> tuple[list[Any], str]:
         """Raw rows and a description of their source: local files if given, else the Hub."""
         if data_dir is not None:
-            return _read_local(Path(data_dir).expanduser(), split)
-        return self._read_hub(split, hub_id or self.hub_id)
+            return read_local(Path(data_dir).expanduser(), split)
+        return self._read_hub_config(split, hub_id or self.hub_id, self.hub_config)
 
-    def _read_hub(self, split: str, hub_id: str) -> tuple[list[dict], str]:
+    def _read_hub_config(self, split: str, hub_id: str, config: str | None) -> tuple[list[dict], str]:
         import datasets  # imported here: a local-file build should not pay for it
 
-        source = f"hf://{hub_id}" + (f"/{self.hub_config}" if self.hub_config else "") + f" split {split}"
+        source = f"hf://{hub_id}" + (f"/{config}" if config else "") + f" split {split}"
         try:
-            ds = datasets.load_dataset(hub_id, self.hub_config, split=split)
+            ds = datasets.load_dataset(hub_id, config, split=split)
         except Exception as exc:  # network, offline mode, missing split: all need the same advice
             raise TaskError(
                 f"could not load {source} from the Hugging Face Hub ({type(exc).__name__}: {exc}); "
@@ -117,7 +121,7 @@ class Task:
         return list(ds), source
 
 
-def _read_local(folder: Path, split: str) -> tuple[list[Any], str]:
+def read_local(folder: Path, split: str) -> tuple[list[Any], str]:
     jsonl, parquet = folder / f"{split}.jsonl", folder / f"{split}.parquet"
     if jsonl.is_file():
         rows = []
@@ -162,14 +166,27 @@ def register(cls: type[Task]) -> type[Task]:
     return cls
 
 
-def get_task(name: str) -> Task:
-    if name not in _REGISTRY:
-        import difflib
+def get_task(name: str, **options) -> Task:
+    """The registered task `name`, with its options (e.g. get_task("math", split="paper"))."""
+    import dataclasses
+    import difflib
 
+    if name not in _REGISTRY:
         near = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         raise TaskError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]()
+    cls = _REGISTRY[name]
+    known = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        where = f"its options are {', '.join(f'task.{k}' for k in known)}" if known else "it takes no options"
+        raise TaskError(f"task {name} has no option {', '.join(f'task.{k}' for k in unknown)}; {where}")
+    return cls(**options)
+
+
+def task_from_config(config) -> Task:
+    """The task a card's `task` section names, with the options it sets (TaskConfig.options())."""
+    return get_task(config.name, **config.options())
 
 
 def task_names() -> list[str]:

@@ -1,7 +1,13 @@
 """GSM8K: grade-school word problems, gold = the number after `####` in the worked solution.
 
 Row: {"question": "Natalia sold clips to 48 ...", "answer": "... <<48/2=24>> ... #### 72"}
-Prompt: the paper's zero-shot chain-of-thought instruction, answer as "Final answer: N".
+Prompt: the paper's zero-shot chain-of-thought prompt (Pang et al. 2024, App. B.1), word for word;
+the line breaks between its parts are our reading of the paper's boxed listing:
+
+    Your task is to answer the question below. Give step by step reasoning before you answer,
+    and when you're ready to answer, please use the format "Final answer: ..."      (one line)
+    Question: Natalia sold clips to 48 ...
+    Solution:
 """
 
 from __future__ import annotations
@@ -11,12 +17,15 @@ from typing import Any
 
 from irpo_data.tasks import Question, Task, register
 
-# Zero-shot CoT instruction of Pang et al. (2024) for GSM8K: reason first, then a fixed
-# answer phrase that grading keys on.
 INSTRUCTION = (
     "Your task is to answer the question below. Give step by step reasoning before you answer, "
     'and when you\'re ready to answer, please use the format "Final answer: ..."'
 )
+
+
+def paper_prompt(instruction: str, question: str) -> str:
+    """The paper's layout: the instruction, then "Question: ..." and "Solution:" on lines of their own."""
+    return f"{instruction}\nQuestion: {question}\nSolution:"
 
 
 @register
@@ -41,4 +50,4 @@ class GSM8K(Task):
         return Question(f"gsm8k/{split}/{index}", str(row["question"]).strip(), gold, solution=solution)
 
     def user_message(self, question: Question) -> str:
-        return f"{INSTRUCTION}\n\nQuestion: {question.text}"
+        return paper_prompt(INSTRUCTION, question.text)
