@@ -89,13 +89,7 @@ def leaderboard_markdown(board: dict) -> str:
         )
     ablations = [r for r in board["rows"] if r.get("ablation")]
     if ablations:
-        fingerprints = {r.get("pairs_fingerprint") for r in board["rows"] if r["iteration"] == ablations[0]["iteration"]}
-        short = sorted(str(f)[:16] for f in fingerprints)
-        same = (f"all from the same pair dataset (fingerprint {short[0]})" if len(short) == 1
-                else f"WARNING: from different pair datasets ({', '.join(short)})")  # fmt: skip
-        if any(r.get("objective") == "sft_gold" for r in ablations):
-            same += "; SFT on gold trains on the gold solutions of the questions those pairs were sampled for"
-        lines += ["", f"M_{ablations[0]['iteration']} and its ablations: {same}."]
+        lines += ["", _same_pairs_note(board["rows"], ablations)]
     paper = board["paper"]
     lines.append("")
     if paper["rows"]:
@@ -107,6 +101,21 @@ def leaderboard_markdown(board: dict) -> str:
     else:
         lines.append(f"The paper ({paper['source']}) reports no numbers for task `{board['task']}`.")
     return "\n".join(lines) + "\n"
+
+
+def _same_pairs_note(rows: list[dict], ablations: list[dict]) -> str:
+    """Whether M_t and its ablations were trained from one pair dataset (the _2x ones: from the same
+    samples, paired again with twice the pairs, so their own dataset is expected)."""
+    t = ablations[0]["iteration"]
+    same_pairs = [r for r in rows if r["iteration"] == t and not str(r.get("objective", "")).endswith("_2x")]
+    short = sorted({str(r.get("pairs_fingerprint"))[:16] for r in same_pairs})
+    note = (f"all from the same pair dataset (fingerprint {short[0]})" if len(short) == 1
+            else f"WARNING: from different pair datasets ({', '.join(short)})")  # fmt: skip
+    if any(str(r.get("objective", "")).endswith("_2x") for r in ablations):
+        note += "; the twice-the-pairs ones from the same samples, paired again with 2K pairs per question"
+    if any(r.get("objective") == "sft_gold" for r in ablations):
+        note += "; SFT on gold trains on the gold solutions of the questions those pairs were sampled for"
+    return f"M_{t} and its ablations: {note}."
 
 
 def plot_leaderboard(board: dict, out: Path) -> None:

@@ -124,6 +124,7 @@ class TrainConfig:
     batch_size: int = 16
     max_steps: int = 5000  # paper: 5,000 (ARC 4,000)
     eval_every: int = 500  # steps between held-out accuracy checks (checkpoint choice)
+    save_every: int | None = None  # steps between checkpoints a killed run resumes from; None = eval_every
     # The paper's §3.1: choose the step on the held-out questions, then train again from M_{t-1}
     # on the pairs of all questions, held-out ones included, for that many steps: that is M_t.
     # false: the chosen checkpoint of the first run is M_t, and held-out questions are never sampled.

@@ -34,7 +34,7 @@ class TokenizedPairs:
 
 
 def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
-    missing = {"question_id", "prompt", "chosen", "rejected"} - set(dataset.column_names)
+    missing = {"prompt", "chosen", "rejected"} - set(dataset.column_names)
     if missing:
         raise PairDataError(f"pair dataset lacks column(s) {', '.join(sorted(missing))}; build it with `irpo-data build`")
     if tokenizer.eos_token_id is None:
@@ -43,7 +43,8 @@ def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
     prompts = _ids(tokenizer, dataset["prompt"])
     chosen, rejected = _ids(tokenizer, dataset["chosen"], eos=True), _ids(tokenizer, dataset["rejected"], eos=True)
     rows, dropped = [], 0
-    for question_id, p, c, r in zip(list(dataset["question_id"]), prompts, chosen, rejected):
+    ids = list(dataset["question_id"]) if "question_id" in dataset.column_names else [None] * len(prompts)
+    for question_id, p, c, r in zip(ids, prompts, chosen, rejected):
         if len(p) + max(len(c), len(r)) > max_length:
             dropped += 1
             continue

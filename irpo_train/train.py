@@ -231,8 +231,6 @@ def _fit(job: TrainJob, phase: str, rows: list[dict], max_steps: int, tokenizer,
     """
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
-    from transformers.trainer_utils import get_last_checkpoint
-
     folder, cfg = job.work / phase, job.cfg
     record_path = folder / "done.json"
     if record_path.is_file():
@@ -251,7 +249,7 @@ def _fit(job: TrainJob, phase: str, rows: list[dict], max_steps: int, tokenizer,
         warmup_steps=cfg.warmup_steps,
         max_steps=max_steps,
         logging_steps=1,
-        save_steps=cfg.eval_every,
+        save_steps=cfg.save_every or cfg.eval_every,
         save_total_limit=1,
         seed=job.card.seed,
         bf16=job.bf16,
@@ -284,7 +282,7 @@ def _fit(job: TrainJob, phase: str, rows: list[dict], max_steps: int, tokenizer,
     trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
     if progress:
         trainer.add_callback(ProgressWithLoss)
-    checkpoint = get_last_checkpoint(str(folder / "checkpoints")) if (folder / "checkpoints").is_dir() else None
+    checkpoint = last_complete_checkpoint(folder / "checkpoints")
     if checkpoint:
         log.info("resuming the %s run from %s", phase, checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -296,6 +294,26 @@ def _fit(job: TrainJob, phase: str, rows: list[dict], max_steps: int, tokenizer,
     record = {"phase": phase, "steps": trainer.state.global_step, "pairs": len(rows), "best": best}
     write_json_atomic(record_path, record)  # last: the phase is done
     return record
+
+
+def last_complete_checkpoint(folder: Path) -> str | None:
+    """The newest checkpoint-N that was written to the end, or None.
+
+    The Trainer writes trainer_state.json last; a kill while it saves leaves a checkpoint-N without
+    it (or with half of it), which transformers' get_last_checkpoint would pick and then fail to
+    load. Such a folder is deleted: its step will be trained again.
+    """
+    if not folder.is_dir():
+        return None
+    found = sorted((int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    for _, path in reversed(found):
+        try:
+            json.loads((path / "trainer_state.json").read_text())
+            return str(path)
+        except (OSError, ValueError):
+            log.info("%s was not written to the end (killed while saving); discarding it", path)
+            shutil.rmtree(path, ignore_errors=True)
+    return None
 
 
 def _final_model(job: TrainJob, phase_dir: Path):

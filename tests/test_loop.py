@@ -27,11 +27,14 @@ from irpo_data.card import BUILD_SECTIONS, load_card
 from irpo_data.models import weights_sha256
 from irpo_data.runs import RunFolder
 
+# Tiny, and the paper's loop all the same: 8 + 4 held-out questions sampled, cycled pairs with gold
+# winners, a selection run of 2 steps and the retrain, two ablations (one SFT, one twice-the-pairs).
 TINY = [
-    "task.max_questions=32", "task.held_out=20", "sampling.num_samples=8", "sampling.max_new_tokens=128",
-    "pairs.max_tokens=128", "train.max_steps=4", "train.eval_every=2", "train.eval_questions=4", "train.probe_pairs=4",
-    "eval.limit=4", "eval.maj_k=2", "eval.max_new_tokens=64",
+    "task.max_questions=8", "task.held_out=4", "sampling.num_samples=4", "sampling.max_new_tokens=64",
+    "pairs.max_tokens=64", "train.max_steps=2", "train.eval_every=1", "train.probe_pairs=4", "train.probe_every=1",
+    "eval.limit=4", "eval.maj_k=2", "eval.max_new_tokens=48",
 ]  # fmt: skip
+ABLATIONS = "ablations=[sft_winners,dpo_nll_2x]"
 
 
 def _irpo_run(runs_dir, iterations=2, *flags):
@@ -41,11 +44,11 @@ def _irpo_run(runs_dir, iterations=2, *flags):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-    """Two tiny iterations and the three ablations, uninterrupted, in a fresh process (as a user runs it)."""
+    """Two tiny iterations and two ablations, uninterrupted, in a fresh process (as a user runs it)."""
     require_vllm()
     runs = tmp_path_factory.mktemp("straight")
-    cmd, env = _irpo_run(runs, 2, "--ablations")
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    cmd, env = _irpo_run(runs, 2, ABLATIONS)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=880)
     assert done.returncode == 0, done.stderr[-3000:]
     return RunFolder(runs / "demo"), done.stdout
 
@@ -70,45 +73,50 @@ def test_irpo_run_two_iterations_then_a_rerun_does_nothing(straight_run, caplog)
     assert "| M_0 (base) |" in summary and "| 2 → M_2 |" in summary
     assert summary.split("Wall time")[0] in output  # printed as well as written
     board = json.loads((run.root / "leaderboard.json").read_text())
-    assert [r["model"] for r in board["rows"]] == ["M_0", "M_1", "M_1-dpo", "M_1-sft_gold", "M_1-sft_winners", "M_2"]
+    assert [r["model"] for r in board["rows"]] == ["M_0", "M_1", "M_1-dpo_nll_2x", "M_1-sft_winners", "M_2"]
+    # The paper's loop: held-out questions sampled, the step chosen without them, then the retrain.
+    build = json.loads(run.manifest(1).read_text())
+    assert build["held_out_sampled"] and build["counts"]["questions"] == 12 and build["counts"]["gold_winners"] > 0
+    trained = json.loads((run.model(1) / "train_manifest.json").read_text())
+    assert trained["retrained"] and trained["steps"] == trained["chosen_step"] and (run.model(1) / "select" / "done.json").is_file()
 
     stamps = {p: p.stat().st_mtime_ns for p in (run.manifest(1), run.manifest(2), run.model(2) / "model.safetensors",
-                                                run.model(1, "dpo") / "model.safetensors", run.root / "evals" / "M_2.json")}  # fmt: skip
+                                                run.model(1, "sft_winners") / "model.safetensors", run.root / "evals" / "M_2.json")}  # fmt: skip
     with caplog.at_level(logging.INFO):
-        again = CliRunner().invoke(main, ["run", "--runs-dir", str(run.root.parent), "--iterations", "2", "--ablations", *TINY])
+        again = CliRunner().invoke(main, ["run", "--runs-dir", str(run.root.parent), "--iterations", "2", ABLATIONS, *TINY])
     assert again.exit_code == 0, again.output
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
-    assert caplog.text.count("nothing to do") == 7  # two builds, two trainings and three ablations skipped
+    assert caplog.text.count("nothing to do") == 6  # two builds, two trainings and two ablations skipped
 
 
 def test_ablations_train_on_iteration_1s_pairs_and_show_the_papers_likelihood_picture(straight_run):
-    """Every objective from the same pairs (fingerprint), probed on the same pairs. The log-prob
-    checks are the paper's Figures 2-3 at tiny scale: SFT on the winners raises them; both DPO
-    objectives open a margin between winners and losers."""
+    """Every ablation from iteration 1's samples: SFT on the same pairs (fingerprint), twice the pairs
+    from the same samples. The log-prob checks are the paper's Figures 2-3 at tiny scale: SFT on the
+    winners raises them; DPO+NLL opens a margin between winners and losers."""
     run, output = straight_run
     pairs = json.loads(run.manifest(1).read_text())["dataset_fingerprint"]
+    doubled = json.loads((run.iteration(1) / "pairs_2x.json").read_text())
+    assert doubled["settings"]["pairs"]["pairs_per_question"] == 2 * load_card("demo").pairs.pairs_per_question
     probes = {}
-    for objective in ("dpo_nll", "dpo", "sft_winners", "sft_gold"):
-        folder = run.model(1) if objective == "dpo_nll" else run.model(1, objective)
+    for name, objective, fingerprint in (("dpo_nll", "dpo_nll", pairs), ("sft_winners", "sft_winners", pairs),
+                                         ("dpo_nll_2x", "dpo_nll", doubled["dataset_fingerprint"])):  # fmt: skip
+        folder = run.model(1) if name == "dpo_nll" else run.model(1, name)
         manifest = json.loads((folder / "train_manifest.json").read_text())
-        assert (manifest["objective"], manifest["pairs_fingerprint"]) == (objective, pairs)
-        probes[objective] = [json.loads(line) for line in (folder / "probe.jsonl").read_text().splitlines()]
-    assert len({p[0]["pairs"] for p in probes.values()}) == 1  # the same probe pairs for every objective
+        assert (manifest["objective"], manifest["pairs_fingerprint"]) == (objective, fingerprint)
+        probes[name] = [json.loads(line) for line in (folder / "probe.jsonl").read_text().splitlines()]
     assert probes["sft_winners"][-1]["chosen_change"] > 0
-    for objective in ("dpo_nll", "dpo"):
-        assert probes[objective][-1]["chosen_change"] > probes[objective][-1]["rejected_change"]
-    assert json.loads((run.model(1, "sft_gold") / "train_manifest.json").read_text())["gold"]["questions"] == 32
+    assert probes["dpo_nll"][-1]["chosen_change"] > probes["dpo_nll"][-1]["rejected_change"]
     assert (run.root / "ablations_logps.png").stat().st_size > 10_000
     assert "Iteration 1's pairs under each objective" in output
-    assert f"same pair dataset (fingerprint {pairs[:16]})" in (run.root / "leaderboard.md").read_text()
+    assert "twice the pairs" in (run.root / "leaderboard.md").read_text()
 
 
 def test_a_run_killed_mid_training_resumes_to_the_same_result(straight_run, tmp_path):
-    """SIGKILL while M_1 trains (after its step-2 checkpoint), then the same command again.
-    One iteration is enough: what follows M_1 is the same code on the same inputs."""
+    """SIGKILL while M_1's selection run trains (after its step-1 checkpoint), then the same command
+    again. One iteration is enough: what follows M_1 is the same code on the same inputs."""
     cmd, env = _irpo_run(tmp_path, iterations=1)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoint = tmp_path / "demo" / "models" / "M_1.work" / "checkpoints" / "checkpoint-2"
+    checkpoint = tmp_path / "demo" / "models" / "M_1.work" / "select" / "checkpoints" / "checkpoint-1"
     deadline = time.time() + 900
     while not (checkpoint / "trainer_state.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
@@ -116,7 +124,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(straight_run, tmp_
     proc.wait()
     run = RunFolder(tmp_path / "demo")
     assert checkpoint.is_dir() and not run.model(1).exists()
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1200)
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=880)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _outcome(run, 1) == _outcome(straight_run[0], 1)  # bit for bit: weights hashes included
 

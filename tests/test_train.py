@@ -108,7 +108,7 @@ class StopAfter(TrainerCallback):
 
 
 def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(tmp_path, demo_model, demo_tokenizer, monkeypatch, caplog):
-    card = load_card("demo", TINY)
+    card = load_card("demo", [*TINY, "train.retrain_with_held_out=false"])  # one run: its chosen checkpoint is M_1
     run, _ = make_iteration(tmp_path, demo_tokenizer, card)
 
     real_trainer = train_module.DPONLLTrainer
@@ -116,14 +116,14 @@ def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(tmp_pa
     with pytest.raises(KeyboardInterrupt):
         train_module.train_iteration(card, 1, tmp_path, progress=False)
     work = run.root / "models" / "M_1.work"
-    assert (work / "checkpoints" / "checkpoint-2").is_dir() and not run.model(1).exists()
+    assert (work / "select" / "checkpoints" / "checkpoint-2").is_dir() and not run.model(1).exists()
     # The Trainer logs a step after on_step_end, so the interrupted step 3 was never logged.
-    assert [json.loads(l)["step"] for l in (work / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    assert [json.loads(l)["step"] for l in (work / "select" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
     monkeypatch.setattr(train_module, "DPONLLTrainer", real_trainer)
     with caplog.at_level("INFO"):
         out = train_module.train_iteration(card, 1, tmp_path, progress=False)
-    assert "reference log-probs: reusing" in caplog.text and "resuming training from" in caplog.text
+    assert "reference log-probs: reusing" in caplog.text and "resuming the select run from" in caplog.text
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     for name in ("config.json", "model.safetensors", "tokenizer.json", "logps.png", "checkpoint_choice.json", "ref_logps.parquet"):
         assert (out / name).is_file(), name
@@ -199,8 +199,10 @@ def test_an_ablation_trains_beside_m1_from_the_same_pairs(tmp_path, demo_model, 
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert "nll" in metrics[0] and "dpo" not in metrics[0]
     probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
-    assert [p["step"] for p in probe] == [0, 2, 4] and probe[0]["chosen_change"] == pytest.approx(0, abs=1e-3)
-    assert probe[-1]["chosen_change"] > 1.0  # SFT on the winners raises them
+    # The probe follows the run that made the model: the retrain, for the chosen number of steps.
+    assert [p["step"] for p in probe] == [s for s in (0, 2, 4) if s <= manifest["steps"]] and manifest["retrained"]
+    assert probe[0]["chosen_change"] == pytest.approx(0, abs=1e-3)
+    assert probe[-1]["chosen_change"] > 0.5  # SFT on the winners raises them
 
 
 def test_irpo_train_refuses_sft_gold_where_the_task_has_no_solutions(tmp_path):
@@ -234,6 +236,17 @@ def test_gradient_checkpointing_trains_through_the_chunked_head(tmp_path, demo_m
     assert [s["step"] for s in steps] == [1, 2] and all(s["grad_norm"] > 0 for s in steps)
 
 
+def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path):
+    folder = tmp_path / "checkpoints"
+    for step in (1, 2):
+        (folder / f"checkpoint-{step}").mkdir(parents=True)
+    (folder / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": 1}')
+    (folder / "checkpoint-2" / "model.safetensors").write_text("half")  # killed before trainer_state.json
+    assert train_module.last_complete_checkpoint(folder) == str(folder / "checkpoint-1")
+    assert not (folder / "checkpoint-2").exists()
+    assert train_module.last_complete_checkpoint(tmp_path / "none") is None
+
+
 def test_work_of_a_killed_run_is_resumed_only_with_the_same_recipe(tmp_path):
     work = tmp_path / "M_1.work"
     train_module._start_or_resume(work, {"card_sha256": "a"})  # a new run records its recipe
@@ -244,3 +257,89 @@ def test_work_of_a_killed_run_is_resumed_only_with_the_same_recipe(tmp_path):
     train_module._start_or_resume(work, {"card_sha256": "b"})  # e.g. another learning rate
     assert not (work / "checkpoints").exists() and (work / "ref_logps.json").is_file()
     assert json.loads((work / "identity.json").read_text()) == {"card_sha256": "b"}
+
+
+def make_iteration_with_held_out(runs, demo_tokenizer, card):
+    """iter_1 with pairs of two training and two held-out questions, as a build with the retrain samples them."""
+    from irpo_data.build import question_sets
+
+    run, pairs = make_iteration(runs, demo_tokenizer, card)
+    from irpo_data.sampling import render_prompts
+    from irpo_data.tasks import get_task
+
+    held = question_sets(card).held_out[:2]
+    prompts = render_prompts(get_task("demo"), held, demo_tokenizer)
+    extra = pl.DataFrame({
+        "question_id": [q.question_id for q in held], "prompt": prompts,
+        "chosen": [f"We count. The answer is {q.gold}." for q in held], "rejected": [f"We guess. The answer is {int(q.gold) + 1}." for q in held],
+        "gold": [q.gold for q in held], "chosen_answer": [q.gold for q in held], "rejected_answer": [str(int(q.gold) + 1) for q in held],
+        "chosen_sample_idx": [0] * 2, "rejected_sample_idx": [1] * 2,
+    })  # fmt: skip
+    both = pl.concat([pairs.head(2), extra])
+    save_pairs(both, 1, run.pairs(1))
+    write_card_and_manifest(run.iteration(1), "# card\n", {"dataset_fingerprint": fingerprint(both)})
+    return run, both, {q.question_id for q in held}
+
+
+# eval_every = max_steps: the only trained candidate is step 4, so the retrain runs 4 steps,
+# with a checkpoint after each (save_every=1) for the kill below to resume from.
+RETRAIN = [*TINY, "train.eval_every=4", "train.save_every=1", "train.probe_every=1"]
+
+
+def test_retrain_chooses_the_step_without_the_held_out_questions_then_trains_on_all(tmp_path, demo_model, demo_tokenizer):
+    card = load_card("demo", RETRAIN)
+    run, pairs, held_ids = make_iteration_with_held_out(tmp_path, demo_tokenizer, card)
+    out = train_module.train_iteration(card, 1, tmp_path, progress=False)
+    manifest = json.loads((out / "train_manifest.json").read_text())
+    assert manifest["retrained"] and manifest["chosen_step"] == 4 and manifest["steps"] == 4
+    assert manifest["selection"]["pairs"] == 2 and manifest["rows_trained"] == 4  # held-out pairs only in the retrain
+    assert manifest["selection"]["pairs_fingerprint"] == fingerprint(pairs.filter(~pl.col("question_id").is_in(sorted(held_ids))))
+    assert manifest["pairs_fingerprint"] == fingerprint(pairs)
+    selection = json.loads((out / "select" / "done.json").read_text())
+    assert selection["pairs"] == 2 and selection["steps"] == 4
+    choice = json.loads((out / "checkpoint_choice.json").read_text())
+    assert [h["step"] for h in choice["history"]] == [0, 4] and choice["questions"] == 2
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]  # the retrain's
+    assert [json.loads(l)["step"] for l in (out / "probe.jsonl").read_text().splitlines()] == [0, 1, 2, 3, 4]
+    assert (out / "logps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_sigkill_mid_retrain_resumes_to_the_same_weights(tmp_path, demo_model, demo_tokenizer):
+    """Both runs in fresh processes; one is SIGKILLed after the retrain's second checkpoint."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    code = (
+        "import logging, sys\nfrom irpo_data.card import load_card\nfrom irpo_train.train import train_iteration\n"
+        "logging.basicConfig(level=logging.INFO)\n"
+        f"train_iteration(load_card('demo', {RETRAIN!r}), 1, sys.argv[1], progress=False)\n"
+    )
+    card = load_card("demo", RETRAIN)
+    for name in ("straight", "killed"):
+        make_iteration_with_held_out(tmp_path / name, demo_tokenizer, card)
+    subprocess.run([sys.executable, "-c", code, str(tmp_path / "straight")], check=True, timeout=600)
+
+    killed = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "killed")], start_new_session=True)
+    checkpoint = tmp_path / "killed" / "demo" / "models" / "M_1.work" / "retrain" / "checkpoints" / "checkpoint-2"
+    deadline = time.monotonic() + 600
+    while not checkpoint.is_dir() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(killed.pid, signal.SIGKILL)
+    killed.wait()
+    assert checkpoint.is_dir() and not (tmp_path / "killed" / "demo" / "models" / "M_1").exists()
+    resumed = subprocess.run([sys.executable, "-c", code, str(tmp_path / "killed")], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "the select run is done; reusing it" in resumed.stderr and "resuming the retrain run from" in resumed.stderr
+    weights = [AutoModelForCausalLM.from_pretrained(tmp_path / n / "demo" / "models" / "M_1").state_dict() for n in ("straight", "killed")]
+    differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert differ == [], f"resumed weights differ: {differ[:5]}"
+
+
+def test_the_global_batch_is_the_cards_whatever_the_number_of_processes():
+    card = load_card("demo", ["train.batch_size=16", "train.gradient_accumulation_steps=2"])
+    assert [train_module.per_device_batch(card.train, world) for world in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(PairDataError, match=r"batch_size=16 pairs per step cannot be split over 16 process\(es\)"):
+        train_module.per_device_batch(card.train, 16)
