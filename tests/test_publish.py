@@ -18,18 +18,20 @@ import pytest
 from datasets import load_from_disk
 
 from hub_stub import TOKEN
+from irpo_data.card import PairsConfig
 from irpo_data.pairs import build_pairs
 from irpo_data.publish import PublishError, dataset_card, fingerprint, push_iteration, save_pairs, write_card_and_manifest
 from test_pairs import SPEC, samples_table
 
 def built_iteration(tmp_path, iteration=1):
-    pairs, stats = build_pairs(samples_table(SPEC), pairs_per_question=4, max_tokens=50, seed=0)
+    pairs, stats = build_pairs(samples_table(SPEC), PairsConfig(pairs_per_question=4, max_tokens=50), seed=0)
+    stats["contaminated"] = 0
     iter_dir = tmp_path / f"iter_{iteration}"
     save_pairs(pairs, iteration, iter_dir / "pairs")
     fp = fingerprint(pairs)
     card = dataset_card(
         license="mit", iteration=iteration, run="t", model="m", task="gsm8k", num_samples=5, pairs_per_question=4,
-        stats=stats, weights_sha256="w", previous="none", card_sha256="c", seed=0, temperature=0.8,
+        stats=stats, pair_scheme="cycle", weights_sha256="w", previous="none", card_sha256="c", seed=0, temperature=0.8,
         engine="vllm", source="s", fingerprint=fp, version="0",
     )  # fmt: skip
     write_card_and_manifest(iter_dir, card, {"dataset_fingerprint": fp, "counts": stats})
@@ -43,7 +45,7 @@ def test_saved_pairs_load_back_in_trl_format(tmp_path):
     train = loaded["train"]
     assert train.column_names[:4] == ["question_id", "prompt", "chosen", "rejected"]
     assert {"gold", "chosen_answer", "rejected_answer", "iteration"} <= set(train.column_names)
-    assert train.num_rows == pairs.height == 5 and set(train["iteration"]) == {1}
+    assert train.num_rows == pairs.height == 12 and set(train["iteration"]) == {1}  # 3 questions x K = 4, cycled
     card = (iter_dir / "README.md").read_text()
     assert card.startswith("---\nlicense: mit\n") and "config_name: iter_1" in card
     assert "| generation truncated | 2 |" in card and "| pairs (at most K = 4 per question) | 5 |" in card
@@ -83,7 +85,7 @@ def test_offline_push_fails_clearly_and_keeps_the_local_dataset(tmp_path, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(PublishError, match=r"HF_HUB_OFFLINE is set.*is complete.*irpo-data push --iter 1"):
         push_iteration(iter_dir, "org/irpo-test", 1, fp)
-    assert load_from_disk(str(iter_dir / "pairs"))["train"].num_rows == 5
+    assert load_from_disk(str(iter_dir / "pairs"))["train"].num_rows == 12
 
 
 def test_missing_token_says_how_to_log_in(tmp_path, monkeypatch):
@@ -97,7 +99,7 @@ def test_missing_token_says_how_to_log_in(tmp_path, monkeypatch):
 
 
 def test_an_iteration_without_pairs_saves_and_loads_as_an_empty_split(tmp_path):
-    pairs, _ = build_pairs(samples_table({"q_all_wrong": SPEC["q_all_wrong"]}), pairs_per_question=4, max_tokens=50, seed=0)
+    pairs, _ = build_pairs(samples_table({"q_all_wrong": SPEC["q_all_wrong"]}), PairsConfig(pairs_per_question=4, max_tokens=50), seed=0)
     assert pairs.height == 0
     save_pairs(pairs, 1, tmp_path / "pairs")
     train = load_from_disk(str(tmp_path / "pairs"))["train"]
