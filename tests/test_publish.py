@@ -48,7 +48,7 @@ def test_saved_pairs_load_back_in_trl_format(tmp_path):
     assert train.num_rows == pairs.height == 12 and set(train["iteration"]) == {1}  # 3 questions x K = 4, cycled
     card = (iter_dir / "README.md").read_text()
     assert card.startswith("---\nlicense: mit\n") and "config_name: iter_1" in card
-    assert "| generation truncated | 2 |" in card and "| pairs (at most K = 4 per question) | 5 |" in card
+    assert "| generation truncated | 2 |" in card and "| pairs (K = 4 per question, scheme cycle) | 12 |" in card
 
 
 def test_push_uploads_config_card_manifest_and_tag_without_leaking_the_token(tmp_path, hub, caplog):
