@@ -19,12 +19,11 @@ Baseline: math-verify's parse + verify on the same completions, in this process.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
 import time
 from pathlib import Path
-
-import logging
 
 from math_verify import parse, verify
 
@@ -54,7 +53,9 @@ def gsm8k_work(data_dir: Path) -> list[tuple[str, str]]:
 def math_work(data_dir: Path, count: int = 2000) -> list[tuple[str, str]]:
     rows = [json.loads(line) for line in (data_dir / "math" / "train.jsonl").read_text().splitlines()]
     rows = [r for r in rows if r["answer"]][:count]
-    return [(r["solution"], gold) for i, r in enumerate(rows) for gold in (r["answer"], rows[(i + 1) % len(rows)]["answer"])]
+    return [
+        (r["solution"], gold) for i, r in enumerate(rows) for gold in (r["answer"], rows[(i + 1) % len(rows)]["answer"])
+    ]
 
 
 def _wrap(text: str) -> str:
@@ -77,7 +78,11 @@ def timed_grades(task: str, work, workers: int):
 def baseline_rate(work, latex: bool, count: int = 1000) -> float:
     start = time.perf_counter()
     for text, gold in work[:count]:
-        verify(parse(_wrap(gold) if latex else gold, parsing_timeout=None), parse(text, parsing_timeout=None), timeout_seconds=None)
+        verify(
+            parse(_wrap(gold) if latex else gold, parsing_timeout=None),
+            parse(text, parsing_timeout=None),
+            timeout_seconds=None,
+        )
     return min(count, len(work)) / (time.perf_counter() - start)
 
 
@@ -132,16 +137,35 @@ def main() -> None:
     worst_on, name_on, out_on = hostile_worst(screen=True)
     worst_off, name_off, out_off = hostile_worst(screen=False)
     bound = grading.GRADE_TIMEOUT_S
-    print(f"hostile ({len(HOSTILE)} answers), screen on:  worst {worst_on:.3f} s per answer ({name_on}), {out_on} timed out")
-    print(f"hostile ({len(HOSTILE)} answers), screen off: worst {worst_off:.3f} s per answer ({name_off}), {out_off} timed out")
+    print(
+        f"hostile ({len(HOSTILE)} answers), screen on:  worst {worst_on:.3f} s per answer ({name_on}), "
+        f"{out_on} timed out"
+    )
+    print(
+        f"hostile ({len(HOSTILE)} answers), screen off: worst {worst_off:.3f} s per answer ({name_off}), "
+        f"{out_off} timed out"
+    )
     ok_rate, ok_bound = gsm8k_rate >= 5000 and rows[0][4] == 0, max(worst_on, worst_off) < bound
-    print(f"GSM8K target 5,000/s with identical verdicts: {'met' if ok_rate else 'MISSED'}; "
-          f"hostile under the {bound:.0f} s bound: {'met' if ok_bound else 'MISSED'}")  # fmt: skip
-    print(json.dumps({
-        "bench": "grading", "gsm8k_per_s": round(gsm8k_rate), "gsm8k_mismatches": rows[0][4], "math_per_s": round(math_rate),
-        "math_all_cores_per_s": round(math_all_rate), "math_mismatches": rows[1][4], "cores": cores,
-        "hostile_worst_s": round(worst_on, 3), "hostile_worst_s_screen_off": round(worst_off, 3), "bound_s": bound,
-    }))  # fmt: skip
+    print(
+        f"GSM8K target 5,000/s with identical verdicts: {'met' if ok_rate else 'MISSED'}; "
+        f"hostile under the {bound:.0f} s bound: {'met' if ok_bound else 'MISSED'}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "grading",
+                "gsm8k_per_s": round(gsm8k_rate),
+                "gsm8k_mismatches": rows[0][4],
+                "math_per_s": round(math_rate),
+                "math_all_cores_per_s": round(math_all_rate),
+                "math_mismatches": rows[1][4],
+                "cores": cores,
+                "hostile_worst_s": round(worst_on, 3),
+                "hostile_worst_s_screen_off": round(worst_off, 3),
+                "bound_s": bound,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -25,13 +25,22 @@ def one(args) -> None:
     from irpo_data.models import resolve_model
     from irpo_eval.evaluate import EvalSettings, evaluate_model
 
-    settings = EvalSettings(task=args.task, maj_k=args.k, limit=args.limit, max_new_tokens=args.max_new_tokens,
-                            temperature=0.8, data_dir=args.data_dir, backend=args.one)  # fmt: skip
+    settings = EvalSettings(
+        task=args.task,
+        maj_k=args.k,
+        limit=args.limit,
+        max_new_tokens=args.max_new_tokens,
+        temperature=0.8,
+        data_dir=args.data_dir,
+        backend=args.one,
+    )
     model = resolve_model(ModelConfig().base)
     start = time.perf_counter()
     record = evaluate_model(model, settings)
     record["wall_s"] = time.perf_counter() - start
-    print("RESULT " + json.dumps({k: record[k] for k in ("wall_s", "questions", "greedy", "maj", "pass", "sample_mean")}))
+    print(
+        "RESULT " + json.dumps({k: record[k] for k in ("wall_s", "questions", "greedy", "maj", "pass", "sample_mean")})
+    )
 
 
 def main() -> None:
@@ -48,23 +57,44 @@ def main() -> None:
 
     results = {}
     for backend in ("vllm", "irpo-vllm"):
-        cmd = [sys.executable, __file__, "--one", backend, "--task", args.task, "--k", str(args.k), "--limit", str(args.limit),
-               "--max-new-tokens", str(args.max_new_tokens)] + (["--data-dir", args.data_dir] if args.data_dir else [])  # fmt: skip
+        cmd = [
+            sys.executable,
+            __file__,
+            "--one",
+            backend,
+            "--task",
+            args.task,
+            "--k",
+            str(args.k),
+            "--limit",
+            str(args.limit),
+            "--max-new-tokens",
+            str(args.max_new_tokens),
+        ] + (["--data-dir", args.data_dir] if args.data_dir else [])
         print(f"running {backend} ...", file=sys.stderr, flush=True)
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         results[backend] = json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
     base, ours = results["vllm"], results["irpo-vllm"]
     n = ours["questions"]
-    print(f"\nmaj@{args.k} on {args.task}, {n} questions, {args.max_new_tokens} new tokens max, demo model (SmolLM2-135M)\n")
+    print(
+        f"\nmaj@{args.k} on {args.task}, {n} questions, {args.max_new_tokens} new tokens max, demo model "
+        "(SmolLM2-135M)\n"
+    )
     print("| backend | wall s | greedy | maj@k | pass@k | per-sample |")
     print("| --- | ---: | ---: | ---: | ---: | ---: |")
     for name, r in (("lm-eval vllm, repeats (baseline)", base), ("irpo-vllm, n=k", ours)):
-        print(f"| {name} | {r['wall_s']:.1f} | {100 * r['greedy']:.1f} | {100 * r['maj']:.1f} | {100 * r['pass']:.1f} | {100 * r['sample_mean']:.1f} |")
+        print(
+            f"| {name} | {r['wall_s']:.1f} | {100 * r['greedy']:.1f} | {100 * r['maj']:.1f} | "
+            f"{100 * r['pass']:.1f} | {100 * r['sample_mean']:.1f} |"
+        )
     stderr = 100 * math.sqrt(max(ours["maj"] * (1 - ours["maj"]), 1e-9) / n)
     speedup = base["wall_s"] / ours["wall_s"]
-    print(f"\nspeed-up: {speedup:.2f}x (target >= 2x); maj@k differs by {100 * abs(ours['maj'] - base['maj']):.1f} points "
-          f"(standard error of one maj@k: {stderr:.1f})")  # fmt: skip
+    print(
+        f"\nspeed-up: {speedup:.2f}x (target >= 2x); maj@k differs by "
+        f"{100 * abs(ours['maj'] - base['maj']):.1f} points "
+        f"(standard error of one maj@k: {stderr:.1f})"
+    )
 
 
 if __name__ == "__main__":

@@ -22,22 +22,45 @@ from irpo_data.card import PairsConfig
 from irpo_data.pairs import build_pairs
 
 PAPER = PairsConfig(pairs_per_question=10, max_tokens=512)
-DISTINCT = PairsConfig(pairs_per_question=10, max_tokens=512, scheme="distinct", drop_off_format=True, gold_winner="never")
+DISTINCT = PairsConfig(
+    pairs_per_question=10, max_tokens=512, scheme="distinct", drop_off_format=True, gold_winner="never"
+)
 
 
 def synthetic_samples(questions: int, per_question: int, seed: int = 0) -> pl.DataFrame:
     rng = random.Random(seed)
-    rows = {k: [] for k in ("question_id", "sample_idx", "prompt", "gold", "completion", "n_tokens", "finish_reason", "answer", "correct", "well_formed")}
+    rows = {
+        k: []
+        for k in (
+            "question_id",
+            "sample_idx",
+            "prompt",
+            "gold",
+            "completion",
+            "n_tokens",
+            "finish_reason",
+            "answer",
+            "correct",
+            "well_formed",
+        )
+    }
     for q in range(questions):
         p_right = rng.random()  # questions range from hopeless to easy, as in a real run
         for s in range(per_question):
             correct = rng.random() < p_right
             n_tokens = int(rng.expovariate(1 / 200)) + 20
             for key, value in (
-                ("question_id", f"gsm8k/train/{q}"), ("sample_idx", s), ("prompt", f"prompt {q}"), ("gold", "7"),
-                ("completion", f"answer {q}-{s}"), ("n_tokens", n_tokens), ("finish_reason", "length" if n_tokens > 512 else "stop"),
-                ("answer", "7" if correct else "8"), ("correct", correct), ("well_formed", rng.random() < 0.9),
-            ):  # fmt: skip
+                ("question_id", f"gsm8k/train/{q}"),
+                ("sample_idx", s),
+                ("prompt", f"prompt {q}"),
+                ("gold", "7"),
+                ("completion", f"answer {q}-{s}"),
+                ("n_tokens", n_tokens),
+                ("finish_reason", "length" if n_tokens > 512 else "stop"),
+                ("answer", "7" if correct else "8"),
+                ("correct", correct),
+                ("well_formed", rng.random() < 0.9),
+            ):
                 rows[key].append(value)
     return pl.DataFrame(rows)
 
@@ -82,8 +105,15 @@ def python_loop_cycle(records: list[dict], questions: int, k: int, max_tokens: i
 
 def gold_rows(questions: int) -> pl.DataFrame:
     ids = [f"gsm8k/train/{q}" for q in range(questions)]
-    return pl.DataFrame({"question_id": ids, "completion": ["gold"] * questions, "n_tokens": [100] * questions,
-                         "correct": [True] * questions, "well_formed": [True] * questions})  # fmt: skip
+    return pl.DataFrame(
+        {
+            "question_id": ids,
+            "completion": ["gold"] * questions,
+            "n_tokens": [100] * questions,
+            "correct": [True] * questions,
+            "well_formed": [True] * questions,
+        }
+    )
 
 
 def best_of(fn, repeats=3):
@@ -102,17 +132,36 @@ def main() -> None:
     paper_loop_s, paper_loop = best_of(lambda: python_loop_cycle(records, 7500, 10, 512, 60000), repeats=1)
     ours_s, (pairs, _) = best_of(lambda: build_pairs(samples, DISTINCT, seed=0))
     loop_s, loop_pairs = best_of(lambda: python_loop_pairs(records, 10, 512, 0), repeats=1)
-    assert loop_pairs == pairs.height and paper_loop == paper.height, (loop_pairs, pairs.height, paper_loop, paper.height)
+    assert loop_pairs == pairs.height and paper_loop == paper.height, (
+        loop_pairs,
+        pairs.height,
+        paper_loop,
+        paper.height,
+    )
     print(f"{'implementation':44} {'seconds':>8} {'pairs':>8}")
     print(f"{'build_pairs, paper rule (polars)':44} {paper_s:8.3f} {paper.height:8d}")
     print(f"{'plain-Python loop, paper rule':44} {paper_loop_s:8.3f} {paper_loop:8d}")
     print(f"{'build_pairs, distinct rule (polars)':44} {ours_s:8.3f} {pairs.height:8d}")
     print(f"{'plain-Python loop, distinct rule':44} {loop_s:8.3f} {loop_pairs:8d}")
     met = max(paper_s, ours_s) < 1
-    print(f"speed-up {paper_loop_s / paper_s:.1f}x (paper rule), {loop_s / ours_s:.1f}x (distinct); target under 1 s: {'met' if met else 'MISSED'}")
-    print(json.dumps({"bench": "pairs", "rows": samples.height, "paper_seconds": round(paper_s, 4), "paper_pairs": paper.height,
-                      "distinct_seconds": round(ours_s, 4), "baseline_seconds": round(loop_s, 4), "pairs": pairs.height,
-                      "machine": platform.processor() or platform.machine()}))  # fmt: skip
+    print(
+        f"speed-up {paper_loop_s / paper_s:.1f}x (paper rule), {loop_s / ours_s:.1f}x (distinct); target "
+        f"under 1 s: {'met' if met else 'MISSED'}"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "pairs",
+                "rows": samples.height,
+                "paper_seconds": round(paper_s, 4),
+                "paper_pairs": paper.height,
+                "distinct_seconds": round(ours_s, 4),
+                "baseline_seconds": round(loop_s, 4),
+                "pairs": pairs.height,
+                "machine": platform.processor() or platform.machine(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -55,12 +55,29 @@ def run_irpo(opts) -> dict:
     chosen, rejected, ref_tok_s = reference_logps(model, rows, tokenizer.pad_token_id, opts.batch, False, opts.bf16)
     rows = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(rows, chosen, rejected)]
     timer = _step_timer()
-    args = TrainingArguments(output_dir="/tmp/irpo-bench-train", per_device_train_batch_size=opts.batch, max_steps=opts.steps,
-                             learning_rate=5e-6, bf16=opts.bf16, use_cpu=True, report_to="none", save_strategy="no",
-                             remove_unused_columns=False, disable_tqdm=True, logging_steps=1,
-                             gradient_checkpointing=opts.grad_ckpt)  # fmt: skip
-    DPONLLTrainer(model=model, args=args, train_dataset=rows, beta=0.1, alpha=1.0, callbacks=[timer],
-                  data_collator=lambda b: collate(b, tokenizer.pad_token_id)).train()  # fmt: skip
+    args = TrainingArguments(
+        output_dir="/tmp/irpo-bench-train",
+        per_device_train_batch_size=opts.batch,
+        max_steps=opts.steps,
+        learning_rate=5e-6,
+        bf16=opts.bf16,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        remove_unused_columns=False,
+        disable_tqdm=True,
+        logging_steps=1,
+        gradient_checkpointing=opts.grad_ckpt,
+    )
+    DPONLLTrainer(
+        model=model,
+        args=args,
+        train_dataset=rows,
+        beta=0.1,
+        alpha=1.0,
+        callbacks=[timer],
+        data_collator=lambda b: collate(b, tokenizer.pad_token_id),
+    ).train()
     return {"step_s": sum(timer.times[1:]) / len(timer.times[1:]), "ref_tokens_per_s": ref_tok_s}
 
 
@@ -75,15 +92,34 @@ def run_trl(opts) -> dict:
 
     path = resolve_model(ModelConfig().base).path
     tokenizer = AutoTokenizer.from_pretrained(path)
-    pairs = load_from_disk(opts.pairs)["train"].select(range(opts.batch * opts.steps)).select_columns(["prompt", "chosen", "rejected"])
+    pairs = (
+        load_from_disk(opts.pairs)["train"]
+        .select(range(opts.batch * opts.steps))
+        .select_columns(["prompt", "chosen", "rejected"])
+    )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     timer = _step_timer()
-    args = DPOConfig(output_dir="/tmp/trl-bench-train", per_device_train_batch_size=opts.batch, max_steps=opts.steps,
-                     learning_rate=5e-6, beta=0.1, loss_type=["sigmoid", "sft"], loss_weights=[1.0, 1.0], bf16=opts.bf16,
-                     use_cpu=True, report_to="none", save_strategy="no", disable_tqdm=True, logging_steps=1,
-                     max_length=1024, gradient_checkpointing=opts.grad_ckpt)  # fmt: skip
-    DPOTrainer(model=model, ref_model=ref, args=args, train_dataset=pairs, processing_class=tokenizer, callbacks=[timer]).train()
+    args = DPOConfig(
+        output_dir="/tmp/trl-bench-train",
+        per_device_train_batch_size=opts.batch,
+        max_steps=opts.steps,
+        learning_rate=5e-6,
+        beta=0.1,
+        loss_type=["sigmoid", "sft"],
+        loss_weights=[1.0, 1.0],
+        bf16=opts.bf16,
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+        max_length=1024,
+        gradient_checkpointing=opts.grad_ckpt,
+    )
+    DPOTrainer(
+        model=model, ref_model=ref, args=args, train_dataset=pairs, processing_class=tokenizer, callbacks=[timer]
+    ).train()
     return {"step_s": sum(timer.times[1:]) / len(timer.times[1:])}
 
 
@@ -103,7 +139,9 @@ def main() -> None:
         return
     results = {}
     for which in ("irpo", "trl"):
-        child = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--which", which], capture_output=True, text=True)
+        child = subprocess.run(
+            [sys.executable, __file__, *sys.argv[1:], "--which", which], capture_output=True, text=True
+        )
         line = [l for l in child.stdout.splitlines() if l.startswith("RESULT ")]
         if not line:
             sys.exit(f"{which} run failed:\n{child.stderr[-3000:]}")
@@ -113,9 +151,23 @@ def main() -> None:
     print(f"{'irpo DPONLLTrainer (cached reference)':44} {ours['peak_rss_gb']:11.2f} {ours['step_s']:7.2f}")
     print(f"{'TRL DPOTrainer (reference model in memory)':44} {trl['peak_rss_gb']:11.2f} {trl['step_s']:7.2f}")
     saving = 1 - ours["peak_rss_gb"] / trl["peak_rss_gb"]
-    print(f"memory saved {saving:.0%} (target >= 30%); step time {trl['step_s'] / ours['step_s']:.2f}x TRL's (target >= 1)")
+    print(
+        f"memory saved {saving:.0%} (target >= 30%); step time {trl['step_s'] / ours['step_s']:.2f}x TRL's "
+        "(target >= 1)"
+    )
     print(f"irpo reference pass: {ours['ref_tokens_per_s']:.0f} tokens/s")
-    print(json.dumps({"bench": "train", "batch_pairs": opts.batch, "bf16": opts.bf16, "grad_ckpt": opts.grad_ckpt, "irpo": ours, "trl": trl}))
+    print(
+        json.dumps(
+            {
+                "bench": "train",
+                "batch_pairs": opts.batch,
+                "bf16": opts.bf16,
+                "grad_ckpt": opts.grad_ckpt,
+                "irpo": ours,
+                "trl": trl,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

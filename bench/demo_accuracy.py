@@ -39,17 +39,36 @@ def main() -> None:
 
     train = task.load("train").questions[:100]
     sampled = engine.generate(
-        render_prompts(task, train, tokenizer), SamplingParams(8, 0.8, 1.0, args.max_new_tokens, 0),
+        render_prompts(task, train, tokenizer),
+        SamplingParams(8, 0.8, 1.0, args.max_new_tokens, 0),
         [question_seed(0, q.question_id) for q in train],
-    )  # fmt: skip
+    )
     usable = [[grade(task, g.text, q.gold) for g in out if g.finish_reason == "stop"] for out, q in zip(sampled, train)]
-    mixed = sum(any(g.correct and g.well_formed for g in gs) and any(not g.correct and g.well_formed for g in gs) for gs in usable)
+    mixed = sum(
+        any(g.correct and g.well_formed for g in gs) and any(not g.correct and g.well_formed for g in gs)
+        for gs in usable
+    )
     sample_accuracy = sum(grade(task, g.text, q.gold).correct for out, q in zip(sampled, train) for g in out) / 800
-    print(f"greedy accuracy on {len(questions)} {args.split} questions: {accuracy:.1%} "
-          f"(well formed {sum(g.well_formed for g in grades) / len(grades):.0%}, hit the cap {sum(o[0].finish_reason == 'length' for o in greedy)})")
-    print(f"T=0.8 x 8 on 100 train questions: {sample_accuracy:.1%} of samples right, {mixed} questions with both a right and a wrong answer")
+    print(
+        f"greedy accuracy on {len(questions)} {args.split} questions: {accuracy:.1%} "
+        f"(well formed {sum(g.well_formed for g in grades) / len(grades):.0%}, hit the cap "
+        f"{sum(o[0].finish_reason == 'length' for o in greedy)})"
+    )
+    print(
+        f"T=0.8 x 8 on 100 train questions: {sample_accuracy:.1%} of samples right, {mixed} questions with "
+        "both a right and a wrong answer"
+    )
     print(f"demo card range 15-70%: {'met' if 0.15 <= accuracy <= 0.70 else 'MISSED'}")
-    print(json.dumps({"bench": "demo_accuracy", "greedy_accuracy": round(accuracy, 4), "sample_accuracy": round(sample_accuracy, 4), "mixed_questions": mixed}))
+    print(
+        json.dumps(
+            {
+                "bench": "demo_accuracy",
+                "greedy_accuracy": round(accuracy, 4),
+                "sample_accuracy": round(sample_accuracy, 4),
+                "mixed_questions": mixed,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -59,7 +59,9 @@ from irpo_data.sampling import question_seed  # noqa: E402
 class GroupedVLLM(VLLM):
     """lm-eval's `vllm` backend; `generate_until` sends each distinct prompt once with n=k."""
 
-    def __init__(self, pretrained: str, seed: int = 0, kv_cache_gb: float = 2, gpu_memory_utilization: float = 0.9, **kwargs):
+    def __init__(
+        self, pretrained: str, seed: int = 0, kv_cache_gb: float = 2, gpu_memory_utilization: float = 0.9, **kwargs
+    ):
         from irpo_data.sampling import vllm_device_settings
 
         _, device_kwargs = vllm_device_settings(kv_cache_gb, gpu_memory_utilization)
@@ -80,15 +82,28 @@ class GroupedVLLM(VLLM):
         encodings = self.tok_encode([context for context, _ in groups])
         prompts, params, stops = [], [], []
         for ((context, _), members), tokens in zip(groups.items(), encodings):
-            kwargs, until, max_gen_toks = self.modify_gen_kwargs(requests[members[0]].args[1], eos=eos, default_max_gen_toks=self.max_gen_toks)
+            kwargs, until, max_gen_toks = self.modify_gen_kwargs(
+                requests[members[0]].args[1], eos=eos, default_max_gen_toks=self.max_gen_toks
+            )
             tokens, max_gen_toks = _vllm_module.maybe_truncate(
-                tokens, max_gen_toks=max_gen_toks, max_model_len=self.max_length, side=self.truncation_side, verbose=True
+                tokens,
+                max_gen_toks=max_gen_toks,
+                max_model_len=self.max_length,
+                side=self.truncation_side,
+                verbose=True,
             )
             kwargs.pop("seed", None)
             greedy = float(kwargs.get("temperature", 0.0)) == 0.0
             # Greedy repeats would all be the same answer: generate it once and copy it.
-            params.append(SamplingParams(n=1 if greedy else len(members), max_tokens=max_gen_toks, stop=until,
-                                         seed=question_seed(self.sample_seed, context), **kwargs))  # fmt: skip
+            params.append(
+                SamplingParams(
+                    n=1 if greedy else len(members),
+                    max_tokens=max_gen_toks,
+                    stop=until,
+                    seed=question_seed(self.sample_seed, context),
+                    **kwargs,
+                )
+            )
             prompts.append(tokens)
             stops.append(until)
 
@@ -97,7 +112,9 @@ class GroupedVLLM(VLLM):
         for ((context, settings), members), output, until in zip(groups.items(), outputs, stops):
             completions = sorted(output.outputs, key=lambda c: c.index)
             for position, index in enumerate(members):
-                text = postprocess_generated_text(completions[position % len(completions)].text, until, self.think_end_token)
+                text = postprocess_generated_text(
+                    completions[position % len(completions)].text, until, self.think_end_token
+                )
                 results[index] = text
                 self.cache_hook.add_partial("generate_until", (context, json.loads(settings)), text)
         return results

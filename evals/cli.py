@@ -14,16 +14,54 @@ from irpo_eval.evaluate import EvalError, EvalSettings
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @card_option
 @runs_option
-@click.option("--maj", "maj_k", type=int, default=None, help="Samples per question for maj@k and pass@k  [default: the card's eval.maj_k]")
-@click.option("--limit", type=int, default=None, help="Evaluate the first N test questions  [default: the card's eval.limit]")
-@click.option("--model", "model_spec", default=None, metavar="PATH", help="Evaluate this one model (folder, .gguf or Hub id) instead of a run's models.")
-@click.option("--task", default=None, help="Task of --model (gsm8k, math, arc_challenge, demo)  [default: the card's task]")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Read the test split from local {split}.jsonl files instead of the Hub.")
-@click.option("--backend", type=click.Choice(["irpo-vllm", "vllm"]), default="irpo-vllm", show_default=True,
-              help="irpo-vllm sends a question's k samples as one request; vllm is lm-eval's own (k requests).")  # fmt: skip
-@click.option("--push-to-hub", "push_to_hub", metavar="ORG/NAME", default=None, help="Also upload evals/ and the leaderboard to this dataset repo (token: HF_TOKEN or `hf auth login`).")
-@click.option("--output", type=click.Path(dir_okay=False), default=None, help="With --model: also write the result as JSON here.")
-@click.option("--log-samples", is_flag=True, help="Also write each question's prompt, completions and answers (evals/M_t.samples.jsonl).")
+@click.option(
+    "--maj",
+    "maj_k",
+    type=int,
+    default=None,
+    help="Samples per question for maj@k and pass@k  [default: the card's eval.maj_k]",
+)
+@click.option(
+    "--limit", type=int, default=None, help="Evaluate the first N test questions  [default: the card's eval.limit]"
+)
+@click.option(
+    "--model",
+    "model_spec",
+    default=None,
+    metavar="PATH",
+    help="Evaluate this one model (folder, .gguf or Hub id) instead of a run's models.",
+)
+@click.option(
+    "--task", default=None, help="Task of --model (gsm8k, math, arc_challenge, demo)  [default: the card's task]"
+)
+@click.option(
+    "--data-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Read the test split from local {split}.jsonl files instead of the Hub.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["irpo-vllm", "vllm"]),
+    default="irpo-vllm",
+    show_default=True,
+    help="irpo-vllm sends a question's k samples as one request; vllm is lm-eval's own (k requests).",
+)
+@click.option(
+    "--push-to-hub",
+    "push_to_hub",
+    metavar="ORG/NAME",
+    default=None,
+    help="Also upload evals/ and the leaderboard to this dataset repo (token: HF_TOKEN or `hf auth login`).",
+)
+@click.option(
+    "--output", type=click.Path(dir_okay=False), default=None, help="With --model: also write the result as JSON here."
+)
+@click.option(
+    "--log-samples",
+    is_flag=True,
+    help="Also write each question's prompt, completions and answers (evals/M_t.samples.jsonl).",
+)
 @click.option("--quiet", is_flag=True, help="Only warnings and the result on the terminal.")
 def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push_to_hub, output, log_samples, quiet):
     """Evaluate greedy, maj@k and pass@k test accuracy with lm-eval, scored by the builder's grader.
@@ -57,7 +95,10 @@ def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push
     except (*USER_ERRORS, EvalError) as exc:
         raise click.ClickException(str(exc)) from None
     except KeyboardInterrupt:
-        click.echo("interrupted: finished models' results are kept in runs/NAME/evals/; run the same command to go on", err=True)
+        click.echo(
+            "interrupted: finished models' results are kept in runs/NAME/evals/; run the same command to go on",
+            err=True,
+        )
         sys.exit(130)
 
 
@@ -65,11 +106,11 @@ def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output):
     from pathlib import Path
 
     from irpo_data.models import resolve_model
-    from irpo_eval.evaluate import evaluate_model
 
     # Settings come from the bundled card of the same task when there is one (the paper's
     # maj@k temperature and answer length), else from the --card.
     from irpo_data.tasks import get_task
+    from irpo_eval.evaluate import evaluate_model
 
     task = task or load_card(card).task.name
     get_task(task)  # an unknown --task is named as such, with the known ones
@@ -80,5 +121,6 @@ def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output):
     k = settings.maj_k
     click.echo(
         f"{model_spec} on {task} ({record['questions']} questions): greedy {100 * record['greedy']:.1f}%, "
-        f"maj@{k} {100 * record['maj']:.1f}%, pass@{k} {100 * record['pass']:.1f}%, per-sample {100 * record['sample_mean']:.1f}%"
+        f"maj@{k} {100 * record['maj']:.1f}%, pass@{k} {100 * record['pass']:.1f}%, per-sample "
+        f"{100 * record['sample_mean']:.1f}%"
     )

@@ -53,20 +53,32 @@ class EvalSettings:
     def __post_init__(self):
         get_task(self.task, **self.task_options)  # unknown task or option: TaskError listing the known ones
         if self.maj_k < 1:
-            raise EvalError(f"maj_k={self.maj_k}: majority vote needs at least 1 sample per question; use --maj 32 as the paper does")
+            raise EvalError(
+                f"maj_k={self.maj_k}: majority vote needs at least 1 sample per question; use --maj 32 as the "
+                "paper does"
+            )
         if self.limit is not None and self.limit < 1:
             raise EvalError(f"limit={self.limit}: give a positive number of test questions, or no limit for all")
 
     @classmethod
     def from_card(cls, card, **overrides) -> "EvalSettings":
         values = dict(
-            task=card.task.name, task_options=card.task.options(), maj_k=card.eval.maj_k, temperature=card.eval.temperature,
-            max_new_tokens=card.eval.max_new_tokens, limit=card.eval.limit, split=card.task.test_split,
-            data_dir=card.task.data_dir, hub_id=card.task.hub_id, seed=card.seed, dtype=resolve_dtype(card.sampling.dtype),
-            kv_cache_gb=card.sampling.kv_cache_gb, gpu_memory_utilization=card.sampling.gpu_memory_utilization,
+            task=card.task.name,
+            task_options=card.task.options(),
+            maj_k=card.eval.maj_k,
+            temperature=card.eval.temperature,
+            max_new_tokens=card.eval.max_new_tokens,
+            limit=card.eval.limit,
+            split=card.task.test_split,
+            data_dir=card.task.data_dir,
+            hub_id=card.task.hub_id,
+            seed=card.seed,
+            dtype=resolve_dtype(card.sampling.dtype),
+            kv_cache_gb=card.sampling.kv_cache_gb,
+            gpu_memory_utilization=card.sampling.gpu_memory_utilization,
             max_model_len=card.sampling.max_model_len,
             trust_remote_code=card.model.trust_remote_code,
-        )  # fmt: skip
+        )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
 
@@ -81,11 +93,18 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the progress bar
     _, device_kwargs = vllm_device_settings(settings.kv_cache_gb, settings.gpu_memory_utilization)
-    metadata = dict(data_dir=settings.data_dir, hub_id=settings.hub_id, split=settings.split, task_options=settings.task_options)
+    metadata = dict(
+        data_dir=settings.data_dir, hub_id=settings.hub_id, split=settings.split, task_options=settings.task_options
+    )
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
     names = [f"irpo_{settings.task}", f"irpo_{settings.task}_maj"]
     tasks = manager.load(names)["tasks"]
-    sampling = {"until": [], "do_sample": True, "temperature": settings.temperature, "max_gen_toks": settings.max_new_tokens}
+    sampling = {
+        "until": [],
+        "do_sample": True,
+        "temperature": settings.temperature,
+        "max_gen_toks": settings.max_new_tokens,
+    }
     for name, task in tasks.items():
         task.set_config(key="test_split", value=settings.split)
         if name.endswith("_maj"):
@@ -94,14 +113,26 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
         else:
             task.set_config(key="generation_kwargs", value={**sampling, "do_sample": False, "temperature": 0.0})
     model_args = dict(
-        pretrained=str(model_path), dtype=settings.dtype, seed=settings.seed, max_model_len=settings.max_model_len,
-        enforce_eager=True, trust_remote_code=settings.trust_remote_code, **device_kwargs,
-    )  # fmt: skip
+        pretrained=str(model_path),
+        dtype=settings.dtype,
+        seed=settings.seed,
+        max_model_len=settings.max_model_len,
+        enforce_eager=True,
+        trust_remote_code=settings.trust_remote_code,
+        **device_kwargs,
+    )
     return lm_eval.simple_evaluate(
-        model=settings.backend, model_args=model_args, tasks=list(tasks.values()), task_manager=manager,
-        limit=settings.limit, apply_chat_template=_has_chat_template(model_path), batch_size="auto",
-        log_samples=log_samples, random_seed=settings.seed, verbosity="ERROR",
-    )  # fmt: skip
+        model=settings.backend,
+        model_args=model_args,
+        tasks=list(tasks.values()),
+        task_manager=manager,
+        limit=settings.limit,
+        apply_chat_template=_has_chat_template(model_path),
+        batch_size="auto",
+        log_samples=log_samples,
+        random_seed=settings.seed,
+        verbosity="ERROR",
+    )
 
 
 def _has_chat_template(model_path: Path) -> bool:
@@ -126,7 +157,9 @@ def summarise(raw: dict, settings: EvalSettings) -> dict:
     }
 
 
-def evaluate_model(model: ResolvedModel, settings: EvalSettings, out: Path | None = None, samples_out: Path | None = None) -> dict:
+def evaluate_model(
+    model: ResolvedModel, settings: EvalSettings, out: Path | None = None, samples_out: Path | None = None
+) -> dict:
     """Evaluate `model`; with `out`, reuse a result there with the same key, else write one.
 
     With `samples_out`, every question's prompt, completions and graded answers also go there
@@ -148,7 +181,9 @@ def evaluate_model(model: ResolvedModel, settings: EvalSettings, out: Path | Non
         **summarise(raw, settings),
         "seconds": round(time.perf_counter() - start, 1),
         # lm-eval's own block, for its tooling (functions in the configs become their names).
-        "lm_eval": json.loads(json.dumps({k: raw[k] for k in ("results", "configs", "versions", "n-samples") if k in raw}, default=str)),
+        "lm_eval": json.loads(
+            json.dumps({k: raw[k] for k in ("results", "configs", "versions", "n-samples") if k in raw}, default=str)
+        ),
     }
     if samples_out is not None:
         write_samples(raw["samples"], settings, samples_out)
@@ -165,8 +200,16 @@ def write_samples(samples: dict, settings: EvalSettings, out: Path) -> None:
     for variant, name in (("greedy", f"irpo_{settings.task}"), ("maj", f"irpo_{settings.task}_maj")):
         for sample in samples[name]:
             doc, completions = sample["doc"], sample["filtered_resps"][0]
-            lines.append(json.dumps({
-                "variant": variant, "question_id": doc["question_id"], "gold": doc["gold"], "prompt": sample["arguments"][0][0],
-                "completions": completions, "answers": [grade(task, c, doc["gold"]).answer for c in completions],
-            }))  # fmt: skip
+            lines.append(
+                json.dumps(
+                    {
+                        "variant": variant,
+                        "question_id": doc["question_id"],
+                        "gold": doc["gold"],
+                        "prompt": sample["arguments"][0][0],
+                        "completions": completions,
+                        "answers": [grade(task, c, doc["gold"]).answer for c in completions],
+                    }
+                )
+            )
     write_text_atomic(out, "\n".join(lines) + "\n")

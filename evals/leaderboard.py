@@ -1,8 +1,8 @@
 """The run's leaderboard: one row per model M_0 … M_T and per ablation, the paper's rows beside them.
 
-    evals/MODEL.json (one per model) ─► leaderboard.json (for tools)
-                                      ─► leaderboard.md   (for people: percentages, ± standard error)
-                                      ─► leaderboard.png  (accuracy over iterations, ablations as points)
+evals/MODEL.json (one per model) ─► leaderboard.json (for tools)
+                                  ─► leaderboard.md   (for people: percentages, ± standard error)
+                                  ─► leaderboard.png  (accuracy over iterations, ablations as points)
 """
 
 from __future__ import annotations
@@ -38,8 +38,15 @@ def build_leaderboard(entries: list[Entry]) -> dict:
     rows = []
     for e in entries:
         record = e.record
-        row = {"model": e.model, "iteration": e.iteration, "objective": e.objective, "ablation": e.ablation,
-               "spec": record["model"], "questions": record["questions"], "pairs_fingerprint": e.pairs_fingerprint}  # fmt: skip
+        row = {
+            "model": e.model,
+            "iteration": e.iteration,
+            "objective": e.objective,
+            "ablation": e.ablation,
+            "spec": record["model"],
+            "questions": record["questions"],
+            "pairs_fingerprint": e.pairs_fingerprint,
+        }
         row.update({m: record.get(m) for m in METRICS})  # greedy_strict: absent from results before 2026-12
         row["greedy_stderr"] = math.sqrt(record["greedy"] * (1 - record["greedy"]) / max(1, record["questions"]))
         if base is not None:
@@ -74,17 +81,22 @@ def leaderboard_markdown(board: dict) -> str:
         "± is the greedy accuracy's standard error. Δ is against M_0. Greedy counts a right answer in any "
         "recognised style (flexible); strict only one stated in the prompt's format, the paper's exact match.",
         "",
-        f"| model | trained with | greedy | greedy, strict | maj@{k} | pass@{k} | per-sample | questions | Δ greedy | Δ maj@{k} "
+        f"| model | trained with | greedy | greedy, strict | maj@{k} | pass@{k} | per-sample | questions | Δ "
+        f"greedy | Δ maj@{k} "
         "| paper, greedy |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in board["rows"]:
-        trained = OBJECTIVE_NAMES.get(r.get("objective"), "base model (CoT prompt)" if r["iteration"] == 0 else r.get("objective") or "")
+        trained = OBJECTIVE_NAMES.get(
+            r.get("objective"), "base model (CoT prompt)" if r["iteration"] == 0 else r.get("objective") or ""
+        )
         paper_value = r.get("paper_greedy")
         lines.append(
-            f"| {r['model']} | {trained} | {_pct(r['greedy'])} ± {_pct(r['greedy_stderr'])} | {_pct(r.get('greedy_strict'))} "
+            f"| {r['model']} | {trained} | {_pct(r['greedy'])} ± {_pct(r['greedy_stderr'])} | "
+            f"{_pct(r.get('greedy_strict'))} "
             f"| {_pct(r['maj'])} | {_pct(r['pass'])} "
-            f"| {_pct(r['sample_mean'])} | {r['questions']} | {_pct(r.get('delta_greedy'), True)} | {_pct(r.get('delta_maj'), True)} "
+            f"| {_pct(r['sample_mean'])} | {r['questions']} | {_pct(r.get('delta_greedy'), True)} | "
+            f"{_pct(r.get('delta_maj'), True)} "
             f"| {'' if paper_value is None else f'{paper_value:.1f}'} |"
         )
     ablations = [r for r in board["rows"] if r.get("ablation")]
@@ -94,9 +106,12 @@ def leaderboard_markdown(board: dict) -> str:
     lines.append("")
     if paper["rows"]:
         lines += [
-            f"Published ({paper['source']}, full test set), for reference; \"paper, greedy\" above is the row "
-            "trained the same way:", "", "| row | metric | accuracy |", "| --- | --- | ---: |",
-        ]  # fmt: skip
+            f'Published ({paper["source"]}, full test set), for reference; "paper, greedy" above is the row '
+            "trained the same way:",
+            "",
+            "| row | metric | accuracy |",
+            "| --- | --- | ---: |",
+        ]
         lines += [f"| {p['label']} | {p['metric']} | {p['accuracy']:.1f} |" for p in paper["rows"]]
     else:
         lines.append(f"The paper ({paper['source']}) reports no numbers for task `{board['task']}`.")
@@ -109,8 +124,11 @@ def _same_pairs_note(rows: list[dict], ablations: list[dict]) -> str:
     t = ablations[0]["iteration"]
     same_pairs = [r for r in rows if r["iteration"] == t and not str(r.get("objective", "")).endswith("_2x")]
     short = sorted({str(r.get("pairs_fingerprint"))[:16] for r in same_pairs})
-    note = (f"all from the same pair dataset (fingerprint {short[0]})" if len(short) == 1
-            else f"WARNING: from different pair datasets ({', '.join(short)})")  # fmt: skip
+    note = (
+        f"all from the same pair dataset (fingerprint {short[0]})"
+        if len(short) == 1
+        else f"WARNING: from different pair datasets ({', '.join(short)})"
+    )
     if any(str(r.get("objective", "")).endswith("_2x") for r in ablations):
         note += "; the twice-the-pairs ones from the same samples, paired again with 2K pairs per question"
     if any(r.get("objective") == "sft_gold" for r in ablations):
@@ -128,23 +146,51 @@ def plot_leaderboard(board: dict, out: Path) -> None:
     rows = [r for r in board["rows"] if not r.get("ablation")]
     steps = [r["iteration"] for r in rows]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    ax.errorbar(steps, [100 * r["greedy"] for r in rows], yerr=[100 * r["greedy_stderr"] for r in rows], marker="o", capsize=3,
-                label="ours, greedy" + (f": {OBJECTIVE_NAMES[rows[-1]['objective']]}" if rows[-1].get("objective") in OBJECTIVE_NAMES else ""))  # fmt: skip
+    ax.errorbar(
+        steps,
+        [100 * r["greedy"] for r in rows],
+        yerr=[100 * r["greedy_stderr"] for r in rows],
+        marker="o",
+        capsize=3,
+        label="ours, greedy"
+        + (f": {OBJECTIVE_NAMES[rows[-1]['objective']]}" if rows[-1].get("objective") in OBJECTIVE_NAMES else ""),
+    )
     ax.plot(steps, [100 * r["maj"] for r in rows], marker="s", label=f"ours, maj@{k}")
     # Ablations: one point each beside their iteration, spread so that error bars do not overlap.
     ablations = [r for r in board["rows"] if r.get("ablation")]
     for i, (r, marker) in enumerate(zip(ablations, "D^v<>phX*")):
         x = r["iteration"] + 0.08 * (i + 1)
-        ax.errorbar([x], [100 * r["greedy"]], yerr=[100 * r["greedy_stderr"]], marker=marker, capsize=3, linestyle="none",
-                    label=f"ours, greedy: {OBJECTIVE_NAMES.get(r['objective'], r['objective'])}")  # fmt: skip
+        ax.errorbar(
+            [x],
+            [100 * r["greedy"]],
+            yerr=[100 * r["greedy_stderr"]],
+            marker=marker,
+            capsize=3,
+            linestyle="none",
+            label=f"ours, greedy: {OBJECTIVE_NAMES.get(r['objective'], r['objective'])}",
+        )
     paper = board["paper"]["rows"]
     curve = [p for p in paper if p["iteration"] is not None and p["objective"] in (None, "dpo_nll")]
     if curve:
-        ax.plot([p["iteration"] for p in curve], [p["accuracy"] for p in curve], "--", color="grey", marker=".", label=f"{board['paper']['source']}, greedy")
+        ax.plot(
+            [p["iteration"] for p in curve],
+            [p["accuracy"] for p in curve],
+            "--",
+            color="grey",
+            marker=".",
+            label=f"{board['paper']['source']}, greedy",
+        )
     for p in paper:  # the paper's baselines that have a counterpart here, as labelled grey points
         if p["iteration"] is not None and p["objective"] not in (None, "dpo_nll"):
             ax.plot([p["iteration"]], [p["accuracy"]], "x", color="grey")
-            ax.annotate(OBJECTIVE_NAMES[p["objective"]], (p["iteration"], p["accuracy"]), fontsize=7, color="grey", xytext=(4, -3), textcoords="offset points")
+            ax.annotate(
+                OBJECTIVE_NAMES[p["objective"]],
+                (p["iteration"], p["accuracy"]),
+                fontsize=7,
+                color="grey",
+                xytext=(4, -3),
+                textcoords="offset points",
+            )
     ax.set_xlabel("iteration (M_t)")
     ax.set_ylabel("test accuracy (%)")
     ax.set_xticks(sorted(set(steps) | {p["iteration"] for p in curve}))

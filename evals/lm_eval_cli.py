@@ -7,8 +7,9 @@ see ours; this runs lm-eval's CLI after registering it. Example:
         --model irpo-vllm --model_args pretrained=PATH --apply_chat_template
 """
 
-import irpo_eval.backend  # noqa: F401  (registers irpo-vllm)
 from lm_eval.__main__ import cli_evaluate
+
+import irpo_eval.backend  # noqa: F401  (registers irpo-vllm)
 
 if __name__ == "__main__":
     cli_evaluate()

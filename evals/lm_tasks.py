@@ -28,9 +28,13 @@ log = logging.getLogger(__name__)
 
 
 def load_docs(
-    task: str, split: str = "test", data_dir: str | None = None, hub_id: str | None = None,
-    task_options: dict | None = None, **_metadata,
-):  # fmt: skip
+    task: str,
+    split: str = "test",
+    data_dir: str | None = None,
+    hub_id: str | None = None,
+    task_options: dict | None = None,
+    **_metadata,
+):
     """lm-eval's `custom_dataset`: {split: Dataset} of one row per question.
 
     `task_options` are the task's own options (MATH: {"split": "paper", "prompt": "paper"}), as the
@@ -82,7 +86,9 @@ def grade_all(resps, docs):
         timed_out = sorted({doc["question_id"] for doc, g in zip(owners, grades) if g.timed_out})
         if timed_out:
             count = sum(g.timed_out for g in grades)
-            log.warning("grading ran out of time on %d answers, counted wrong; questions: %s", count, ", ".join(timed_out))
+            log.warning(
+                "grading ran out of time on %d answers, counted wrong; questions: %s", count, ", ".join(timed_out)
+            )
     return resps
 
 

@@ -18,7 +18,9 @@ from __future__ import annotations
 SOURCE = "Pang et al. 2024, Llama-2-70B-Chat"
 
 
-def _row(label: str, accuracy: float, iteration: int | None = None, objective: str | None = None, metric: str = "greedy") -> dict:
+def _row(
+    label: str, accuracy: float, iteration: int | None = None, objective: str | None = None, metric: str = "greedy"
+) -> dict:
     return {"label": label, "iteration": iteration, "objective": objective, "metric": metric, "accuracy": accuracy}
 
 

@@ -1,6 +1,6 @@
 """`irpo-eval` over a run: every model M_0 … M_T (and each ablation) on the card's test set, then the leaderboard.
 
-    card's base model (M_0), runs/NAME/models/M_t/, models/M_t-OBJECTIVE/ ─► evals/MODEL.json ─► leaderboard.{md,json,png}
+    base model (M_0), models/M_t/, models/M_t-ABLATION/ ─► evals/MODEL.json ─► leaderboard.{md,json,png}
 
 M_0 is the card's base model; M_t (t ≥ 1) is every finished `models/M_t/` (one with its
 train_manifest.json), and M_t-OBJECTIVE every finished ablation (`irpo run --ablations`).
@@ -50,7 +50,16 @@ def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> 
         # An ablation is named by its folder (dpo_nll_2x trains dpo_nll on twice the pairs).
         objective = match.group(2) or info.get("objective", "dpo_nll")
         model = resolve_model(str(folder))
-        trained.append(RunModel(folder.name, int(match.group(1)), model, objective, match.group(2) is not None, info.get("pairs_fingerprint")))
+        trained.append(
+            RunModel(
+                folder.name,
+                int(match.group(1)),
+                model,
+                objective,
+                match.group(2) is not None,
+                info.get("pairs_fingerprint"),
+            )
+        )
     if not any(not m.ablation for m in trained):
         raise EvalError(
             f"{run.root} has no trained models yet; run `irpo-train --card {card.name} --iter 1` first "
@@ -60,8 +69,14 @@ def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> 
     return [RunModel("M_0", 0, base)] + sorted(trained, key=lambda m: (m.iteration, m.ablation, m.name))
 
 
-def evaluate_run(card: Card, runs_dir: str | Path = "runs", settings: EvalSettings | None = None,
-                 push_to_hub: str | None = None, log_samples: bool = False, max_iteration: int | None = None) -> list[Path]:  # fmt: skip
+def evaluate_run(
+    card: Card,
+    runs_dir: str | Path = "runs",
+    settings: EvalSettings | None = None,
+    push_to_hub: str | None = None,
+    log_samples: bool = False,
+    max_iteration: int | None = None,
+) -> list[Path]:
     """Evaluate every model of the card's run; write and return the leaderboard files."""
     run = RunFolder.for_card(card, runs_dir)
     settings = settings or EvalSettings.from_card(card)
@@ -69,16 +84,28 @@ def evaluate_run(card: Card, runs_dir: str | Path = "runs", settings: EvalSettin
     evals, entries = run.root / "evals", []
     for m in models:
         log.info("evaluating %s (%s) on %s", m.name, m.model.spec, settings.task)
-        record = evaluate_model(m.model, settings, evals / f"{m.name}.json", evals / f"{m.name}.samples.jsonl" if log_samples else None)
+        record = evaluate_model(
+            m.model, settings, evals / f"{m.name}.json", evals / f"{m.name}.samples.jsonl" if log_samples else None
+        )
         log.info(
             "%s: greedy %.1f%%, maj@%d %.1f%%, pass@%d %.1f%% on %d questions",
-            m.name, 100 * record["greedy"], settings.maj_k, 100 * record["maj"], settings.maj_k, 100 * record["pass"], record["questions"],
-        )  # fmt: skip
+            m.name,
+            100 * record["greedy"],
+            settings.maj_k,
+            100 * record["maj"],
+            settings.maj_k,
+            100 * record["pass"],
+            record["questions"],
+        )
         entries.append(Entry(m.name, m.iteration, record, m.objective, m.ablation, m.pairs_fingerprint))
     paths = write_leaderboard(build_leaderboard(entries), run.root)
     if push_to_hub:
         files = {f"evals/{p.name}": p for p in sorted(evals.glob("M_*.json"))}
         files.update({p.name: p for p in paths})
-        push_files(push_to_hub, files, f"irpo: leaderboard of run {card.name}",
-                   retry=f"irpo-eval --card {card.name} --push-to-hub {push_to_hub}")  # fmt: skip
+        push_files(
+            push_to_hub,
+            files,
+            f"irpo: leaderboard of run {card.name}",
+            retry=f"irpo-eval --card {card.name} --push-to-hub {push_to_hub}",
+        )
     return paths

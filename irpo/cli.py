@@ -27,12 +27,23 @@ def main() -> None:
 @main.command()
 @card_option
 @runs_option
-@click.option("--iterations", type=click.IntRange(min=1), default=None, help="Iterations T  [default: the card's iterations]")
-@click.option("--push-to-hub", "push_to_hub", metavar="ORG/NAME", default=None, help="Push each iteration's pairs (config iter_t) and the leaderboard to this dataset repo.")
-@click.option("--ablations", is_flag=True,
-              help="Also train iteration 1's pairs with every other objective (dpo, sft_winners, sft_gold) and on twice the pairs "
-                   "(dpo_nll_2x, sft_winners_2x), and put them on the "
-                   "leaderboard; for some of them set the card key instead: ablations=[dpo,sft_winners].")
+@click.option(
+    "--iterations", type=click.IntRange(min=1), default=None, help="Iterations T  [default: the card's iterations]"
+)
+@click.option(
+    "--push-to-hub",
+    "push_to_hub",
+    metavar="ORG/NAME",
+    default=None,
+    help="Push each iteration's pairs (config iter_t) and the leaderboard to this dataset repo.",
+)
+@click.option(
+    "--ablations",
+    is_flag=True,
+    help="Also train iteration 1's samples with every other objective (dpo, sft_winners, sft_gold) and on twice "
+    "the pairs (dpo_nll_2x, sft_winners_2x), and put them on the leaderboard; for some of them set the card key "
+    "instead: ablations=[dpo,sft_winners].",
+)
 @click.option("--quiet", is_flag=True, help="Only warnings and the summary on the terminal.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def run(card, runs_dir, iterations, push_to_hub, ablations, quiet, overrides):

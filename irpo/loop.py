@@ -60,7 +60,11 @@ def restart_if_recipe_changed(card: Card, run: RunFolder) -> None:
         stale = run.root.with_name(run.root.name + ".stale")
         shutil.rmtree(stale, ignore_errors=True)
         run.root.rename(stale)
-        log.warning("the card changed what every iteration is built from (%s): starting the run over; the old run is in %s", changes, stale)
+        log.warning(
+            "the card changed what every iteration is built from (%s): starting the run over; the old run is in %s",
+            changes,
+            stale,
+        )
         run.freeze_card(card, BUILD_SECTIONS)
 
 
@@ -74,10 +78,14 @@ def set_aside_if_sampled_from_another_model(card: Card, run: RunFolder, t: int) 
         stale = run.root / f"iter_{t}.stale"
         shutil.rmtree(stale, ignore_errors=True)
         run.iteration(t).rename(stale)
-        log.warning("iteration %d was sampled from an earlier M_%d; sampling it again (the old one is in %s)", t, t - 1, stale)
+        log.warning(
+            "iteration %d was sampled from an earlier M_%d; sampling it again (the old one is in %s)", t, t - 1, stale
+        )
 
 
-def run_loop(card: Card, iterations: int, runs_dir: str | Path = "runs", push_to_hub: str | None = None, progress: bool = True) -> StageTimes:
+def run_loop(
+    card: Card, iterations: int, runs_dir: str | Path = "runs", push_to_hub: str | None = None, progress: bool = True
+) -> StageTimes:
     if iterations < 1:
         raise ValueError(f"--iterations must be 1 or more, got {iterations}")
     run = RunFolder.for_card(card, runs_dir)

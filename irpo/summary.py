@@ -27,7 +27,8 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
     lines = [
         f"# Run `{run.root.name}`",
         "",
-        "| iteration | samples | sampling model's train accuracy | pairs (questions) | dropped: truncated / too long / off-format | "
+        "| iteration | samples | sampling model's train accuracy | pairs (questions) | dropped: truncated / "
+        "too long / off-format | "
         "steps (chosen) | held-out acc. | test greedy | test maj@k |",
         "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
     ]
@@ -38,12 +39,20 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
         manifest, trained = _read(run.manifest(t)), _read(run.model(t) / "train_manifest.json")
         counts = (manifest or {}).get("counts", {})
         result = evals.get(t) or {}
-        drops = " / ".join(str(counts.get(k_, "")) for k_ in ("dropped_truncated", "dropped_too_long", "dropped_not_well_formed")) if counts else ""
+        drops = (
+            " / ".join(
+                str(counts.get(k_, "")) for k_ in ("dropped_truncated", "dropped_too_long", "dropped_not_well_formed")
+            )
+            if counts
+            else ""
+        )
         lines.append(
             f"| {t} → M_{t} | {counts.get('generations', '')} | {_pct(counts.get('train_accuracy'))} "
             f"| {counts.get('pairs', '')} ({counts.get('questions_paired', '')}) | {drops} "
-            f"| {trained.get('selection_steps', trained['steps']) if trained else ''} ({trained['chosen_step'] if trained else ''}) "
-            f"| {_pct(trained and trained['held_out_accuracy'])} | {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
+            f"| {trained.get('selection_steps', trained['steps']) if trained else ''} "
+            f"({trained['chosen_step'] if trained else ''}) "
+            f"| {_pct(trained and trained['held_out_accuracy'])} | {_pct(result.get('greedy'))} | "
+            f"{_pct(result.get('maj'))} |"
         )
     lines += _ablation_rows(run)
     lines += ["", f"maj@k: k = {k}." if k else "", "", "Files:", ""]
@@ -53,7 +62,13 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
     if (run.root / "ablations_logps.png").is_file():
         lines.append("- [log-prob curves of M_1 and its ablations](ablations_logps.png)")
     if times:
-        lines += ["", "Wall time of the last `irpo run` (skipped stages take about 0 s):", "", "| stage | seconds |", "| --- | ---: |"]
+        lines += [
+            "",
+            "Wall time of the last `irpo run` (skipped stages take about 0 s):",
+            "",
+            "| stage | seconds |",
+            "| --- | ---: |",
+        ]
         lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
         lines.append(f"| total | {sum(times.values()):.0f} |")
     return "\n".join(lines) + "\n"
@@ -65,14 +80,21 @@ def _ablation_rows(run: RunFolder) -> list[str]:
     trained = [(f.name, m) for f in folders if (m := _read(f / "train_manifest.json"))]
     if len(trained) < 2:
         return []
-    lines = ["", "Iteration 1's pairs under each objective:", "",
-             "| model | objective | trained on | pairs fingerprint | steps (chosen) | held-out acc. | test greedy | test maj@k |",
-             "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |"]  # fmt: skip
+    lines = [
+        "",
+        "Iteration 1's pairs under each objective:",
+        "",
+        "| model | objective | trained on | pairs fingerprint | steps (chosen) | held-out acc. | test greedy "
+        "| test maj@k |",
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
     for name, m in trained:
         result = _read(run.root / "evals" / f"{name}.json") or {}
         lines.append(
-            f"| {name} | {m.get('objective', 'dpo_nll')} | {m.get('trained_on', 'the pairs')} | {m['pairs_fingerprint'][:16]} "
-            f"| {m.get('selection_steps', m['steps'])} ({m['chosen_step']}) | {_pct(m['held_out_accuracy'])} | {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
+            f"| {name} | {m.get('objective', 'dpo_nll')} | {m.get('trained_on', 'the pairs')} | "
+            f"{m['pairs_fingerprint'][:16]} "
+            f"| {m.get('selection_steps', m['steps'])} ({m['chosen_step']}) | {_pct(m['held_out_accuracy'])} "
+            f"| {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
         )
     return lines
 

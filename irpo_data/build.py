@@ -67,7 +67,9 @@ def question_sets(card: Card, check_contamination: bool = False) -> QuestionSets
         if cfg.drop_contaminated and contaminated:
             flagged = set(contaminated)
             questions = [q for q in questions if q.question_id not in flagged]
-            log.info("task.drop_contaminated: %d training questions that repeat test questions are left out", len(flagged))
+            log.info(
+                "task.drop_contaminated: %d training questions that repeat test questions are left out", len(flagged)
+            )
     if cfg.selection_split is not None:  # the paper's ARC: the checkpoint is chosen on the dev set
         train, held = questions, task.load(cfg.selection_split, cfg.data_dir, cfg.hub_id).questions
     else:
@@ -75,7 +77,9 @@ def question_sets(card: Card, check_contamination: bool = False) -> QuestionSets
     if cfg.max_questions is not None:
         train = train[: cfg.max_questions]
     joins_retrain = card.train.retrain_with_held_out and cfg.selection_split is None
-    return QuestionSets(train, held, train + held if joins_retrain else train, loaded.source, loaded.skipped_empty_gold, contaminated)
+    return QuestionSets(
+        train, held, train + held if joins_retrain else train, loaded.source, loaded.skipped_empty_gold, contaminated
+    )
 
 
 def _test_overlap(task: Task, card: Card, questions: list[Question]) -> list[str] | None:
@@ -109,7 +113,7 @@ def questions_sha256(questions: list[Question], prompts: list[str]) -> str:
 
 
 def gold_table(task: Task, questions: list[Question], tokenizer) -> pl.DataFrame:
-    """One row per question with a gold solution: its text, length in tokens, and grade (irpo_data.pairs.GOLD_COLUMNS)."""
+    """One row per question with a gold solution: text, length in tokens, grade (irpo_data.pairs.GOLD_COLUMNS)."""
     with_gold = [q for q in questions if q.solution is not None]
     texts = [q.solution for q in with_gold]
     grades = grade_many(task, texts, [q.gold for q in with_gold])
@@ -122,7 +126,13 @@ def gold_table(task: Task, questions: list[Question], tokenizer) -> pl.DataFrame
             "correct": [g.correct for g in grades],
             "well_formed": [g.well_formed for g in grades],
         },
-        schema={"question_id": pl.String, "completion": pl.String, "n_tokens": pl.Int32, "correct": pl.Boolean, "well_formed": pl.Boolean},
+        schema={
+            "question_id": pl.String,
+            "completion": pl.String,
+            "n_tokens": pl.Int32,
+            "correct": pl.Boolean,
+            "well_formed": pl.Boolean,
+        },
     )
 
 
@@ -147,9 +157,14 @@ def build_iteration(
     task = task_from_config(card.task)
     sets = question_sets(card, check_contamination=True)
     log.info(
-        "iteration %d: sampling %d questions (%d training, %d held out%s) from %s", iteration, len(sets.sampled),
-        len(sets.train), len(sets.held_out), ", sampled too" if len(sets.sampled) > len(sets.train) else "", sets.source,
-    )  # fmt: skip
+        "iteration %d: sampling %d questions (%d training, %d held out%s) from %s",
+        iteration,
+        len(sets.sampled),
+        len(sets.train),
+        len(sets.held_out),
+        ", sampled too" if len(sets.sampled) > len(sets.train) else "",
+        sets.source,
+    )
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=card.model.trust_remote_code)
@@ -164,9 +179,16 @@ def build_iteration(
     )
     engine = make_engine(resolved.path, card.sampling, card.seed, card.model.trust_remote_code)
     report = sample_answers(
-        task, sets.sampled, prompts, engine, params, run.samples(iteration), card.sampling.questions_per_shard,
-        fixed_settings={"weights_sha256": resolved.weights_sha256, "data_sha256": data_sha256}, progress=progress,
-    )  # fmt: skip
+        task,
+        sets.sampled,
+        prompts,
+        engine,
+        params,
+        run.samples(iteration),
+        card.sampling.questions_per_shard,
+        fixed_settings={"weights_sha256": resolved.weights_sha256, "data_sha256": data_sha256},
+        progress=progress,
+    )
     del engine  # frees the vLLM engine's memory before the pair and dataset work
 
     gold = gold_table(task, sets.sampled, tokenizer)
@@ -178,8 +200,9 @@ def build_iteration(
     if pairs.height == 0:
         log.warning(
             "iteration %d produced no pairs: %s. Raise sampling.num_samples or pick an easier task",
-            iteration, ", ".join(f"{k}={v}" for k, v in stats.items()),
-        )  # fmt: skip
+            iteration,
+            ", ".join(f"{k}={v}" for k, v in stats.items()),
+        )
     save_pairs(pairs, iteration, run.pairs(iteration))
     fp = fingerprint(pairs)
     manifest = {
@@ -207,15 +230,29 @@ def build_iteration(
         "dataset_fingerprint": fp,
     }
     text = dataset_card(
-        license=task.license, iteration=iteration, run=card.name, model=resolved.spec, task=card.task.name,
-        num_samples=card.sampling.num_samples, pairs_per_question=card.pairs.pairs_per_question, stats=stats,
-        pair_scheme=card.pairs.scheme, weights_sha256=resolved.weights_sha256[:16],
+        license=task.license,
+        iteration=iteration,
+        run=card.name,
+        model=resolved.spec,
+        task=card.task.name,
+        num_samples=card.sampling.num_samples,
+        pairs_per_question=card.pairs.pairs_per_question,
+        stats=stats,
+        pair_scheme=card.pairs.scheme,
+        weights_sha256=resolved.weights_sha256[:16],
         previous=f"iter_{iteration - 1}" if iteration > 1 else "none (base model)",
-        card_sha256=identity["card_sha256"][:16], seed=card.seed, temperature=params.temperature,
-        engine=manifest["sampling"].get("engine"), source=sets.source, fingerprint=fp[:16], version=__version__,
-    )  # fmt: skip
+        card_sha256=identity["card_sha256"][:16],
+        seed=card.seed,
+        temperature=params.temperature,
+        engine=manifest["sampling"].get("engine"),
+        source=sets.source,
+        fingerprint=fp[:16],
+        version=__version__,
+    )
     write_card_and_manifest(iter_dir, text, manifest)
-    log.info("iteration %d: %d pairs from %d questions -> %s", iteration, stats["pairs"], stats["questions_paired"], iter_dir)
+    log.info(
+        "iteration %d: %d pairs from %d questions -> %s", iteration, stats["pairs"], stats["questions_paired"], iter_dir
+    )
     return BuildResult(iter_dir, manifest, skipped=False)
 
 
@@ -230,18 +267,25 @@ def build_more_pairs(card: Card, iteration: int, factor: int, runs_dir: str | Pa
     if not run.manifest(iteration).is_file():
         raise TaskError(f"{iter_dir} is not built; run `irpo-data build --iter {iteration}` first")
     config = dataclasses.replace(
-        card.pairs, pairs_per_question=factor * card.pairs.pairs_per_question,
+        card.pairs,
+        pairs_per_question=factor * card.pairs.pairs_per_question,
         max_pairs=None if card.pairs.max_pairs is None else factor * card.pairs.max_pairs,
-    )  # fmt: skip
+    )
     out, record = iter_dir / f"pairs_{factor}x", iter_dir / f"pairs_{factor}x.json"
-    settings = {"pairs": dataclasses.asdict(config), "seed": card.seed, "samples_fingerprint": _samples_digest(run.samples(iteration))}
+    settings = {
+        "pairs": dataclasses.asdict(config),
+        "seed": card.seed,
+        "samples_fingerprint": _samples_digest(run.samples(iteration)),
+    }
     if record.is_file() and out.is_dir() and json.loads(record.read_text())["settings"] == settings:
         return out, json.loads(record.read_text())["dataset_fingerprint"]
     gold = pl.read_parquet(iter_dir / "gold.parquet") if (iter_dir / "gold.parquet").is_file() else None
     pairs, stats = build_pairs(read_samples(run.samples(iteration)), config, card.seed, gold)
     save_pairs(pairs, iteration, out)
     fp = fingerprint(pairs)
-    write_text_atomic(record, json.dumps({"settings": settings, "counts": stats, "dataset_fingerprint": fp}, indent=2) + "\n")
+    write_text_atomic(
+        record, json.dumps({"settings": settings, "counts": stats, "dataset_fingerprint": fp}, indent=2) + "\n"
+    )
     log.info("iteration %d, %dx pairs: %d pairs -> %s", iteration, factor, stats["pairs"], out)
     return out, fp
 

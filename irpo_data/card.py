@@ -388,13 +388,16 @@ def _check_values(card: Card) -> list[str]:
     if card.train.gradient_accumulation_steps >= 1 and card.train.batch_size % card.train.gradient_accumulation_steps:
         problems.append(
             f"train.batch_size={card.train.batch_size} pairs per step cannot be split into "
-            f"train.gradient_accumulation_steps={card.train.gradient_accumulation_steps} equal micro-batches; pick a divisor"
+            f"train.gradient_accumulation_steps={card.train.gradient_accumulation_steps} equal micro-batches; "
+            "pick a divisor"
         )
     if card.task.held_out < 0:
         problems.append(f"task.held_out must be 0 or more, got {card.task.held_out}")
     if not card.sampling.temperatures:
         problems.append("sampling.temperatures must list at least one temperature")
-    problems += [f"sampling.temperatures has {t}; temperatures must be 0 or more" for t in card.sampling.temperatures if t < 0]
+    problems += [
+        f"sampling.temperatures has {t}; temperatures must be 0 or more" for t in card.sampling.temperatures if t < 0
+    ]
     problems += _objective_problems(card, task)
     flat = flatten(card.to_dict())
     for key, choices in CHOICES.items():
@@ -413,14 +416,18 @@ def _check_values(card: Card) -> list[str]:
 
 def _objective_problems(card: Card, task) -> list[str]:
     problems = []
-    for key, name, valid in [("train.objective", card.train.objective, OBJECTIVES), *(("ablations", a, ABLATIONS) for a in card.ablations)]:
+    for key, name, valid in [
+        ("train.objective", card.train.objective, OBJECTIVES),
+        *(("ablations", a, ABLATIONS) for a in card.ablations),
+    ]:
         if name not in valid:
             near = difflib.get_close_matches(name, valid, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             problems.append(f"{key} has {name!r}; {hint}choose from {', '.join(valid)}")
     if task is not None and "sft_gold" in (card.train.objective, *card.ablations) and not task.has_solutions:
         problems.append(
-            f"objective sft_gold trains on gold worked solutions, and task {card.task.name} has none (only answer keys); "
+            f"objective sft_gold trains on gold worked solutions, and task {card.task.name} has none (only "
+            "answer keys); "
             f"choose dpo_nll, dpo or sft_winners"
         )
     return problems

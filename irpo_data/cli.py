@@ -34,12 +34,33 @@ def _card(card: str, overrides: tuple[str, ...], data_dir: str | None):
 
 
 card_option = click.option(
-    "--card", default="demo", show_default=True,
+    "--card",
+    default="demo",
+    show_default=True,
     help=f"Recipe card: a YAML path or a bundled card ({', '.join(BUNDLED_CARDS)}).",
-)  # fmt: skip
-iter_option = click.option("--iter", "iteration", type=int, default=1, show_default=True, help="Iteration T to build (1 = sample from the base model).")
-runs_option = click.option("--runs-dir", default="runs", show_default=True, type=click.Path(file_okay=False), help="Folder holding run folders (runs/NAME).")
-hub_option = click.option("--push-to-hub", "push_to_hub", metavar="ORG/NAME", default=None, help="Dataset repo to push to, as config iter_T (token: HF_TOKEN or `hf auth login`).")
+)
+iter_option = click.option(
+    "--iter",
+    "iteration",
+    type=int,
+    default=1,
+    show_default=True,
+    help="Iteration T to build (1 = sample from the base model).",
+)
+runs_option = click.option(
+    "--runs-dir",
+    default="runs",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder holding run folders (runs/NAME).",
+)
+hub_option = click.option(
+    "--push-to-hub",
+    "push_to_hub",
+    metavar="ORG/NAME",
+    default=None,
+    help="Dataset repo to push to, as config iter_T (token: HF_TOKEN or `hf auth login`).",
+)
 private_option = click.option("--private", is_flag=True, help="Create the Hub repo as private.")
 
 
@@ -57,8 +78,15 @@ def main() -> None:
 @card_option
 @iter_option
 @runs_option
-@click.option("--model", default=None, help="Sample from this model instead of the card's base (T=1) or runs/NAME/models/M_{T-1}.")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=False), help="Read the task's {split}.jsonl/.parquet from here (same as task.data_dir=...).")
+@click.option(
+    "--model", default=None, help="Sample from this model instead of the card's base (T=1) or runs/NAME/models/M_{T-1}."
+)
+@click.option(
+    "--data-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Read the task's {split}.jsonl/.parquet from here (same as task.data_dir=...).",
+)
 @hub_option
 @private_option
 @click.option("--dry-run", is_flag=True, help="Print the resolved card and exit.")
@@ -124,7 +152,9 @@ def push(card, iteration, runs_dir, push_to_hub, private, overrides):
         run = RunFolder.for_card(load_card(card, overrides), runs_dir)
         manifest_path = run.manifest(iteration)
         if not manifest_path.is_file():
-            raise click.ClickException(f"{run.iteration(iteration)} is not built; run `irpo-data build --iter {iteration}` first")
+            raise click.ClickException(
+                f"{run.iteration(iteration)} is not built; run `irpo-data build --iter {iteration}` first"
+            )
         _push(run.iteration(iteration), push_to_hub, iteration, json.loads(manifest_path.read_text()), private)
     except USER_ERRORS as exc:
         raise click.ClickException(str(exc)) from None

@@ -108,7 +108,9 @@ def grade_many(task: Task | str, completions: list[str], golds: list[str], worke
     """
     task = get_task(task) if isinstance(task, str) else task
     if len(completions) != len(golds):
-        raise ValueError(f"grade_many got {len(completions)} completions and {len(golds)} golds; give one gold per completion")
+        raise ValueError(
+            f"grade_many got {len(completions)} completions and {len(golds)} golds; give one gold per completion"
+        )
     kind, latex = task.answer_kind, task.answer_kind == "latex"
     golds = [str(g) for g in golds]
     completions = [c if isinstance(c, str) else "" for c in completions]
@@ -159,8 +161,8 @@ def _usable_cores() -> int:
 def extract_span(completion: str) -> tuple[str | None, str]:
     """The answer text of the winning candidate, and its phrase; (None, "") if there is none."""
     last = None
-    for last in ANSWER_PHRASE.finditer(completion):
-        pass
+    for match in ANSWER_PHRASE.finditer(completion):
+        last = match
     stripped = completion.rstrip()
     label = LAST_LINE_LABEL.match(stripped, stripped.rfind("\n") + 1) if stripped else None
     if label is not None and (last is None or label.end() > last.end()):

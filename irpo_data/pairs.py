@@ -38,9 +38,17 @@ import polars as pl
 from irpo_data.card import PairsConfig
 
 REQUIRED_COLUMNS = (
-    "question_id", "sample_idx", "prompt", "gold", "completion", "n_tokens",
-    "finish_reason", "answer", "correct", "well_formed",
-)  # fmt: skip
+    "question_id",
+    "sample_idx",
+    "prompt",
+    "gold",
+    "completion",
+    "n_tokens",
+    "finish_reason",
+    "answer",
+    "correct",
+    "well_formed",
+)
 GOLD_COLUMNS = ("question_id", "completion", "n_tokens", "correct", "well_formed")
 GOLD_SAMPLE_IDX = -1  # chosen_sample_idx of a gold solution
 
@@ -57,10 +65,13 @@ def build_pairs(
     if config.pairs_per_question < 1:
         raise ValueError(f"pairs.pairs_per_question must be at least 1, got {config.pairs_per_question}")
     reason = (
-        pl.when(pl.col("finish_reason") == "length").then(pl.lit("truncated"))
-        .when(pl.col("n_tokens") > config.max_tokens).then(pl.lit("too_long"))
-        .when(pl.lit(config.drop_off_format) & ~pl.col("well_formed").fill_null(False)).then(pl.lit("not_well_formed"))
-    )  # fmt: skip
+        pl.when(pl.col("finish_reason") == "length")
+        .then(pl.lit("truncated"))
+        .when(pl.col("n_tokens") > config.max_tokens)
+        .then(pl.lit("too_long"))
+        .when(pl.lit(config.drop_off_format) & ~pl.col("well_formed").fill_null(False))
+        .then(pl.lit("not_well_formed"))
+    )
     marked = samples.with_columns(reason.alias("drop_reason"))
     dropped = dict(marked.group_by("drop_reason").len().drop_nulls().iter_rows())
     kept = marked.filter(pl.col("drop_reason").is_null()).with_columns(
@@ -88,8 +99,10 @@ def build_pairs(
         # Answers whose verification ran out of time (irpo_data.grading): graded wrong, counted here.
         "grading_timeouts": int(samples["grading_timed_out"].sum()) if "grading_timed_out" in samples.columns else 0,
     }
-    picked = _cycle(pool, per_question, config.pairs_per_question, seed) if config.scheme == "cycle" else _distinct(
-        pool, config.pairs_per_question, seed
+    picked = (
+        _cycle(pool, per_question, config.pairs_per_question, seed)
+        if config.scheme == "cycle"
+        else _distinct(pool, config.pairs_per_question, seed)
     )
     picked, over = _cap(picked, config.max_pairs, seed)
     pairs = _with_text(picked, pool, samples)
@@ -129,8 +142,11 @@ def _gold_winners(kept: pl.DataFrame, samples: pl.DataFrame, gold: pl.DataFrame 
         pl.lit(True).alias("winner"),
         pl.lit("gold").alias("source"),
     )
-    return rows, {"gold_winners": rows.height, "gold_not_accepted": gold.height - gold.filter(
-        pl.col("correct") & pl.col("well_formed") & (pl.col("n_tokens") <= config.max_tokens)).height}
+    return rows, {
+        "gold_winners": rows.height,
+        "gold_not_accepted": gold.height
+        - gold.filter(pl.col("correct") & pl.col("well_formed") & (pl.col("n_tokens") <= config.max_tokens)).height,
+    }
 
 
 def _question_hashes(samples: pl.DataFrame) -> pl.DataFrame:
@@ -143,7 +159,9 @@ def _question_hashes(samples: pl.DataFrame) -> pl.DataFrame:
 def _cycle(pool: pl.DataFrame, per_question: pl.DataFrame, k: int, seed: int) -> pl.DataFrame:
     """Pair k = (W[k mod |W|], L[k mod |L|]), k < K, over a seeded shuffle of each set."""
     ranked = pool.with_columns(pl.Series("key", _mix(seed, pool["qhash"], pool["sample_idx"])))
-    ranked = ranked.with_columns((pl.col("key").rank("ordinal").over("question_id", "winner").cast(pl.Int64) - 1).alias("position"))
+    ranked = ranked.with_columns(
+        (pl.col("key").rank("ordinal").over("question_id", "winner").cast(pl.Int64) - 1).alias("position")
+    )
     rounds = (
         per_question.filter((pl.col("n_winners") > 0) & (pl.col("n_losers") > 0))
         .with_columns(pl.int_ranges(0, k).alias("k"))
@@ -154,7 +172,9 @@ def _cycle(pool: pl.DataFrame, per_question: pl.DataFrame, k: int, seed: int) ->
             (pl.col("k").cast(pl.Int64) % pl.col("n_losers").cast(pl.Int64)).alias("l"),
         )
     )
-    winners = ranked.filter(pl.col("winner")).select("question_id", "qhash", pl.col("position").alias("w"), "sample_idx")
+    winners = ranked.filter(pl.col("winner")).select(
+        "question_id", "qhash", pl.col("position").alias("w"), "sample_idx"
+    )
     losers = ranked.filter(~pl.col("winner")).select("question_id", pl.col("position").alias("l"), "sample_idx")
     return (
         rounds.join(winners, on=["question_id", "w"])
@@ -168,9 +188,13 @@ def _distinct(pool: pl.DataFrame, k: int, seed: int) -> pl.DataFrame:
     winners = pool.filter(pl.col("winner")).select("question_id", "qhash", "sample_idx")
     losers = pool.filter(~pl.col("winner")).select("question_id", "sample_idx")
     combos = winners.join(losers, on="question_id", suffix="_rejected")
-    combos = combos.with_columns(pl.Series("key", _mix(seed, combos["qhash"], combos["sample_idx"], combos["sample_idx_rejected"])))
+    combos = combos.with_columns(
+        pl.Series("key", _mix(seed, combos["qhash"], combos["sample_idx"], combos["sample_idx_rejected"]))
+    )
     combos = combos.with_columns((pl.col("key").rank("ordinal").over("question_id") - 1).cast(pl.Int64).alias("order"))
-    return combos.filter(pl.col("order") < k).select("question_id", "qhash", "sample_idx", "sample_idx_rejected", "order")
+    return combos.filter(pl.col("order") < k).select(
+        "question_id", "qhash", "sample_idx", "sample_idx_rejected", "order"
+    )
 
 
 def _cap(picked: pl.DataFrame, max_pairs: int | None, seed: int) -> tuple[pl.DataFrame, int]:
@@ -188,8 +212,12 @@ def _with_text(picked: pl.DataFrame, pool: pl.DataFrame, samples: pl.DataFrame) 
     prompts = samples.group_by("question_id").agg(pl.col("prompt").first(), pl.col("gold").first())
     return (
         picked.join(text, on=["question_id", "sample_idx"])
-        .join(text.select("question_id", "sample_idx", "completion", "answer"),
-              left_on=["question_id", "sample_idx_rejected"], right_on=["question_id", "sample_idx"], suffix="_rejected")
+        .join(
+            text.select("question_id", "sample_idx", "completion", "answer"),
+            left_on=["question_id", "sample_idx_rejected"],
+            right_on=["question_id", "sample_idx"],
+            suffix="_rejected",
+        )
         .join(prompts, on="question_id")
         .sort("question_id", "order")
         .select(
@@ -204,14 +232,16 @@ def _with_text(picked: pl.DataFrame, pool: pl.DataFrame, samples: pl.DataFrame) 
             pl.col("sample_idx_rejected").alias("rejected_sample_idx"),
             pl.col("source").alias("chosen_source"),
         )
-    )  # fmt: skip
+    )
 
 
 def _mix(seed: int, *columns: pl.Series) -> np.ndarray:
     """A uniform 64-bit key per row from splitmix64 of the seed and the row's integers."""
     multipliers = (0xBF58476D1CE4E5B9, 0x94D049BB133111EB, 0xD6E8FEB86659FD93, 0xA0761D6478BD642F)
     with np.errstate(over="ignore"):  # uint64 arithmetic wraps by design
-        x = np.full(len(columns[0]), np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64)
+        x = np.full(
+            len(columns[0]), np.uint64(seed & 0xFFFFFFFFFFFFFFFF) * np.uint64(0x9E3779B97F4A7C15), dtype=np.uint64
+        )
         for column, multiplier in zip(columns, multipliers):
             values = column.to_numpy()
             values = values if values.dtype == np.uint64 else values.astype(np.int64).view(np.uint64)  # -1 wraps: fine

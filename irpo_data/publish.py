@@ -99,16 +99,25 @@ def push_files(repo_id: str, files: dict[str, Path], message: str, retry: str, t
         operations = [CommitOperationAdd(name, str(path)) for name, path in sorted(files.items())]
         api.create_commit(repo_id, repo_type="dataset", operations=operations, commit_message=message)
     except Exception as exc:  # network, auth: the local files stay complete either way
-        raise PublishError(f"push to {repo_id} failed ({type(exc).__name__}: {exc}); the local files are complete; retry with `{retry}`") from None
+        raise PublishError(
+            f"push to {repo_id} failed ({type(exc).__name__}: {exc}); the local files are complete; retry "
+            f"with `{retry}`"
+        ) from None
     log.info("pushed %d files to https://huggingface.co/datasets/%s", len(files), repo_id)
 
 
-def push_iteration(iter_dir: Path, repo_id: str, iteration: int, fingerprint_hex: str, private: bool = False, token: str | None = None) -> str:
+def push_iteration(
+    iter_dir: Path, repo_id: str, iteration: int, fingerprint_hex: str, private: bool = False, token: str | None = None
+) -> str:
     """Push `iter_dir` as config `iter_T` of `repo_id`; return the tag it created."""
     from datasets import load_from_disk
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    _require_online(repo_id, f"the dataset in {iter_dir} is complete. Push it later with `irpo-data push --iter {iteration} --push-to-hub {repo_id}`")
+    _require_online(
+        repo_id,
+        f"the dataset in {iter_dir} is complete. Push it later with `irpo-data push --iter {iteration} "
+        f"--push-to-hub {repo_id}`",
+    )
     token = resolve_token(token)
     config = f"iter_{iteration}"
     tag = f"{config}-{fingerprint_hex[:12]}"
@@ -116,9 +125,12 @@ def push_iteration(iter_dir: Path, repo_id: str, iteration: int, fingerprint_hex
     try:
         dataset = load_from_disk(str(iter_dir / "pairs"))
         dataset.push_to_hub(
-            repo_id, config_name=config, private=private, token=token,
+            repo_id,
+            config_name=config,
+            private=private,
+            token=token,
             commit_message=f"irpo: pairs of iteration {iteration} ({fingerprint_hex[:12]})",
-        )  # fmt: skip
+        )
         api = HfApi(token=token)
         api.create_commit(
             repo_id,

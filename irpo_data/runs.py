@@ -24,7 +24,7 @@ from typing import Iterator
 
 import yaml
 
-from irpo_data.card import Card, CardError, flatten, card_from_dict
+from irpo_data.card import Card, CardError, card_from_dict, flatten
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,24 @@ class RunFolder:
             try:
                 stored = yaml.safe_load(path.read_text())
             except yaml.YAMLError as exc:
-                raise CardError(str(path), [f"not valid YAML ({exc}); restore it, or delete {self.root} to start the run over"]) from None
+                raise CardError(
+                    str(path), [f"not valid YAML ({exc}); restore it, or delete {self.root} to start the run over"]
+                ) from None
             frozen = card_from_dict(stored, str(path))
-            before = {k: v for k, v in flatten(frozen.to_dict()).items() if k.split(".")[0] in sections or k in sections}
+            before = {
+                k: v for k, v in flatten(frozen.to_dict()).items() if k.split(".")[0] in sections or k in sections
+            }
             after = flatten(card.to_dict())
-            diff = [f"{k}: {before[k]!r} in the run, {after.get(k)!r} now" for k in sorted(before) if before[k] != after.get(k)]
+            diff = [
+                f"{k}: {before[k]!r} in the run, {after.get(k)!r} now"
+                for k in sorted(before)
+                if before[k] != after.get(k)
+            ]
             if diff:
                 raise CardError(
                     str(path),
-                    diff + [f"this run was made with another recipe; use a new run name (name=...) or delete {self.root}"],
+                    diff
+                    + [f"this run was made with another recipe; use a new run name (name=...) or delete {self.root}"],
                 )
             if frozen == card:
                 return

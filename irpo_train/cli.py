@@ -8,7 +8,7 @@ import sys
 import click
 
 from irpo_data.card import ABLATIONS, ablation_objective, load_card
-from irpo_data.cli import USER_ERRORS, setup_logging, card_option, iter_option, runs_option
+from irpo_data.cli import USER_ERRORS, card_option, iter_option, runs_option, setup_logging
 from irpo_train.data import PairDataError
 
 
@@ -16,8 +16,12 @@ from irpo_train.data import PairDataError
 @card_option
 @iter_option
 @runs_option
-@click.option("--ablation", type=click.Choice(ABLATIONS), default=None,
-              help="Train a side model models/M_T-OBJECTIVE with this objective from the same pairs; M_T is untouched.")
+@click.option(
+    "--ablation",
+    type=click.Choice(ABLATIONS),
+    default=None,
+    help="Train a side model models/M_T-OBJECTIVE with this objective from the same pairs; M_T is untouched.",
+)
 @click.option("--dry-run", is_flag=True, help="Print the resolved card and exit.")
 @click.option("--quiet", is_flag=True, help="Only warnings and the result on the terminal.")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")

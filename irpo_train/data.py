@@ -36,7 +36,9 @@ class TokenizedPairs:
 def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
     missing = {"prompt", "chosen", "rejected"} - set(dataset.column_names)
     if missing:
-        raise PairDataError(f"pair dataset lacks column(s) {', '.join(sorted(missing))}; build it with `irpo-data build`")
+        raise PairDataError(
+            f"pair dataset lacks column(s) {', '.join(sorted(missing))}; build it with `irpo-data build`"
+        )
     if tokenizer.eos_token_id is None:
         raise PairDataError("the tokenizer has no EOS token to end answers with")
 
@@ -82,7 +84,9 @@ def gold_solution_rows(task, questions, prompts: list[str], tokenizer, max_lengt
     from irpo_data.grading import grade
 
     if not task.has_solutions:
-        raise PairDataError(f"task {task.name} has no gold solutions to train on; choose train.objective dpo_nll, dpo or sft_winners")
+        raise PairDataError(
+            f"task {task.name} has no gold solutions to train on; choose train.objective dpo_nll, dpo or sft_winners"
+        )
     kept, ungraded = [], 0
     for question, prompt in zip(questions, prompts):
         if question.solution is None:
@@ -94,12 +98,19 @@ def gold_solution_rows(task, questions, prompts: list[str], tokenizer, max_lengt
             ungraded += 1
     if not kept:
         raise PairDataError(
-            f"none of the {len(questions)} questions has a usable gold solution (the data file needs a solution field); "
+            f"none of the {len(questions)} questions has a usable gold solution (the data file needs a "
+            "solution field); "
             "choose another train.objective"
         )
     digest = hashlib.sha256(json.dumps([[q.question_id, q.solution] for q, _ in kept]).encode()).hexdigest()
-    prompt_ids, answer_ids = _ids(tokenizer, [p for _, p in kept]), _ids(tokenizer, [q.solution for q, _ in kept], eos=True)
-    rows = [{"question_id": q.question_id, "prompt_ids": p, "chosen_ids": a} for (q, _), p, a in zip(kept, prompt_ids, answer_ids)]
+    prompt_ids, answer_ids = (
+        _ids(tokenizer, [p for _, p in kept]),
+        _ids(tokenizer, [q.solution for q, _ in kept], eos=True),
+    )
+    rows = [
+        {"question_id": q.question_id, "prompt_ids": p, "chosen_ids": a}
+        for (q, _), p, a in zip(kept, prompt_ids, answer_ids)
+    ]
     fitting = [r for r in rows if len(r["prompt_ids"]) + len(r["chosen_ids"]) <= max_length]
     return GoldRows(fitting, digest[:16], len(kept), ungraded, len(rows) - len(fitting))
 

@@ -31,13 +31,25 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, chunk_ro
     rows = hidden[:, :-1][scored]  # (N, H): states that predict a completion token
     targets = input_ids[:, 1:][scored]  # (N,)
     owner = torch.arange(input_ids.shape[0], device=input_ids.device)[:, None].expand_as(scored)[scored]
-    token_logps = torch.cat(
-        [
-            checkpoint(_chunk_logps, rows[i : i + chunk_rows], targets[i : i + chunk_rows], head.weight, use_reentrant=False)
-            for i in range(0, rows.shape[0], chunk_rows)
-        ]
-    ) if rows.shape[0] else rows.new_zeros(0, dtype=torch.float32)  # fmt: skip
-    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(0, owner, token_logps)
+    token_logps = (
+        torch.cat(
+            [
+                checkpoint(
+                    _chunk_logps,
+                    rows[i : i + chunk_rows],
+                    targets[i : i + chunk_rows],
+                    head.weight,
+                    use_reentrant=False,
+                )
+                for i in range(0, rows.shape[0], chunk_rows)
+            ]
+        )
+        if rows.shape[0]
+        else rows.new_zeros(0, dtype=torch.float32)
+    )
+    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device).index_add(
+        0, owner, token_logps
+    )
     return sums, scored.sum(dim=1)
 
 

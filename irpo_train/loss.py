@@ -45,7 +45,9 @@ def dpo_nll_loss(
     """
     tensors = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_lengths)
     if any(t.dim() != 1 or t.shape != chosen_logps.shape for t in tensors):
-        raise ValueError(f"dpo_nll_loss wants 1-D tensors of one length, got shapes {[tuple(t.shape) for t in tensors]}")
+        raise ValueError(
+            f"dpo_nll_loss wants 1-D tensors of one length, got shapes {[tuple(t.shape) for t in tensors]}"
+        )
     if bool((chosen_lengths <= 0).any()):
         raise ValueError("chosen_lengths must be positive: a winner with no completion tokens cannot be normalised")
     reward_chosen = beta * (chosen_logps - ref_chosen_logps)
@@ -74,7 +76,9 @@ def sft_loss(logps: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, 
     Normalised per answer like that term, so sft_winners differs from dpo_nll only by the DPO part.
     """
     if logps.dim() != 1 or lengths.shape != logps.shape:
-        raise ValueError(f"sft_loss wants two 1-D tensors of one length, got shapes {tuple(logps.shape)} and {tuple(lengths.shape)}")
+        raise ValueError(
+            f"sft_loss wants two 1-D tensors of one length, got shapes {tuple(logps.shape)} and {tuple(lengths.shape)}"
+        )
     if bool((lengths <= 0).any()):
         raise ValueError("lengths must be positive: an answer with no completion tokens cannot be normalised")
     nll = -logps / lengths.to(logps.dtype)
@@ -82,12 +86,19 @@ def sft_loss(logps: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, 
     return loss, {"nll": loss.detach(), "logps_chosen": logps.mean().detach()}
 
 
-def objective_loss(objective: str, logps: torch.Tensor, lengths: torch.Tensor, batch: dict, *, beta: float, alpha: float):
+def objective_loss(
+    objective: str, logps: torch.Tensor, lengths: torch.Tensor, batch: dict, *, beta: float, alpha: float
+):
     """The loss of `objective` on one collated batch's policy log-probs (see the module docstring)."""
     if objective not in PAIRWISE:
         return sft_loss(logps, lengths)
     half = logps.shape[0] // 2  # collate() puts the B chosen rows first, then the B rejected
     return dpo_nll_loss(
-        logps[:half], logps[half:], batch["ref_chosen_logps"], batch["ref_rejected_logps"], lengths[:half],
-        beta=beta, alpha=alpha if objective == "dpo_nll" else 0.0,
-    )  # fmt: skip
+        logps[:half],
+        logps[half:],
+        batch["ref_chosen_logps"],
+        batch["ref_rejected_logps"],
+        lengths[:half],
+        beta=beta,
+        alpha=alpha if objective == "dpo_nll" else 0.0,
+    )

@@ -34,7 +34,11 @@ def plot_logps(folder: Path, beta: float, out: Path | None = None, title: str = 
     import matplotlib.pyplot as plt
 
     rows, probe = _read_jsonl(folder / "metrics.jsonl"), _read_jsonl(folder / "probe.jsonl")
-    choice = json.loads((folder / "checkpoint_choice.json").read_text()) if (folder / "checkpoint_choice.json").is_file() else {}
+    choice = (
+        json.loads((folder / "checkpoint_choice.json").read_text())
+        if (folder / "checkpoint_choice.json").is_file()
+        else {}
+    )
     history, best = choice.get("history", []), (choice.get("best") or {}).get("step")
     out = out or folder / "logps.png"
     window = max(1, len(rows) // 8)
@@ -42,10 +46,23 @@ def plot_logps(folder: Path, beta: float, out: Path | None = None, title: str = 
     for key, label, color in SERIES:
         if probe:
             pairs = probe[0]["pairs"]
-            top.plot([p["step"] for p in probe], [p[f"{key}_change"] for p in probe], "o-", color=color, label=f"{label}: the same {pairs} training pairs")
+            top.plot(
+                [p["step"] for p in probe],
+                [p[f"{key}_change"] for p in probe],
+                "o-",
+                color=color,
+                label=f"{label}: the same {pairs} training pairs",
+            )
         if rows and f"reward_{key}" in rows[0]:  # the SFT objectives log no rewards
             delta = _smooth([r[f"reward_{key}"] / beta for r in rows], window)
-            top.plot([r["step"] for r in rows], delta, ":", color=color, alpha=0.6, label=f"{label}: each batch before its step (mean of {window})")
+            top.plot(
+                [r["step"] for r in rows],
+                delta,
+                ":",
+                color=color,
+                alpha=0.6,
+                label=f"{label}: each batch before its step (mean of {window})",
+            )
     top.axhline(0, color="grey", linewidth=0.8)
     top.set_ylabel("log-prob change vs reference (nats)")
     top.set_title(f"Chosen vs rejected log-probs{': ' + title if title else ''}")

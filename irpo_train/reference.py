@@ -28,7 +28,9 @@ from irpo_train.logprobs import completion_logps
 log = logging.getLogger(__name__)
 
 
-def reference_logps(model, rows, pad_token_id: int, batch_size: int = 8, progress: bool = True, bf16: bool = False) -> tuple[list[float], list[float], float]:
+def reference_logps(
+    model, rows, pad_token_id: int, batch_size: int = 8, progress: bool = True, bf16: bool = False
+) -> tuple[list[float], list[float], float]:
     """(chosen, rejected) summed log-probs of every pair under `model`, and tokens/s of the pass.
 
     With `bf16` the pass runs under the same bf16 autocast as training, so that at step 1 the
@@ -38,12 +40,17 @@ def reference_logps(model, rows, pad_token_id: int, batch_size: int = 8, progres
 
     model.eval()
     # Similar lengths together: less padding per batch. Results go back in the input order.
-    order = sorted(range(len(rows)), key=lambda i: len(rows[i]["prompt_ids"]) + len(rows[i]["chosen_ids"]) + len(rows[i]["rejected_ids"]))
+    order = sorted(
+        range(len(rows)),
+        key=lambda i: len(rows[i]["prompt_ids"]) + len(rows[i]["chosen_ids"]) + len(rows[i]["rejected_ids"]),
+    )
     chosen, rejected = [0.0] * len(rows), [0.0] * len(rows)
     tokens, start = 0, time.perf_counter()
     device = next(model.parameters()).device
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for begin in tqdm(range(0, len(order), batch_size), desc="reference log-probs", unit="batch", disable=not progress):
+        for begin in tqdm(
+            range(0, len(order), batch_size), desc="reference log-probs", unit="batch", disable=not progress
+        ):
             index = order[begin : begin + batch_size]
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in index], pad_token_id).items()}
             logps, _ = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
@@ -54,7 +61,9 @@ def reference_logps(model, rows, pad_token_id: int, batch_size: int = 8, progres
     return chosen, rejected, tokens / seconds if seconds else 0.0
 
 
-def load_or_compute(cache_dir: Path, key: dict, compute, elsewhere: list[Path] = ()) -> tuple[list[float], list[float], dict]:
+def load_or_compute(
+    cache_dir: Path, key: dict, compute, elsewhere: list[Path] = ()
+) -> tuple[list[float], list[float], dict]:
     """Cached reference log-probs for `key`, or `compute()`'s, which are then cached.
 
     `elsewhere`: finished model folders whose cache may hold the same key (an ablation trained

@@ -67,7 +67,9 @@ def load_pairs(run: RunFolder, iteration: int):
 
     pairs_dir, manifest = run.pairs(iteration), run.manifest(iteration)
     if not manifest.is_file() or not pairs_dir.is_dir():
-        raise PairDataError(f"{run.iteration(iteration)} has no finished pair dataset; run `irpo-data build --iter {iteration}` first")
+        raise PairDataError(
+            f"{run.iteration(iteration)} has no finished pair dataset; run `irpo-data build --iter {iteration}` first"
+        )
     dataset = load_from_disk(str(pairs_dir))["train"]
     if dataset.num_rows == 0:
         raise PairDataError(
@@ -101,7 +103,9 @@ class TrainJob:
         return self.cfg.retrain_with_held_out and self.card.task.selection_split is None and bool(self.sets.held_out)
 
 
-def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", progress: bool = True, ablation: str | None = None) -> Path:
+def train_iteration(
+    card: Card, iteration: int, runs_dir: str | Path = "runs", progress: bool = True, ablation: str | None = None
+) -> Path:
     """Train M_T (or the ablation's side model); return its folder. Skips a finished one."""
     job = _prepare(card, iteration, runs_dir, ablation)
     if job is None:
@@ -116,11 +120,17 @@ def train_iteration(card: Card, iteration: int, runs_dir: str | Path = "runs", p
     if job.retrain:
         selection_rows = [r for r in rows if r["question_id"] not in held_ids]
         if not selection_rows:
-            raise PairDataError(f"every pair of {job.run.pairs(iteration)} is of a held-out question; lower task.held_out")
+            raise PairDataError(
+                f"every pair of {job.run.pairs(iteration)} is of a held-out question; lower task.held_out"
+            )
         selection = _fit(job, "select", selection_rows, job.cfg.max_steps, tokenizer, None, progress, model=model)
         steps = (selection["best"] or {}).get("step") or job.cfg.max_steps
         final = _fit(job, "retrain", rows, steps, tokenizer, probe_rows, progress, choose=False)
-        notes["selection"] = {"pairs": len(selection_rows), "pairs_fingerprint": _rows_fingerprint(job, held_ids), "steps": selection["steps"]}
+        notes["selection"] = {
+            "pairs": len(selection_rows),
+            "pairs_fingerprint": _rows_fingerprint(job, held_ids),
+            "steps": selection["steps"],
+        }
     else:
         selection = final = _fit(job, "select", rows, job.cfg.max_steps, tokenizer, probe_rows, progress, model=model)
     _write_model(job, tokenizer, selection, final, notes, len(rows))
@@ -147,7 +157,9 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
         "card_sha256": card.sha256(TRAIN_SECTIONS),
         "pairs_fingerprint": fingerprint,
         "reference_weights_sha256": reference.weights_sha256,
-        "bf16": resolve_bf16(card.train.bf16),  # train.bf16=auto resolves per machine; another precision is another model
+        "bf16": resolve_bf16(
+            card.train.bf16
+        ),  # train.bf16=auto resolves per machine; another precision is another model
     }
     done = out_dir / "train_manifest.json"
     if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in identity} == identity:
@@ -155,8 +167,21 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
         return None
     work = out_dir.with_name(out_dir.name + ".work")
     _start_or_resume(work, identity)
-    return TrainJob(card, card.train, iteration, ablation, run, out_dir, work, reference, dataset, fingerprint, identity,
-                    identity["bf16"], question_sets(card))  # fmt: skip
+    return TrainJob(
+        card,
+        card.train,
+        iteration,
+        ablation,
+        run,
+        out_dir,
+        work,
+        reference,
+        dataset,
+        fingerprint,
+        identity,
+        identity["bf16"],
+        question_sets(card),
+    )
 
 
 def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict], list[dict], dict, object]:
@@ -164,12 +189,16 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
     cfg, task = job.cfg, task_from_config(job.card.task)
     tokenized = tokenize_pairs(job.dataset, tokenizer, cfg.max_length)
     if not tokenized.rows:
-        raise PairDataError(f"every pair of {job.run.pairs(job.iteration)} is longer than train.max_length={cfg.max_length}; raise it")
+        raise PairDataError(
+            f"every pair of {job.run.pairs(job.iteration)} is longer than train.max_length={cfg.max_length}; raise it"
+        )
     notes: dict = {"pairs_trained": len(tokenized.rows), "pairs_dropped_too_long": tokenized.dropped_too_long}
     gold = None
     if cfg.objective == "sft_gold":  # before any model is loaded: a task without solutions fails fast
         questions = job.sets.sampled
-        gold = gold_solution_rows(task, questions, render_prompts(task, questions, tokenizer), tokenizer, cfg.max_length)
+        gold = gold_solution_rows(
+            task, questions, render_prompts(task, questions, tokenizer), tokenizer, cfg.max_length
+        )
         notes["gold"] = {k: v for k, v in vars(gold).items() if k != "rows"}
     # DPO needs the reference log-probs of every pair; the SFT objectives only those of the probe
     # pairs, for the log-prob figure, which is measured on the same pairs for every objective.
@@ -177,24 +206,31 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
     probe = probe_indices(len(tokenized.rows), cfg.probe_pairs, job.card.seed) if cfg.probe_pairs > 0 else []
     scored = tokenized.rows if pairwise else [tokenized.rows[i] for i in probe]
     key = {
-        "reference_weights_sha256": job.reference.weights_sha256, "pairs_fingerprint": job.fingerprint,
-        "max_length": cfg.max_length, "bf16": job.bf16,
+        "reference_weights_sha256": job.reference.weights_sha256,
+        "pairs_fingerprint": job.fingerprint,
+        "max_length": cfg.max_length,
+        "bf16": job.bf16,
         **({} if pairwise else {"probe_only": {"probe_pairs": cfg.probe_pairs, "seed": job.card.seed}}),
-    }  # fmt: skip
+    }
     model = _load_model(job)  # M_{T-1}: the reference, and the first run's starting point
     if scored:
         siblings = [job.run.model(job.iteration, a) for a in (None, *ABLATIONS)]  # their cache's key decides
         chosen, rejected, meta = load_or_compute(
-            job.work, key, lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, job.bf16),
+            job.work,
+            key,
+            lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, job.bf16),
             elsewhere=siblings,
-        )  # fmt: skip
+        )
         notes["reference_tokens_per_s"] = meta.get("tokens_per_s")
         scored = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(scored, chosen, rejected)]
     probe_rows = [scored[i] for i in probe] if pairwise else scored
     if pairwise:
         rows = scored
     elif gold is None:  # sft_winners: each pair's winner, in the pairs' order
-        rows = [{"question_id": r["question_id"], "prompt_ids": r["prompt_ids"], "chosen_ids": r["chosen_ids"]} for r in tokenized.rows]
+        rows = [
+            {"question_id": r["question_id"], "prompt_ids": r["prompt_ids"], "chosen_ids": r["chosen_ids"]}
+            for r in tokenized.rows
+        ]
     else:
         rows = gold.rows
     return rows, probe_rows, notes, model
@@ -203,11 +239,15 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
 def _load_model(job: TrainJob):
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(job.reference.path, dtype=torch.float32, trust_remote_code=job.card.model.trust_remote_code)
+    model = AutoModelForCausalLM.from_pretrained(
+        job.reference.path, dtype=torch.float32, trust_remote_code=job.card.model.trust_remote_code
+    )
     if job.cfg.lora:
         from peft import LoraConfig, get_peft_model
 
-        lora = LoraConfig(r=job.cfg.lora_r, lora_alpha=2 * job.cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM")
+        lora = LoraConfig(
+            r=job.cfg.lora_r, lora_alpha=2 * job.cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+        )
         model = get_peft_model(model, lora)
     return model
 
@@ -218,19 +258,30 @@ def per_device_batch(cfg: TrainConfig, world_size: int) -> int:
     if cfg.batch_size % share:
         raise PairDataError(
             f"train.batch_size={cfg.batch_size} pairs per step cannot be split over {world_size} process(es) x "
-            f"train.gradient_accumulation_steps={cfg.gradient_accumulation_steps}; make batch_size a multiple of {share}"
+            f"train.gradient_accumulation_steps={cfg.gradient_accumulation_steps}; make batch_size a multiple "
+            f"of {share}"
         )
     return cfg.batch_size // share
 
 
-def _fit(job: TrainJob, phase: str, rows: list[dict], max_steps: int, tokenizer, probe_rows, progress: bool,
-         choose: bool = True, model=None) -> dict:  # fmt: skip
+def _fit(
+    job: TrainJob,
+    phase: str,
+    rows: list[dict],
+    max_steps: int,
+    tokenizer,
+    probe_rows,
+    progress: bool,
+    choose: bool = True,
+    model=None,
+) -> dict:
     """Train one phase from M_{T-1} (`model`, or loaded afresh) in work/PHASE/, resumably; its record.
 
     `choose`: score candidates on the held-out questions every eval_every steps and keep the best.
     """
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
+
     folder, cfg = job.work / phase, job.cfg
     record_path = folder / "done.json"
     if record_path.is_file():
@@ -266,18 +317,30 @@ def _fit(job: TrainJob, phase: str, rows: list[dict], max_steps: int, tokenizer,
         task = task_from_config(job.card.task)
         held_out = job.sets.held_out[: cfg.eval_questions] if cfg.eval_questions is not None else job.sets.held_out
         accuracy = HeldOutAccuracy(
-            task, held_out, render_prompts(task, held_out, tokenizer), tokenizer, every=cfg.eval_every,
-            max_new_tokens=job.card.sampling.max_new_tokens, best_dir=folder / "best", record=folder / "checkpoint_choice.json",
+            task,
+            held_out,
+            render_prompts(task, held_out, tokenizer),
+            tokenizer,
+            every=cfg.eval_every,
+            max_new_tokens=job.card.sampling.max_new_tokens,
+            best_dir=folder / "best",
+            record=folder / "checkpoint_choice.json",
             bf16=job.bf16,
-        )  # fmt: skip
+        )
         callbacks.append(accuracy)
     if probe_rows:
         every = cfg.probe_every or cfg.eval_every
         callbacks.append(ProbeLogps(probe_rows, every, tokenizer.pad_token_id, folder / "probe.jsonl", job.bf16))
     trainer = DPONLLTrainer(
-        model=model, args=args, train_dataset=rows, beta=cfg.beta, alpha=cfg.alpha, objective=cfg.objective,
-        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id), callbacks=callbacks,
-    )  # fmt: skip
+        model=model,
+        args=args,
+        train_dataset=rows,
+        beta=cfg.beta,
+        alpha=cfg.alpha,
+        objective=cfg.objective,
+        data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
+        callbacks=callbacks,
+    )
     # The stock bar prints a dict per step; ours shows the loss in the bar. Quiet: neither.
     trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
     if progress:
@@ -305,7 +368,9 @@ def last_complete_checkpoint(folder: Path) -> str | None:
     """
     if not folder.is_dir():
         return None
-    found = sorted((int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit())
+    found = sorted(
+        (int(p.name.split("-")[1]), p) for p in folder.glob("checkpoint-*") if p.name.split("-")[1].isdigit()
+    )
     for _, path in reversed(found):
         try:
             json.loads((path / "trainer_state.json").read_text())
@@ -354,20 +419,42 @@ def _write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: 
                 if (select_dir / name).is_file():
                     shutil.copy2(select_dir / name, tmp / "select" / name)
         retrained = final["phase"] == "retrain"
-        title = f"{job.out_dir.name}, objective {job.cfg.objective}" + (f", retrained {final['steps']} steps" if retrained else "")
+        title = f"{job.out_dir.name}, objective {job.cfg.objective}" + (
+            f", retrained {final['steps']} steps" if retrained else ""
+        )
         plot_logps(tmp, job.cfg.beta, title=title)
         why = "highest greedy accuracy on the held-out questions; earliest step among ties"
-        write_json_atomic(tmp / "train_manifest.json", {
-            **job.identity, "irpo_version": __version__, "iteration": job.iteration, "reference": job.reference.spec,
-            "objective": job.cfg.objective, "ablation": job.ablation, "trained_on": TRAINED_ON[job.cfg.objective],
-            "rows_trained": rows_trained, "chosen_step": best and best["step"], "held_out_accuracy": best and best["accuracy"],
-            "why": why + (f", then retrained from {job.reference.spec} on all pairs for that many steps" if retrained else ""),
-            "held_out_questions": len(job.sets.held_out), "retrained": retrained, "steps": final["steps"],
-            "selection_steps": selection["steps"], **notes,
-        })  # fmt: skip
+        write_json_atomic(
+            tmp / "train_manifest.json",
+            {
+                **job.identity,
+                "irpo_version": __version__,
+                "iteration": job.iteration,
+                "reference": job.reference.spec,
+                "objective": job.cfg.objective,
+                "ablation": job.ablation,
+                "trained_on": TRAINED_ON[job.cfg.objective],
+                "rows_trained": rows_trained,
+                "chosen_step": best and best["step"],
+                "held_out_accuracy": best and best["accuracy"],
+                "why": why
+                + (f", then retrained from {job.reference.spec} on all pairs for that many steps" if retrained else ""),
+                "held_out_questions": len(job.sets.held_out),
+                "retrained": retrained,
+                "steps": final["steps"],
+                "selection_steps": selection["steps"],
+                **notes,
+            },
+        )
     shutil.rmtree(job.work)  # checkpoints are large; everything worth keeping is in M_T/
-    log.info("%s (%s) written to %s (step %s chosen%s)", job.out_dir.name, job.cfg.objective, job.out_dir,
-             best and best["step"], ", retrained on all pairs" if retrained else "")  # fmt: skip
+    log.info(
+        "%s (%s) written to %s (step %s chosen%s)",
+        job.out_dir.name,
+        job.cfg.objective,
+        job.out_dir,
+        best and best["step"],
+        ", retrained on all pairs" if retrained else "",
+    )
 
 
 def _rows_fingerprint(job: TrainJob, held_ids: set[str]) -> str:

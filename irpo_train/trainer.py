@@ -41,7 +41,9 @@ class DPONLLTrainer(Trainer):
         self._parts: list[dict[str, torch.Tensor]] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps, lengths = completion_logps(model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
+        logps, lengths = completion_logps(
+            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
+        )
         loss, parts = objective_loss(self.objective, logps, lengths, inputs, beta=self.beta, alpha=self.alpha)
         self._parts.append(parts)
         return (loss, {"logps": logps}) if return_outputs else loss
@@ -74,7 +76,9 @@ class MetricsFile(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # After a resume, drop lines from steps that will be trained again.
         if self.path.is_file():
-            kept = [line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= state.global_step]
+            kept = [
+                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= state.global_step
+            ]
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -95,7 +99,13 @@ class ProbeLogps(TrainerCallback):
 
     def __init__(self, rows: list[dict], every: int, pad_token_id: int, path: Path, bf16: bool, batch_size: int = 8):
         self.rows = rows  # pairs with their reference log-probs, chosen by probe_indices
-        self.every, self.pad_token_id, self.path, self.bf16, self.batch_size = every, pad_token_id, path, bf16, batch_size
+        self.every, self.pad_token_id, self.path, self.bf16, self.batch_size = (
+            every,
+            pad_token_id,
+            path,
+            bf16,
+            batch_size,
+        )
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         done = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
@@ -112,7 +122,9 @@ class ProbeLogps(TrainerCallback):
         was_training = model.training
         try:
             # The reference pass's own function: same batching and autocast, no gradients.
-            policy_chosen, policy_rejected, _ = reference_logps(model, self.rows, self.pad_token_id, self.batch_size, False, self.bf16)
+            policy_chosen, policy_rejected, _ = reference_logps(
+                model, self.rows, self.pad_token_id, self.batch_size, False, self.bf16
+            )
         finally:
             model.train(was_training)
         chosen = [p - r["ref_chosen_logps"] for p, r in zip(policy_chosen, self.rows)]
@@ -140,7 +152,19 @@ class HeldOutAccuracy(TrainerCallback):
     choice is among trained steps only, as in the paper.
     """
 
-    def __init__(self, task, questions, prompts, tokenizer, every: int, max_new_tokens: int, best_dir: Path, record: Path, batch_size: int = 16, bf16: bool = False):
+    def __init__(
+        self,
+        task,
+        questions,
+        prompts,
+        tokenizer,
+        every: int,
+        max_new_tokens: int,
+        best_dir: Path,
+        record: Path,
+        batch_size: int = 16,
+        bf16: bool = False,
+    ):
         self.task, self.questions, self.prompts = task, questions, prompts
         self.tokenizer, self.every, self.max_new_tokens = tokenizer, every, max_new_tokens
         self.best_dir, self.record, self.batch_size, self.bf16 = best_dir, record, batch_size, bf16
@@ -163,17 +187,33 @@ class HeldOutAccuracy(TrainerCallback):
     def _evaluate(self, model, step: int) -> None:
         if any(h["step"] == step for h in self.history):
             return
-        accuracy = held_out_accuracy(model, self.tokenizer, self.task, self.questions, self.prompts, self.max_new_tokens, self.batch_size, self.bf16)
+        accuracy = held_out_accuracy(
+            model,
+            self.tokenizer,
+            self.task,
+            self.questions,
+            self.prompts,
+            self.max_new_tokens,
+            self.batch_size,
+            self.bf16,
+        )
         self.history.append({"step": step, "accuracy": accuracy})
         best = self.best()
         if step > 0 and best is not None and best["step"] == step:
             with atomic_dir(self.best_dir) as tmp:
                 model.save_pretrained(tmp)
-        log.info("step %d: held-out greedy accuracy %.1f%% (best so far: step %s)", step, 100 * accuracy, best and best["step"])
+        log.info(
+            "step %d: held-out greedy accuracy %.1f%% (best so far: step %s)",
+            step,
+            100 * accuracy,
+            best and best["step"],
+        )
         write_json_atomic(self.record, {"history": self.history, "best": best, "questions": len(self.questions)})
 
 
-def held_out_accuracy(model, tokenizer, task, questions, prompts, max_new_tokens: int, batch_size: int, bf16: bool = False) -> float:
+def held_out_accuracy(
+    model, tokenizer, task, questions, prompts, max_new_tokens: int, batch_size: int, bf16: bool = False
+) -> float:
     """Greedy accuracy with the model in memory, graded by irpo_data.grading (the reward's grader)."""
     was_training = model.training
     model.eval()
@@ -183,9 +223,18 @@ def held_out_accuracy(model, tokenizer, task, questions, prompts, max_new_tokens
     try:
         with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
             for start in range(0, len(prompts), batch_size):
-                enc = tokenizer(prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-                out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id,
-                                     temperature=None, top_p=None, top_k=None)  # fmt: skip
+                enc = tokenizer(
+                    prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
+                ).to(model.device)
+                out = model.generate(
+                    **enc,
+                    do_sample=False,
+                    max_new_tokens=max_new_tokens,
+                    pad_token_id=tokenizer.pad_token_id,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                )
                 texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
                 for text, question in zip(texts, questions[start : start + batch_size]):
                     correct += grade(task, text, question.gold).correct

@@ -55,25 +55,45 @@ class FakeHub:
         repo, rest = match.group(1), match.group(2) or ""
         files = self.repos.get(repo)
         if files is None:
-            return httpx2.Response(404, json={"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"})
+            return httpx2.Response(
+                404, json={"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"}
+            )
         return self._repo_call(request, repo, files, rest, body)
 
     def _repo_call(self, request, repo, files, rest, body):
         method = request.method
         if rest == "/info/lfs/objects/batch":
             objects = json.loads(body)["objects"]
-            return httpx2.Response(200, json={"objects": [
-                {"oid": o["oid"], "size": o["size"], "actions": {"upload": {"href": f"https://huggingface.co/lfs-upload/{o['oid']}"}}}
-                for o in objects
-            ]})  # fmt: skip
+            return httpx2.Response(
+                200,
+                json={
+                    "objects": [
+                        {
+                            "oid": o["oid"],
+                            "size": o["size"],
+                            "actions": {"upload": {"href": f"https://huggingface.co/lfs-upload/{o['oid']}"}},
+                        }
+                        for o in objects
+                    ]
+                },
+            )
         if rest.startswith("/preupload/"):
             listed = json.loads(body)["files"]
-            return httpx2.Response(200, json={"files": [
-                # "lfs" for data files: with "regular" the commit would need the temporary
-                # shard that datasets deletes after the preupload.
-                {"path": f["path"], "uploadMode": "lfs" if f["path"].endswith(".parquet") else "regular", "shouldIgnore": False}
-                for f in listed
-            ]})  # fmt: skip
+            return httpx2.Response(
+                200,
+                json={
+                    "files": [
+                        # "lfs" for data files: with "regular" the commit would need the temporary
+                        # shard that datasets deletes after the preupload.
+                        {
+                            "path": f["path"],
+                            "uploadMode": "lfs" if f["path"].endswith(".parquet") else "regular",
+                            "shouldIgnore": False,
+                        }
+                        for f in listed
+                    ]
+                },
+            )
         if rest.startswith("/commit/"):
             return self._commit(repo, files, body)
         if rest.startswith("/tag/"):
@@ -84,7 +104,9 @@ class FakeHub:
             return httpx2.Response(200, json={})
         if rest == "" or rest.startswith("/revision/"):
             siblings = [{"rfilename": p} for p in sorted(files)]
-            return httpx2.Response(200, json={"id": repo, "sha": self._sha(files), "siblings": siblings, "private": False, "tags": []})
+            return httpx2.Response(
+                200, json={"id": repo, "sha": self._sha(files), "siblings": siblings, "private": False, "tags": []}
+            )
         if rest.startswith("/tree/"):
             prefix = rest.split("/", 3)[3] if rest.count("/") >= 3 else ""
             entries = self._tree(files, prefix)
@@ -98,7 +120,11 @@ class FakeHub:
             if name not in files:
                 return httpx2.Response(404, json={"error": "Entry not found"}, headers=ENTRY_NOT_FOUND)
             content = files[name]
-            headers = {"X-Repo-Commit": self._sha(files), "ETag": hashlib.sha256(content).hexdigest(), "Content-Length": str(len(content))}
+            headers = {
+                "X-Repo-Commit": self._sha(files),
+                "ETag": hashlib.sha256(content).hexdigest(),
+                "Content-Length": str(len(content)),
+            }
             return httpx2.Response(200, content=b"" if method == "HEAD" else content, headers=headers)
         return httpx2.Response(404, json={"error": f"stub does not know {method} {rest}"})
 
@@ -114,7 +140,9 @@ class FakeHub:
                 files.pop(value["path"], None)
         self.commits += 1
         sha = self._sha(files)
-        return httpx2.Response(200, json={"commitUrl": f"https://huggingface.co/datasets/{repo}/commit/{sha}", "commitOid": sha})
+        return httpx2.Response(
+            200, json={"commitUrl": f"https://huggingface.co/datasets/{repo}/commit/{sha}", "commitOid": sha}
+        )
 
     @staticmethod
     def _sha(files) -> str:
@@ -134,6 +162,8 @@ class FakeHub:
             if "/" in rest:
                 folders.add((prefix + "/" if prefix else "") + rest.split("/")[0])
             else:
-                entries.append({"type": "file", "path": name, "size": len(content), "oid": hashlib.sha1(content).hexdigest()})
+                entries.append(
+                    {"type": "file", "path": name, "size": len(content), "oid": hashlib.sha1(content).hexdigest()}
+                )
         entries += [{"type": "directory", "path": folder, "oid": "0" * 40} for folder in sorted(folders)]
         return entries

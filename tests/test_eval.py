@@ -8,25 +8,29 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import SHARED_DATA, require_vllm
+
 from irpo_data.card import load_card
 from irpo_data.models import resolve_model
 from irpo_data.sampling import render_prompts
-from irpo_data.tasks import Question, TaskError, get_task
+from irpo_data.tasks import TaskError, get_task
 from irpo_eval.evaluate import TASKS_DIR, EvalError, EvalSettings
 from irpo_eval.leaderboard import Entry, build_leaderboard, leaderboard_markdown, plot_leaderboard
 
 
 @pytest.mark.parametrize(
     "task,options,questions",
-    [("gsm8k", {}, 1319), ("math", {}, 5000), ("math", {"split": "prm800k", "prompt": "minerva"}, 500),
-     ("arc_challenge", {}, 1172), ("demo", {}, 300)],
-)  # fmt: skip
+    [
+        ("gsm8k", {}, 1319),
+        ("math", {}, 5000),
+        ("math", {"split": "prm800k", "prompt": "minerva"}, 500),
+        ("arc_challenge", {}, 1172),
+        ("demo", {}, 300),
+    ],
+)
 def test_lm_eval_tasks_load_local_data_and_use_the_builders_prompt(task, options, questions):
     from lm_eval.tasks import TaskManager
 
@@ -83,7 +87,11 @@ def test_cli_errors_name_the_input(tmp_path):
     assert result.exit_code == 1 and "no run folder" in result.output and "irpo-data build" in result.output
     (tmp_path / "demo" / "models").mkdir(parents=True)
     result = runner.invoke(main, ["--runs-dir", str(tmp_path)])
-    assert result.exit_code == 1 and "no trained models yet" in result.output and "irpo-train --card demo --iter 1" in result.output
+    assert (
+        result.exit_code == 1
+        and "no trained models yet" in result.output
+        and "irpo-train --card demo --iter 1" in result.output
+    )
     result = runner.invoke(main, ["--model", str(tmp_path / "nothing"), "--task", "demo"])
     assert result.exit_code == 1 and str(tmp_path / "nothing") in result.output
     result = runner.invoke(main, ["--model", str(tmp_path), "--task", "gsm9k"])
@@ -94,31 +102,55 @@ def test_cli_errors_name_the_input(tmp_path):
 
 def _record(greedy, maj, questions=100, task="gsm8k"):
     settings = {"split": "test", "limit": None, "temperature": 0.8}
-    return {"key": {"settings": settings}, "model": "m", "task": task, "questions": questions, "greedy": greedy,
-            "maj_k": 32, "maj": maj, "pass": 0.9, "sample_mean": 0.4, "greedy_strict": 0.2}  # fmt: skip
+    return {
+        "key": {"settings": settings},
+        "model": "m",
+        "task": task,
+        "questions": questions,
+        "greedy": greedy,
+        "maj_k": 32,
+        "maj": maj,
+        "pass": 0.9,
+        "sample_mean": 0.4,
+        "greedy_strict": 0.2,
+    }
 
 
 def test_leaderboard_has_deltas_against_m0_and_the_papers_rows():
-    board = build_leaderboard([Entry("M_1", 1, _record(0.30, 0.50), "dpo_nll", pairs_fingerprint="f1"), Entry("M_0", 0, _record(0.25, 0.40))])
+    board = build_leaderboard(
+        [Entry("M_1", 1, _record(0.30, 0.50), "dpo_nll", pairs_fingerprint="f1"), Entry("M_0", 0, _record(0.25, 0.40))]
+    )
     assert [r["model"] for r in board["rows"]] == ["M_0", "M_1"]
-    assert board["rows"][1]["delta_greedy"] == pytest.approx(0.05) and board["rows"][1]["delta_maj"] == pytest.approx(0.10)
+    assert board["rows"][1]["delta_greedy"] == pytest.approx(0.05) and board["rows"][1]["delta_maj"] == pytest.approx(
+        0.10
+    )
     text = leaderboard_markdown(board)
-    assert "| M_0 | base model (CoT prompt) | 25.0 ± 4.3 | 20.0 | 40.0 | 90.0 | 40.0 | 100 | +0.0 | +0.0 | 55.6 |" in text
-    assert "| M_1 | DPO+NLL (iterative RPO) | 30.0 ± 4.6 | 20.0 | 50.0 | 90.0 | 40.0 | 100 | +5.0 | +10.0 | 73.1 |" in text
+    assert (
+        "| M_0 | base model (CoT prompt) | 25.0 ± 4.3 | 20.0 | 40.0 | 90.0 | 40.0 | 100 | +0.0 | +0.0 | 55.6 |" in text
+    )
+    assert (
+        "| M_1 | DPO+NLL (iterative RPO) | 30.0 ± 4.6 | 20.0 | 50.0 | 90.0 | 40.0 | 100 | +5.0 | +10.0 | 73.1 |" in text
+    )
     assert "| iterative RPO, 1 iteration, twice the data | greedy | 74.8 |" in text  # §3.1's more-data rows
-    assert "| iterative RPO, iteration 4, maj@32 | maj@32 | 88.7 |" in text and "| zero-shot CoT | greedy | 55.6 |" in text
-    assert "reports no numbers" in leaderboard_markdown(build_leaderboard([Entry("M_0", 0, _record(0.2, 0.3, task="demo"))]))
+    assert (
+        "| iterative RPO, iteration 4, maj@32 | maj@32 | 88.7 |" in text and "| zero-shot CoT | greedy | 55.6 |" in text
+    )
+    assert "reports no numbers" in leaderboard_markdown(
+        build_leaderboard([Entry("M_0", 0, _record(0.2, 0.3, task="demo"))])
+    )
 
 
 def test_ablations_sit_after_their_iteration_beside_the_papers_baselines(tmp_path):
     """Rows per objective, each matched to the paper's row trained the same way (Table 1 of the paper)."""
-    board = build_leaderboard([
-        Entry("M_1-sft_gold", 1, _record(0.20, 0.30), "sft_gold", True, "f1"),
-        Entry("M_2", 2, _record(0.40, 0.50), "dpo_nll", pairs_fingerprint="f2"),
-        Entry("M_1-dpo", 1, _record(0.10, 0.20), "dpo", True, "f1"),
-        Entry("M_1", 1, _record(0.30, 0.50), "dpo_nll", pairs_fingerprint="f1"),
-        Entry("M_0", 0, _record(0.25, 0.40)),
-    ])  # fmt: skip
+    board = build_leaderboard(
+        [
+            Entry("M_1-sft_gold", 1, _record(0.20, 0.30), "sft_gold", True, "f1"),
+            Entry("M_2", 2, _record(0.40, 0.50), "dpo_nll", pairs_fingerprint="f2"),
+            Entry("M_1-dpo", 1, _record(0.10, 0.20), "dpo", True, "f1"),
+            Entry("M_1", 1, _record(0.30, 0.50), "dpo_nll", pairs_fingerprint="f1"),
+            Entry("M_0", 0, _record(0.25, 0.40)),
+        ]
+    )
     assert [r["model"] for r in board["rows"]] == ["M_0", "M_1", "M_1-dpo", "M_1-sft_gold", "M_2"]
     assert [r["paper_greedy"] for r in board["rows"]] == [55.6, 73.1, 61.8, 63.5, 78.0]
     text = leaderboard_markdown(board)
@@ -144,6 +176,7 @@ def demo_run(tmp_path, demo_model):
 
 def test_irpo_eval_writes_results_and_leaderboard_and_resumes(demo_run, hub):
     from hub_stub import TOKEN
+
     from irpo_eval.run_eval import evaluate_run
 
     card = load_card("demo")
@@ -156,7 +189,9 @@ def test_irpo_eval_writes_results_and_leaderboard_and_resumes(demo_run, hub):
         assert 0 <= record["sample_mean"] <= record["pass"] <= 1 and record["maj"] <= record["pass"]
         assert "irpo_demo_maj" in record["lm_eval"]["results"]
     # M_1 has M_0's weights: with per-prompt seeds the samples, and so the numbers, are the same.
-    assert [m0[k] for k in ("greedy", "maj", "pass", "sample_mean")] == [m1[k] for k in ("greedy", "maj", "pass", "sample_mean")]
+    assert [m0[k] for k in ("greedy", "maj", "pass", "sample_mean")] == [
+        m1[k] for k in ("greedy", "maj", "pass", "sample_mean")
+    ]
     samples = [json.loads(line) for line in (evals / "M_0.samples.jsonl").read_text().splitlines()]
     maj = [s for s in samples if s["variant"] == "maj"]
     assert len(samples) == 10 and len(maj) == 5 and all(len(s["completions"]) == 3 for s in maj)
@@ -166,7 +201,10 @@ def test_irpo_eval_writes_results_and_leaderboard_and_resumes(demo_run, hub):
 
     task = get_task("demo")
     question = next(q for q in task.load("test").questions if q.question_id == samples[0]["question_id"])
-    assert samples[0]["prompt"] == render_prompts(task, [question], AutoTokenizer.from_pretrained(resolve_model(card.model.base).path))[0]
+    assert (
+        samples[0]["prompt"]
+        == render_prompts(task, [question], AutoTokenizer.from_pretrained(resolve_model(card.model.base).path))[0]
+    )
     board = json.loads(paths[0].read_text())
     assert [r["model"] for r in board["rows"]] == ["M_0", "M_1"] and board["rows"][1]["delta_greedy"] == 0
     assert paths[2].read_bytes()[:4] == b"\x89PNG"

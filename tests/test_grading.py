@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 import pytest
 from math_verify import parse, verify
 
@@ -80,8 +79,29 @@ def test_model_text_is_never_evaluated(tmp_path):
 def test_verdicts_match_math_verify_on_the_extracted_answers():
     """Our fast number path must agree with math-verify wherever both see the same answer."""
     golds = ["18", "1000", "0.5", "72", "3", "-4", "12.5", "100"]
-    answers = ["18", "18.0", "1,000", "1000.00", "$1,000", "1/2", "0.5", "\\frac{1}{2}", "72", "72.000001",
-               "3", "-3", "-4", "12.5", "12.50", "25/2", "100", "1e2", "99.9999999", "0", "1,50"]  # fmt: skip
+    answers = [
+        "18",
+        "18.0",
+        "1,000",
+        "1000.00",
+        "$1,000",
+        "1/2",
+        "0.5",
+        "\\frac{1}{2}",
+        "72",
+        "72.000001",
+        "3",
+        "-3",
+        "-4",
+        "12.5",
+        "12.50",
+        "25/2",
+        "100",
+        "1e2",
+        "99.9999999",
+        "0",
+        "1,50",
+    ]
     for gold in golds:
         for answer in answers:
             ours = grade("gsm8k", f"Final answer: {answer}", gold)

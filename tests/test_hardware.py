@@ -8,8 +8,10 @@ from irpo_data import hardware
 from irpo_data.card import CardError, load_card
 
 
-@pytest.mark.parametrize("flags,expected", [({"avx2"}, "float32"), ({"avx2", "avx512f", "amx_bf16"}, "bfloat16"),
-                                            ({"avx512_bf16"}, "bfloat16")])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags,expected",
+    [({"avx2"}, "float32"), ({"avx2", "avx512f", "amx_bf16"}, "bfloat16"), ({"avx512_bf16"}, "bfloat16")],
+)
 def test_auto_dtype_is_bf16_only_on_cpus_with_native_bf16(monkeypatch, flags, expected):
     """The CPU's flags are what cannot vary here (one machine): they are set, the rule is real."""
     monkeypatch.setattr(hardware, "_cpu_info", lambda: ("a CPU", frozenset(flags)))

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import require_vllm
+
 from irpo.cli import main
 from irpo.loop import restart_if_recipe_changed, set_aside_if_sampled_from_another_model
 from irpo_data.card import BUILD_SECTIONS, load_card
@@ -30,16 +30,28 @@ from irpo_data.runs import RunFolder
 # Tiny, and the paper's loop all the same: 8 + 4 held-out questions sampled, cycled pairs with gold
 # winners, a selection run of 2 steps and the retrain, two ablations (one SFT, one twice-the-pairs).
 TINY = [
-    "task.max_questions=8", "task.held_out=4", "sampling.num_samples=4", "sampling.max_new_tokens=64",
-    "pairs.max_tokens=64", "train.max_steps=2", "train.eval_every=1", "train.probe_pairs=4", "train.probe_every=1",
-    "eval.limit=4", "eval.maj_k=2", "eval.max_new_tokens=48",
-]  # fmt: skip
+    "task.max_questions=8",
+    "task.held_out=4",
+    "sampling.num_samples=4",
+    "sampling.max_new_tokens=64",
+    "pairs.max_tokens=64",
+    "train.max_steps=2",
+    "train.eval_every=1",
+    "train.probe_pairs=4",
+    "train.probe_every=1",
+    "eval.limit=4",
+    "eval.maj_k=2",
+    "eval.max_new_tokens=48",
+]
 ABLATIONS = "ablations=[sft_winners,dpo_nll_2x]"
 
 
 def _irpo_run(runs_dir, iterations=2, *flags):
     exe = shutil.which("irpo") or str(Path(sys.executable).parent / "irpo")
-    return [exe, "run", "--runs-dir", str(runs_dir), "--iterations", str(iterations), "--quiet", *flags, *TINY], {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return [exe, "run", "--runs-dir", str(runs_dir), "--iterations", str(iterations), "--quiet", *flags, *TINY], {
+        **os.environ,
+        "PYTHONUNBUFFERED": "1",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +68,18 @@ def straight_run(tmp_path_factory):
 def _outcome(run: RunFolder, iterations: int) -> dict:
     """What iterations 1..T end with: pair datasets, model weights, test results."""
     return {
-        **{f"pairs_{t}": json.loads(run.manifest(t).read_text())["dataset_fingerprint"] for t in range(1, iterations + 1)},
+        **{
+            f"pairs_{t}": json.loads(run.manifest(t).read_text())["dataset_fingerprint"]
+            for t in range(1, iterations + 1)
+        },
         **{f"M_{t}": weights_sha256(run.model(t)) for t in range(1, iterations + 1)},
-        **{f"eval_{t}": {k: json.loads((run.root / "evals" / f"M_{t}.json").read_text())[k] for k in ("greedy", "maj", "pass")}
-           for t in range(iterations + 1)},
-    }  # fmt: skip
+        **{
+            f"eval_{t}": {
+                k: json.loads((run.root / "evals" / f"M_{t}.json").read_text())[k] for k in ("greedy", "maj", "pass")
+            }
+            for t in range(iterations + 1)
+        },
+    }
 
 
 def test_irpo_run_two_iterations_then_a_rerun_does_nothing(straight_run, caplog):
@@ -78,12 +97,26 @@ def test_irpo_run_two_iterations_then_a_rerun_does_nothing(straight_run, caplog)
     build = json.loads(run.manifest(1).read_text())
     assert build["held_out_sampled"] and build["counts"]["questions"] == 12 and build["counts"]["gold_winners"] > 0
     trained = json.loads((run.model(1) / "train_manifest.json").read_text())
-    assert trained["retrained"] and trained["steps"] == trained["chosen_step"] and (run.model(1) / "select" / "done.json").is_file()
+    assert (
+        trained["retrained"]
+        and trained["steps"] == trained["chosen_step"]
+        and (run.model(1) / "select" / "done.json").is_file()
+    )
 
-    stamps = {p: p.stat().st_mtime_ns for p in (run.manifest(1), run.manifest(2), run.model(2) / "model.safetensors",
-                                                run.model(1, "sft_winners") / "model.safetensors", run.root / "evals" / "M_2.json")}  # fmt: skip
+    stamps = {
+        p: p.stat().st_mtime_ns
+        for p in (
+            run.manifest(1),
+            run.manifest(2),
+            run.model(2) / "model.safetensors",
+            run.model(1, "sft_winners") / "model.safetensors",
+            run.root / "evals" / "M_2.json",
+        )
+    }
     with caplog.at_level(logging.INFO):
-        again = CliRunner().invoke(main, ["run", "--runs-dir", str(run.root.parent), "--iterations", "2", ABLATIONS, *TINY])
+        again = CliRunner().invoke(
+            main, ["run", "--runs-dir", str(run.root.parent), "--iterations", "2", ABLATIONS, *TINY]
+        )
     assert again.exit_code == 0, again.output
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
     assert caplog.text.count("nothing to do") == 6  # two builds, two trainings and two ablations skipped
@@ -98,8 +131,11 @@ def test_ablations_train_on_iteration_1s_pairs_and_show_the_papers_likelihood_pi
     doubled = json.loads((run.iteration(1) / "pairs_2x.json").read_text())
     assert doubled["settings"]["pairs"]["pairs_per_question"] == 2 * load_card("demo").pairs.pairs_per_question
     probes = {}
-    for name, objective, fingerprint in (("dpo_nll", "dpo_nll", pairs), ("sft_winners", "sft_winners", pairs),
-                                         ("dpo_nll_2x", "dpo_nll", doubled["dataset_fingerprint"])):  # fmt: skip
+    for name, objective, fingerprint in (
+        ("dpo_nll", "dpo_nll", pairs),
+        ("sft_winners", "sft_winners", pairs),
+        ("dpo_nll_2x", "dpo_nll", doubled["dataset_fingerprint"]),
+    ):
         folder = run.model(1) if name == "dpo_nll" else run.model(1, name)
         manifest = json.loads((folder / "train_manifest.json").read_text())
         assert (manifest["objective"], manifest["pairs_fingerprint"]) == (objective, fingerprint)

@@ -90,7 +90,9 @@ def test_the_baselines_are_the_losses_parts():
     full, parts = objective_loss("dpo_nll", logps, both, batch, beta=0.1, alpha=1.0)
     dpo, dpo_parts = objective_loss("dpo", logps, both, batch, beta=0.1, alpha=1.0)  # alpha is ignored: dpo is alpha 0
     sft, sft_parts = sft_loss(chosen, lengths)
-    assert dpo.item() == pytest.approx(parts["dpo"].item()) and dpo_parts["nll"].item() == pytest.approx(parts["nll"].item())
+    assert dpo.item() == pytest.approx(parts["dpo"].item()) and dpo_parts["nll"].item() == pytest.approx(
+        parts["nll"].item()
+    )
     assert sft.item() == pytest.approx((12 / 4 + 30 / 10) / 2) == pytest.approx(parts["nll"].item())
     assert full.item() == pytest.approx(dpo.item() + sft.item())
     # SFT batches hold the chosen answers only: objective_loss passes them straight through.

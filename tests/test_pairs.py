@@ -15,7 +15,9 @@ DISTINCT = dict(scheme="distinct", drop_off_format=True, gold_winner="never")
 
 
 def pairs_of(table, k, max_tokens=50, seed=0, **settings):
-    return build_pairs(table, PairsConfig(pairs_per_question=k, max_tokens=max_tokens, **{**DISTINCT, **settings}), seed)
+    return build_pairs(
+        table, PairsConfig(pairs_per_question=k, max_tokens=max_tokens, **{**DISTINCT, **settings}), seed
+    )
 
 
 def samples_table(spec: dict[str, list[tuple[bool, int, str, bool]]]) -> pl.DataFrame:
@@ -23,11 +25,20 @@ def samples_table(spec: dict[str, list[tuple[bool, int, str, bool]]]) -> pl.Data
     rows = []
     for qid, samples in spec.items():
         for idx, (correct, n_tokens, finish, well_formed) in enumerate(samples):
-            rows.append({
-                "question_id": qid, "sample_idx": idx, "prompt": f"prompt of {qid}", "gold": "7",
-                "completion": f"{qid} answer {idx}", "n_tokens": n_tokens, "finish_reason": finish,
-                "answer": "7" if correct else str(100 + idx), "correct": correct, "well_formed": well_formed,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "question_id": qid,
+                    "sample_idx": idx,
+                    "prompt": f"prompt of {qid}",
+                    "gold": "7",
+                    "completion": f"{qid} answer {idx}",
+                    "n_tokens": n_tokens,
+                    "finish_reason": finish,
+                    "answer": "7" if correct else str(100 + idx),
+                    "correct": correct,
+                    "well_formed": well_formed,
+                }
+            )
     return pl.DataFrame(rows)
 
 
@@ -77,7 +88,9 @@ def test_every_pair_is_correct_over_wrong_within_one_question_and_distinct():
 def test_k_larger_than_combinations_takes_them_all():
     pairs, _ = pairs_of(samples_table(SPEC), 100, seed=0)
     mixed = pairs.filter(pl.col("question_id") == "q_mixed")
-    assert sorted(zip(mixed["chosen_sample_idx"], mixed["rejected_sample_idx"])) == list(itertools.product([0, 1, 2], [3, 4]))
+    assert sorted(zip(mixed["chosen_sample_idx"], mixed["rejected_sample_idx"])) == list(
+        itertools.product([0, 1, 2], [3, 4])
+    )
 
 
 def test_same_seed_same_pairs_whatever_the_row_order_and_other_seeds_differ():
@@ -85,8 +98,11 @@ def test_same_seed_same_pairs_whatever_the_row_order_and_other_seeds_differ():
     first, _ = pairs_of(table, 2, seed=7)
     shuffled, _ = pairs_of(table.sample(fraction=1.0, shuffle=True, seed=1), 2, seed=7)
     assert first.equals(shuffled)
-    picks = {tuple(pairs_of(table, 2, seed=s)[0]["chosen_sample_idx"]) + tuple(
-        pairs_of(table, 2, seed=s)[0]["rejected_sample_idx"]) for s in range(8)}
+    picks = {
+        tuple(pairs_of(table, 2, seed=s)[0]["chosen_sample_idx"])
+        + tuple(pairs_of(table, 2, seed=s)[0]["rejected_sample_idx"])
+        for s in range(8)
+    }
     assert len(picks) > 1
 
 
@@ -118,10 +134,15 @@ PAPER = PairsConfig(pairs_per_question=10, max_tokens=50)  # the defaults are th
 
 
 def gold_table(questions, correct=True, well_formed=True, n_tokens=5):
-    return pl.DataFrame({
-        "question_id": list(questions), "completion": [f"gold of {q}" for q in questions], "n_tokens": [n_tokens] * len(questions),
-        "correct": [correct] * len(questions), "well_formed": [well_formed] * len(questions),
-    })  # fmt: skip
+    return pl.DataFrame(
+        {
+            "question_id": list(questions),
+            "completion": [f"gold of {q}" for q in questions],
+            "n_tokens": [n_tokens] * len(questions),
+            "correct": [correct] * len(questions),
+            "well_formed": [well_formed] * len(questions),
+        }
+    )
 
 
 def test_cycled_pairs_are_exactly_k_per_question_using_every_sample_evenly():
@@ -143,7 +164,10 @@ def test_cycled_pairs_depend_on_the_seed_and_on_nothing_else_in_the_table():
     alone = build_pairs(samples_table({"q_mixed": SPEC["q_mixed"]}), PAPER, seed=3)[0]
     crowded = build_pairs(samples_table(SPEC), PAPER, seed=3)[0].filter(pl.col("question_id") == "q_mixed")
     assert alone.equals(crowded)
-    others = {tuple(build_pairs(samples_table({"q_mixed": SPEC["q_mixed"]}), PAPER, seed=s)[0]["chosen_sample_idx"]) for s in range(6)}
+    others = {
+        tuple(build_pairs(samples_table({"q_mixed": SPEC["q_mixed"]}), PAPER, seed=s)[0]["chosen_sample_idx"])
+        for s in range(6)
+    }
     assert len(others) > 1
 
 
@@ -157,13 +181,23 @@ def test_off_format_answers_are_losers_and_counted():
     assert dropped.height == 0 and dropped_stats["dropped_not_well_formed"] == 2
 
 
-@pytest.mark.parametrize("mode,expected", [("always", {"q_mixed", "q_two", "q_all_wrong", "q_filtered", "q_nothing_usable"}),
-                                           ("when_none_correct", {"q_all_wrong", "q_nothing_usable"}), ("never", set())])  # fmt: skip
+@pytest.mark.parametrize(
+    "mode,expected",
+    [
+        ("always", {"q_mixed", "q_two", "q_all_wrong", "q_filtered", "q_nothing_usable"}),
+        ("when_none_correct", {"q_all_wrong", "q_nothing_usable"}),
+        ("never", set()),
+    ],
+)
 def test_gold_solutions_join_the_winners_where_the_card_says(mode, expected):
-    pairs, stats = build_pairs(samples_table(SPEC), PairsConfig(max_tokens=50, gold_winner=mode), seed=0, gold=gold_table(SPEC))
+    pairs, stats = build_pairs(
+        samples_table(SPEC), PairsConfig(max_tokens=50, gold_winner=mode), seed=0, gold=gold_table(SPEC)
+    )
     gold_rows = pairs.filter(pl.col("chosen_source") == "gold")
     assert set(gold_rows["question_id"]) == expected
-    assert (gold_rows["chosen_sample_idx"] == -1).all() and (gold_rows["chosen"] == "gold of " + gold_rows["question_id"]).all()
+    assert (gold_rows["chosen_sample_idx"] == -1).all() and (
+        gold_rows["chosen"] == "gold of " + gold_rows["question_id"]
+    ).all()
     assert (gold_rows["chosen_answer"] == "7").all()  # the gold answer itself
     # q_all_wrong has no right sample: only a gold winner gives it pairs.
     assert ("q_all_wrong" in set(pairs["question_id"])) == (mode != "never")
@@ -171,14 +205,20 @@ def test_gold_solutions_join_the_winners_where_the_card_says(mode, expected):
 
 def test_a_gold_solution_the_grader_rejects_or_too_long_is_not_a_winner():
     table = samples_table({"q_all_wrong": SPEC["q_all_wrong"]})
-    for gold in (gold_table(["q_all_wrong"], correct=False), gold_table(["q_all_wrong"], well_formed=False), gold_table(["q_all_wrong"], n_tokens=99)):
+    for gold in (
+        gold_table(["q_all_wrong"], correct=False),
+        gold_table(["q_all_wrong"], well_formed=False),
+        gold_table(["q_all_wrong"], n_tokens=99),
+    ):
         pairs, stats = build_pairs(table, PAPER, seed=0, gold=gold)
         assert pairs.height == 0 and stats["gold_winners"] == 0 and stats["gold_not_accepted"] == 1
 
 
 def test_max_pairs_keeps_a_seeded_random_subset_and_counts_the_rest():
     full, _ = build_pairs(samples_table(SPEC), PAPER, seed=0, gold=gold_table(SPEC))
-    capped, stats = build_pairs(samples_table(SPEC), PairsConfig(max_tokens=50, max_pairs=17), seed=0, gold=gold_table(SPEC))
+    capped, stats = build_pairs(
+        samples_table(SPEC), PairsConfig(max_tokens=50, max_pairs=17), seed=0, gold=gold_table(SPEC)
+    )
     assert capped.height == 17 and stats["dropped_over_max_pairs"] == full.height - 17
     assert capped.join(full, on=capped.columns, how="anti").height == 0  # a subset of the uncapped pairs
     again, _ = build_pairs(samples_table(SPEC), PairsConfig(max_tokens=50, max_pairs=17), seed=0, gold=gold_table(SPEC))

@@ -16,12 +16,20 @@ import huggingface_hub
 import polars as pl
 import pytest
 from datasets import load_from_disk
-
 from hub_stub import TOKEN
+from test_pairs import SPEC, samples_table
+
 from irpo_data.card import PairsConfig
 from irpo_data.pairs import build_pairs
-from irpo_data.publish import PublishError, dataset_card, fingerprint, push_iteration, save_pairs, write_card_and_manifest
-from test_pairs import SPEC, samples_table
+from irpo_data.publish import (
+    PublishError,
+    dataset_card,
+    fingerprint,
+    push_iteration,
+    save_pairs,
+    write_card_and_manifest,
+)
+
 
 def built_iteration(tmp_path, iteration=1):
     pairs, stats = build_pairs(samples_table(SPEC), PairsConfig(pairs_per_question=4, max_tokens=50), seed=0)
@@ -30,10 +38,25 @@ def built_iteration(tmp_path, iteration=1):
     save_pairs(pairs, iteration, iter_dir / "pairs")
     fp = fingerprint(pairs)
     card = dataset_card(
-        license="mit", iteration=iteration, run="t", model="m", task="gsm8k", num_samples=5, pairs_per_question=4,
-        stats=stats, pair_scheme="cycle", weights_sha256="w", previous="none", card_sha256="c", seed=0, temperature=0.8,
-        engine="vllm", source="s", fingerprint=fp, version="0",
-    )  # fmt: skip
+        license="mit",
+        iteration=iteration,
+        run="t",
+        model="m",
+        task="gsm8k",
+        num_samples=5,
+        pairs_per_question=4,
+        stats=stats,
+        pair_scheme="cycle",
+        weights_sha256="w",
+        previous="none",
+        card_sha256="c",
+        seed=0,
+        temperature=0.8,
+        engine="vllm",
+        source="s",
+        fingerprint=fp,
+        version="0",
+    )
     write_card_and_manifest(iter_dir, card, {"dataset_fingerprint": fp, "counts": stats})
     return iter_dir, pairs, fp
 
@@ -99,7 +122,9 @@ def test_missing_token_says_how_to_log_in(tmp_path, monkeypatch):
 
 
 def test_an_iteration_without_pairs_saves_and_loads_as_an_empty_split(tmp_path):
-    pairs, _ = build_pairs(samples_table({"q_all_wrong": SPEC["q_all_wrong"]}), PairsConfig(pairs_per_question=4, max_tokens=50), seed=0)
+    pairs, _ = build_pairs(
+        samples_table({"q_all_wrong": SPEC["q_all_wrong"]}), PairsConfig(pairs_per_question=4, max_tokens=50), seed=0
+    )
     assert pairs.height == 0
     save_pairs(pairs, 1, tmp_path / "pairs")
     train = load_from_disk(str(tmp_path / "pairs"))["train"]

@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import polars as pl
 import pytest
-
 from conftest import require_vllm
+
 from irpo_data.card import SamplingConfig
 from irpo_data.grading import grade
 from irpo_data.hardware import resolve_dtype
 from irpo_data.sampling import (
-    SAMPLE_SCHEMA, SamplingError, SamplingParams, TransformersEngine, VLLMEngine, read_samples, render_prompts,
+    SAMPLE_SCHEMA,
+    SamplingError,
+    SamplingParams,
+    TransformersEngine,
+    VLLMEngine,
+    read_samples,
+    render_prompts,
     sample_answers,
-)  # fmt: skip
+)
 from irpo_data.tasks import get_task
 
 TASK = get_task("demo")
@@ -62,7 +68,11 @@ def test_shards_hold_every_graded_generation(engine_fixture, request, demo_token
     engine = request.getfixturevalue(engine_fixture)
     prompts = render_prompts(TASK, QUESTIONS, demo_tokenizer)
     report = run(engine, tmp_path, prompts)
-    assert sorted(p.name for p in tmp_path.glob("part-*")) == ["part-00000.parquet", "part-00001.parquet", "part-00002.parquet"]
+    assert sorted(p.name for p in tmp_path.glob("part-*")) == [
+        "part-00000.parquet",
+        "part-00001.parquet",
+        "part-00002.parquet",
+    ]
     samples = read_samples(tmp_path)
     assert samples.schema == pl.Schema(SAMPLE_SCHEMA)
     assert samples.height == report.generations == 15
@@ -77,7 +87,9 @@ def test_shards_hold_every_graded_generation(engine_fixture, request, demo_token
 
 
 @pytest.mark.parametrize("engine_fixture", ["hf_engine", "vllm_engine"])
-def test_kill_mid_sampling_keeps_finished_shards_and_resume_matches_uninterrupted(engine_fixture, request, demo_tokenizer, tmp_path):
+def test_kill_mid_sampling_keeps_finished_shards_and_resume_matches_uninterrupted(
+    engine_fixture, request, demo_tokenizer, tmp_path
+):
     engine = request.getfixturevalue(engine_fixture)
     prompts = render_prompts(TASK, QUESTIONS, demo_tokenizer)
     with pytest.raises(KeyboardInterrupt):
@@ -102,5 +114,7 @@ def test_vllm_samples_are_reproducible_and_seed_dependent(vllm_engine, demo_toke
 def test_rerun_with_other_settings_is_refused(hf_engine, demo_tokenizer, tmp_path):
     prompts = render_prompts(TASK, QUESTIONS, demo_tokenizer)
     run(hf_engine, tmp_path, prompts, params=SamplingParams(1, 0.8, 1.0, 8, 0))
-    with pytest.raises(SamplingError, match=r"holds samples made with other settings \(params differ\); delete that folder"):
+    with pytest.raises(
+        SamplingError, match=r"holds samples made with other settings \(params differ\); delete that folder"
+    ):
         run(hf_engine, tmp_path, prompts, params=SamplingParams(2, 0.8, 1.0, 8, 0))

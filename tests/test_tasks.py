@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 
 import pytest
-
 from conftest import ASSETS, SHARED_DATA
+
 from irpo_data.tasks import TaskError, get_task, split_held_out, task_names
 from irpo_data.tasks.demo import generate_rows
 
 
 def test_registry_lists_the_four_tasks_and_rejects_unknown_names():
     assert task_names() == ["arc_challenge", "demo", "gsm8k", "math"]
-    with pytest.raises(TaskError, match=r"unknown task 'gsm8kk'\. Did you mean 'gsm8k'\? Known tasks: arc_challenge, demo, gsm8k, math"):
+    with pytest.raises(
+        TaskError, match=r"unknown task 'gsm8kk'\. Did you mean 'gsm8k'\? Known tasks: arc_challenge, demo, gsm8k, math"
+    ):
         get_task("gsm8kk")
 
 
@@ -37,7 +39,7 @@ ARC_PROMPT = (
 )
 MATH_INSTRUCTION = (
     "Your task is to answer the last question below. Give step by step reasoning before you answer, and when "
-    "you're ready to answer, please wrap your answer in \\boxed, and conclude using the format \"Final answer: ...\""
+    'you\'re ready to answer, please wrap your answer in \\boxed, and conclude using the format "Final answer: ..."'
 )
 
 
@@ -189,7 +191,9 @@ def test_gold_solutions_grade_as_correct_well_formed_answers(name, ungraded):
     task = get_task(name)
     questions = task.load("train", None if name == "demo" else str(SHARED_DATA / name)).questions
     assert task.has_solutions and all(q.solution for q in questions)
-    failing = [q.question_id for q in questions if not ((g := grade(task, q.solution, q.gold)).correct and g.well_formed)]
+    failing = [
+        q.question_id for q in questions if not ((g := grade(task, q.solution, q.gold)).correct and g.well_formed)
+    ]
     # MATH: one gold answer math-verify cannot match to itself after extraction ("6, 8\text{, and }10").
     assert len(failing) == ungraded, failing[:5]
 
@@ -204,7 +208,10 @@ def test_arc_has_no_gold_solutions():
 def test_math_paper_split_is_the_original_7500_5000_and_disjoint():
     task = get_task("math")
     train, test = (task.load(split, str(SHARED_DATA / "math")) for split in ("train", "test"))
-    assert len(train.questions) + train.skipped_empty_gold == 7500 and len(test.questions) + test.skipped_empty_gold == 5000
+    assert (
+        len(train.questions) + train.skipped_empty_gold == 7500
+        and len(test.questions) + test.skipped_empty_gold == 5000
+    )
     assert all(q.question_id.startswith("train/") for q in train.questions)
     assert all(q.question_id.startswith("test/") for q in test.questions)
     assert not {q.question_id for q in train.questions} & {q.question_id for q in test.questions}

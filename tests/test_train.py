@@ -17,8 +17,16 @@ from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize
 from irpo_train.reference import load_or_compute
 
 # Small enough for a few CPU steps: 4 pairs, batch 2, 2 held-out questions, 24 answer tokens.
-TINY = ["train.batch_size=2", "train.max_steps=4", "train.eval_every=2", "train.eval_questions=2", "train.probe_every=2",
-        "sampling.max_new_tokens=24", "train.learning_rate=1e-4", "train.bf16=false"]  # fmt: skip  # fp32: exact at step 1
+TINY = [
+    "train.batch_size=2",
+    "train.max_steps=4",
+    "train.eval_every=2",
+    "train.eval_questions=2",
+    "train.probe_every=2",
+    "sampling.max_new_tokens=24",
+    "train.learning_rate=1e-4",
+    "train.bf16=false",
+]  # fp32: exact at step 1
 
 
 def make_iteration(runs, demo_tokenizer, card):
@@ -29,14 +37,19 @@ def make_iteration(runs, demo_tokenizer, card):
     task = get_task("demo")
     questions = task.load("train").questions[:4]
     prompts = render_prompts(task, questions, demo_tokenizer)
-    pairs = pl.DataFrame({
-        "question_id": [q.question_id for q in questions], "prompt": prompts,
-        "chosen": [f"We count them. The answer is {q.gold}." for q in questions],
-        "rejected": [f"We guess. The answer is {int(q.gold) + 3}." for q in questions],
-        "gold": [q.gold for q in questions], "chosen_answer": [q.gold for q in questions],
-        "rejected_answer": [str(int(q.gold) + 3) for q in questions],
-        "chosen_sample_idx": [0] * 4, "rejected_sample_idx": [1] * 4,
-    })  # fmt: skip
+    pairs = pl.DataFrame(
+        {
+            "question_id": [q.question_id for q in questions],
+            "prompt": prompts,
+            "chosen": [f"We count them. The answer is {q.gold}." for q in questions],
+            "rejected": [f"We guess. The answer is {int(q.gold) + 3}." for q in questions],
+            "gold": [q.gold for q in questions],
+            "chosen_answer": [q.gold for q in questions],
+            "rejected_answer": [str(int(q.gold) + 3) for q in questions],
+            "chosen_sample_idx": [0] * 4,
+            "rejected_sample_idx": [1] * 4,
+        }
+    )
     run = RunFolder.for_card(card, runs)
     run.freeze_card(card, BUILD_SECTIONS)
     save_pairs(pairs, 1, run.pairs(1))
@@ -56,7 +69,10 @@ def test_prompt_is_masked_and_answers_end_with_eos(demo_tokenizer):
     assert not batch["completion_mask"][:, :prompt_len].any()
     assert batch["completion_mask"][0].sum() == len(rows[0]["chosen_ids"])
     assert batch["completion_mask"][1].sum() == len(rows[0]["rejected_ids"])
-    assert (batch["attention_mask"][0] == batch["completion_mask"][0] | (torch.arange(batch["input_ids"].shape[1]) < prompt_len)).all()
+    assert (
+        batch["attention_mask"][0]
+        == batch["completion_mask"][0] | (torch.arange(batch["input_ids"].shape[1]) < prompt_len)
+    ).all()
 
 
 def test_pairs_longer_than_max_length_are_dropped_and_counted(demo_tokenizer):
@@ -107,12 +123,18 @@ class StopAfter(TrainerCallback):
             raise KeyboardInterrupt
 
 
-def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(tmp_path, demo_model, demo_tokenizer, monkeypatch, caplog):
+def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(
+    tmp_path, demo_model, demo_tokenizer, monkeypatch, caplog
+):
     card = load_card("demo", [*TINY, "train.retrain_with_held_out=false"])  # one run: its chosen checkpoint is M_1
     run, _ = make_iteration(tmp_path, demo_tokenizer, card)
 
     real_trainer = train_module.DPONLLTrainer
-    monkeypatch.setattr(train_module, "DPONLLTrainer", lambda *a, **k: real_trainer(*a, **{**k, "callbacks": k["callbacks"] + [StopAfter(3)]}))
+    monkeypatch.setattr(
+        train_module,
+        "DPONLLTrainer",
+        lambda *a, **k: real_trainer(*a, **{**k, "callbacks": k["callbacks"] + [StopAfter(3)]}),
+    )
     with pytest.raises(KeyboardInterrupt):
         train_module.train_iteration(card, 1, tmp_path, progress=False)
     work = run.root / "models" / "M_1.work"
@@ -125,7 +147,14 @@ def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(tmp_pa
         out = train_module.train_iteration(card, 1, tmp_path, progress=False)
     assert "reference log-probs: reusing" in caplog.text and "resuming the select run from" in caplog.text
     assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
-    for name in ("config.json", "model.safetensors", "tokenizer.json", "logps.png", "checkpoint_choice.json", "ref_logps.parquet"):
+    for name in (
+        "config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "logps.png",
+        "checkpoint_choice.json",
+        "ref_logps.parquet",
+    ):
         assert (out / name).is_file(), name
     manifest = json.loads((out / "train_manifest.json").read_text())
     choice = json.loads((out / "checkpoint_choice.json").read_text())
@@ -135,7 +164,9 @@ def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(tmp_pa
     # on them with the NLL term lifts the winners and pushes the losers down.
     probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
     assert [p["step"] for p in probe] == [0, 2, 4] and probe[0]["pairs"] == 4
-    assert probe[0]["chosen_change"] == pytest.approx(0, abs=1e-4) and probe[0]["rejected_change"] == pytest.approx(0, abs=1e-4)
+    assert probe[0]["chosen_change"] == pytest.approx(0, abs=1e-4) and probe[0]["rejected_change"] == pytest.approx(
+        0, abs=1e-4
+    )
     assert probe[-1]["chosen_change"] > 0 > probe[-1]["rejected_change"]
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert {"loss", "dpo", "nll", "reward_margin", "reward_accuracy", "logps_chosen", "logps_rejected"} <= first.keys()
@@ -210,8 +241,12 @@ def test_irpo_train_refuses_sft_gold_where_the_task_has_no_solutions(tmp_path):
 
     from irpo_train.cli import main
 
-    result = CliRunner().invoke(main, ["--card", "arc_challenge", "--runs-dir", str(tmp_path), "--ablation", "sft_gold"])
-    assert result.exit_code == 1 and "task arc_challenge has none" in result.output and "choose dpo_nll" in result.output
+    result = CliRunner().invoke(
+        main, ["--card", "arc_challenge", "--runs-dir", str(tmp_path), "--ablation", "sft_gold"]
+    )
+    assert (
+        result.exit_code == 1 and "task arc_challenge has none" in result.output and "choose dpo_nll" in result.output
+    )
 
 
 def test_lora_run_merges_adapters_into_a_plain_model(tmp_path, demo_model, demo_tokenizer):
@@ -269,12 +304,19 @@ def make_iteration_with_held_out(runs, demo_tokenizer, card):
 
     held = question_sets(card).held_out[:2]
     prompts = render_prompts(get_task("demo"), held, demo_tokenizer)
-    extra = pl.DataFrame({
-        "question_id": [q.question_id for q in held], "prompt": prompts,
-        "chosen": [f"We count. The answer is {q.gold}." for q in held], "rejected": [f"We guess. The answer is {int(q.gold) + 1}." for q in held],
-        "gold": [q.gold for q in held], "chosen_answer": [q.gold for q in held], "rejected_answer": [str(int(q.gold) + 1) for q in held],
-        "chosen_sample_idx": [0] * 2, "rejected_sample_idx": [1] * 2,
-    })  # fmt: skip
+    extra = pl.DataFrame(
+        {
+            "question_id": [q.question_id for q in held],
+            "prompt": prompts,
+            "chosen": [f"We count. The answer is {q.gold}." for q in held],
+            "rejected": [f"We guess. The answer is {int(q.gold) + 1}." for q in held],
+            "gold": [q.gold for q in held],
+            "chosen_answer": [q.gold for q in held],
+            "rejected_answer": [str(int(q.gold) + 1) for q in held],
+            "chosen_sample_idx": [0] * 2,
+            "rejected_sample_idx": [1] * 2,
+        }
+    )
     both = pl.concat([pairs.head(2), extra])
     save_pairs(both, 1, run.pairs(1))
     write_card_and_manifest(run.iteration(1), "# card\n", {"dataset_fingerprint": fingerprint(both)})
@@ -286,20 +328,29 @@ def make_iteration_with_held_out(runs, demo_tokenizer, card):
 RETRAIN = [*TINY, "train.eval_every=4", "train.save_every=1", "train.probe_every=1"]
 
 
-def test_retrain_chooses_the_step_without_the_held_out_questions_then_trains_on_all(tmp_path, demo_model, demo_tokenizer):
+def test_retrain_chooses_the_step_without_the_held_out_questions_then_trains_on_all(
+    tmp_path, demo_model, demo_tokenizer
+):
     card = load_card("demo", RETRAIN)
     run, pairs, held_ids = make_iteration_with_held_out(tmp_path, demo_tokenizer, card)
     out = train_module.train_iteration(card, 1, tmp_path, progress=False)
     manifest = json.loads((out / "train_manifest.json").read_text())
     assert manifest["retrained"] and manifest["chosen_step"] == 4 and manifest["steps"] == 4
     assert manifest["selection"]["pairs"] == 2 and manifest["rows_trained"] == 4  # held-out pairs only in the retrain
-    assert manifest["selection"]["pairs_fingerprint"] == fingerprint(pairs.filter(~pl.col("question_id").is_in(sorted(held_ids))))
+    assert manifest["selection"]["pairs_fingerprint"] == fingerprint(
+        pairs.filter(~pl.col("question_id").is_in(sorted(held_ids)))
+    )
     assert manifest["pairs_fingerprint"] == fingerprint(pairs)
     selection = json.loads((out / "select" / "done.json").read_text())
     assert selection["pairs"] == 2 and selection["steps"] == 4
     choice = json.loads((out / "checkpoint_choice.json").read_text())
     assert [h["step"] for h in choice["history"]] == [0, 4] and choice["questions"] == 2
-    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [1, 2, 3, 4]  # the retrain's
+    assert [json.loads(l)["step"] for l in (out / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+    ]  # the retrain's
     assert [json.loads(l)["step"] for l in (out / "probe.jsonl").read_text().splitlines()] == [0, 1, 2, 3, 4]
     assert (out / "logps.png").read_bytes()[:4] == b"\x89PNG"
 
@@ -330,10 +381,15 @@ def test_a_sigkill_mid_retrain_resumes_to_the_same_weights(tmp_path, demo_model,
     os.killpg(killed.pid, signal.SIGKILL)
     killed.wait()
     assert checkpoint.is_dir() and not (tmp_path / "killed" / "demo" / "models" / "M_1").exists()
-    resumed = subprocess.run([sys.executable, "-c", code, str(tmp_path / "killed")], capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "killed")], capture_output=True, text=True, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "the select run is done; reusing it" in resumed.stderr and "resuming the retrain run from" in resumed.stderr
-    weights = [AutoModelForCausalLM.from_pretrained(tmp_path / n / "demo" / "models" / "M_1").state_dict() for n in ("straight", "killed")]
+    weights = [
+        AutoModelForCausalLM.from_pretrained(tmp_path / n / "demo" / "models" / "M_1").state_dict()
+        for n in ("straight", "killed")
+    ]
     differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
     assert differ == [], f"resumed weights differ: {differ[:5]}"
 

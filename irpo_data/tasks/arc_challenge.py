@@ -67,7 +67,9 @@ class ARCChallenge(Task):
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
         choices = row["choices"]
         if not isinstance(choices, dict) or len(choices.get("text", [])) != len(choices.get("label", [])):
-            raise TaskError(f"arc_challenge {split} row {index + 1}: choices must be {{text: [...], label: [...]}} of equal length")
+            raise TaskError(
+                f"arc_challenge {split} row {index + 1}: choices must be {{text: [...], label: [...]}} of equal length"
+            )
         gold = str(row["answerKey"] or "").strip()
         if not gold:
             return None

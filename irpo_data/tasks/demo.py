@@ -30,11 +30,19 @@ def _problem(rng: random.Random) -> tuple[str, int, str]:
     a, b = rng.randint(2, 20), rng.randint(2, 20)
     if rng.random() < 0.5:
         question = f"{name} has {a} {item} and gets {b} more. How many {item} does {name} have now?"
-        return question, a + b, f"{name} has {a} {item} and gets {b} more, so {a} + {b} = {a + b}. The answer is {a + b}."
+        return (
+            question,
+            a + b,
+            f"{name} has {a} {item} and gets {b} more, so {a} + {b} = {a + b}. The answer is {a + b}.",
+        )
     box = rng.choice(CONTAINERS)
     a, b = rng.randint(2, 9), rng.randint(2, 9)
     question = f"{name} has {a} {box} with {b} {item} in each. How many {item} does {name} have in total?"
-    return question, a * b, f"{name} has {a} {box} with {b} {item} in each, so {a} * {b} = {a * b}. The answer is {a * b}."
+    return (
+        question,
+        a * b,
+        f"{name} has {a} {box} with {b} {item} in each, so {a} * {b} = {a * b}. The answer is {a * b}.",
+    )
 
 
 def generate_rows(split: str) -> list[dict[str, str]]:

@@ -41,7 +41,12 @@ from irpo_data.tasks import Question, Task, TaskError, read_local, register
 # The four exemplars of both prompts: Minerva's (Lewkowycz et al. 2022), MATH training problems
 # train/algebra/943, train/precalculus/372, train/algebra/256 and train/algebra/1951 (in this
 # order). The paper does not print its four; these are fixed, documented, and never sampled.
-FEW_SHOT_IDS = ("train/algebra/943.json", "train/precalculus/372.json", "train/algebra/256.json", "train/algebra/1951.json")
+FEW_SHOT_IDS = (
+    "train/algebra/943.json",
+    "train/precalculus/372.json",
+    "train/algebra/256.json",
+    "train/algebra/1951.json",
+)
 FEW_SHOT = [
     (
         r"Find the domain of the expression $\frac{\sqrt{x-2}}{\sqrt{5-x}}$.",
@@ -74,7 +79,6 @@ FEW_SHOT = [
 ]
 
 
-
 PAPER_INSTRUCTION = (
     "Your task is to answer the last question below. Give step by step reasoning before you answer, "
     "and when you're ready to answer, please wrap your answer in \\boxed, and conclude using the format "
@@ -82,12 +86,21 @@ PAPER_INSTRUCTION = (
 )
 PAPER_SHOTS = "\n\n".join(f"Question: {p}\nSolution: {s}\nFinal answer: {a}" for p, s, a in FEW_SHOT)
 MINERVA_SHOTS = "\n\n".join(
-    f"Problem:\n{p}\n\nSolution:\n{s}\nFinal Answer: The final answer is ${a}$. I hope it is correct." for p, s, a in FEW_SHOT
+    f"Problem:\n{p}\n\nSolution:\n{s}\nFinal Answer: The final answer is ${a}$. I hope it is correct."
+    for p, s, a in FEW_SHOT
 )
 SPLITS = ("paper", "prm800k")
 PROMPTS = ("paper", "minerva")
 HUB_IDS = {"paper": "EleutherAI/hendrycks_math", "prm800k": "HuggingFaceH4/MATH-500"}
-SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory", "prealgebra", "precalculus")
+SUBJECTS = (
+    "algebra",
+    "counting_and_probability",
+    "geometry",
+    "intermediate_algebra",
+    "number_theory",
+    "prealgebra",
+    "precalculus",
+)
 
 
 @register
@@ -104,7 +117,10 @@ class MATH(Task):
 
     def __post_init__(self):
         if self.split not in SPLITS:
-            raise TaskError(f"task.split has {self.split!r}; MATH's splits are {', '.join(SPLITS)} (paper: the original 7,500 / 5,000)")
+            raise TaskError(
+                f"task.split has {self.split!r}; MATH's splits are {', '.join(SPLITS)} (paper: the original "
+                "7,500 / 5,000)"
+            )
         if self.prompt not in PROMPTS:
             raise TaskError(f"task.prompt has {self.prompt!r}; MATH's prompts are {', '.join(PROMPTS)}")
 
@@ -115,7 +131,9 @@ class MATH(Task):
     def read_rows(self, split: str, data_dir: str | None, hub_id: str | None) -> tuple[list[Any], str]:
         if self.split == "prm800k":
             if data_dir is None and not hub_id and split != "test":
-                raise TaskError("the PRM800K train split is not on the Hub; set task.data_dir to a folder with train.jsonl")
+                raise TaskError(
+                    "the PRM800K train split is not on the Hub; set task.data_dir to a folder with train.jsonl"
+                )
             return super().read_rows(split, data_dir, hub_id or HUB_IDS["prm800k"])
         if data_dir is not None:
             return _paper_split_from_files(Path(data_dir).expanduser(), split)
@@ -124,7 +142,10 @@ class MATH(Task):
         rows, sources = [], []
         for subject in SUBJECTS:
             part, source = self._read_hub_config(split, HUB_IDS["paper"], subject)
-            rows += [{**r, "unique_id": f"{split}/{subject}/{i}.json", "answer": last_boxed(r["solution"])} for i, r in enumerate(part)]
+            rows += [
+                {**r, "unique_id": f"{split}/{subject}/{i}.json", "answer": last_boxed(r["solution"])}
+                for i, r in enumerate(part)
+            ]
             sources.append(source)
         return rows, f"hf://{HUB_IDS['paper']} (7 subjects) split {split}"
 
@@ -136,7 +157,9 @@ class MATH(Task):
         if not gold or question_id in FEW_SHOT_IDS:  # the exemplars sit in every prompt: never a question
             return None
         worked = str(row.get("solution") or "").strip()
-        return Question(question_id, str(row["problem"]).strip(), gold, solution=self._solution(worked, gold) if worked else None)
+        return Question(
+            question_id, str(row["problem"]).strip(), gold, solution=self._solution(worked, gold) if worked else None
+        )
 
     def _solution(self, worked: str, gold: str) -> str:
         """The gold worked solution closed the way the prompt asks a sample to close."""
@@ -162,7 +185,8 @@ def _paper_split_from_files(folder: Path, split: str) -> tuple[list[dict], str]:
             uid = row.get("unique_id") if isinstance(row, dict) else None
             if not uid:
                 raise TaskError(
-                    f"{source} row {number} has no unique_id, which the paper split needs to tell MATH's train and test "
+                    f"{source} row {number} has no unique_id, which the paper split needs to tell MATH's "
+                    "train and test "
                     "problems apart; add it, or set task.split=prm800k to use the files' own split"
                 )
             if uid.startswith(f"{split}/") and uid not in seen:
