@@ -16,6 +16,7 @@ from transformers import AutoTokenizer
 
 from irpo_data.card import ModelConfig, SamplingConfig
 from irpo_data.grading import grade
+from irpo_data.hardware import resolve_dtype
 from irpo_data.models import resolve_model
 from irpo_data.sampling import SamplingParams, VLLMEngine, question_seed, render_prompts
 from irpo_data.tasks import get_task
@@ -29,7 +30,7 @@ def main() -> None:
     task = get_task("demo")
     model = resolve_model(ModelConfig().base)
     tokenizer = AutoTokenizer.from_pretrained(model.path)
-    engine = VLLMEngine(model.path, "bfloat16", 0, SamplingConfig())
+    engine = VLLMEngine(model.path, resolve_dtype("auto"), 0, SamplingConfig())
 
     questions = task.load(args.split).questions
     prompts = render_prompts(task, questions, tokenizer)

@@ -1,17 +1,25 @@
-"""`irpo-eval`: greedy and maj@k test accuracy of a run's models, and the leaderboard."""
+"""`irpo eval` (alias `irpo-eval`): greedy and maj@k test accuracy of a run's models, and the leaderboard."""
 
 from __future__ import annotations
-
-import sys
 
 import click
 
 from irpo_data.card import BUNDLED_CARDS, load_card
-from irpo_data.cli import USER_ERRORS, card_option, runs_option, setup_logging
+from irpo_data.command import (
+    Command,
+    card_option,
+    dry_run_option,
+    overrides_argument,
+    quiet_option,
+    resolve_card,
+    runs_option,
+    setup_logging,
+    show_dry_run,
+)
 from irpo_eval.evaluate import EvalError, EvalSettings
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command)
 @card_option
 @runs_option
 @click.option(
@@ -62,15 +70,33 @@ from irpo_eval.evaluate import EvalError, EvalSettings
     is_flag=True,
     help="Also write each question's prompt, completions and answers (evals/M_t.samples.jsonl).",
 )
-@click.option("--quiet", is_flag=True, help="Only warnings and the result on the terminal.")
-def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push_to_hub, output, log_samples, quiet):
+@dry_run_option
+@quiet_option
+@overrides_argument
+def main(
+    card,
+    runs_dir,
+    maj_k,
+    limit,
+    model_spec,
+    task,
+    data_dir,
+    backend,
+    push_to_hub,
+    output,
+    log_samples,
+    dry_run,
+    quiet,
+    overrides,
+):
     """Evaluate greedy, maj@k and pass@k test accuracy with lm-eval, scored by the builder's grader.
 
     \b
     Examples:
-      irpo-eval                                 # every model of runs/demo (M_0 = the base model)
-      irpo-eval --card gsm8k --maj 32           # the GSM8K run's models, the paper's maj@32
-      irpo-eval --model runs/demo/models/M_1 --task demo --maj 8 --limit 50
+      irpo eval                                 # every model of runs/demo (M_0 = the base model)
+      irpo eval --card gsm8k --maj 32           # the GSM8K run's models, the paper's maj@32
+      irpo eval eval.limit=50 eval.temperature=1.0
+      irpo eval --model runs/demo/models/M_1 --task demo --maj 8 --limit 50
 
     A run's results go to runs/NAME/evals/M_t.json and runs/NAME/leaderboard.{md,json,png};
     a rerun reuses every result whose model and settings are unchanged. With --model the
@@ -78,31 +104,23 @@ def main(card, runs_dir, maj_k, limit, model_spec, task, data_dir, backend, push
     too: python -m irpo_eval.lm_eval_cli --include_path evals/ --tasks irpo_gsm8k_maj ...
     """
     setup_logging(quiet)
-    try:
-        if model_spec is not None:
-            _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output)
-            return
-        from irpo_eval.run_eval import evaluate_run
+    if model_spec is not None:
+        _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, overrides, dry_run)
+        return
+    from irpo_eval.run_eval import evaluate_run
 
-        overrides = [f"task.data_dir={data_dir}"] if data_dir else []
-        resolved = load_card(card, overrides)
-        if task is not None and task != resolved.task.name:
-            raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
-        settings = EvalSettings.from_card(resolved, maj_k=maj_k, limit=limit, backend=backend)
-        paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples)
-        click.echo(paths[1].read_text())
-        click.echo(f"written: {', '.join(str(p) for p in paths)}")
-    except (*USER_ERRORS, EvalError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except KeyboardInterrupt:
-        click.echo(
-            "interrupted: finished models' results are kept in runs/NAME/evals/; run the same command to go on",
-            err=True,
-        )
-        sys.exit(130)
+    resolved = resolve_card(card, overrides, data_dir)
+    if task is not None and task != resolved.task.name:
+        raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
+    settings = EvalSettings.from_card(resolved, maj_k=maj_k, limit=limit, backend=backend)
+    if dry_run:
+        return show_dry_run(resolved, f"evaluate the models of runs/{resolved.name} (greedy and maj@{settings.maj_k})")
+    paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples)
+    click.echo(paths[1].read_text())
+    click.echo(f"written: {', '.join(str(p) for p in paths)}")
 
 
-def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output):
+def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, overrides, dry_run):
     from pathlib import Path
 
     from irpo_data.models import resolve_model
@@ -114,13 +132,15 @@ def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output):
 
     task = task or load_card(card).task.name
     get_task(task)  # an unknown --task is named as such, with the known ones
-    defaults = load_card(task if task in BUNDLED_CARDS else card, [f"task.name={task}"])
-    overrides = {"maj_k": maj_k, "limit": limit, "backend": backend, "data_dir": data_dir}
-    settings = EvalSettings.from_card(defaults, **overrides)
+    defaults = load_card(task if task in BUNDLED_CARDS else card, [f"task.name={task}", *overrides])
+    flags = {"maj_k": maj_k, "limit": limit, "backend": backend, "data_dir": data_dir}
+    settings = EvalSettings.from_card(defaults, **flags)
+    if dry_run:
+        return show_dry_run(defaults, f"evaluate {model_spec} on {task} (greedy and maj@{settings.maj_k})")
     record = evaluate_model(resolve_model(model_spec), settings, Path(output) if output else None)
     k = settings.maj_k
     click.echo(
-        f"{model_spec} on {task} ({record['questions']} questions): greedy {100 * record['greedy']:.1f}%, "
-        f"maj@{k} {100 * record['maj']:.1f}%, pass@{k} {100 * record['pass']:.1f}%, per-sample "
-        f"{100 * record['sample_mean']:.1f}%"
+        f"{model_spec} on {task} ({record.questions} questions): greedy {100 * record.greedy:.1f}%, "
+        f"maj@{k} {100 * record.maj_at_k:.1f}%, pass@{k} {100 * record.pass_at_k:.1f}%, sample accuracy "
+        f"{100 * record.sample_accuracy:.1f}%"
     )

@@ -17,9 +17,11 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from irpo_data.errors import IrpoError
 from irpo_data.hardware import resolve_dtype
 from irpo_data.models import ResolvedModel
-from irpo_data.runs import write_json_atomic, write_text_atomic
+from irpo_data.records import EvalRecord
+from irpo_data.runs import write_text_atomic
 from irpo_data.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 TASKS_DIR = Path(__file__).parent  # the lm-eval task YAMLs ship beside this module
 
 
-class EvalError(ValueError):
+class EvalError(IrpoError, ValueError):
     """Settings or a model that cannot be evaluated; the message names the fix."""
 
 
@@ -45,6 +47,7 @@ class EvalSettings:
     seed: int = 0
     dtype: str = "bfloat16"  # resolved by from_card (sampling.dtype "auto" is machine-dependent)
     backend: str = "irpo-vllm"  # or lm-eval's own "vllm" (k separate requests), for comparison
+    # Resources (the card's resources section): they fit the machine, so a result's key leaves them out.
     kv_cache_gb: float = 2  # vLLM on CPU
     gpu_memory_utilization: float = 0.9  # vLLM on GPU
     max_model_len: int = 2048
@@ -74,8 +77,8 @@ class EvalSettings:
             hub_id=card.task.hub_id,
             seed=card.seed,
             dtype=resolve_dtype(card.sampling.dtype),
-            kv_cache_gb=card.sampling.kv_cache_gb,
-            gpu_memory_utilization=card.sampling.gpu_memory_utilization,
+            kv_cache_gb=card.resources.kv_cache_gb,
+            gpu_memory_utilization=card.resources.gpu_memory_utilization,
             max_model_len=card.sampling.max_model_len,
             trust_remote_code=card.model.trust_remote_code,
         )
@@ -142,53 +145,65 @@ def _has_chat_template(model_path: Path) -> bool:
 
 
 def summarise(raw: dict, settings: EvalSettings) -> dict:
+    """The numbers of an EvalRecord, from lm-eval's results (metric names are the record's)."""
     greedy, maj = raw["results"][f"irpo_{settings.task}"], raw["results"][f"irpo_{settings.task}_maj"]
     return {
         "task": settings.task,
         "questions": int(raw["n-samples"][f"irpo_{settings.task}"]["effective"]),
-        "greedy": greedy["acc,samples"],
-        "greedy_strict": greedy.get("strict_acc,samples"),  # in the prompt's format: the paper's exact match
+        "greedy": greedy["greedy,samples"],
+        "greedy_strict": greedy["greedy_strict,samples"],
         "maj_k": settings.maj_k,
-        "maj": maj["maj_acc,samples"],
-        "pass": maj["pass_acc,samples"],
-        "sample_mean": maj["sample_acc,samples"],
+        "maj_at_k": maj["maj_at_k,samples"],
+        "pass_at_k": maj["pass_at_k,samples"],
+        "sample_accuracy": maj["sample_accuracy,samples"],
         # Answers (greedy and sampled) whose verification ran out of time, counted wrong.
-        "grading_timeouts": int(greedy.get("grading_timeouts,samples", 0) + maj.get("grading_timeouts,samples", 0)),
+        "grading_timeouts": int(greedy["grading_timeouts,samples"] + maj["grading_timeouts,samples"]),
     }
+
+
+RESOURCE_SETTINGS = ("kv_cache_gb", "gpu_memory_utilization")
+
+
+def result_key(model: ResolvedModel, settings: EvalSettings) -> dict:
+    """What a result is the result of: the model's weights and every setting but the resources.
+
+    As JSON stores it (tuples become lists), so that a stored key compares equal to a fresh one.
+    """
+    values = {k: v for k, v in asdict(settings).items() if k not in RESOURCE_SETTINGS}
+    return json.loads(json.dumps({"model_weights_sha256": model.weights_sha256, "settings": values}))
 
 
 def evaluate_model(
     model: ResolvedModel, settings: EvalSettings, out: Path | None = None, samples_out: Path | None = None
-) -> dict:
+) -> EvalRecord:
     """Evaluate `model`; with `out`, reuse a result there with the same key, else write one.
 
     With `samples_out`, every question's prompt, completions and graded answers also go there
     as JSON lines (as lm-eval's --log_samples, in our terms).
     """
-    # As JSON stores it (tuples become lists), so that a stored key compares equal to a fresh one.
-    key = json.loads(json.dumps({"model_weights_sha256": model.weights_sha256, "settings": asdict(settings)}))
+    key = result_key(model, settings)
     if out is not None and out.is_file():
-        stored = json.loads(out.read_text())
-        if stored.get("key") == key:
+        stored = EvalRecord.from_json(out)
+        if stored.key == key:
             log.info("%s: already evaluated with these settings; reusing it", out)
             return stored
         log.info("%s was computed with other settings or another model; evaluating again", out)
     start = time.perf_counter()
     raw = run_lm_eval(model.path, settings, log_samples=samples_out is not None)
-    record = {
-        "key": key,
-        "model": model.spec,
+    record = EvalRecord(
+        key=key,
+        model=model.spec,
         **summarise(raw, settings),
-        "seconds": round(time.perf_counter() - start, 1),
+        seconds=round(time.perf_counter() - start, 1),
         # lm-eval's own block, for its tooling (functions in the configs become their names).
-        "lm_eval": json.loads(
+        lm_eval=json.loads(
             json.dumps({k: raw[k] for k in ("results", "configs", "versions", "n-samples") if k in raw}, default=str)
         ),
-    }
+    )
     if samples_out is not None:
         write_samples(raw["samples"], settings, samples_out)
     if out is not None:
-        write_json_atomic(out, record)  # last: its presence means the model is done
+        record.write(out)  # last: its presence means the model is done
     return record
 
 

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from irpo_data.card import OBJECTIVE_NAMES
+from irpo_data.records import EvalRecord
 from irpo_data.runs import write_json_atomic, write_text_atomic
 from irpo_eval.paper import PAPER_ROWS, SOURCE, paper_greedy
 
-METRICS = ("greedy", "greedy_strict", "maj", "pass", "sample_mean")
+METRICS = ("greedy", "greedy_strict", "maj_at_k", "pass_at_k", "sample_accuracy")  # EvalRecord's names
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,7 @@ class Entry:
 
     model: str  # "M_0", "M_1", "M_1-dpo" (models/ folder name; M_0 is the card's base model)
     iteration: int
-    record: dict  # its evals/MODEL.json
+    record: EvalRecord  # its evals/MODEL.json
     objective: str | None = None  # train.objective it was trained with; None for M_0
     ablation: bool = False  # a side model trained from iteration t's pairs, not on the main line
     pairs_fingerprint: str | None = None  # the pair dataset it was trained from
@@ -43,24 +44,24 @@ def build_leaderboard(entries: list[Entry]) -> dict:
             "iteration": e.iteration,
             "objective": e.objective,
             "ablation": e.ablation,
-            "spec": record["model"],
-            "questions": record["questions"],
+            "spec": record.model,
+            "questions": record.questions,
             "pairs_fingerprint": e.pairs_fingerprint,
         }
-        row.update({m: record.get(m) for m in METRICS})  # greedy_strict: absent from results before 2026-12
-        row["greedy_stderr"] = math.sqrt(record["greedy"] * (1 - record["greedy"]) / max(1, record["questions"]))
+        row.update({m: getattr(record, m) for m in METRICS})  # greedy_strict: None in results before 2026-12
+        row["greedy_stderr"] = math.sqrt(record.greedy * (1 - record.greedy) / max(1, record.questions))
         if base is not None:
-            row["delta_greedy"] = record["greedy"] - base["greedy"]
-            row["delta_maj"] = record["maj"] - base["maj"]
-        row["paper_greedy"] = paper_greedy(first["task"], e.iteration, e.objective)
+            row["delta_greedy"] = record.greedy - base.greedy
+            row["delta_maj_at_k"] = record.maj_at_k - base.maj_at_k
+        row["paper_greedy"] = paper_greedy(first.task, e.iteration, e.objective)
         rows.append(row)
-    settings = first["key"]["settings"]
+    settings = first.key["settings"]
     return {
-        "task": first["task"],
-        "maj_k": first["maj_k"],
+        "task": first.task,
+        "maj_k": first.maj_k,
         "settings": settings,
         "rows": rows,
-        "paper": {"source": SOURCE, "rows": PAPER_ROWS.get(first["task"], [])},
+        "paper": {"source": SOURCE, "rows": PAPER_ROWS.get(first.task, [])},
     }
 
 
@@ -77,13 +78,12 @@ def leaderboard_markdown(board: dict) -> str:
         "",
         f"Test accuracy (%) on {board['rows'][0]['questions']} questions of split `{s['split']}`"
         f"{' (first ' + str(s['limit']) + ')' if s['limit'] else ''}. Greedy is temperature 0; maj@{k}, "
-        f"pass@{k} and per-sample come from the same {k} samples at temperature {s['temperature']}. "
+        f"pass@{k} and the sample accuracy come from the same {k} samples at temperature {s['temperature']}. "
         "± is the greedy accuracy's standard error. Δ is against M_0. Greedy counts a right answer in any "
         "recognised style (flexible); strict only one stated in the prompt's format, the paper's exact match.",
         "",
-        f"| model | trained with | greedy | greedy, strict | maj@{k} | pass@{k} | per-sample | questions | Δ "
-        f"greedy | Δ maj@{k} "
-        "| paper, greedy |",
+        f"| model | trained with | greedy | greedy, strict | maj@{k} | pass@{k} | sample accuracy | questions "
+        f"| Δ greedy | Δ maj@{k} | paper, greedy |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in board["rows"]:
@@ -94,9 +94,9 @@ def leaderboard_markdown(board: dict) -> str:
         lines.append(
             f"| {r['model']} | {trained} | {_pct(r['greedy'])} ± {_pct(r['greedy_stderr'])} | "
             f"{_pct(r.get('greedy_strict'))} "
-            f"| {_pct(r['maj'])} | {_pct(r['pass'])} "
-            f"| {_pct(r['sample_mean'])} | {r['questions']} | {_pct(r.get('delta_greedy'), True)} | "
-            f"{_pct(r.get('delta_maj'), True)} "
+            f"| {_pct(r['maj_at_k'])} | {_pct(r['pass_at_k'])} "
+            f"| {_pct(r['sample_accuracy'])} | {r['questions']} | {_pct(r.get('delta_greedy'), True)} | "
+            f"{_pct(r.get('delta_maj_at_k'), True)} "
             f"| {'' if paper_value is None else f'{paper_value:.1f}'} |"
         )
     ablations = [r for r in board["rows"] if r.get("ablation")]
@@ -155,7 +155,7 @@ def plot_leaderboard(board: dict, out: Path) -> None:
         label="ours, greedy"
         + (f": {OBJECTIVE_NAMES[rows[-1]['objective']]}" if rows[-1].get("objective") in OBJECTIVE_NAMES else ""),
     )
-    ax.plot(steps, [100 * r["maj"] for r in rows], marker="s", label=f"ours, maj@{k}")
+    ax.plot(steps, [100 * r["maj_at_k"] for r in rows], marker="s", label=f"ours, maj@{k}")
     # Ablations: one point each beside their iteration, spread so that error bars do not overlap.
     ablations = [r for r in board["rows"] if r.get("ablation")]
     for i, (r, marker) in enumerate(zip(ablations, "D^v<>phX*")):

@@ -100,11 +100,11 @@ def total(values: list[float]) -> float:
 def greedy_results(doc: dict, results: list) -> dict:
     completions = results[0] if isinstance(results[0], list) else results
     result = grade(doc_task(doc), completions[0], doc["gold"])
-    # acc: any recognised answer style (lm-eval's flexible-extract); strict_acc: right *and* in
-    # the prompt's own format, which is the paper's exact match.
+    # greedy: any recognised answer style (lm-eval's flexible-extract); greedy_strict: right *and*
+    # in the prompt's own format, which is the paper's exact match.
     return {
-        "acc": float(result.correct),
-        "strict_acc": float(result.correct and result.well_formed),
+        "greedy": float(result.correct),
+        "greedy_strict": float(result.correct and result.well_formed),
         "grading_timeouts": float(result.timed_out),
     }
 
@@ -113,8 +113,8 @@ def majority_results(doc: dict, results: list) -> dict:
     completions = results[0] if isinstance(results[0], list) else results
     scores = score_samples(doc_task(doc), completions, doc["gold"])
     return {
-        "maj_acc": float(scores.majority_correct),
-        "pass_acc": float(scores.any_correct),
-        "sample_acc": scores.fraction_correct,
+        "maj_at_k": float(scores.majority_correct),
+        "pass_at_k": float(scores.any_correct),
+        "sample_accuracy": scores.sample_accuracy,
         "grading_timeouts": float(scores.timeouts),
     }

@@ -47,7 +47,7 @@ class SampleScores:
 
     majority_correct: bool
     any_correct: bool  # pass@k
-    fraction_correct: float  # mean per-sample accuracy
+    sample_accuracy: float  # the share of the k samples that are right
     majority_answer: str | None
     timeouts: int = 0  # samples whose grading ran out of time (counted wrong)
 
@@ -59,7 +59,7 @@ def score_samples(task: Task | str, completions: list[str], gold: str) -> Sample
     return SampleScores(
         majority_correct=winner is not None and is_equivalent(task.answer_kind, gold, winner),
         any_correct=any(g.correct for g in grades),
-        fraction_correct=sum(g.correct for g in grades) / len(grades) if grades else 0.0,
+        sample_accuracy=sum(g.correct for g in grades) / len(grades) if grades else 0.0,
         majority_answer=winner,
         timeouts=sum(g.timed_out for g in grades),
     )

@@ -1,4 +1,4 @@
-"""`irpo-eval` over a run: every model M_0 … M_T (and each ablation) on the card's test set, then the leaderboard.
+"""`irpo eval` over a run: every model M_0 … M_T (and each ablation) on the card's test set, then the leaderboard.
 
     base model (M_0), models/M_t/, models/M_t-ABLATION/ ─► evals/MODEL.json ─► leaderboard.{md,json,png}
 
@@ -10,7 +10,6 @@ the model in flight, and a rerun reuses every result whose model and settings ma
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 from dataclasses import dataclass
@@ -19,6 +18,7 @@ from pathlib import Path
 from irpo_data.card import Card
 from irpo_data.models import ResolvedModel, resolve_model
 from irpo_data.publish import push_files
+from irpo_data.records import TrainManifest
 from irpo_data.runs import RunFolder
 from irpo_eval.evaluate import EvalError, EvalSettings, evaluate_model
 from irpo_eval.leaderboard import Entry, build_leaderboard, write_leaderboard
@@ -39,16 +39,16 @@ class RunModel:
 def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> list[RunModel]:
     """M_0 and every trained model of the run (iteration <= max_iteration), main line first."""
     if not run.root.is_dir():
-        raise EvalError(f"no run folder {run.root}; run `irpo-data build` and `irpo-train` first, or pass --model PATH")
+        raise EvalError(f"no run folder {run.root}; run `irpo data build` and `irpo train` first, or pass --model PATH")
     trained = []
     for folder in sorted((run.root / "models").glob("M_*")):
         match = re.fullmatch(r"M_(\d+)(?:-(\w+))?", folder.name)
         manifest = folder / "train_manifest.json"
         if not match or not manifest.is_file() or (max_iteration is not None and int(match.group(1)) > max_iteration):
             continue
-        info = json.loads(manifest.read_text())
+        info = TrainManifest.from_json(manifest)
         # An ablation is named by its folder (dpo_nll_2x trains dpo_nll on twice the pairs).
-        objective = match.group(2) or info.get("objective", "dpo_nll")
+        objective = match.group(2) or info.objective
         model = resolve_model(str(folder))
         trained.append(
             RunModel(
@@ -57,13 +57,13 @@ def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> 
                 model,
                 objective,
                 match.group(2) is not None,
-                info.get("pairs_fingerprint"),
+                info.pairs_fingerprint,
             )
         )
     if not any(not m.ablation for m in trained):
         raise EvalError(
-            f"{run.root} has no trained models yet; run `irpo-train --card {card.name} --iter 1` first "
-            f"(or evaluate the base model alone with `irpo-eval --model PATH --task {card.task.name}`)"
+            f"{run.root} has no trained models yet; run `irpo train --card {card.name} --iter 1` first "
+            f"(or evaluate the base model alone with `irpo eval --model PATH --task {card.task.name}`)"
         )
     base = resolve_model(card.model.base, card.model.revision, card.model.trust_remote_code)
     return [RunModel("M_0", 0, base)] + sorted(trained, key=lambda m: (m.iteration, m.ablation, m.name))
@@ -90,12 +90,12 @@ def evaluate_run(
         log.info(
             "%s: greedy %.1f%%, maj@%d %.1f%%, pass@%d %.1f%% on %d questions",
             m.name,
-            100 * record["greedy"],
+            100 * record.greedy,
             settings.maj_k,
-            100 * record["maj"],
+            100 * record.maj_at_k,
             settings.maj_k,
-            100 * record["pass"],
-            record["questions"],
+            100 * record.pass_at_k,
+            record.questions,
         )
         entries.append(Entry(m.name, m.iteration, record, m.objective, m.ablation, m.pairs_fingerprint))
     paths = write_leaderboard(build_leaderboard(entries), run.root)
@@ -106,6 +106,6 @@ def evaluate_run(
             push_to_hub,
             files,
             f"irpo: leaderboard of run {card.name}",
-            retry=f"irpo-eval --card {card.name} --push-to-hub {push_to_hub}",
+            retry=f"irpo eval --card {card.name} --push-to-hub {push_to_hub}",
         )
     return paths

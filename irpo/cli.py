@@ -1,27 +1,52 @@
-"""`irpo run`: build → train → eval for t = 1..T on one card, resumable."""
+"""`irpo`: one command for the whole toolkit.
+
+    irpo data build|push|tasks   the pair datasets (irpo_data; alias irpo-data)
+    irpo train                   M_t from iteration t's pairs (irpo_train; alias irpo-train)
+    irpo eval                    test accuracy and the leaderboard (irpo_eval; alias irpo-eval)
+    irpo run                     build -> train -> eval for t = 1..T, resumable (this package)
+
+Every subcommand takes --card, KEY=VALUE overrides and --dry-run; errors a user can fix cross one
+boundary (irpo_data.command) and print as one line.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import errno
-import sys
 
 import click
 
-from irpo_data.card import ABLATIONS, Card, load_card
-from irpo_data.cli import USER_ERRORS, card_option, runs_option, setup_logging
-from irpo_eval.evaluate import EvalError
-from irpo_train.data import PairDataError
+from irpo_data.card import ABLATIONS, Card
+from irpo_data.cli import main as data_group
+from irpo_data.command import (
+    Group,
+    card_option,
+    dry_run_option,
+    overrides_argument,
+    quiet_option,
+    resolve_card,
+    runs_option,
+    setup_logging,
+    show_dry_run,
+)
+from irpo_eval.cli import main as eval_command
+from irpo_train.cli import main as train_command
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=Group)
 def main() -> None:
     """Iterative Reasoning Preference Optimization, end to end.
 
     \b
-    Example (the embedded demo: two iterations on 2 CPU cores):
-      irpo run
+    Examples:
+      irpo run                          # the embedded demo: two iterations on 2 CPU cores
+      irpo data build --card gsm8k --iter 1
+      irpo train --card gsm8k --iter 1 && irpo eval --card gsm8k
     """
+
+
+main.add_command(data_group, "data")
+main.add_command(train_command, "train")
+main.add_command(eval_command, "eval")
 
 
 @main.command()
@@ -44,9 +69,10 @@ def main() -> None:
     "the pairs (dpo_nll_2x, sft_winners_2x), and put them on the leaderboard; for some of them set the card key "
     "instead: ablations=[dpo,sft_winners].",
 )
-@click.option("--quiet", is_flag=True, help="Only warnings and the summary on the terminal.")
-@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-def run(card, runs_dir, iterations, push_to_hub, ablations, quiet, overrides):
+@dry_run_option
+@quiet_option
+@overrides_argument
+def run(card, runs_dir, iterations, push_to_hub, ablations, dry_run, quiet, overrides):
     """Run the loop: for t = 1..T build iteration t's pairs from M_{t-1}, train M_t, evaluate.
 
     \b
@@ -54,7 +80,7 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, quiet, overrides):
       irpo run                                        # demo card, 2 iterations, runs/demo
       irpo run --card gsm8k --iterations 4 --push-to-hub ORG/irpo-gsm8k
       irpo run train.learning_rate=5e-6               # retrains M_1 on, reuses the pairs
-      irpo run --ablations                            # + DPO, SFT on winners, SFT on gold from iter 1's pairs
+      irpo run --ablations                            # + the paper's baselines from iteration 1's samples
       irpo run ablations=[dpo,sft_winners] --iterations 1
 
     The run folder is the only state: a finished stage whose manifest matches the card is
@@ -63,29 +89,20 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, quiet, overrides):
     at the end and written to runs/NAME/README.md.
     """
     setup_logging(quiet)
-    try:
-        from irpo.loop import run_loop
-        from irpo.summary import write_summary
-        from irpo_data.runs import RunFolder
+    from irpo.loop import run_loop
+    from irpo.summary import write_summary
+    from irpo_data.runs import RunFolder
 
-        resolved = load_card(card, overrides)
-        if ablations:
-            resolved = dataclasses.replace(resolved, ablations=_all_ablations(resolved))
-        iterations = iterations or resolved.iterations
-        times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet)
-        click.echo(write_summary(RunFolder.for_card(resolved, runs_dir), iterations, times.seconds))
-    except (*USER_ERRORS, PairDataError, EvalError) as exc:
-        raise click.ClickException(str(exc)) from None
-    except OSError as exc:
-        if exc.errno != errno.ENOSPC:
-            raise
-        raise click.ClickException(
-            f"the disk is full ({exc.filename or 'while writing'}): free some space and run the same command again; "
-            "finished stages are kept and a half-written file is never taken for a finished one"
-        ) from None
-    except KeyboardInterrupt:
-        click.echo("interrupted: finished stages are kept in the run folder; run the same command to go on", err=True)
-        sys.exit(130)
+    resolved = resolve_card(card, overrides)
+    if ablations:
+        resolved = dataclasses.replace(resolved, ablations=_all_ablations(resolved))
+    iterations = iterations or resolved.iterations
+    if dry_run:
+        extra = f", then the ablations {', '.join(resolved.ablations)}" if resolved.ablations else ""
+        would = f"run iterations 1..{iterations} (build, train, eval) in runs/{resolved.name}{extra}"
+        return show_dry_run(resolved, would)
+    times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet)
+    click.echo(write_summary(RunFolder.for_card(resolved, runs_dir), iterations, times.seconds))
 
 
 def _all_ablations(card: Card) -> list[str]:

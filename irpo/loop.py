@@ -99,7 +99,7 @@ def run_loop(
         built = build_iteration(card, t, runs_dir, progress=progress)
         times.record(f"iter_{t}/build", start)
         if push_to_hub and not built.skipped:
-            push_iteration(built.iter_dir, push_to_hub, t, built.manifest["dataset_fingerprint"])
+            push_iteration(built.iter_dir, push_to_hub, t, built.manifest.pairs_fingerprint)
 
         start = time.perf_counter()
         train_iteration(card, t, runs_dir, progress=progress)

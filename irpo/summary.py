@@ -1,58 +1,56 @@
 """The run summary: one table per run, read from the run folder's manifests and results.
 
 Written to runs/NAME/README.md and printed at the end of `irpo run`. Every number comes from a
-file a stage wrote (iter_t/manifest.json, models/M_t/train_manifest.json, evals/M_t.json), so
+record a stage wrote (iter_t/manifest.json, models/M_t/train_manifest.json, evals/M_t.json), so
 the summary of a resumed run is the same as that of an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from irpo_data.records import BuildManifest, EvalRecord, Record, TrainManifest
 from irpo_data.runs import RunFolder, write_text_atomic
 
 
-def _read(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _read(kind: type[Record], path: Path):
+    return kind.from_json(path) if path.is_file() else None
 
 
 def _pct(value) -> str:
     return "" if value is None else f"{100 * value:.1f}%"
 
 
+def _cell(value) -> str:
+    return "" if value is None else str(value)
+
+
 def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None = None) -> str:
-    evals = {t: _read(run.root / "evals" / f"M_{t}.json") for t in range(iterations + 1)}
-    k = next((e["maj_k"] for e in evals.values() if e), None)
+    evals = {t: _read(EvalRecord, run.root / "evals" / f"M_{t}.json") for t in range(iterations + 1)}
+    k = next((e.maj_k for e in evals.values() if e), None)
     lines = [
         f"# Run `{run.root.name}`",
         "",
-        "| iteration | samples | sampling model's train accuracy | pairs (questions) | dropped: truncated / "
-        "too long / off-format | "
-        "steps (chosen) | held-out acc. | test greedy | test maj@k |",
-        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | ---: |",
+        "| iteration | samples | sample accuracy | pairs (questions) | losers off-format / gold winners "
+        "| dropped: truncated / too long | steps (chosen) | held-out acc. | test greedy | test maj@k |",
+        "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    base = evals.get(0)
-    if base:
-        lines.append(f"| M_0 (base) | | | | | | | {_pct(base['greedy'])} | {_pct(base['maj'])} |")
+    if evals.get(0):
+        base = evals[0]
+        lines.append(f"| M_0 (base) | | | | | | | | {_pct(base.greedy)} | {_pct(base.maj_at_k)} |")
     for t in range(1, iterations + 1):
-        manifest, trained = _read(run.manifest(t)), _read(run.model(t) / "train_manifest.json")
-        counts = (manifest or {}).get("counts", {})
-        result = evals.get(t) or {}
-        drops = (
-            " / ".join(
-                str(counts.get(k_, "")) for k_ in ("dropped_truncated", "dropped_too_long", "dropped_not_well_formed")
-            )
-            if counts
-            else ""
-        )
+        manifest = _read(BuildManifest, run.manifest(t))
+        trained = _read(TrainManifest, run.model(t) / "train_manifest.json")
+        counts = manifest.counts if manifest else {}
+        result = evals.get(t)
+        steps = f"{trained.selection_steps} ({_cell(trained.chosen_step)})" if trained else ""
         lines.append(
-            f"| {t} → M_{t} | {counts.get('generations', '')} | {_pct(counts.get('train_accuracy'))} "
-            f"| {counts.get('pairs', '')} ({counts.get('questions_paired', '')}) | {drops} "
-            f"| {trained.get('selection_steps', trained['steps']) if trained else ''} "
-            f"({trained['chosen_step'] if trained else ''}) "
-            f"| {_pct(trained and trained['held_out_accuracy'])} | {_pct(result.get('greedy'))} | "
-            f"{_pct(result.get('maj'))} |"
+            f"| {t} → M_{t} | {_cell(counts.get('generations'))} | {_pct(counts.get('sample_accuracy'))} "
+            f"| {_cell(counts.get('pairs'))} ({_cell(counts.get('questions_paired'))}) "
+            f"| {_cell(counts.get('losers_off_format'))} / {_cell(counts.get('gold_winners'))} "
+            f"| {_cell(counts.get('dropped_truncated'))} / {_cell(counts.get('dropped_too_long'))} | {steps} "
+            f"| {_pct(trained and trained.held_out_accuracy)} | {_pct(result and result.greedy)} "
+            f"| {_pct(result and result.maj_at_k)} |"
         )
     lines += _ablation_rows(run)
     lines += ["", f"maj@k: k = {k}." if k else "", "", "Files:", ""]
@@ -62,13 +60,8 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
     if (run.root / "ablations_logps.png").is_file():
         lines.append("- [log-prob curves of M_1 and its ablations](ablations_logps.png)")
     if times:
-        lines += [
-            "",
-            "Wall time of the last `irpo run` (skipped stages take about 0 s):",
-            "",
-            "| stage | seconds |",
-            "| --- | ---: |",
-        ]
+        lines += ["", "Wall time of the last `irpo run` (skipped stages take about 0 s):", ""]
+        lines += ["| stage | seconds |", "| --- | ---: |"]
         lines += [f"| {name} | {seconds:.0f} |" for name, seconds in times.items()]
         lines.append(f"| total | {sum(times.values()):.0f} |")
     return "\n".join(lines) + "\n"
@@ -77,24 +70,23 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
 def _ablation_rows(run: RunFolder) -> list[str]:
     """M_1 beside its ablations: objective, pairs fingerprint, checkpoint, held-out and test accuracy."""
     folders = [run.model(1)] + sorted(p for p in (run.root / "models").glob("M_1-*") if not p.name.endswith(".work"))
-    trained = [(f.name, m) for f in folders if (m := _read(f / "train_manifest.json"))]
+    trained = [(f.name, m) for f in folders if (m := _read(TrainManifest, f / "train_manifest.json"))]
     if len(trained) < 2:
         return []
     lines = [
         "",
-        "Iteration 1's pairs under each objective:",
+        "Iteration 1's samples under each objective:",
         "",
         "| model | objective | trained on | pairs fingerprint | steps (chosen) | held-out acc. | test greedy "
         "| test maj@k |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for name, m in trained:
-        result = _read(run.root / "evals" / f"{name}.json") or {}
+        result = _read(EvalRecord, run.root / "evals" / f"{name}.json")
         lines.append(
-            f"| {name} | {m.get('objective', 'dpo_nll')} | {m.get('trained_on', 'the pairs')} | "
-            f"{m['pairs_fingerprint'][:16]} "
-            f"| {m.get('selection_steps', m['steps'])} ({m['chosen_step']}) | {_pct(m['held_out_accuracy'])} "
-            f"| {_pct(result.get('greedy'))} | {_pct(result.get('maj'))} |"
+            f"| {name} | {m.objective} | {m.trained_on} | {m.pairs_fingerprint[:16]} "
+            f"| {m.selection_steps} ({_cell(m.chosen_step)}) | {_pct(m.held_out_accuracy)} "
+            f"| {_pct(result and result.greedy)} | {_pct(result and result.maj_at_k)} |"
         )
     return lines
 

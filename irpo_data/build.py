@@ -1,4 +1,4 @@
-"""`irpo-data build --iter T`: one iteration's pair dataset, from card to runs/NAME/iter_T/.
+"""`irpo data build --iter T`: one iteration's pair dataset, from card to runs/NAME/iter_T/.
 
     card -> question_sets (training questions, held-out ones, the 13-gram test-overlap check)
          -> prompts -> samples/ (sampling: N answers each, graded, sharded, resumable)
@@ -31,6 +31,7 @@ from irpo_data.hardware import describe
 from irpo_data.models import ModelError, ResolvedModel, resolve_model
 from irpo_data.pairs import build_pairs
 from irpo_data.publish import dataset_card, fingerprint, save_pairs, write_card_and_manifest
+from irpo_data.records import BuildManifest
 from irpo_data.runs import RunFolder, write_parquet_atomic, write_text_atomic
 from irpo_data.sampling import SamplingParams, make_engine, read_samples, render_prompts, sample_answers
 from irpo_data.tasks import Question, Task, TaskError, split_held_out, task_from_config
@@ -41,7 +42,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class BuildResult:
     iter_dir: Path
-    manifest: dict
+    manifest: BuildManifest
     skipped: bool  # True when an identical finished build was found and kept
 
 
@@ -100,7 +101,7 @@ def sampling_model(card: Card, run: RunFolder, iteration: int, model: str | None
     if not (previous / "config.json").is_file():
         raise ModelError(
             f"iteration {iteration} samples from {previous}, which does not exist yet; train it with "
-            f"`irpo-train --card ... --iter {iteration - 1}`, or pass --model PATH to sample from another model"
+            f"`irpo train --card ... --iter {iteration - 1}`, or pass --model PATH to sample from another model"
         )
     return resolve_model(str(previous))
 
@@ -139,22 +140,50 @@ def gold_table(task: Task, questions: list[Question], tokenizer) -> pl.DataFrame
 def build_iteration(
     card: Card, iteration: int, runs_dir: str | Path = "runs", model: str | None = None, progress: bool = True
 ) -> BuildResult:
+    """Build runs/NAME/iter_T/ (or keep it when it is already built from the same card and model)."""
+    job = _start(card, iteration, runs_dir, model)
+    if isinstance(job, BuildResult):
+        return job
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(job.model.path, trust_remote_code=card.model.trust_remote_code)
+    report, params, data_sha256 = _sample(job, tokenizer, progress)
+    pairs, stats = _pair(job, tokenizer)
+    manifest = _publish(job, pairs, stats, report, params, data_sha256)
+    log.info(
+        "iteration %d: %d pairs from %d questions -> %s", iteration, stats["pairs"], stats["questions_paired"], job.dir
+    )
+    return BuildResult(job.dir, manifest, skipped=False)
+
+
+@dataclass
+class _BuildJob:
+    card: Card
+    iteration: int
+    run: RunFolder
+    dir: Path  # runs/NAME/iter_T
+    model: ResolvedModel  # the sampling model
+    identity: dict  # what the manifest must match for the build to be reused
+    task: Task
+    sets: QuestionSets
+
+
+def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob | BuildResult:
+    """The job, or the finished build when one from the same card and model is there."""
     if iteration < 1:
         raise TaskError(f"--iter must be 1 or more, got {iteration}: iteration 1 samples from the base model")
     run = RunFolder.for_card(card, runs_dir)
     run.freeze_card(card, BUILD_SECTIONS)
     resolved = sampling_model(card, run, iteration, model)
-    iter_dir = run.iteration(iteration)
-    identity = {"card_sha256": card.sha256(BUILD_SECTIONS), "weights_sha256": resolved.weights_sha256}
-    manifest_path = run.manifest(iteration)
-    if manifest_path.is_file():
-        manifest = json.loads(manifest_path.read_text())
-        if all(manifest.get(k) == v for k, v in identity.items()) and run.pairs(iteration).is_dir():
-            log.info("iteration %d already built in %s (same card and model); nothing to do", iteration, iter_dir)
-            return BuildResult(iter_dir, manifest, skipped=True)
-        manifest_path.unlink()  # about to be rebuilt: never leave a manifest that vouches for old pairs
-
-    task = task_from_config(card.task)
+    identity = {"build_card_sha256": card.sha256(BUILD_SECTIONS), "weights_sha256": resolved.weights_sha256}
+    path = run.manifest(iteration)
+    if path.is_file():
+        manifest = BuildManifest.from_json(path)
+        same = (manifest.build_card_sha256, manifest.weights_sha256) == tuple(identity.values())
+        if same and run.pairs(iteration).is_dir():
+            log.info("iteration %d already built in %s (same card and model); nothing to do", iteration, path.parent)
+            return BuildResult(path.parent, manifest, skipped=True)
+        path.unlink()  # about to be rebuilt: never leave a manifest that vouches for old pairs
     sets = question_sets(card, check_contamination=True)
     log.info(
         "iteration %d: sampling %d questions (%d training, %d held out%s) from %s",
@@ -165,95 +194,107 @@ def build_iteration(
         ", sampled too" if len(sets.sampled) > len(sets.train) else "",
         sets.source,
     )
-    from transformers import AutoTokenizer
+    return _BuildJob(
+        card, iteration, run, run.iteration(iteration), resolved, identity, task_from_config(card.task), sets
+    )
 
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path, trust_remote_code=card.model.trust_remote_code)
-    prompts = render_prompts(task, sets.sampled, tokenizer)
-    data_sha256 = questions_sha256(sets.sampled, prompts)
+
+def _sample(job: _BuildJob, tokenizer, progress: bool):
+    """samples/: N graded answers to every question to sample, shard by shard (resumable)."""
+    card = job.card
+    prompts = render_prompts(job.task, job.sets.sampled, tokenizer)
+    data_sha256 = questions_sha256(job.sets.sampled, prompts)
     params = SamplingParams(
         num_samples=card.sampling.num_samples,
-        temperature=card.sampling.temperature(iteration),
+        temperature=card.sampling.temperature(job.iteration),
         top_p=card.sampling.top_p,
         max_new_tokens=card.sampling.max_new_tokens,
         seed=card.seed,
     )
-    engine = make_engine(resolved.path, card.sampling, card.seed, card.model.trust_remote_code)
+    engine = make_engine(job.model.path, card.sampling, card.seed, card.model.trust_remote_code, card.resources)
     report = sample_answers(
-        task,
-        sets.sampled,
+        job.task,
+        job.sets.sampled,
         prompts,
         engine,
         params,
-        run.samples(iteration),
+        job.run.samples(job.iteration),
         card.sampling.questions_per_shard,
-        fixed_settings={"weights_sha256": resolved.weights_sha256, "data_sha256": data_sha256},
+        fixed_settings={"weights_sha256": job.model.weights_sha256, "data_sha256": data_sha256},
         progress=progress,
     )
     del engine  # frees the vLLM engine's memory before the pair and dataset work
+    return report, params, data_sha256
 
-    gold = gold_table(task, sets.sampled, tokenizer)
-    write_parquet_atomic(gold, iter_dir / "gold.parquet")
-    pairs, stats = build_pairs(read_samples(run.samples(iteration)), card.pairs, card.seed, gold)
-    stats["contaminated"] = None if sets.contaminated is None else len(sets.contaminated)
-    if sets.contaminated is not None:
-        write_text_atomic(iter_dir / "contaminated.txt", "".join(f"{q}\n" for q in sets.contaminated))
+
+def _pair(job: _BuildJob, tokenizer):
+    """gold.parquet, then the pairs of the samples and the gold solutions, and their counts."""
+    gold = gold_table(job.task, job.sets.sampled, tokenizer)
+    write_parquet_atomic(gold, job.dir / "gold.parquet")
+    pairs, stats = build_pairs(read_samples(job.run.samples(job.iteration)), job.card.pairs, job.card.seed, gold)
+    stats["contaminated"] = None if job.sets.contaminated is None else len(job.sets.contaminated)
+    if job.sets.contaminated is not None:
+        write_text_atomic(job.dir / "contaminated.txt", "".join(f"{q}\n" for q in job.sets.contaminated))
     if pairs.height == 0:
         log.warning(
             "iteration %d produced no pairs: %s. Raise sampling.num_samples or pick an easier task",
-            iteration,
+            job.iteration,
             ", ".join(f"{k}={v}" for k, v in stats.items()),
         )
-    save_pairs(pairs, iteration, run.pairs(iteration))
+    return pairs, stats
+
+
+def _publish(job: _BuildJob, pairs, stats: dict, report, params, data_sha256: str) -> BuildManifest:
+    """pairs/, then README.md (the dataset card), then manifest.json, last: it vouches for the rest."""
+    card, iteration = job.card, job.iteration
+    save_pairs(pairs, iteration, job.run.pairs(iteration))
     fp = fingerprint(pairs)
-    manifest = {
-        **identity,
-        "irpo_version": __version__,
-        "run": card.name,
-        "iteration": iteration,
-        "task": card.task.name,
-        "task_options": card.task.options(),
-        "seed": card.seed,
-        "model": resolved.spec,
-        "previous_iteration": iteration - 1 if iteration > 1 else None,
-        "data_sha256": data_sha256,
-        "data_source": sets.source,
-        "rows_skipped_empty_gold": sets.skipped_rows,
-        "held_out_questions": len(sets.held_out),
-        "held_out_sampled": len(sets.sampled) > len(sets.train),
-        "temperature": params.temperature,
-        "pairs_settings": dataclasses.asdict(card.pairs),
-        "sampling": json.loads((run.samples(iteration) / "settings.json").read_text()),
-        "sampling_seconds": round(report.seconds, 1),
-        "sampling_tokens_per_s": round(report.tokens / report.seconds, 1) if report.seconds and report.tokens else None,
-        "counts": stats,
-        "hardware": describe(),  # samples are reproducible on one machine; bf16 kernels differ between CPUs
-        "dataset_fingerprint": fp,
-    }
-    text = dataset_card(
-        license=task.license,
+    manifest = BuildManifest(
+        **job.identity,
+        pairs_fingerprint=fp,
         iteration=iteration,
         run=card.name,
-        model=resolved.spec,
+        task=card.task.name,
+        task_options=card.task.options(),
+        seed=card.seed,
+        model=job.model.spec,
+        previous_iteration=iteration - 1 if iteration > 1 else None,
+        data_sha256=data_sha256,
+        data_source=job.sets.source,
+        rows_skipped_empty_gold=job.sets.skipped_rows,
+        held_out_questions=len(job.sets.held_out),
+        held_out_sampled=len(job.sets.sampled) > len(job.sets.train),
+        temperature=params.temperature,
+        pairs_settings=dataclasses.asdict(card.pairs),
+        sampling=json.loads((job.run.samples(iteration) / "settings.json").read_text()),
+        sampling_seconds=round(report.seconds, 1),
+        sampling_tokens_per_s=round(report.tokens / report.seconds, 1) if report.seconds and report.tokens else None,
+        counts=stats,
+        hardware=describe(),  # samples are reproducible on one machine; bf16 kernels differ between CPUs
+        irpo_version=__version__,
+    )
+    text = dataset_card(
+        license=job.task.license,
+        iteration=iteration,
+        run=card.name,
+        model=job.model.spec,
         task=card.task.name,
         num_samples=card.sampling.num_samples,
         pairs_per_question=card.pairs.pairs_per_question,
         stats=stats,
         pair_scheme=card.pairs.scheme,
-        weights_sha256=resolved.weights_sha256[:16],
+        weights_sha256=job.model.weights_sha256[:16],
         previous=f"iter_{iteration - 1}" if iteration > 1 else "none (base model)",
-        card_sha256=identity["card_sha256"][:16],
+        card_sha256=manifest.build_card_sha256[:16],
         seed=card.seed,
         temperature=params.temperature,
-        engine=manifest["sampling"].get("engine"),
-        source=sets.source,
+        engine=manifest.sampling.get("engine"),
+        source=job.sets.source,
         fingerprint=fp[:16],
         version=__version__,
     )
-    write_card_and_manifest(iter_dir, text, manifest)
-    log.info(
-        "iteration %d: %d pairs from %d questions -> %s", iteration, stats["pairs"], stats["questions_paired"], iter_dir
-    )
-    return BuildResult(iter_dir, manifest, skipped=False)
+    write_card_and_manifest(job.dir, text, manifest.to_dict())
+    return manifest
 
 
 def build_more_pairs(card: Card, iteration: int, factor: int, runs_dir: str | Path = "runs") -> tuple[Path, str]:
@@ -265,7 +306,7 @@ def build_more_pairs(card: Card, iteration: int, factor: int, runs_dir: str | Pa
     run = RunFolder.for_card(card, runs_dir)
     iter_dir = run.iteration(iteration)
     if not run.manifest(iteration).is_file():
-        raise TaskError(f"{iter_dir} is not built; run `irpo-data build --iter {iteration}` first")
+        raise TaskError(f"{iter_dir} is not built; run `irpo data build --iter {iteration}` first")
     config = dataclasses.replace(
         card.pairs,
         pairs_per_question=factor * card.pairs.pairs_per_question,
@@ -278,13 +319,13 @@ def build_more_pairs(card: Card, iteration: int, factor: int, runs_dir: str | Pa
         "samples_fingerprint": _samples_digest(run.samples(iteration)),
     }
     if record.is_file() and out.is_dir() and json.loads(record.read_text())["settings"] == settings:
-        return out, json.loads(record.read_text())["dataset_fingerprint"]
+        return out, json.loads(record.read_text())["pairs_fingerprint"]
     gold = pl.read_parquet(iter_dir / "gold.parquet") if (iter_dir / "gold.parquet").is_file() else None
     pairs, stats = build_pairs(read_samples(run.samples(iteration)), config, card.seed, gold)
     save_pairs(pairs, iteration, out)
     fp = fingerprint(pairs)
     write_text_atomic(
-        record, json.dumps({"settings": settings, "counts": stats, "dataset_fingerprint": fp}, indent=2) + "\n"
+        record, json.dumps({"settings": settings, "counts": stats, "pairs_fingerprint": fp}, indent=2) + "\n"
     )
     log.info("iteration %d, %dx pairs: %d pairs -> %s", iteration, factor, stats["pairs"], out)
     return out, fp

@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import hashlib
 import json
+import logging
 import types
 import typing
 from dataclasses import dataclass, field
@@ -27,8 +28,12 @@ from typing import Any
 
 import yaml
 
+from irpo_data.errors import IrpoError
 
-class CardError(ValueError):
+log = logging.getLogger(__name__)
+
+
+class CardError(IrpoError, ValueError):
     """A card that cannot be used; `problems` lists every one found."""
 
     def __init__(self, source: str, problems: list[str]):
@@ -86,14 +91,27 @@ class SamplingConfig:
     # float32 (irpo_data.hardware). The resolved dtype is recorded, because it changes the samples.
     dtype: str = "auto"
     questions_per_shard: int = 64  # questions per parquet shard: a kill loses at most one shard
-    batch_size: int = 16  # prompts per transformers `generate` call (vLLM schedules its own)
-    kv_cache_gb: int = 2  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE); ignored on GPU
-    gpu_memory_utilization: float = 0.9  # vLLM on GPU
+    batch_size: int = (
+        16  # prompts per transformers `generate` call (batching changes bf16 numerics; vLLM schedules its own)
+    )
     enforce_eager: bool = True  # skip vLLM graph compilation: ~15 s start-up instead of 65-97 s on CPU
     max_model_len: int = 2048  # vLLM context length (prompt + answer) in tokens
 
     def temperature(self, iteration: int) -> float:
         return self.temperatures[min(iteration, len(self.temperatures)) - 1]
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """What only fits the machine: never hashed into a run's identity, so changing it resumes the run.
+
+    A setting belongs here only if it leaves samples, weights and scores unchanged (tests/test_card.py
+    and tests/test_sampling.py check these). Eager mode, batch sizes and shard sizes change bf16
+    numerics, so they stay in their sections.
+    """
+
+    kv_cache_gb: int = 2  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE); ignored on GPU
+    gpu_memory_utilization: float = 0.9  # vLLM's share of GPU memory
 
 
 @dataclass(frozen=True)
@@ -114,7 +132,7 @@ class PairsConfig:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    # Read by irpo-train; defaults are the paper's.
+    # Read by irpo train; defaults are the paper's.
     objective: str = "dpo_nll"  # one of OBJECTIVES: the paper's loss, or a baseline to compare with it
     beta: float = 0.1  # DPO temperature on the log-ratio margin
     alpha: float = 1.0  # weight of the winner's length-normalised NLL (objective dpo_nll)
@@ -123,8 +141,8 @@ class TrainConfig:
     # batch_size / (gradient_accumulation_steps x processes), which must divide evenly.
     batch_size: int = 16
     max_steps: int = 5000  # paper: 5,000 (ARC 4,000)
-    eval_every: int = 500  # steps between held-out accuracy checks (checkpoint choice)
-    save_every: int | None = None  # steps between checkpoints a killed run resumes from; None = eval_every
+    select_every: int = 500  # steps between held-out accuracy checks (checkpoint choice)
+    save_every: int | None = None  # steps between checkpoints a killed run resumes from; None = select_every
     # The paper's §3.1: choose the step on the held-out questions, then train again from M_{t-1}
     # on the pairs of all questions, held-out ones included, for that many steps: that is M_t.
     # false: the chosen checkpoint of the first run is M_t, and held-out questions are never sampled.
@@ -132,9 +150,9 @@ class TrainConfig:
     max_length: int = 1024  # prompt + answer tokens; longer pairs are dropped (counted)
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step on each process
     warmup_steps: int = 0  # linear warm-up, then a constant learning rate
-    eval_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
+    select_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
     probe_pairs: int = 64  # training pairs whose log-probs are followed through training (logps.png); 0 = off
-    probe_every: int | None = None  # steps between those measurements; None = eval_every
+    probe_every: int | None = None  # steps between those measurements; None = select_every
     bf16: bool | str = False  # bf16 mixed precision: true, false, or auto (where bf16 is native: GPU, CPU with AMX)
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into M_t at the end
@@ -144,7 +162,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    # Read by irpo-eval.
+    # Read by irpo eval.
     maj_k: int = 32  # samples per question for majority vote
     temperature: float = 0.8  # sampling temperature of the maj@k samples
     max_new_tokens: int = 512
@@ -165,6 +183,7 @@ class Card:
     pairs: PairsConfig = field(default_factory=PairsConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -181,7 +200,7 @@ class Card:
         return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
 
-# Training objectives (train.objective), all trained by irpo-train from one iteration's pairs:
+# Training objectives (train.objective), all trained by irpo train from one iteration's pairs:
 # - dpo_nll: DPO on (winner, loser) + alpha x the winner's NLL / its length (Pang et al., 2024);
 # - dpo: the DPO term alone (alpha = 0);
 # - sft_winners: the NLL term alone, on the pairs' winners (STaR / rejection-sampling fine-tuning);
@@ -240,6 +259,7 @@ def load_card(name_or_path: str = "demo", overrides: list[str] | tuple[str, ...]
     problems: list[str] = []
     for item in overrides:
         _apply_override(raw, item, problems)
+    _rename_keys(raw, str(path))
     card = _build(Card, raw, "", problems)
     problems += _check_values(card)
     if problems:
@@ -247,9 +267,33 @@ def load_card(name_or_path: str = "demo", overrides: list[str] | tuple[str, ...]
     return card
 
 
+# Card keys that were renamed: old dotted key -> new one. A card (or a run's frozen card.yaml)
+# with an old key still loads, with a one-line message naming the new key.
+RENAMED = {
+    "train.eval_every": "train.select_every",  # held-out checks choose the step; eval.* is the test set
+    "train.eval_questions": "train.select_questions",
+    "sampling.kv_cache_gb": "resources.kv_cache_gb",  # machine settings left the run's identity
+    "sampling.gpu_memory_utilization": "resources.gpu_memory_utilization",
+}
+
+
+def _rename_keys(raw: dict, source: str) -> None:
+    for old, new in RENAMED.items():
+        (old_section, old_key), (new_section, new_key) = old.split("."), new.split(".")
+        section = raw.get(old_section)
+        if isinstance(section, dict) and old_key in section:
+            value = section.pop(old_key)
+            target = raw.setdefault(new_section, {})
+            if isinstance(target, dict):
+                target.setdefault(new_key, value)
+            log.warning("%s: card key %s is now %s; it was read as that (rename it to silence this)", source, old, new)
+
+
 def card_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Card:
     """Validate an already-parsed card (the frozen `runs/NAME/card.yaml`, a test's dict)."""
     problems: list[str] = []
+    raw = json.loads(json.dumps(raw))  # a copy: renaming keys must not change the caller's dict
+    _rename_keys(raw, source)
     card = _build(Card, raw, "", problems)
     problems += _check_values(card)
     if problems:

@@ -24,12 +24,14 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from irpo_data.errors import IrpoError
+
 log = logging.getLogger(__name__)
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".gguf")
 
 
-class ModelError(ValueError):
+class ModelError(IrpoError, ValueError):
     """A model reference that cannot be resolved or loaded."""
 
 

@@ -109,7 +109,7 @@ def build_pairs(
     stats["dropped_over_max_pairs"] = over
     stats["questions_paired"] = pairs["question_id"].n_unique()
     stats["pairs"] = pairs.height
-    stats["train_accuracy"] = float(samples["correct"].fill_null(False).mean() or 0.0)  # type: ignore[arg-type]
+    stats["sample_accuracy"] = float(samples["correct"].fill_null(False).mean() or 0.0)  # type: ignore[arg-type]
     return pairs, stats
 
 

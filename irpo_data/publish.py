@@ -21,13 +21,14 @@ from pathlib import Path
 
 import polars as pl
 
+from irpo_data.errors import IrpoError
 from irpo_data.pairs import DROP_REASONS
 from irpo_data.runs import atomic_dir, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
 
-class PublishError(RuntimeError):
+class PublishError(IrpoError, RuntimeError):
     """The pairs are saved locally but could not be published."""
 
 
@@ -60,7 +61,7 @@ def dataset_card(**fields) -> str:
         f"| question: no wrong generation | {stats['questions_no_wrong']} |",
         f"| pair: over pairs.max_pairs (a random subset kept) | {stats.get('dropped_over_max_pairs', 0)} |",
     ]
-    values = {**stats, **fields, "drop_table": "\n".join(rows), "train_accuracy": f"{stats['train_accuracy']:.1%}"}
+    values = {**stats, **fields, "drop_table": "\n".join(rows), "sample_accuracy": f"{stats['sample_accuracy']:.1%}"}
     return string.Template(template).substitute(values)
 
 
@@ -115,7 +116,7 @@ def push_iteration(
 
     _require_online(
         repo_id,
-        f"the dataset in {iter_dir} is complete. Push it later with `irpo-data push --iter {iteration} "
+        f"the dataset in {iter_dir} is complete. Push it later with `irpo data push --iter {iteration} "
         f"--push-to-hub {repo_id}`",
     )
     token = resolve_token(token)
@@ -148,7 +149,7 @@ def push_iteration(
     except Exception as exc:  # network, auth, offline: the local dataset stays complete either way
         raise PublishError(
             f"push of {iter_dir} to {repo_id} failed ({type(exc).__name__}: {exc}); the local dataset is "
-            f"complete; retry with `irpo-data push --iter {iteration} --push-to-hub {repo_id}`"
+            f"complete; retry with `irpo data push --iter {iteration} --push-to-hub {repo_id}`"
         ) from None
     log.info("pushed %s as config %s of https://huggingface.co/datasets/%s (tag %s)", iter_dir, config, repo_id, tag)
     return tag

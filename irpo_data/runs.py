@@ -5,7 +5,7 @@
     runs/NAME/iter_T/pairs/         the pair DatasetDict (irpo_data.publish)
     runs/NAME/iter_T/README.md      its dataset card
     runs/NAME/iter_T/manifest.json  hashes and counts, written last: its presence means "done"
-    runs/NAME/models/M_T/           the trained model of iteration T (irpo-train)
+    runs/NAME/models/M_T/           the trained model of iteration T (irpo train)
 
 Every file is written under a temporary name in the same folder and renamed into place, so a
 reader never sees half a file and a killed command leaves nothing that a rerun would trust.
@@ -14,6 +14,7 @@ reader never sees half a file and a killed command leaves nothing that a rerun w
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -25,6 +26,8 @@ from typing import Iterator
 import yaml
 
 from irpo_data.card import Card, CardError, card_from_dict, flatten
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,10 @@ class RunFolder:
                 )
             if frozen == card:
                 return
+            moved = {k: v for k, v in flatten(frozen.to_dict()).items() if k.startswith("resources.") and v != after[k]}
+            if moved:
+                changes = ", ".join(f"{k}: {v!r} -> {after[k]!r}" for k, v in sorted(moved.items()))
+                log.info("resources changed (%s): they fit the machine and change no result; the run goes on", changes)
         self.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(path, card.to_yaml())
 

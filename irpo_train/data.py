@@ -20,10 +20,12 @@ from dataclasses import dataclass
 
 import torch
 
+from irpo_data.errors import IrpoError
+
 log = logging.getLogger(__name__)
 
 
-class PairDataError(ValueError):
+class PairDataError(IrpoError, ValueError):
     """A pair dataset that cannot be trained on."""
 
 
@@ -37,7 +39,7 @@ def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
     missing = {"prompt", "chosen", "rejected"} - set(dataset.column_names)
     if missing:
         raise PairDataError(
-            f"pair dataset lacks column(s) {', '.join(sorted(missing))}; build it with `irpo-data build`"
+            f"pair dataset lacks column(s) {', '.join(sorted(missing))}; build it with `irpo data build`"
         )
     if tokenizer.eos_token_id is None:
         raise PairDataError("the tokenizer has no EOS token to end answers with")

@@ -1,10 +1,10 @@
-"""`irpo-train --iter T`: train M_T from M_{T-1} on iteration T's pairs, into runs/NAME/models/M_T/.
+"""`irpo train --iter T`: train M_T from M_{T-1} on iteration T's pairs, into runs/NAME/models/M_T/.
 
     iter_T/pairs ─► tokenize ─► reference log-probs (cached, all pairs) ─► selection run ─► retrain ─► models/M_T/
 
 As the paper (§3.1) runs it, with train.retrain_with_held_out:
 1. selection run: train on the pairs *without* the held-out questions for up to max_steps,
-   scoring the model greedily on the held-out questions every eval_every steps;
+   scoring the model greedily on the held-out questions every select_every steps;
 2. retrain: train again from M_{T-1} on the pairs of *all* questions for the chosen number of
    steps; that model is M_T.
 Without it (or when the checkpoint is chosen on task.selection_split, as for ARC) the selection
@@ -14,7 +14,7 @@ M_T/ is a transformers folder with metrics.jsonl, probe.jsonl, logps.png (the ru
 checkpoint_choice.json (which step won and why), select/ (the selection run's metrics, when it
 was not the run that made M_T), the cached reference log-probs and train_manifest.json.
 
-With `ablation=NAME` (irpo-train --ablation, irpo run --ablations) the same pairs train a side model
+With `ablation=NAME` (irpo train --ablation, irpo run --ablations) the same pairs train a side model
 models/M_T-NAME with that objective (the _2x ablations: with twice as many pairs per question,
 rebuilt from the same samples); M_T and the run's later iterations are untouched.
 
@@ -43,6 +43,7 @@ from irpo_data.card import ABLATIONS, BUILD_SECTIONS, TRAIN_SECTIONS, Card, Trai
 from irpo_data.hardware import resolve_bf16
 from irpo_data.models import ResolvedModel
 from irpo_data.publish import fingerprint as table_fingerprint
+from irpo_data.records import BuildManifest, TrainManifest
 from irpo_data.runs import RunFolder, atomic_dir, write_json_atomic
 from irpo_data.sampling import render_prompts
 from irpo_data.tasks import task_from_config
@@ -68,7 +69,7 @@ def load_pairs(run: RunFolder, iteration: int):
     pairs_dir, manifest = run.pairs(iteration), run.manifest(iteration)
     if not manifest.is_file() or not pairs_dir.is_dir():
         raise PairDataError(
-            f"{run.iteration(iteration)} has no finished pair dataset; run `irpo-data build --iter {iteration}` first"
+            f"{run.iteration(iteration)} has no finished pair dataset; run `irpo data build --iter {iteration}` first"
         )
     dataset = load_from_disk(str(pairs_dir))["train"]
     if dataset.num_rows == 0:
@@ -76,7 +77,7 @@ def load_pairs(run: RunFolder, iteration: int):
             f"{pairs_dir} has no pairs (see {run.iteration(iteration) / 'README.md'} for why); "
             "raise sampling.num_samples or use an easier task, then rebuild"
         )
-    return dataset, json.loads(manifest.read_text())["dataset_fingerprint"]
+    return dataset, BuildManifest.from_json(manifest).pairs_fingerprint
 
 
 @dataclass
@@ -153,16 +154,15 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
         dataset = load_from_disk(str(folder))["train"]
     reference = sampling_model(card, run, iteration, None)  # M_{T-1}: the model iteration T sampled from
     out_dir = run.model(iteration, ablation)
-    identity = {
-        "card_sha256": card.sha256(TRAIN_SECTIONS),
-        "pairs_fingerprint": fingerprint,
-        "reference_weights_sha256": reference.weights_sha256,
-        "bf16": resolve_bf16(
-            card.train.bf16
-        ),  # train.bf16=auto resolves per machine; another precision is another model
-    }
+    # train.bf16=auto resolves per machine, and another precision is another model.
+    identity = TrainManifest(
+        train_card_sha256=card.sha256(TRAIN_SECTIONS),
+        pairs_fingerprint=fingerprint,
+        reference_weights_sha256=reference.weights_sha256,
+        bf16=resolve_bf16(card.train.bf16),
+    ).identity()
     done = out_dir / "train_manifest.json"
-    if done.is_file() and {k: json.loads(done.read_text()).get(k) for k in identity} == identity:
+    if done.is_file() and TrainManifest.from_json(done).identity() == identity:
         log.info("%s is already trained from these pairs and this reference; nothing to do", out_dir)
         return None
     work = out_dir.with_name(out_dir.name + ".work")
@@ -277,7 +277,7 @@ def _fit(
 ) -> dict:
     """Train one phase from M_{T-1} (`model`, or loaded afresh) in work/PHASE/, resumably; its record.
 
-    `choose`: score candidates on the held-out questions every eval_every steps and keep the best.
+    `choose`: score candidates on the held-out questions every select_every steps and keep the best.
     """
     from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
@@ -300,7 +300,7 @@ def _fit(
         warmup_steps=cfg.warmup_steps,
         max_steps=max_steps,
         logging_steps=1,
-        save_steps=cfg.save_every or cfg.eval_every,
+        save_steps=cfg.save_every or cfg.select_every,
         save_total_limit=1,
         seed=job.card.seed,
         bf16=job.bf16,
@@ -315,13 +315,13 @@ def _fit(
     accuracy = None
     if choose:
         task = task_from_config(job.card.task)
-        held_out = job.sets.held_out[: cfg.eval_questions] if cfg.eval_questions is not None else job.sets.held_out
+        held_out = job.sets.held_out[: cfg.select_questions] if cfg.select_questions is not None else job.sets.held_out
         accuracy = HeldOutAccuracy(
             task,
             held_out,
             render_prompts(task, held_out, tokenizer),
             tokenizer,
-            every=cfg.eval_every,
+            every=cfg.select_every,
             max_new_tokens=job.card.sampling.max_new_tokens,
             best_dir=folder / "best",
             record=folder / "checkpoint_choice.json",
@@ -329,7 +329,7 @@ def _fit(
         )
         callbacks.append(accuracy)
     if probe_rows:
-        every = cfg.probe_every or cfg.eval_every
+        every = cfg.probe_every or cfg.select_every
         callbacks.append(ProbeLogps(probe_rows, every, tokenizer.pad_token_id, folder / "probe.jsonl", job.bf16))
     trainer = DPONLLTrainer(
         model=model,
@@ -424,28 +424,26 @@ def _write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: 
         )
         plot_logps(tmp, job.cfg.beta, title=title)
         why = "highest greedy accuracy on the held-out questions; earliest step among ties"
-        write_json_atomic(
-            tmp / "train_manifest.json",
-            {
-                **job.identity,
-                "irpo_version": __version__,
-                "iteration": job.iteration,
-                "reference": job.reference.spec,
-                "objective": job.cfg.objective,
-                "ablation": job.ablation,
-                "trained_on": TRAINED_ON[job.cfg.objective],
-                "rows_trained": rows_trained,
-                "chosen_step": best and best["step"],
-                "held_out_accuracy": best and best["accuracy"],
-                "why": why
-                + (f", then retrained from {job.reference.spec} on all pairs for that many steps" if retrained else ""),
-                "held_out_questions": len(job.sets.held_out),
-                "retrained": retrained,
-                "steps": final["steps"],
-                "selection_steps": selection["steps"],
-                **notes,
-            },
-        )
+        if retrained:
+            why += f", then retrained from {job.reference.spec} on all pairs for that many steps"
+        TrainManifest(
+            **job.identity,
+            irpo_version=__version__,
+            iteration=job.iteration,
+            reference=job.reference.spec,
+            objective=job.cfg.objective,
+            ablation=job.ablation,
+            trained_on=TRAINED_ON[job.cfg.objective],
+            rows_trained=rows_trained,
+            chosen_step=best and best["step"],
+            held_out_accuracy=best and best["accuracy"],
+            why=why,
+            held_out_questions=len(job.sets.held_out),
+            retrained=retrained,
+            steps=final["steps"],
+            selection_steps=selection["steps"],
+            **notes,
+        ).write(tmp / "train_manifest.json")
     shutil.rmtree(job.work)  # checkpoints are large; everything worth keeping is in M_T/
     log.info(
         "%s (%s) written to %s (step %s chosen%s)",

@@ -6,7 +6,7 @@ gradient accumulation, `report_to`, checkpoints and resume. This file adds:
   (one forward over 2B sequences; B chosen ones for the SFT objectives), cached reference
   log-probs from the batch, the pure loss of train.objective (loss.objective_loss);
 - `HeldOutAccuracy`: greedy accuracy on the card's held-out training questions every
-  `eval_every` steps, keeping the best model (the paper's checkpoint choice) and why;
+  `select_every` steps, keeping the best model (the paper's checkpoint choice) and why;
 - `MetricsFile`: every logged step as one JSON line (loss, dpo, nll, rewards, log-probs);
 - `ProbeLogps`: log-probs of a fixed sample of training pairs, followed through training;
 - `ProgressWithLoss`: the progress bar shows the loss.

@@ -64,7 +64,7 @@ def test_tasks_lists_every_task():
         (["--model", "/nonexistent/model"], "model '/nonexistent/model' not found"),
         (
             ["--iter", "2"],
-            "models/M_1, which does not exist yet; train it with `irpo-train --card ... --iter 1`, or pass --model",
+            "models/M_1, which does not exist yet; train it with `irpo train --card ... --iter 1`, or pass --model",
         ),
     ],
 )
@@ -108,7 +108,7 @@ def test_build_writes_a_loadable_iteration_and_a_rerun_keeps_it(tmp_path, monkey
         == 8
     )
     assert manifest["sampling"]["engine"] == "transformers" and manifest["previous_iteration"] is None
-    assert f"fingerprint {manifest['dataset_fingerprint'][:16]}" in first.output
+    assert f"fingerprint {manifest['pairs_fingerprint'][:16]}" in first.output
     pairs = load_from_disk(str(iter_dir / "pairs"))["train"]
     assert pairs.num_rows == counts["pairs"]
     assert (runs / "demo" / "card.yaml").is_file() and (iter_dir / "README.md").read_text().startswith("---\n")
@@ -129,7 +129,7 @@ def test_build_writes_a_loadable_iteration_and_a_rerun_keeps_it(tmp_path, monkey
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_TOKEN", "hf_neverPrintedToken42")
     pushed = invoke("build", "--runs-dir", runs, *TINY, "--push-to-hub", "me/irpo-demo")
-    assert pushed.exit_code == 1 and "is complete" in pushed.output and "irpo-data push --iter 1" in pushed.output
+    assert pushed.exit_code == 1 and "is complete" in pushed.output and "irpo data push --iter 1" in pushed.output
     assert "hf_neverPrintedToken42" not in pushed.output
     assert (iter_dir / "manifest.json").is_file()
 
@@ -177,13 +177,13 @@ def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming: {len(done)} of 4 shards" in resumed.stderr
     killed = json.loads((tmp_path / "killed/demo/iter_1/manifest.json").read_text())
-    assert killed["dataset_fingerprint"] == straight["dataset_fingerprint"]
+    assert killed["pairs_fingerprint"] == straight["pairs_fingerprint"]
     assert killed["counts"] == straight["counts"]
 
     cmd, env = _irpo_data("build", "--runs-dir", tmp_path / "other_seed", "--quiet", *VLLM_BUILD, "seed=1")
     subprocess.run(cmd, env=env, check=True, timeout=600)
     other = json.loads((tmp_path / "other_seed/demo/iter_1/manifest.json").read_text())
-    assert other["dataset_fingerprint"] != straight["dataset_fingerprint"]
+    assert other["pairs_fingerprint"] != straight["pairs_fingerprint"]
 
 
 # --- what a build samples, for the paper's cards (no model: the question sets and checks alone) ---

@@ -110,3 +110,33 @@ def test_objective_and_ablations_are_checked_and_sft_gold_needs_gold_solutions()
     for overrides in (["train.objective=sft_gold"], ["ablations=[sft_gold]"]):
         with pytest.raises(CardError, match="task arc_challenge has none .* choose dpo_nll, dpo or sft_winners"):
             load_card("arc_challenge", overrides)
+
+
+def test_a_renamed_card_key_still_loads_and_names_the_new_one(tmp_path, caplog):
+    card_file = tmp_path / "old.yaml"
+    card_file.write_text("train:\n  eval_every: 7\nsampling:\n  kv_cache_gb: 4\n")
+    with caplog.at_level("WARNING"):
+        card = load_card(str(card_file), ["train.eval_questions=3"])
+    assert (card.train.select_every, card.train.select_questions, card.resources.kv_cache_gb) == (7, 3, 4)
+    assert "card key train.eval_every is now train.select_every" in caplog.text
+    assert "card key sampling.kv_cache_gb is now resources.kv_cache_gb" in caplog.text
+
+
+def test_resources_are_not_part_of_a_runs_identity(tmp_path, caplog):
+    """A new KV-cache size or GPU memory share resumes the run (and says so); a new temperature does not."""
+    from irpo_data.card import BUILD_SECTIONS, TRAIN_SECTIONS
+    from irpo_data.runs import RunFolder
+
+    card = load_card("demo")
+    moved = load_card("demo", ["resources.kv_cache_gb=6", "resources.gpu_memory_utilization=0.5"])
+    assert card.sha256(BUILD_SECTIONS) == moved.sha256(BUILD_SECTIONS) and card.sha256(TRAIN_SECTIONS) == moved.sha256(
+        TRAIN_SECTIONS
+    )
+    assert card.sha256(BUILD_SECTIONS) != load_card("demo", ["sampling.temperatures=[1.0]"]).sha256(BUILD_SECTIONS)
+    run = RunFolder.for_card(card, tmp_path)
+    run.freeze_card(card, BUILD_SECTIONS)
+    with caplog.at_level("INFO"):
+        run.freeze_card(moved, BUILD_SECTIONS)  # no CardError: the run goes on
+    assert (
+        "resources changed (resources.gpu_memory_utilization: 0.9 -> 0.5, resources.kv_cache_gb: 2 -> 6)" in caplog.text
+    )

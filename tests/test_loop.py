@@ -36,7 +36,7 @@ TINY = [
     "sampling.max_new_tokens=64",
     "pairs.max_tokens=64",
     "train.max_steps=2",
-    "train.eval_every=1",
+    "train.select_every=1",
     "train.probe_pairs=4",
     "train.probe_every=1",
     "eval.limit=4",
@@ -69,13 +69,13 @@ def _outcome(run: RunFolder, iterations: int) -> dict:
     """What iterations 1..T end with: pair datasets, model weights, test results."""
     return {
         **{
-            f"pairs_{t}": json.loads(run.manifest(t).read_text())["dataset_fingerprint"]
-            for t in range(1, iterations + 1)
+            f"pairs_{t}": json.loads(run.manifest(t).read_text())["pairs_fingerprint"] for t in range(1, iterations + 1)
         },
         **{f"M_{t}": weights_sha256(run.model(t)) for t in range(1, iterations + 1)},
         **{
             f"eval_{t}": {
-                k: json.loads((run.root / "evals" / f"M_{t}.json").read_text())[k] for k in ("greedy", "maj", "pass")
+                k: json.loads((run.root / "evals" / f"M_{t}.json").read_text())[k]
+                for k in ("greedy", "maj_at_k", "pass_at_k")
             }
             for t in range(iterations + 1)
         },
@@ -127,14 +127,14 @@ def test_ablations_train_on_iteration_1s_pairs_and_show_the_papers_likelihood_pi
     from the same samples. The log-prob checks are the paper's Figures 2-3 at tiny scale: SFT on the
     winners raises them; DPO+NLL opens a margin between winners and losers."""
     run, output = straight_run
-    pairs = json.loads(run.manifest(1).read_text())["dataset_fingerprint"]
+    pairs = json.loads(run.manifest(1).read_text())["pairs_fingerprint"]
     doubled = json.loads((run.iteration(1) / "pairs_2x.json").read_text())
     assert doubled["settings"]["pairs"]["pairs_per_question"] == 2 * load_card("demo").pairs.pairs_per_question
     probes = {}
     for name, objective, fingerprint in (
         ("dpo_nll", "dpo_nll", pairs),
         ("sft_winners", "sft_winners", pairs),
-        ("dpo_nll_2x", "dpo_nll", doubled["dataset_fingerprint"]),
+        ("dpo_nll_2x", "dpo_nll", doubled["pairs_fingerprint"]),
     ):
         folder = run.model(1) if name == "dpo_nll" else run.model(1, name)
         manifest = json.loads((folder / "train_manifest.json").read_text())

@@ -42,8 +42,8 @@ def test_score_samples_reads_maj_pass_and_mean_from_the_same_samples():
     ]
     scores = score_samples("gsm8k", completions, "12")
     assert scores.majority_correct and scores.any_correct and scores.majority_answer == "12"
-    assert scores.fraction_correct == 0.5
+    assert scores.sample_accuracy == 0.5
     wrong = score_samples("gsm8k", ["The answer is 5.", "The answer is 5.", "The answer is 12."], "12")
-    assert not wrong.majority_correct and wrong.any_correct and abs(wrong.fraction_correct - 1 / 3) < 1e-9
+    assert not wrong.majority_correct and wrong.any_correct and abs(wrong.sample_accuracy - 1 / 3) < 1e-9
     none = score_samples("gsm8k", ["garbage", "<script>", "}}}}{{{{"], "12")
     assert none.majority_answer is None and not none.majority_correct and not none.any_correct

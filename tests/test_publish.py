@@ -57,7 +57,7 @@ def built_iteration(tmp_path, iteration=1):
         fingerprint=fp,
         version="0",
     )
-    write_card_and_manifest(iter_dir, card, {"dataset_fingerprint": fp, "counts": stats})
+    write_card_and_manifest(iter_dir, card, {"pairs_fingerprint": fp, "counts": stats})
     return iter_dir, pairs, fp
 
 
@@ -86,7 +86,7 @@ def test_push_uploads_config_card_manifest_and_tag_without_leaking_the_token(tmp
     assert uploaded.drop("iteration").equals(pairs)
     assert "config_name: iter_1" in files["README.md"].decode()  # datasets' root card lists the config
     assert 'load_dataset("org/irpo-test", name="iter_1"' in files["iter_1/README.md"].decode()
-    assert json.loads(files["iter_1/manifest.json"])["dataset_fingerprint"] == fp
+    assert json.loads(files["iter_1/manifest.json"])["pairs_fingerprint"] == fp
     # The token authenticates every call and appears in nothing uploaded or logged.
     writes = [r for r in hub.requests if r.method == "POST" and r.url.path.startswith("/api/datasets/")]
     assert len(writes) >= 4 and all(r.headers.get("authorization") == f"Bearer {TOKEN}" for r in writes)
@@ -106,7 +106,7 @@ def test_second_iteration_becomes_a_second_config_of_the_same_repo(tmp_path, hub
 def test_offline_push_fails_clearly_and_keeps_the_local_dataset(tmp_path, monkeypatch):
     iter_dir, _, fp = built_iteration(tmp_path)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(PublishError, match=r"HF_HUB_OFFLINE is set.*is complete.*irpo-data push --iter 1"):
+    with pytest.raises(PublishError, match=r"HF_HUB_OFFLINE is set.*is complete.*irpo data push --iter 1"):
         push_iteration(iter_dir, "org/irpo-test", 1, fp)
     assert load_from_disk(str(iter_dir / "pairs"))["train"].num_rows == 12
 

@@ -1,4 +1,4 @@
-"""irpo-train on the real demo model: tokenisation, the reference cache, a whole tiny run, resume."""
+"""irpo train on the real demo model: tokenisation, the reference cache, a whole tiny run, resume."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from irpo_train.reference import load_or_compute
 TINY = [
     "train.batch_size=2",
     "train.max_steps=4",
-    "train.eval_every=2",
-    "train.eval_questions=2",
+    "train.select_every=2",
+    "train.select_questions=2",
     "train.probe_every=2",
     "sampling.max_new_tokens=24",
     "train.learning_rate=1e-4",
@@ -53,7 +53,7 @@ def make_iteration(runs, demo_tokenizer, card):
     run = RunFolder.for_card(card, runs)
     run.freeze_card(card, BUILD_SECTIONS)
     save_pairs(pairs, 1, run.pairs(1))
-    write_card_and_manifest(run.iteration(1), "# card\n", {"dataset_fingerprint": fingerprint(pairs)})
+    write_card_and_manifest(run.iteration(1), "# card\n", {"pairs_fingerprint": fingerprint(pairs)})
     return run, pairs
 
 
@@ -102,12 +102,12 @@ def test_reference_cache_is_reused_for_its_key_and_refused_when_stale(tmp_path):
 
 def test_missing_pairs_and_missing_previous_model_say_what_to_run(tmp_path):
     card = load_card("demo", TINY)
-    with pytest.raises(PairDataError, match=r"run `irpo-data build --iter 1` first"):
+    with pytest.raises(PairDataError, match=r"run `irpo data build --iter 1` first"):
         train_module.train_iteration(card, 1, tmp_path, progress=False)
     run = RunFolder.for_card(card, tmp_path)
     run.iteration(2).mkdir(parents=True)
     save_pairs(pl.DataFrame({"prompt": ["p"], "chosen": ["c"], "rejected": ["r"]}), 2, run.pairs(2))
-    write_card_and_manifest(run.iteration(2), "", {"dataset_fingerprint": "f"})
+    write_card_and_manifest(run.iteration(2), "", {"pairs_fingerprint": "f"})
     with pytest.raises(Exception, match=r"models/M_1, which does not exist yet"):
         train_module.train_iteration(card, 2, tmp_path, progress=False)
 
@@ -190,7 +190,7 @@ def test_irpo_train_cli_has_help_and_names_the_missing_build(tmp_path):
     help_text = CliRunner().invoke(main, ["--help"])
     assert help_text.exit_code == 0 and "Example" in help_text.output
     result = CliRunner().invoke(main, ["--runs-dir", str(tmp_path), "--iter", "1"])
-    assert result.exit_code == 1 and "run `irpo-data build --iter 1` first" in result.output
+    assert result.exit_code == 1 and "run `irpo data build --iter 1` first" in result.output
 
 
 def test_gold_rows_are_graded_tokenised_and_batched_without_losers(demo_tokenizer):
@@ -218,7 +218,7 @@ def test_gold_rows_are_graded_tokenised_and_batched_without_losers(demo_tokenize
 
 
 def test_an_ablation_trains_beside_m1_from_the_same_pairs(tmp_path, demo_model, demo_tokenizer):
-    """irpo-train --ablation sft_winners: models/M_1-sft_winners, same pairs, M_1 and the run's card untouched."""
+    """irpo train --ablation sft_winners: models/M_1-sft_winners, same pairs, M_1 and the run's card untouched."""
     card = load_card("demo", TINY)
     run, pairs = make_iteration(tmp_path, demo_tokenizer, card)
     out = train_module.train_iteration(card, 1, tmp_path, progress=False, ablation="sft_winners")
@@ -250,7 +250,7 @@ def test_irpo_train_refuses_sft_gold_where_the_task_has_no_solutions(tmp_path):
 
 
 def test_lora_run_merges_adapters_into_a_plain_model(tmp_path, demo_model, demo_tokenizer):
-    card = load_card("demo", [*TINY, "train.lora=true", "train.lora_r=4", "train.max_steps=2", "train.eval_every=2"])
+    card = load_card("demo", [*TINY, "train.lora=true", "train.lora_r=4", "train.max_steps=2", "train.select_every=2"])
     make_iteration(tmp_path, demo_tokenizer, card)
     out = train_module.train_iteration(card, 1, tmp_path, progress=False)
     assert not list(out.glob("adapter_*"))  # merged: a plain transformers folder vLLM can load
@@ -264,7 +264,7 @@ def test_lora_run_merges_adapters_into_a_plain_model(tmp_path, demo_model, demo_
 
 
 def test_gradient_checkpointing_trains_through_the_chunked_head(tmp_path, demo_model, demo_tokenizer):
-    card = load_card("demo", [*TINY, "train.gradient_checkpointing=true", "train.max_steps=2", "train.eval_every=2"])
+    card = load_card("demo", [*TINY, "train.gradient_checkpointing=true", "train.max_steps=2", "train.select_every=2"])
     make_iteration(tmp_path, demo_tokenizer, card)
     out = train_module.train_iteration(card, 1, tmp_path, progress=False)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
@@ -319,13 +319,13 @@ def make_iteration_with_held_out(runs, demo_tokenizer, card):
     )
     both = pl.concat([pairs.head(2), extra])
     save_pairs(both, 1, run.pairs(1))
-    write_card_and_manifest(run.iteration(1), "# card\n", {"dataset_fingerprint": fingerprint(both)})
+    write_card_and_manifest(run.iteration(1), "# card\n", {"pairs_fingerprint": fingerprint(both)})
     return run, both, {q.question_id for q in held}
 
 
-# eval_every = max_steps: the only trained candidate is step 4, so the retrain runs 4 steps,
+# select_every = max_steps: the only trained candidate is step 4, so the retrain runs 4 steps,
 # with a checkpoint after each (save_every=1) for the kill below to resume from.
-RETRAIN = [*TINY, "train.eval_every=4", "train.save_every=1", "train.probe_every=1"]
+RETRAIN = [*TINY, "train.select_every=4", "train.save_every=1", "train.probe_every=1"]
 
 
 def test_retrain_chooses_the_step_without_the_held_out_questions_then_trains_on_all(

@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
+from irpo_data.errors import IrpoError
+
 log = logging.getLogger(__name__)
 
 
-class TaskError(ValueError):
+class TaskError(IrpoError, ValueError):
     """A task name, split or data file that cannot be used."""
 
 

@@ -1,0 +1,157 @@
+"""The three records a run folder keeps, as types: what each stage wrote, read back by the others.
+
+    iter_t/manifest.json               BuildManifest   (irpo_data.build writes it; train, loop, summary read it)
+    models/M_t/train_manifest.json     TrainManifest   (irpo_train.train; run_eval, summary, loop)
+    evals/MODEL.json                   EvalRecord      (irpo_eval.evaluate; leaderboard, summary)
+
+`from_json` also reads the records of runs made before a key was renamed (the old name is in
+`LEGACY_KEYS`), so an old run folder still loads; `to_json` writes today's names only. Unknown
+keys are kept in `extra` rather than dropped, so a newer record read by an older reader loses
+nothing when written back.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from irpo_data.runs import write_json_atomic
+
+R = TypeVar("R", bound="Record")
+
+# Keys renamed on 2026-12 (old name -> new): one name per quantity, end to end.
+LEGACY_KEYS = {
+    "dataset_fingerprint": "pairs_fingerprint",  # the pair dataset's content hash: one name everywhere
+    "maj": "maj_at_k",
+    "pass": "pass_at_k",
+    "sample_mean": "sample_accuracy",  # the share of sampled answers that are right
+}
+LEGACY_COUNTS = {"train_accuracy": "sample_accuracy"}
+
+
+@dataclass
+class Record:
+    extra: dict = field(default_factory=dict)  # keys this version does not know, kept as they were
+
+    @classmethod
+    def from_dict(cls: type[R], data: dict) -> R:
+        data = {LEGACY_KEYS.get(k, k): v for k, v in data.items()}
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        return cls(**known, extra={k: v for k, v in data.items() if k not in names})
+
+    @classmethod
+    def from_json(cls: type[R], path: Path) -> R:
+        return cls.from_dict(json.loads(path.read_text()))
+
+    def __post_init__(self) -> None:
+        pass
+
+    def to_dict(self) -> dict:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**self.extra, **data}
+
+    def write(self, path: Path) -> None:
+        write_json_atomic(path, self.to_dict())
+
+
+@dataclass
+class BuildManifest(Record):
+    """iter_t/manifest.json: what one iteration's pairs were built from, and their counts."""
+
+    build_card_sha256: str = ""  # hash of the card sections the pairs depend on (card.BUILD_SECTIONS)
+    weights_sha256: str = ""  # of the sampling model
+    pairs_fingerprint: str = ""  # sha256 of the pair table's content
+    iteration: int = 0
+    run: str = ""
+    task: str = ""
+    task_options: dict = field(default_factory=dict)
+    seed: int = 0
+    model: str = ""  # the sampling model as the card or --model named it
+    previous_iteration: int | None = None
+    data_sha256: str = ""  # of the sampled questions and their prompts
+    data_source: str = ""
+    rows_skipped_empty_gold: int = 0
+    held_out_questions: int = 0
+    held_out_sampled: bool = False  # the held-out questions were sampled and paired (for the retrain)
+    temperature: float = 0.0
+    pairs_settings: dict = field(default_factory=dict)
+    sampling: dict = field(default_factory=dict)  # samples/settings.json: engine, dtype, params
+    sampling_seconds: float = 0.0
+    sampling_tokens_per_s: float | None = None
+    counts: dict = field(default_factory=dict)  # irpo_data.pairs.build_pairs's counts
+    hardware: dict = field(default_factory=dict)  # irpo_data.hardware.describe()
+    irpo_version: str = ""
+
+    def __post_init__(self) -> None:
+        self.counts = {LEGACY_COUNTS.get(k, k): v for k, v in self.counts.items()}
+        if not self.build_card_sha256 and "card_sha256" in self.extra:  # before 2026-12
+            self.build_card_sha256 = self.extra.pop("card_sha256")
+
+
+@dataclass
+class TrainManifest(Record):
+    """models/M_t/train_manifest.json: what a model was trained from, how, and which step won."""
+
+    train_card_sha256: str = ""  # hash of the card sections training depends on (card.TRAIN_SECTIONS)
+    pairs_fingerprint: str = ""
+    reference_weights_sha256: str = ""  # M_{t-1}: the reference and the starting point
+    bf16: bool = False  # as train.bf16 resolved on the machine that trained
+    iteration: int = 0
+    reference: str = ""
+    objective: str = "dpo_nll"
+    ablation: str | None = None  # the ablation's name (models/M_t-NAME); None on the main line
+    trained_on: str = "the pairs"
+    rows_trained: int = 0
+    chosen_step: int | None = None
+    held_out_accuracy: float | None = None
+    why: str = ""
+    held_out_questions: int = 0
+    retrained: bool = False  # the retrain on all pairs made the model (train.retrain_with_held_out)
+    steps: int = 0  # of the run that made the model
+    selection_steps: int | None = None  # of the selection run
+    pairs_trained: int = 0
+    pairs_dropped_too_long: int = 0
+    reference_tokens_per_s: float | None = None
+    selection: dict | None = None  # with the retrain: the selection run's pairs and their fingerprint
+    gold: dict | None = None  # sft_gold: the gold solutions trained on
+    irpo_version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.train_card_sha256 and "card_sha256" in self.extra:  # before 2026-12
+            self.train_card_sha256 = self.extra.pop("card_sha256")
+        if self.ablation is True or self.ablation is False:  # before 2026-12: a flag
+            self.ablation = None
+        if self.selection_steps is None:
+            self.selection_steps = self.steps
+
+    def identity(self) -> dict[str, Any]:
+        """The keys a rerun compares to decide that this model is already trained."""
+        return {
+            "train_card_sha256": self.train_card_sha256,
+            "pairs_fingerprint": self.pairs_fingerprint,
+            "reference_weights_sha256": self.reference_weights_sha256,
+            "bf16": self.bf16,
+        }
+
+
+@dataclass
+class EvalRecord(Record):
+    """evals/MODEL.json: one model's test accuracy, and the key (weights, settings) it belongs to."""
+
+    key: dict = field(default_factory=dict)  # irpo_eval.evaluate.result_key: reused only when it matches
+    model: str = ""
+    task: str = ""
+    questions: int = 0
+    greedy: float = 0.0  # right in any recognised answer style (flexible)
+    greedy_strict: float | None = None  # right and in the prompt's format: the paper's exact match
+    maj_k: int = 0
+    maj_at_k: float = 0.0  # the majority answer of k samples is right
+    pass_at_k: float = 0.0  # any of the k samples is right
+    sample_accuracy: float = 0.0  # the share of the k samples that are right
+    grading_timeouts: int = 0
+    seconds: float = 0.0
+    lm_eval: dict = field(default_factory=dict)  # lm-eval's own results block
