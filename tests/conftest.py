@@ -11,6 +11,30 @@ import pytest
 ASSETS = Path(__file__).parent / "assets"
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
+# Tests that need a model or an engine are the slow tier (pytest -m slow); the rest, pure functions
+# and the CLI on real data, run in under a minute with `pytest -m "not slow"`. A test is slow when
+# it uses one of these fixtures, or carries @pytest.mark.slow itself (a subprocess that loads one).
+SLOW_FIXTURES = {"demo_model", "demo_tokenizer", "hf_engine", "vllm_engine", "straight_run", "demo_run", "model", "batch"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """../shared/data (the real benchmarks): skipped with a message where it is missing, a failure under CI."""
+    if not SHARED_DATA.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but the benchmark data is missing: {SHARED_DATA}")
+        pytest.skip(f"the benchmark data is not beside this checkout ({SHARED_DATA}); tests that read it are skipped")
+    return SHARED_DATA
+
+
+needs_shared_data = pytest.mark.usefixtures("shared_data")
+
 
 @pytest.fixture(scope="session")
 def demo_model():

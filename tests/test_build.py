@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from conftest import ASSETS, SHARED_DATA, require_vllm
+from conftest import ASSETS, SHARED_DATA, needs_shared_data, require_vllm
 from datasets import load_from_disk
 
 from irpo_data.cli import main
@@ -74,6 +74,7 @@ def test_bad_input_is_a_clear_error(tmp_path, args, message):
     assert not list(tmp_path.glob("*/iter_*/manifest.json"))
 
 
+@pytest.mark.slow  # loads the demo model
 def test_malformed_data_file_names_the_line_and_writes_no_iteration(tmp_path):
     data = tmp_path / "data"
     data.mkdir()
@@ -95,6 +96,7 @@ def test_malformed_data_file_names_the_line_and_writes_no_iteration(tmp_path):
     assert not (tmp_path / "runs" / "gsm8k" / "iter_1").exists()
 
 
+@pytest.mark.slow  # loads the demo model
 def test_build_writes_a_loadable_iteration_and_a_rerun_keeps_it(tmp_path, monkeypatch):
     runs = tmp_path / "runs"
     first = invoke("build", "--runs-dir", runs, *TINY)
@@ -152,6 +154,7 @@ VLLM_BUILD = [
 ]
 
 
+@pytest.mark.slow  # loads the demo model
 def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
     """The README's job on the real engine, in fresh processes: an uninterrupted build, one
     killed with SIGKILL after its first shard and then resumed, and one with another seed."""
@@ -189,7 +192,7 @@ def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
 # --- what a build samples, for the paper's cards (no model: the question sets and checks alone) ---
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+@needs_shared_data
 def test_arc_samples_both_training_sets_and_chooses_on_the_validation_split():
     from irpo_data.build import question_sets
     from irpo_data.card import load_card
@@ -200,7 +203,7 @@ def test_arc_samples_both_training_sets_and_chooses_on_the_validation_split():
     assert not {q.question_id for q in sets.held_out} & {q.question_id for q in sets.sampled}
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+@needs_shared_data
 def test_gsm8k_samples_its_held_out_questions_when_it_retrains_on_them():
     from irpo_data.build import question_sets
     from irpo_data.card import load_card
@@ -213,7 +216,7 @@ def test_gsm8k_samples_its_held_out_questions_when_it_retrains_on_them():
     assert len(old.sampled) == 6473 and old.held_out == paper.held_out
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+@needs_shared_data
 def test_contamination_check_flags_prm800k_training_problems_and_can_drop_them():
     from irpo_data.build import question_sets
     from irpo_data.card import load_card

@@ -11,7 +11,7 @@ import os
 
 import pytest
 from click.testing import CliRunner
-from conftest import SHARED_DATA, require_vllm
+from conftest import SHARED_DATA, needs_shared_data, require_vllm
 
 from irpo_data.card import load_card
 from irpo_data.models import resolve_model
@@ -32,6 +32,7 @@ from irpo_eval.leaderboard import Entry, build_leaderboard, leaderboard_markdown
         ("demo", {}, 300),
     ],
 )
+@needs_shared_data
 def test_lm_eval_tasks_load_local_data_and_use_the_builders_prompt(task, options, questions):
     from lm_eval.tasks import TaskManager
 

@@ -107,14 +107,14 @@ def test_same_seed_same_pairs_whatever_the_row_order_and_other_seeds_differ():
 
 
 def test_pair_choice_is_uniform_over_combinations():
-    # q_mixed has 6 combinations and K=1: over 600 seeds each should win ~100 times.
+    # q_mixed has 6 combinations and K=1: over 300 seeds each should win ~50 times (sd 6.5).
     table = samples_table({"q_mixed": SPEC["q_mixed"]})
     counts: dict[tuple, int] = {}
-    for seed in range(600):
+    for seed in range(300):
         row = pairs_of(table, 1, seed=seed)[0].row(0, named=True)
         key = (row["chosen_sample_idx"], row["rejected_sample_idx"])
         counts[key] = counts.get(key, 0) + 1
-    assert len(counts) == 6 and min(counts.values()) > 60 and max(counts.values()) < 140
+    assert len(counts) == 6 and min(counts.values()) > 25 and max(counts.values()) < 75
 
 
 def test_empty_samples_give_no_pairs_and_zero_counts():

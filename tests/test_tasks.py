@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import ASSETS, SHARED_DATA
+from conftest import ASSETS, SHARED_DATA, needs_shared_data
 
 from irpo_data.tasks import TaskError, get_task, split_held_out, task_names
 from irpo_data.tasks.demo import generate_rows
@@ -96,7 +96,7 @@ def test_arc_lists_options_and_keeps_numeric_labels():
     assert "\n(1) " in get_task("arc_challenge").user_message(numeric[0])
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+@needs_shared_data
 @pytest.mark.parametrize(
     "name,options,rows,skipped",
     [
@@ -182,7 +182,8 @@ def test_gsm8k_gold_solution_drops_calculator_notes_and_ends_in_the_answer_phras
     assert question.solution == "She sold 48/2 = 24 clips.\nFinal answer: 1024"
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+@needs_shared_data
+@pytest.mark.slow  # 7,500 MATH solutions through math-verify: ~45 s
 @pytest.mark.parametrize("name,ungraded", [("demo", 0), ("gsm8k", 0), ("math", 1)])
 def test_gold_solutions_grade_as_correct_well_formed_answers(name, ungraded):
     """What sft_gold trains on must be what the reward calls right; real data, the real grader."""
@@ -204,7 +205,7 @@ def test_arc_has_no_gold_solutions():
     assert not task.has_solutions and all(task.parse_row(r, "train", i).solution is None for i, r in enumerate(rows))
 
 
-@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data is not beside this checkout")
+@needs_shared_data
 def test_math_paper_split_is_the_original_7500_5000_and_disjoint():
     task = get_task("math")
     train, test = (task.load(split, str(SHARED_DATA / "math")) for split in ("train", "test"))
