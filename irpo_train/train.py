@@ -51,7 +51,15 @@ from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize
 from irpo_train.loss import PAIRWISE
 from irpo_train.plots import plot_logps
 from irpo_train.reference import load_or_compute, reference_logps
-from irpo_train.trainer import DPONLLTrainer, HeldOutAccuracy, MetricsFile, ProbeLogps, ProgressWithLoss, probe_indices
+from irpo_train.trainer import (
+    DPONLLTrainer,
+    HeldOutAccuracy,
+    HeldOutQuestions,
+    MetricsFile,
+    ProbeLogps,
+    ProgressWithLoss,
+    probe_indices,
+)
 
 log = logging.getLogger(__name__)
 
@@ -279,7 +287,6 @@ def _fit(
 
     `choose`: score candidates on the held-out questions every select_every steps and keep the best.
     """
-    from transformers import TrainingArguments
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
     folder, cfg = job.work / phase, job.cfg
@@ -290,50 +297,18 @@ def _fit(
     folder.mkdir(parents=True, exist_ok=True)
     log.info("%s: %s run, %d rows, up to %d steps", job.out_dir.name, phase, len(rows), max_steps)
     model = model if model is not None else _load_model(job)
-    choose = choose and bool(job.sets.held_out)
-    args = TrainingArguments(
-        output_dir=str(folder / "checkpoints"),
-        per_device_train_batch_size=per_device_batch(cfg, int(os.environ.get("WORLD_SIZE", "1"))),
-        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
-        learning_rate=cfg.learning_rate,
-        lr_scheduler_type="constant_with_warmup",
-        warmup_steps=cfg.warmup_steps,
-        max_steps=max_steps,
-        logging_steps=1,
-        save_steps=cfg.save_every or cfg.select_every,
-        save_total_limit=1,
-        seed=job.card.seed,
-        bf16=job.bf16,
-        gradient_checkpointing=cfg.gradient_checkpointing,
-        use_cpu=not torch.cuda.is_available(),
-        report_to=cfg.report_to,
-        remove_unused_columns=False,
-        disable_tqdm=not progress,
-        dataloader_num_workers=0,
-    )
-    callbacks = [MetricsFile(folder / "metrics.jsonl")]
-    accuracy = None
-    if choose:
-        task = task_from_config(job.card.task)
-        held_out = job.sets.held_out[: cfg.select_questions] if cfg.select_questions is not None else job.sets.held_out
-        accuracy = HeldOutAccuracy(
-            task,
-            held_out,
-            render_prompts(task, held_out, tokenizer),
-            tokenizer,
-            every=cfg.select_every,
-            max_new_tokens=job.card.sampling.max_new_tokens,
-            best_dir=folder / "best",
-            record=folder / "checkpoint_choice.json",
-            bf16=job.bf16,
-        )
-        callbacks.append(accuracy)
+    accuracy = _selection_callback(job, folder, tokenizer) if choose and job.sets.held_out else None
+    callbacks = [MetricsFile(folder / "metrics.jsonl"), *([accuracy] if accuracy else [])]
     if probe_rows:
         every = cfg.probe_every or cfg.select_every
-        callbacks.append(ProbeLogps(probe_rows, every, tokenizer.pad_token_id, folder / "probe.jsonl", job.bf16))
+        callbacks.append(
+            ProbeLogps(
+                probe_rows, every=every, pad_token_id=tokenizer.pad_token_id, path=folder / "probe.jsonl", bf16=job.bf16
+            )
+        )
     trainer = DPONLLTrainer(
         model=model,
-        args=args,
+        args=_training_arguments(job, folder, max_steps, progress),
         train_dataset=rows,
         beta=cfg.beta,
         alpha=cfg.alpha,
@@ -357,6 +332,43 @@ def _fit(
     record = {"phase": phase, "steps": trainer.state.global_step, "pairs": len(rows), "best": best}
     write_json_atomic(record_path, record)  # last: the phase is done
     return record
+
+
+def _training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: bool):
+    from transformers import TrainingArguments
+
+    cfg = job.cfg
+    return TrainingArguments(
+        output_dir=str(folder / "checkpoints"),
+        per_device_train_batch_size=per_device_batch(cfg, int(os.environ.get("WORLD_SIZE", "1"))),
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type="constant_with_warmup",
+        warmup_steps=cfg.warmup_steps,
+        max_steps=max_steps,
+        logging_steps=1,
+        save_steps=cfg.save_every or cfg.select_every,
+        save_total_limit=1,
+        seed=job.card.seed,
+        bf16=job.bf16,
+        gradient_checkpointing=cfg.gradient_checkpointing,
+        use_cpu=not torch.cuda.is_available(),
+        report_to=cfg.report_to,
+        remove_unused_columns=False,
+        disable_tqdm=not progress,
+        dataloader_num_workers=0,
+    )
+
+
+def _selection_callback(job: TrainJob, folder: Path, tokenizer) -> HeldOutAccuracy:
+    """Greedy accuracy on the held-out questions (at most train.select_questions of them)."""
+    cfg, task = job.cfg, task_from_config(job.card.task)
+    held_out = job.sets.held_out[: cfg.select_questions] if cfg.select_questions is not None else job.sets.held_out
+    prompts = render_prompts(task, held_out, tokenizer)
+    scored = HeldOutQuestions(task, held_out, prompts, tokenizer, job.card.sampling.max_new_tokens, bf16=job.bf16)
+    return HeldOutAccuracy(
+        scored, every=cfg.select_every, best_dir=folder / "best", record=folder / "checkpoint_choice.json"
+    )
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

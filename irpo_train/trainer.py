@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,6 +26,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from irpo_data.grading import grade
 from irpo_data.runs import atomic_dir, write_json_atomic
+from irpo_data.tasks import Task
 from irpo_train.logprobs import completion_logps
 from irpo_train.loss import objective_loss
 from irpo_train.reference import reference_logps
@@ -97,7 +99,7 @@ class ProbeLogps(TrainerCallback):
     some not yet); one JSON line per measurement goes to probe.jsonl.
     """
 
-    def __init__(self, rows: list[dict], every: int, pad_token_id: int, path: Path, bf16: bool, batch_size: int = 8):
+    def __init__(self, rows: list[dict], *, every: int, pad_token_id: int, path: Path, bf16: bool, batch_size: int = 8):
         self.rows = rows  # pairs with their reference log-probs, chosen by probe_indices
         self.every, self.pad_token_id, self.path, self.bf16, self.batch_size = (
             every,
@@ -145,29 +147,29 @@ def probe_indices(pairs: int, count: int, seed: int) -> list[int]:
     return sorted(random.Random(seed).sample(range(pairs), min(count, pairs)))
 
 
+@dataclass(frozen=True)
+class HeldOutQuestions:
+    """What the checkpoint choice scores: the questions, their rendered prompts, and how to generate."""
+
+    task: Task
+    questions: list  # irpo_data.tasks.Question
+    prompts: list[str]
+    tokenizer: object
+    max_new_tokens: int
+    batch_size: int = 16
+    bf16: bool = False
+
+
 class HeldOutAccuracy(TrainerCallback):
-    """Greedy accuracy on held-out training questions; the best step's model is kept.
+    """Greedy accuracy on held-out questions every `every` steps; the best step's model is kept.
 
     The evaluation at step 0 is the reference model's accuracy, recorded for comparison; the
-    choice is among trained steps only, as in the paper.
+    choice is among trained steps only, as in the paper. `record` (checkpoint_choice.json) holds
+    the history and the choice, rewritten after each check, so a resumed run keeps both.
     """
 
-    def __init__(
-        self,
-        task,
-        questions,
-        prompts,
-        tokenizer,
-        every: int,
-        max_new_tokens: int,
-        best_dir: Path,
-        record: Path,
-        batch_size: int = 16,
-        bf16: bool = False,
-    ):
-        self.task, self.questions, self.prompts = task, questions, prompts
-        self.tokenizer, self.every, self.max_new_tokens = tokenizer, every, max_new_tokens
-        self.best_dir, self.record, self.batch_size, self.bf16 = best_dir, record, batch_size, bf16
+    def __init__(self, held_out: HeldOutQuestions, *, every: int, best_dir: Path, record: Path):
+        self.held_out, self.every, self.best_dir, self.record = held_out, every, best_dir, record
         self.history: list[dict] = json.loads(record.read_text())["history"] if record.is_file() else []
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
@@ -187,16 +189,7 @@ class HeldOutAccuracy(TrainerCallback):
     def _evaluate(self, model, step: int) -> None:
         if any(h["step"] == step for h in self.history):
             return
-        accuracy = held_out_accuracy(
-            model,
-            self.tokenizer,
-            self.task,
-            self.questions,
-            self.prompts,
-            self.max_new_tokens,
-            self.batch_size,
-            self.bf16,
-        )
+        accuracy = held_out_accuracy(model, self.held_out)
         self.history.append({"step": step, "accuracy": accuracy})
         best = self.best()
         if step > 0 and best is not None and best["step"] == step:
@@ -208,20 +201,25 @@ class HeldOutAccuracy(TrainerCallback):
             100 * accuracy,
             best and best["step"],
         )
-        write_json_atomic(self.record, {"history": self.history, "best": best, "questions": len(self.questions)})
+        record = {"history": self.history, "best": best, "questions": len(self.held_out.questions)}
+        write_json_atomic(self.record, record)
 
 
-def held_out_accuracy(
-    model, tokenizer, task, questions, prompts, max_new_tokens: int, batch_size: int, bf16: bool = False
-) -> float:
+def held_out_accuracy(model, held_out: HeldOutQuestions) -> float:
     """Greedy accuracy with the model in memory, graded by irpo_data.grading (the reward's grader)."""
+    tokenizer, prompts, questions, batch_size = (
+        held_out.tokenizer,
+        held_out.prompts,
+        held_out.questions,
+        held_out.batch_size,
+    )
     was_training = model.training
     model.eval()
     side = tokenizer.padding_side
     tokenizer.padding_side = "left"
     correct = 0
     try:
-        with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=held_out.bf16):
             for start in range(0, len(prompts), batch_size):
                 enc = tokenizer(
                     prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
@@ -229,7 +227,7 @@ def held_out_accuracy(
                 out = model.generate(
                     **enc,
                     do_sample=False,
-                    max_new_tokens=max_new_tokens,
+                    max_new_tokens=held_out.max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
                     temperature=None,
                     top_p=None,
@@ -237,7 +235,7 @@ def held_out_accuracy(
                 )
                 texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
                 for text, question in zip(texts, questions[start : start + batch_size]):
-                    correct += grade(task, text, question.gold).correct
+                    correct += grade(held_out.task, text, question.gold).correct
     finally:
         tokenizer.padding_side = side
         model.train(was_training)

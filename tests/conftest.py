@@ -14,7 +14,16 @@ SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 # Tests that need a model or an engine are the slow tier (pytest -m slow); the rest, pure functions
 # and the CLI on real data, run in under a minute with `pytest -m "not slow"`. A test is slow when
 # it uses one of these fixtures, or carries @pytest.mark.slow itself (a subprocess that loads one).
-SLOW_FIXTURES = {"demo_model", "demo_tokenizer", "hf_engine", "vllm_engine", "straight_run", "demo_run", "model", "batch"}
+SLOW_FIXTURES = {
+    "demo_model",
+    "demo_tokenizer",
+    "hf_engine",
+    "vllm_engine",
+    "straight_run",
+    "demo_run",
+    "model",
+    "batch",
+}
 
 
 def pytest_collection_modifyitems(config, items):
