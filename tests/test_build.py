@@ -157,7 +157,8 @@ VLLM_BUILD = [
 @pytest.mark.slow  # loads the demo model
 def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
     """The README's job on the real engine, in fresh processes: an uninterrupted build, one
-    killed with SIGKILL after its first shard and then resumed, and one with another seed."""
+    killed with SIGKILL after its first shard and then resumed (with another KV-cache size, which
+    must change nothing), and one with another seed."""
     require_vllm()
     cmd, env = _irpo_data("build", "--runs-dir", tmp_path / "straight", "--quiet", *VLLM_BUILD)
     subprocess.run(cmd, env=env, check=True, timeout=600)
@@ -176,9 +177,10 @@ def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
     assert done and len(done) < 4, done  # killed mid-sampling, with finished shards on disk
     assert not (tmp_path / "killed/demo/iter_1/manifest.json").exists()
 
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    # Resumed with another KV-cache size: a resource, so the run goes on, and the samples are the same.
+    resumed = subprocess.run([*cmd, "resources.kv_cache_gb=3"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert f"resuming: {len(done)} of 4 shards" in resumed.stderr
+    assert f"resuming: {len(done)} of 4 shards" in resumed.stderr and "resources changed" in resumed.stderr
     killed = json.loads((tmp_path / "killed/demo/iter_1/manifest.json").read_text())
     assert killed["pairs_fingerprint"] == straight["pairs_fingerprint"]
     assert killed["counts"] == straight["counts"]
