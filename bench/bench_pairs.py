@@ -19,7 +19,7 @@ import time
 import polars as pl
 
 from irpo_data.card import PairsConfig
-from irpo_data.pairs import build_pairs
+from irpo_data.pairs import REQUIRED_COLUMNS, build_pairs
 
 PAPER = PairsConfig(pairs_per_question=10, max_tokens=512)
 DISTINCT = PairsConfig(
@@ -29,21 +29,7 @@ DISTINCT = PairsConfig(
 
 def synthetic_samples(questions: int, per_question: int, seed: int = 0) -> pl.DataFrame:
     rng = random.Random(seed)
-    rows = {
-        k: []
-        for k in (
-            "question_id",
-            "sample_idx",
-            "prompt",
-            "gold",
-            "completion",
-            "n_tokens",
-            "finish_reason",
-            "answer",
-            "correct",
-            "well_formed",
-        )
-    }
+    rows = {k: [] for k in REQUIRED_COLUMNS}
     for q in range(questions):
         p_right = rng.random()  # questions range from hopeless to easy, as in a real run
         for s in range(per_question):

@@ -29,6 +29,24 @@ TINY = [
 ]  # fp32: exact at step 1
 
 
+def pair_table(questions, prompts, wrong_by: int) -> pl.DataFrame:
+    """One (right, wrong by `wrong_by`) pair per question, in the pair dataset's columns."""
+    n = len(questions)
+    return pl.DataFrame(
+        {
+            "question_id": [q.question_id for q in questions],
+            "prompt": prompts,
+            "chosen": [f"We count them. The answer is {q.gold}." for q in questions],
+            "rejected": [f"We guess. The answer is {int(q.gold) + wrong_by}." for q in questions],
+            "gold": [q.gold for q in questions],
+            "chosen_answer": [q.gold for q in questions],
+            "rejected_answer": [str(int(q.gold) + wrong_by) for q in questions],
+            "chosen_sample_idx": [0] * n,
+            "rejected_sample_idx": [1] * n,
+        }
+    )
+
+
 def make_iteration(runs, demo_tokenizer, card):
     """A real pair dataset in iter_1 (TRL format, chat-templated prompts), without sampling."""
     from irpo_data.sampling import render_prompts
@@ -37,19 +55,7 @@ def make_iteration(runs, demo_tokenizer, card):
     task = get_task("demo")
     questions = task.load("train").questions[:4]
     prompts = render_prompts(task, questions, demo_tokenizer)
-    pairs = pl.DataFrame(
-        {
-            "question_id": [q.question_id for q in questions],
-            "prompt": prompts,
-            "chosen": [f"We count them. The answer is {q.gold}." for q in questions],
-            "rejected": [f"We guess. The answer is {int(q.gold) + 3}." for q in questions],
-            "gold": [q.gold for q in questions],
-            "chosen_answer": [q.gold for q in questions],
-            "rejected_answer": [str(int(q.gold) + 3) for q in questions],
-            "chosen_sample_idx": [0] * 4,
-            "rejected_sample_idx": [1] * 4,
-        }
-    )
+    pairs = pair_table(questions, prompts, wrong_by=3)
     run = RunFolder.for_card(card, runs)
     run.freeze_card(card, BUILD_SECTIONS)
     save_pairs(pairs, 1, run.pairs(1))
@@ -304,19 +310,7 @@ def make_iteration_with_held_out(runs, demo_tokenizer, card):
 
     held = question_sets(card).held_out[:2]
     prompts = render_prompts(get_task("demo"), held, demo_tokenizer)
-    extra = pl.DataFrame(
-        {
-            "question_id": [q.question_id for q in held],
-            "prompt": prompts,
-            "chosen": [f"We count. The answer is {q.gold}." for q in held],
-            "rejected": [f"We guess. The answer is {int(q.gold) + 1}." for q in held],
-            "gold": [q.gold for q in held],
-            "chosen_answer": [q.gold for q in held],
-            "rejected_answer": [str(int(q.gold) + 1) for q in held],
-            "chosen_sample_idx": [0] * 2,
-            "rejected_sample_idx": [1] * 2,
-        }
-    )
+    extra = pair_table(held, prompts, wrong_by=1)
     both = pl.concat([pairs.head(2), extra])
     save_pairs(both, 1, run.pairs(1))
     write_card_and_manifest(run.iteration(1), "# card\n", {"pairs_fingerprint": fingerprint(both)})
