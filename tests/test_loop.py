@@ -56,13 +56,23 @@ def _irpo_run(runs_dir, iterations=2, *flags):
 
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
-    """Two tiny iterations and two ablations, uninterrupted, in a fresh process (as a user runs it)."""
+    """One tiny iteration, uninterrupted, in a fresh process (as a user runs it): build, train, eval.
+
+    Each test that needs more (a second iteration, the ablations) goes on from a copy of it, so
+    that no test or fixture needs more than ~5 minutes on 2 cores; vLLM's start (~1 minute on an
+    AVX2-only CPU, once per build and per evaluated model) is most of each.
+    """
     require_vllm()
     runs = tmp_path_factory.mktemp("straight")
-    cmd, env = _irpo_run(runs, 2, ABLATIONS)
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=880)
+    cmd, env = _irpo_run(runs, 1)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return RunFolder(runs / "demo"), done.stdout
+
+
+def _copy(run: RunFolder, to: Path) -> RunFolder:
+    shutil.copytree(run.root, to / "demo", symlinks=True)
+    return RunFolder(to / "demo")
 
 
 def _outcome(run: RunFolder, iterations: int) -> dict:
@@ -82,51 +92,57 @@ def _outcome(run: RunFolder, iterations: int) -> dict:
     }
 
 
-def test_irpo_run_two_iterations_then_a_rerun_does_nothing(straight_run, caplog):
+def test_irpo_run_runs_the_papers_loop_and_prints_its_summary(straight_run):
     run, output = straight_run
-    for t in (1, 2):
-        assert json.loads(run.manifest(t).read_text())["counts"]["pairs"] > 0
-        assert (run.model(t) / "train_manifest.json").is_file() and (run.root / "evals" / f"M_{t}.json").is_file()
-    assert json.loads(run.manifest(2).read_text())["model"].endswith("models/M_1")  # iteration 2 sampled from M_1
+    assert json.loads(run.manifest(1).read_text())["counts"]["pairs"] > 0
+    assert (run.model(1) / "train_manifest.json").is_file() and (run.root / "evals" / "M_1.json").is_file()
     summary = (run.root / "README.md").read_text()
-    assert "| M_0 (base) |" in summary and "| 2 → M_2 |" in summary
+    assert "| M_0 (base) |" in summary and "| 1 → M_1 |" in summary
     assert summary.split("Wall time")[0] in output  # printed as well as written
     board = json.loads((run.root / "leaderboard.json").read_text())
-    assert [r["model"] for r in board["rows"]] == ["M_0", "M_1", "M_1-dpo_nll_2x", "M_1-sft_winners", "M_2"]
+    assert [r["model"] for r in board["rows"]] == ["M_0", "M_1"]
     # The paper's loop: held-out questions sampled, the step chosen without them, then the retrain.
     build = json.loads(run.manifest(1).read_text())
     assert build["held_out_sampled"] and build["counts"]["questions"] == 12 and build["counts"]["gold_winners"] > 0
     trained = json.loads((run.model(1) / "train_manifest.json").read_text())
-    assert (
-        trained["retrained"]
-        and trained["steps"] == trained["chosen_step"]
-        and (run.model(1) / "select" / "done.json").is_file()
-    )
+    assert trained["retrained"] and trained["steps"] == trained["chosen_step"]
+    assert (run.model(1) / "select" / "done.json").is_file()
 
+
+def test_a_second_iteration_samples_from_m1_and_a_rerun_does_nothing(straight_run, tmp_path, caplog):
+    run = _copy(straight_run[0], tmp_path)
+    cmd, env = _irpo_run(tmp_path, 2)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(run.manifest(2).read_text())["model"].endswith("models/M_1")  # iteration 2 sampled from M_1
+    assert [r["model"] for r in json.loads((run.root / "leaderboard.json").read_text())["rows"]] == [
+        "M_0",
+        "M_1",
+        "M_2",
+    ]
+    assert _outcome(run, 1) == _outcome(straight_run[0], 1)  # iteration 1 was kept, not redone
     stamps = {
         p: p.stat().st_mtime_ns
-        for p in (
-            run.manifest(1),
-            run.manifest(2),
-            run.model(2) / "model.safetensors",
-            run.model(1, "sft_winners") / "model.safetensors",
-            run.root / "evals" / "M_2.json",
-        )
+        for p in (run.manifest(2), run.model(2) / "model.safetensors", run.root / "evals" / "M_2.json")
     }
     with caplog.at_level(logging.INFO):
-        again = CliRunner().invoke(
-            main, ["run", "--runs-dir", str(run.root.parent), "--iterations", "2", ABLATIONS, *TINY]
-        )
+        again = CliRunner().invoke(main, ["run", "--runs-dir", str(tmp_path), "--iterations", "2", *TINY])
     assert again.exit_code == 0, again.output
     assert all(p.stat().st_mtime_ns == stamp for p, stamp in stamps.items())
-    assert caplog.text.count("nothing to do") == 6  # two builds, two trainings and two ablations skipped
+    assert caplog.text.count("nothing to do") == 4  # two builds and two trainings skipped
 
 
-def test_ablations_train_on_iteration_1s_pairs_and_show_the_papers_likelihood_picture(straight_run):
+def test_ablations_train_on_iteration_1s_pairs_and_show_the_papers_likelihood_picture(straight_run, tmp_path):
     """Every ablation from iteration 1's samples: SFT on the same pairs (fingerprint), twice the pairs
     from the same samples. The log-prob checks are the paper's Figures 2-3 at tiny scale: SFT on the
     winners raises them; DPO+NLL opens a margin between winners and losers."""
-    run, output = straight_run
+    run = _copy(straight_run[0], tmp_path)
+    cmd, env = _irpo_run(tmp_path, 1, ABLATIONS)
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout
+    board = json.loads((run.root / "leaderboard.json").read_text())
+    assert [r["model"] for r in board["rows"]] == ["M_0", "M_1", "M_1-dpo_nll_2x", "M_1-sft_winners"]
     pairs = json.loads(run.manifest(1).read_text())["pairs_fingerprint"]
     doubled = json.loads((run.iteration(1) / "pairs_2x.json").read_text())
     assert doubled["settings"]["pairs"]["pairs_per_question"] == 2 * load_card("demo").pairs.pairs_per_question
@@ -149,18 +165,22 @@ def test_ablations_train_on_iteration_1s_pairs_and_show_the_papers_likelihood_pi
 
 def test_a_run_killed_mid_training_resumes_to_the_same_result(straight_run, tmp_path):
     """SIGKILL while M_1's selection run trains (after its step-1 checkpoint), then the same command
-    again. One iteration is enough: what follows M_1 is the same code on the same inputs."""
+    again. One iteration is enough: what follows M_1 is the same code on the same inputs. The
+    fixture's iteration 1 pairs are kept (the sampling's own kill test is in test_build)."""
+    copied = _copy(straight_run[0], tmp_path)
+    for produced in ("models", "evals"):
+        shutil.rmtree(copied.root / produced)
     cmd, env = _irpo_run(tmp_path, iterations=1)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "demo" / "models" / "M_1.work" / "select" / "checkpoints" / "checkpoint-1"
-    deadline = time.time() + 900
+    deadline = time.time() + 400
     while not (checkpoint / "trainer_state.json").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     run = RunFolder(tmp_path / "demo")
     assert checkpoint.is_dir() and not run.model(1).exists()
-    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=880)
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _outcome(run, 1) == _outcome(straight_run[0], 1)  # bit for bit: weights hashes included
 
