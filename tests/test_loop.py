@@ -159,7 +159,7 @@ def test_ablations_train_on_iteration_1s_pairs_and_show_the_papers_likelihood_pi
     assert probes["sft_winners"][-1]["chosen_change"] > 0
     assert probes["dpo_nll"][-1]["chosen_change"] > probes["dpo_nll"][-1]["rejected_change"]
     assert (run.root / "ablations_logps.png").stat().st_size > 10_000
-    assert "Iteration 1's pairs under each objective" in output
+    assert "Iteration 1's samples under each objective" in output
     assert "twice the pairs" in (run.root / "leaderboard.md").read_text()
 
 
