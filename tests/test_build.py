@@ -156,9 +156,9 @@ VLLM_BUILD = [
 
 @pytest.mark.slow  # loads the demo model
 def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
-    """The README's job on the real engine, in fresh processes: an uninterrupted build, one
+    """The README's job on the real engine, in fresh processes: an uninterrupted build, and one
     killed with SIGKILL after its first shard and then resumed (with another KV-cache size, which
-    must change nothing), and one with another seed."""
+    must change nothing)."""
     require_vllm()
     cmd, env = _irpo_data("build", "--runs-dir", tmp_path / "straight", "--quiet", *VLLM_BUILD)
     subprocess.run(cmd, env=env, check=True, timeout=600)
@@ -184,11 +184,8 @@ def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
     killed = json.loads((tmp_path / "killed/demo/iter_1/manifest.json").read_text())
     assert killed["pairs_fingerprint"] == straight["pairs_fingerprint"]
     assert killed["counts"] == straight["counts"]
-
-    cmd, env = _irpo_data("build", "--runs-dir", tmp_path / "other_seed", "--quiet", *VLLM_BUILD, "seed=1")
-    subprocess.run(cmd, env=env, check=True, timeout=600)
-    other = json.loads((tmp_path / "other_seed/demo/iter_1/manifest.json").read_text())
-    assert other["pairs_fingerprint"] != straight["pairs_fingerprint"]
+    # That another seed gives other samples is checked on the engine itself (test_sampling), without
+    # a fourth engine start here.
 
 
 # --- what a build samples, for the paper's cards (no model: the question sets and checks alone) ---

@@ -229,6 +229,11 @@ def test_irpo_eval_writes_results_and_leaderboard_and_resumes(demo_run, hub):
     files = hub.repos["org/irpo-demo"]
     assert {"leaderboard.md", "leaderboard.json", "leaderboard.png", "evals/M_0.json", "evals/M_1.json"} <= set(files)
     assert not any(TOKEN.encode() in content for content in files.values())
-    # Another setting is another result: recomputed, not silently reused.
-    evaluate_run(card, demo_run, EvalSettings.from_card(card, maj_k=2, limit=5, max_new_tokens=96))
+    # Another setting is another result: recomputed, not silently reused (M_0 alone: one engine start).
+    from irpo_data.runs import RunFolder
+    from irpo_eval.evaluate import evaluate_model
+    from irpo_eval.run_eval import run_models
+
+    m0_model = run_models(card, RunFolder.for_card(card, demo_run))[0].model
+    evaluate_model(m0_model, EvalSettings.from_card(card, maj_k=2, limit=5, max_new_tokens=96), evals / "M_0.json")
     assert json.loads((evals / "M_0.json").read_text())["maj_k"] == 2

@@ -322,12 +322,18 @@ def make_iteration_with_held_out(runs, demo_tokenizer, card):
 RETRAIN = [*TINY, "train.select_every=4", "train.save_every=1", "train.probe_every=1"]
 
 
-def test_retrain_chooses_the_step_without_the_held_out_questions_then_trains_on_all(
-    tmp_path, demo_model, demo_tokenizer
-):
+@pytest.fixture(scope="module")
+def retrained(tmp_path_factory, demo_model, demo_tokenizer):
+    """M_1 with the held-out retrain, uninterrupted: checked below, and the reference the kill test
+    resumes to (one training fewer than running it again there)."""
+    runs = tmp_path_factory.mktemp("retrained")
     card = load_card("demo", RETRAIN)
-    run, pairs, held_ids = make_iteration_with_held_out(tmp_path, demo_tokenizer, card)
-    out = train_module.train_iteration(card, 1, tmp_path, progress=False)
+    run, pairs, held_ids = make_iteration_with_held_out(runs, demo_tokenizer, card)
+    return train_module.train_iteration(card, 1, runs, progress=False), pairs, held_ids
+
+
+def test_retrain_chooses_the_step_without_the_held_out_questions_then_trains_on_all(retrained):
+    out, pairs, held_ids = retrained
     manifest = json.loads((out / "train_manifest.json").read_text())
     assert manifest["retrained"] and manifest["chosen_step"] == 4 and manifest["steps"] == 4
     assert manifest["selection"]["pairs"] == 2 and manifest["rows_trained"] == 4  # held-out pairs only in the retrain
@@ -349,8 +355,9 @@ def test_retrain_chooses_the_step_without_the_held_out_questions_then_trains_on_
     assert (out / "logps.png").read_bytes()[:4] == b"\x89PNG"
 
 
-def test_a_sigkill_mid_retrain_resumes_to_the_same_weights(tmp_path, demo_model, demo_tokenizer):
-    """Both runs in fresh processes; one is SIGKILLed after the retrain's second checkpoint."""
+def test_a_sigkill_mid_retrain_resumes_to_the_same_weights(tmp_path, retrained, demo_tokenizer):
+    """A run in a fresh process, SIGKILLed after the retrain's second checkpoint and resumed in
+    another, ends with the uninterrupted run's weights (fp32 on one machine: bit for bit)."""
     import os
     import signal
     import subprocess
@@ -362,11 +369,7 @@ def test_a_sigkill_mid_retrain_resumes_to_the_same_weights(tmp_path, demo_model,
         "logging.basicConfig(level=logging.INFO)\n"
         f"train_iteration(load_card('demo', {RETRAIN!r}), 1, sys.argv[1], progress=False)\n"
     )
-    card = load_card("demo", RETRAIN)
-    for name in ("straight", "killed"):
-        make_iteration_with_held_out(tmp_path / name, demo_tokenizer, card)
-    subprocess.run([sys.executable, "-c", code, str(tmp_path / "straight")], check=True, timeout=600)
-
+    make_iteration_with_held_out(tmp_path / "killed", demo_tokenizer, load_card("demo", RETRAIN))
     killed = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "killed")], start_new_session=True)
     checkpoint = tmp_path / "killed" / "demo" / "models" / "M_1.work" / "retrain" / "checkpoints" / "checkpoint-2"
     deadline = time.monotonic() + 600
@@ -381,8 +384,8 @@ def test_a_sigkill_mid_retrain_resumes_to_the_same_weights(tmp_path, demo_model,
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "the select run is done; reusing it" in resumed.stderr and "resuming the retrain run from" in resumed.stderr
     weights = [
-        AutoModelForCausalLM.from_pretrained(tmp_path / n / "demo" / "models" / "M_1").state_dict()
-        for n in ("straight", "killed")
+        AutoModelForCausalLM.from_pretrained(folder).state_dict()
+        for folder in (retrained[0], tmp_path / "killed" / "demo" / "models" / "M_1")
     ]
     differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
     assert differ == [], f"resumed weights differ: {differ[:5]}"
