@@ -91,9 +91,8 @@ class SamplingConfig:
     # float32 (irpo_data.hardware). The resolved dtype is recorded, because it changes the samples.
     dtype: str = "auto"
     questions_per_shard: int = 64  # questions per parquet shard: a kill loses at most one shard
-    batch_size: int = (
-        16  # prompts per transformers `generate` call (batching changes bf16 numerics; vLLM schedules its own)
-    )
+    # Prompts per transformers `generate` call (batching changes bf16 numerics; vLLM schedules its own).
+    batch_size: int = 16
     enforce_eager: bool = True  # skip vLLM graph compilation: ~15 s start-up instead of 65-97 s on CPU
     max_model_len: int = 2048  # vLLM context length (prompt + answer) in tokens
 
