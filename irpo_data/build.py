@@ -285,7 +285,7 @@ def _publish(job: _BuildJob, pairs, stats: dict, report, params, data_sha256: st
         pair_scheme=card.pairs.scheme,
         weights_sha256=job.model.weights_sha256[:16],
         previous=f"iter_{iteration - 1}" if iteration > 1 else "none (base model)",
-        card_sha256=manifest.build_card_sha256[:16],
+        build_card_sha256=manifest.build_card_sha256[:16],
         seed=card.seed,
         temperature=params.temperature,
         engine=manifest.sampling.get("engine"),

@@ -1,7 +1,8 @@
 """The recipe card: one YAML file, validated into frozen dataclasses every stage reads.
 
 A card is plain YAML with one section per stage (`task`, `model`, `sampling`, `pairs`,
-`train`, `eval`). Every key has a default here, so a card only says what differs:
+`train`, `eval`) and one for what only fits the machine (`resources`, never hashed). Every key
+has a default here, so a card only says what differs:
 
     name: gsm8k
     task: {name: gsm8k}
@@ -87,7 +88,7 @@ class SamplingConfig:
     temperatures: list[float] = field(default_factory=lambda: [0.8, 0.8, 1.3, 1.3])
     top_p: float = 1.0
     max_new_tokens: int = 512  # generation cap in tokens; hitting it marks the sample truncated
-    # auto | bfloat16 | float32 | float16; auto = bfloat16 where it is native (GPU, CPU with AMX), else
+    # auto | bfloat16 | float32 | float16; auto = bfloat16 where it is native (GPU, CPU with AMX or AVX512-BF16), else
     # float32 (irpo_data.hardware). The resolved dtype is recorded, because it changes the samples.
     dtype: str = "auto"
     questions_per_shard: int = 64  # questions per parquet shard: a kill loses at most one shard
@@ -140,7 +141,9 @@ class TrainConfig:
     # batch_size / (gradient_accumulation_steps x processes), which must divide evenly.
     batch_size: int = 16
     max_steps: int = 5000  # paper: 5,000 (ARC 4,000)
-    select_every: int = 500  # steps between held-out accuracy checks (checkpoint choice)
+    # Steps between held-out accuracy checks (checkpoint choice). The paper does not say how often it
+    # checked; its cards use 250 (20 candidates in 5,000 steps).
+    select_every: int = 250
     save_every: int | None = None  # steps between checkpoints a killed run resumes from; None = select_every
     # The paper's §3.1: choose the step on the held-out questions, then train again from M_{t-1}
     # on the pairs of all questions, held-out ones included, for that many steps: that is M_t.
@@ -152,7 +155,8 @@ class TrainConfig:
     select_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
     probe_pairs: int = 64  # training pairs whose log-probs are followed through training (logps.png); 0 = off
     probe_every: int | None = None  # steps between those measurements; None = select_every
-    bf16: bool | str = False  # bf16 mixed precision: true, false, or auto (where bf16 is native: GPU, CPU with AMX)
+    # bf16 mixed precision: true, false, or auto (where bf16 is native: GPU, CPU with AMX or AVX512-BF16).
+    bf16: bool | str = False
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into M_t at the end
     lora_r: int = 16
