@@ -21,6 +21,7 @@ transformers `generate` is the fallback when vLLM is not installed.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -120,9 +121,7 @@ class VLLMEngine(Engine):
 
         resources = resources or ResourcesConfig()
         self.on_cpu, device_kwargs = vllm_device_settings(resources.kv_cache_gb, resources.gpu_memory_utilization)
-        from vllm import LLM
-
-        kwargs = dict(
+        self._kwargs = dict(
             model=str(model_path),
             dtype=dtype,
             seed=seed,
@@ -132,7 +131,15 @@ class VLLMEngine(Engine):
             **device_kwargs,
         )
         self.dtype = dtype
-        self.llm = LLM(**kwargs)
+
+    @functools.cached_property
+    def llm(self):
+        # Started on the first generate, not here: a resumed build whose shards are all on disk
+        # checks its settings and pairs without paying vLLM's start (~1 minute on a CPU).
+        from vllm import LLM
+
+        log.info("starting vLLM on %s (%s)", self._kwargs["model"], "cpu" if self.on_cpu else "cuda")
+        return LLM(**self._kwargs)
 
     def generate(self, prompts, params, seeds):
         from vllm import SamplingParams as VSamplingParams

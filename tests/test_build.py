@@ -156,14 +156,22 @@ VLLM_BUILD = [
 
 @pytest.mark.slow  # loads the demo model
 def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
-    """The README's job on the real engine, in fresh processes: an uninterrupted build, and one
-    killed with SIGKILL after its first shard and then resumed (with another KV-cache size, which
-    must change nothing)."""
+    """The README's job on the real engine, in fresh processes: an uninterrupted build (rerun as if
+    killed after its last shard), and one killed with SIGKILL after its first shard and then resumed
+    (with another KV-cache size, which must change nothing)."""
     require_vllm()
     cmd, env = _irpo_data("build", "--runs-dir", tmp_path / "straight", "--quiet", *VLLM_BUILD)
     subprocess.run(cmd, env=env, check=True, timeout=600)
     straight = json.loads((tmp_path / "straight/demo/iter_1/manifest.json").read_text())
     assert straight["counts"]["pairs"] > 0, straight["counts"]
+    # Killed after its last shard, before the manifest: the rerun pairs what is there, without starting vLLM.
+    (tmp_path / "straight/demo/iter_1/manifest.json").unlink()
+    cmd, env = _irpo_data("build", "--runs-dir", tmp_path / "straight", *VLLM_BUILD)
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0 and "resuming: 4 of 4 shards" in rerun.stderr, rerun.stderr[-2000:]
+    assert "starting vLLM" not in rerun.stderr
+    again = json.loads((tmp_path / "straight/demo/iter_1/manifest.json").read_text())
+    assert (again["pairs_fingerprint"], again["counts"]) == (straight["pairs_fingerprint"], straight["counts"])
 
     cmd, env = _irpo_data("build", "--runs-dir", tmp_path / "killed", *VLLM_BUILD)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -181,6 +189,7 @@ def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
     resumed = subprocess.run([*cmd, "resources.kv_cache_gb=3"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming: {len(done)} of 4 shards" in resumed.stderr and "resources changed" in resumed.stderr
+    assert "starting vLLM" in resumed.stderr
     killed = json.loads((tmp_path / "killed/demo/iter_1/manifest.json").read_text())
     assert killed["pairs_fingerprint"] == straight["pairs_fingerprint"]
     assert killed["counts"] == straight["counts"]
