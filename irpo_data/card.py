@@ -88,8 +88,8 @@ class SamplingConfig:
     temperatures: list[float] = field(default_factory=lambda: [0.8, 0.8, 1.3, 1.3])
     top_p: float = 1.0
     max_new_tokens: int = 512  # generation cap in tokens; hitting it marks the sample truncated
-    # auto | bfloat16 | float32 | float16; auto = bfloat16 where it is native (GPU, CPU with AMX or AVX512-BF16), else
-    # float32 (irpo_data.hardware). The resolved dtype is recorded, because it changes the samples.
+    # auto | bfloat16 | float32 | float16; auto = bfloat16 where it is native (GPU, CPU with AMX or
+    # AVX512-BF16), else float32 (irpo_data.hardware). The resolved dtype is recorded: it changes the samples.
     dtype: str = "auto"
     questions_per_shard: int = 64  # questions per parquet shard: a kill loses at most one shard
     # Prompts per transformers `generate` call (batching changes bf16 numerics; vLLM schedules its own).
