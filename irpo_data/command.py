@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import logging
+import os
 import sys
 
 import click
@@ -68,6 +69,8 @@ Group.group_class = Group
 
 
 def setup_logging(quiet: bool) -> None:
+    # Under torchrun / accelerate launch every process runs the command: the main one tells the story.
+    quiet = quiet or int(os.environ.get("RANK", "0")) > 0
     logging.basicConfig(
         level=logging.WARNING if quiet else logging.INFO,
         format="%(asctime)s %(name)s: %(message)s",

@@ -113,9 +113,12 @@ def write_json_atomic(path: Path, data) -> None:
 
 def write_parquet_atomic(frame, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}"
+    fd, name = tempfile.mkstemp(prefix=f".tmp-{path.stem}-", suffix=".parquet", dir=path.parent)
+    os.close(fd)  # unique per writer: two processes never share a temporary file
+    tmp = Path(name)
     try:
         frame.write_parquet(tmp)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

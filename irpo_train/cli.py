@@ -51,6 +51,11 @@ def main(card, iteration, runs_dir, ablation, dry_run, quiet, overrides):
     Writes runs/NAME/models/M_T/: a transformers model folder (vLLM and lm-eval load it as is)
     with metrics.jsonl, logps.png, checkpoint_choice.json and the cached reference log-probs.
     A killed run resumes from its last checkpoint when run again.
+
+    \b
+    On several processes (train.batch_size stays the global batch; README "Scaling out"):
+      torchrun --standalone --nproc-per-node 2 $(which irpo) train     # DDP; CPU or GPU
+      accelerate launch --config_file cards/accelerate/fsdp2.yaml $(which irpo) train
     """
     setup_logging(quiet)
     resolved = resolve_card(card, overrides)
@@ -59,9 +64,12 @@ def main(card, iteration, runs_dir, ablation, dry_run, quiet, overrides):
     if dry_run:
         run = RunFolder.for_card(resolved, runs_dir)
         return show_dry_run(resolved, f"train {run.model(iteration, ablation)} from {run.pairs(iteration)}")
+    from irpo_train import distributed
     from irpo_train.train import train_iteration
 
     out = train_iteration(resolved, iteration, runs_dir, progress=not quiet, ablation=ablation)
+    if not distributed.is_main():
+        return
     manifest = TrainManifest.from_json(out / "train_manifest.json")
     click.echo(
         f"{out} ({manifest.objective}): step {manifest.chosen_step} chosen, held-out accuracy "

@@ -10,7 +10,8 @@ the backward pass (activation checkpointing) instead of kept, so memory grows wi
 `chunk_rows` x V, not with the batch. Exact: the same numbers as the full computation.
 
 Works for models whose head is one linear layer over the decoder's last hidden state
-(Llama, Mistral, Qwen, SmolLM, ...); others can use `full_vocab_logps`.
+(Llama, Mistral, Qwen, SmolLM, ...); others can use `full_vocab_logps`. Training calls it
+through `irpo_train.scorer.CompletionScorer`, the module the Trainer wraps.
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, chunk_ro
                     _chunk_logps,
                     rows[i : i + chunk_rows],
                     targets[i : i + chunk_rows],
-                    head.weight,
+                    head,
                     use_reentrant=False,
                 )
                 for i in range(0, rows.shape[0], chunk_rows)
@@ -53,8 +54,10 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, chunk_ro
     return sums, scored.sum(dim=1)
 
 
-def _chunk_logps(rows: torch.Tensor, targets: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    logits = (rows @ weight.T).float()  # float32 for the normaliser, whatever the model dtype
+def _chunk_logps(rows: torch.Tensor, targets: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
+    # The head is called as a module, not read as a weight: FSDP2 and ZeRO-3 gather a sharded
+    # weight in the module's hooks (irpo_train.scorer says why that matters).
+    logits = head(rows).float()  # float32 for the normaliser, whatever the model dtype
     return logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=1)
 
 

@@ -22,8 +22,9 @@ import polars as pl
 import torch
 
 from irpo_data.runs import write_json_atomic, write_parquet_atomic
+from irpo_train import distributed
 from irpo_train.data import collate
-from irpo_train.logprobs import completion_logps
+from irpo_train.scorer import as_scorer
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +35,48 @@ def reference_logps(
     """(chosen, rejected) summed log-probs of every pair under `model`, and tokens/s of the pass.
 
     With `bf16` the pass runs under the same bf16 autocast as training, so that at step 1 the
-    policy's log-probs equal these and every reward starts at exactly zero.
+    policy's log-probs equal these and every reward starts at exactly zero. Under several
+    processes each scores every world_size-th batch and every process gets all the values; the
+    batches are the ones one process would make, so the numbers are too.
     """
     from tqdm.auto import tqdm
 
-    model.eval()
+    scorer = as_scorer(model)
+    scorer.eval()
     # Similar lengths together: less padding per batch. Results go back in the input order.
     order = sorted(
         range(len(rows)),
         key=lambda i: len(rows[i]["prompt_ids"]) + len(rows[i]["chosen_ids"]) + len(rows[i]["rejected_ids"]),
     )
-    chosen, rejected = [0.0] * len(rows), [0.0] * len(rows)
+    batches = [order[begin : begin + batch_size] for begin in range(0, len(order), batch_size)]
+    scored: dict[int, tuple[float, float]] = {}
     tokens, start = 0, time.perf_counter()
-    device = next(model.parameters()).device
+    device = next(scorer.parameters()).device
     with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-        for begin in tqdm(
-            range(0, len(order), batch_size), desc="reference log-probs", unit="batch", disable=not progress
+        for index in tqdm(
+            batches[distributed.rank() :: distributed.world_size()],
+            desc="reference log-probs",
+            unit="batch",
+            disable=not (progress and distributed.is_main()),
         ):
-            index = order[begin : begin + batch_size]
             batch = {k: v.to(device) for k, v in collate([rows[i] for i in index], pad_token_id).items()}
-            logps, _ = completion_logps(model, batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
+            logps, _ = scorer(batch["input_ids"], batch["attention_mask"], batch["completion_mask"])
             tokens += int(batch["attention_mask"].sum())
             for j, i in enumerate(index):
-                chosen[i], rejected[i] = logps[j].item(), logps[j + len(index)].item()
+                scored[i] = (logps[j].item(), logps[j + len(index)].item())
     seconds = time.perf_counter() - start
-    return chosen, rejected, tokens / seconds if seconds else 0.0
+    parts = distributed.all_gather((scored, tokens))
+    for part, _ in parts:
+        scored.update(part)
+    missing = len(rows) - len(scored)
+    if missing:  # a process that scored too little would shift every later pair's reward
+        raise RuntimeError(f"the reference pass scored {len(scored)} of {len(rows)} pairs ({missing} missing)")
+    tokens = sum(t for _, t in parts)
+    return (
+        [scored[i][0] for i in range(len(rows))],
+        [scored[i][1] for i in range(len(rows))],
+        (tokens / seconds if seconds else 0.0),
+    )
 
 
 def load_or_compute(
@@ -70,14 +88,14 @@ def load_or_compute(
     from the same pairs as M_T); a match is copied in rather than recomputed.
     """
     table, meta = cache_dir / "ref_logps.parquet", cache_dir / "ref_logps.json"
-    stored = _stored(cache_dir)
-    if (stored or {}).get("key") != key:
+    if distributed.is_main() and (_stored(cache_dir) or {}).get("key") != key:
         source = next((f for f in elsewhere if (_stored(f) or {}).get("key") == key), None)
         if source is not None:
             log.info("reference log-probs: the same pairs and reference were scored for %s; reusing them", source)
             shutil.copy2(source / table.name, table)
             shutil.copy2(source / meta.name, meta)  # last: a cache is only ever read with its key
-            stored = _stored(cache_dir)
+    distributed.barrier()  # every process reads what the main one found
+    stored = _stored(cache_dir)
     if stored is not None:
         if stored.get("key") == key:
             frame = pl.read_parquet(table)
@@ -85,10 +103,11 @@ def load_or_compute(
             return frame["ref_chosen_logps"].to_list(), frame["ref_rejected_logps"].to_list(), stored
         changed = sorted(k for k in key if stored.get("key", {}).get(k) != key[k])
         log.info("reference log-probs in %s are stale (%s changed); recomputing", table, ", ".join(changed))
-    chosen, rejected, tokens_per_s = compute()
-    write_parquet_atomic(pl.DataFrame({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}), table)
+    chosen, rejected, tokens_per_s = compute()  # every process takes part
     stored = {"key": key, "tokens_per_s": round(tokens_per_s, 1), "pairs": len(chosen)}
-    write_json_atomic(meta, stored)
+    if distributed.is_main():
+        write_parquet_atomic(pl.DataFrame({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}), table)
+        write_json_atomic(meta, stored)
     return chosen, rejected, stored
 
 

@@ -30,7 +30,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -47,10 +46,12 @@ from irpo_data.records import BuildManifest, TrainManifest
 from irpo_data.runs import RunFolder, atomic_dir, write_json_atomic
 from irpo_data.sampling import render_prompts
 from irpo_data.tasks import task_from_config
+from irpo_train import distributed
 from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize_pairs
 from irpo_train.loss import PAIRWISE
 from irpo_train.plots import plot_logps
 from irpo_train.reference import load_or_compute, reference_logps
+from irpo_train.scorer import CompletionScorer
 from irpo_train.trainer import (
     DPONLLTrainer,
     HeldOutAccuracy,
@@ -116,6 +117,8 @@ def train_iteration(
     card: Card, iteration: int, runs_dir: str | Path = "runs", progress: bool = True, ablation: str | None = None
 ) -> Path:
     """Train M_T (or the ablation's side model); return its folder. Skips a finished one."""
+    distributed.check_launch()
+    distributed.init()
     job = _prepare(card, iteration, runs_dir, ablation)
     if job is None:
         return RunFolder.for_card(card, runs_dir).model(iteration, ablation)
@@ -124,6 +127,8 @@ def train_iteration(
     tokenizer = AutoTokenizer.from_pretrained(job.reference.path, trust_remote_code=card.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    # Before any model is loaded: ZeRO-3 and FSDP's low-memory loading read the arguments then.
+    first_args = _training_arguments(job, job.work / "select", job.cfg.max_steps, progress)
     rows, probe_rows, notes, model = _training_rows(job, tokenizer, progress)
     held_ids = {q.question_id for q in job.sets.held_out}
     if job.retrain:
@@ -132,7 +137,9 @@ def train_iteration(
             raise PairDataError(
                 f"every pair of {job.run.pairs(iteration)} is of a held-out question; lower task.held_out"
             )
-        selection = _fit(job, "select", selection_rows, job.cfg.max_steps, tokenizer, None, progress, model=model)
+        selection = _fit(
+            job, "select", selection_rows, job.cfg.max_steps, tokenizer, None, progress, model=model, args=first_args
+        )
         steps = (selection["best"] or {}).get("step") or job.cfg.max_steps
         final = _fit(job, "retrain", rows, steps, tokenizer, probe_rows, progress, choose=False)
         notes["selection"] = {
@@ -141,15 +148,22 @@ def train_iteration(
             "steps": selection["steps"],
         }
     else:
-        selection = final = _fit(job, "select", rows, job.cfg.max_steps, tokenizer, probe_rows, progress, model=model)
-    _write_model(job, tokenizer, selection, final, notes, len(rows))
+        selection = final = _fit(
+            job, "select", rows, job.cfg.max_steps, tokenizer, probe_rows, progress, model=model, args=first_args
+        )
+    if distributed.is_main():  # the others are done: nothing below is collective
+        _write_model(job, tokenizer, selection, final, notes, len(rows))
     return job.out_dir
 
 
 def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> TrainJob | None:
     """The job, or None when the model is already trained from these pairs and this reference."""
     run = RunFolder.for_card(card, runs_dir)
-    run.freeze_card(card, BUILD_SECTIONS)  # the pairs came from these; train.* may change
+    if distributed.is_main():
+        run.freeze_card(card, BUILD_SECTIONS)  # the pairs came from these; train.* may change
+    distributed.barrier()
+    if not distributed.is_main():
+        run.freeze_card(card, BUILD_SECTIONS)  # only checks now: the same card every process was given
     if ablation is not None and ablation not in ABLATIONS:
         raise PairDataError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
     if ablation is not None:  # after freezing: the run's card.yaml keeps the main line's objective
@@ -174,7 +188,9 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
         log.info("%s is already trained from these pairs and this reference; nothing to do", out_dir)
         return None
     work = out_dir.with_name(out_dir.name + ".work")
-    _start_or_resume(work, identity)
+    if distributed.is_main():
+        _start_or_resume(work, identity)
+    distributed.barrier()
     return TrainJob(
         card,
         card.train,
@@ -282,10 +298,12 @@ def _fit(
     progress: bool,
     choose: bool = True,
     model=None,
+    args=None,
 ) -> dict:
     """Train one phase from M_{T-1} (`model`, or loaded afresh) in work/PHASE/, resumably; its record.
 
     `choose`: score candidates on the held-out questions every select_every steps and keep the best.
+    Every process runs it; only the main one writes (the Trainer's checkpoints included).
     """
     from transformers.trainer_callback import PrinterCallback, ProgressCallback
 
@@ -296,6 +314,7 @@ def _fit(
         return json.loads(record_path.read_text())
     folder.mkdir(parents=True, exist_ok=True)
     log.info("%s: %s run, %d rows, up to %d steps", job.out_dir.name, phase, len(rows), max_steps)
+    args = args or _training_arguments(job, folder, max_steps, progress)  # before the model loads
     model = model if model is not None else _load_model(job)
     accuracy = _selection_callback(job, folder, tokenizer) if choose and job.sets.held_out else None
     callbacks = [MetricsFile(folder / "metrics.jsonl"), *([accuracy] if accuracy else [])]
@@ -307,8 +326,8 @@ def _fit(
             )
         )
     trainer = DPONLLTrainer(
-        model=model,
-        args=_training_arguments(job, folder, max_steps, progress),
+        model=CompletionScorer(model),
+        args=args,
         train_dataset=rows,
         beta=cfg.beta,
         alpha=cfg.alpha,
@@ -320,17 +339,23 @@ def _fit(
     trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
     if progress:
         trainer.add_callback(ProgressWithLoss)
+    if accuracy:
+        accuracy.save = trainer.save_full_model
+    if distributed.is_main():  # it deletes a checkpoint written half; then every process finds the same one
+        last_complete_checkpoint(folder / "checkpoints")
+    distributed.barrier()
     checkpoint = last_complete_checkpoint(folder / "checkpoints")
     if checkpoint:
         log.info("resuming the %s run from %s", phase, checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
     best = accuracy.best() if accuracy else None
     if not (best and (folder / "best").is_dir()):
-        with atomic_dir(folder / "last") as tmp:  # the model this phase ends with
-            model.save_pretrained(tmp)
-    shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        trainer.save_full_model(folder / "last")  # the model this phase ends with
     record = {"phase": phase, "steps": trainer.state.global_step, "pairs": len(rows), "best": best}
-    write_json_atomic(record_path, record)  # last: the phase is done
+    if distributed.is_main():
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+        write_json_atomic(record_path, record)  # last: the phase is done
+    distributed.barrier()
     return record
 
 
@@ -340,7 +365,7 @@ def _training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: b
     cfg = job.cfg
     return TrainingArguments(
         output_dir=str(folder / "checkpoints"),
-        per_device_train_batch_size=per_device_batch(cfg, int(os.environ.get("WORLD_SIZE", "1"))),
+        per_device_train_batch_size=per_device_batch(cfg, distributed.world_size()),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type="constant_with_warmup",
@@ -357,6 +382,7 @@ def _training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: b
         remove_unused_columns=False,
         disable_tqdm=not progress,
         dataloader_num_workers=0,
+        ddp_find_unused_parameters=False,  # the scorer uses every parameter (LoRA: every trainable one)
     )
 
 

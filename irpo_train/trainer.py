@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,15 +28,21 @@ from transformers.trainer_callback import ProgressCallback
 from irpo_data.grading import grade
 from irpo_data.runs import atomic_dir, write_json_atomic
 from irpo_data.tasks import Task
-from irpo_train.logprobs import completion_logps
+from irpo_train import distributed
 from irpo_train.loss import objective_loss
 from irpo_train.reference import reference_logps
+from irpo_train.scorer import language_model
 
 log = logging.getLogger(__name__)
 
 
 class DPONLLTrainer(Trainer):
-    """Trains any train.objective; the default and the reason for this class is DPO + NLL."""
+    """Trains any train.objective; the default and the reason for this class is DPO + NLL.
+
+    `model` is a CompletionScorer (irpo_train.scorer): the Trainer wraps it for DDP, FSDP2 or
+    ZeRO-3, and its forward scores the batch, so every strategy syncs what it must. Checkpoints
+    and saved models are the LM inside it, as a plain transformers folder.
+    """
 
     def __init__(self, *args, beta: float, alpha: float, objective: str = "dpo_nll", **kwargs):
         super().__init__(*args, **kwargs)
@@ -43,20 +50,62 @@ class DPONLLTrainer(Trainer):
         self._parts: list[dict[str, torch.Tensor]] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-        logps, lengths = completion_logps(
-            model, inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"]
-        )
+        logps, lengths = model(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
         loss, parts = objective_loss(self.objective, logps, lengths, inputs, beta=self.beta, alpha=self.alpha)
         self._parts.append(parts)
         return (loss, {"logps": logps}) if return_outputs else loss
 
     def log(self, logs: dict, *args, **kwargs) -> None:
-        # The Trainer logs the loss averaged since the last log; do the same for the parts.
+        # The Trainer logs the loss averaged since the last log and over the processes (every
+        # process calls log); do the same for the parts.
         if self._parts and "loss" in logs:
-            for name in self._parts[0]:
-                logs[name] = round(torch.stack([p[name] for p in self._parts]).mean().item(), 6)
+            means = {name: torch.stack([p[name] for p in self._parts]).mean().item() for name in self._parts[0]}
+            logs.update({name: round(value, 6) for name, value in distributed.mean_over_processes(means).items()})
             self._parts.clear()
         super().log(logs, *args, **kwargs)
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        """A checkpoint is the LM's own folder (config, weights), not the scorer's state dict."""
+        output_dir = output_dir or self.args.output_dir
+        if state_dict is not None:  # gathered by FSDP or ZeRO-3 from the scorer: its keys start with "lm."
+            state_dict = {key.removeprefix("lm."): value for key, value in state_dict.items()}
+        if self.args.should_save:
+            os.makedirs(output_dir, exist_ok=True)
+            self._language_model().save_pretrained(output_dir, state_dict=state_dict)
+            torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        model = model if model is not None else self.model
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:  # their loaders take the wrapped model
+            return super()._load_from_checkpoint(resume_from_checkpoint, model)
+        return super()._load_from_checkpoint(resume_from_checkpoint, language_model(model))
+
+    def save_full_model(self, folder: Path) -> None:
+        """The LM's full weights into `folder` (replacing it). Every process calls it; the main one writes.
+
+        Under FSDP2 and ZeRO-3 each process holds a shard: the full state dict is gathered first
+        (accelerate's FSDP2 default is a sharded state dict, which `save_pretrained` would write
+        as nothing, so the files are checked).
+        """
+        state = None
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            state = self.accelerator.get_state_dict(self.deepspeed if self.is_deepspeed_enabled else self.model)
+            state = {key.removeprefix("lm."): value for key, value in (state or {}).items()}
+        if self.args.should_save:
+            with atomic_dir(folder) as tmp:
+                self._language_model().save_pretrained(tmp, state_dict=state)
+                if not any((tmp / name).is_file() for name in WEIGHT_FILES):
+                    raise RuntimeError(
+                        f"saving {folder} wrote no weights; with FSDP use an accelerate config with "
+                        "fsdp_state_dict_type: FULL_STATE_DICT (cards/accelerate/fsdp2.yaml)"
+                    )
+        distributed.barrier()
+
+    def _language_model(self):
+        return language_model(self.accelerator.unwrap_model(self.model, keep_torch_compile=False))
+
+
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
 
 
 class ProgressWithLoss(ProgressCallback):
@@ -77,14 +126,14 @@ class MetricsFile(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs):
         # After a resume, drop lines from steps that will be trained again.
-        if self.path.is_file():
+        if state.is_world_process_zero and self.path.is_file():
             kept = [
                 line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= state.global_step
             ]
             self.path.write_text("".join(line + "\n" for line in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs and "loss" in logs:
+        if state.is_world_process_zero and logs and "loss" in logs:
             with self.path.open("a") as handle:
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
@@ -112,7 +161,9 @@ class ProbeLogps(TrainerCallback):
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         done = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
         kept = [d for d in done if d["step"] <= state.global_step]  # after a resume: steps to be trained again go
-        self.path.write_text("".join(json.dumps(d) + "\n" for d in kept))
+        distributed.barrier()  # every process has read the file before the main one rewrites it
+        if state.is_world_process_zero:
+            self.path.write_text("".join(json.dumps(d) + "\n" for d in kept))
         if not kept:
             self._measure(model, 0)
 
@@ -121,6 +172,7 @@ class ProbeLogps(TrainerCallback):
             self._measure(model, state.global_step)
 
     def _measure(self, model, step: int) -> None:
+        """Every process measures (the pass is split over them); the main one writes the line."""
         was_training = model.training
         try:
             # The reference pass's own function: same batching and autocast, no gradients.
@@ -138,6 +190,8 @@ class ProbeLogps(TrainerCallback):
             "rejected_change": sum(rejected) / len(rejected),
             "chosen_rose": sum(c > 0 for c in chosen) / len(chosen),  # fraction of winners above the reference
         }
+        if not distributed.is_main():
+            return
         with self.path.open("a") as handle:
             handle.write(json.dumps(line) + "\n")
 
@@ -171,6 +225,7 @@ class HeldOutAccuracy(TrainerCallback):
     def __init__(self, held_out: HeldOutQuestions, *, every: int, best_dir: Path, record: Path):
         self.held_out, self.every, self.best_dir, self.record = held_out, every, best_dir, record
         self.history: list[dict] = json.loads(record.read_text())["history"] if record.is_file() else []
+        self.save = None  # DPONLLTrainer.save_full_model, set once the trainer exists
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.history = [h for h in self.history if h["step"] <= state.global_step]
@@ -189,12 +244,13 @@ class HeldOutAccuracy(TrainerCallback):
     def _evaluate(self, model, step: int) -> None:
         if any(h["step"] == step for h in self.history):
             return
-        accuracy = held_out_accuracy(model, self.held_out)
+        accuracy = held_out_accuracy(language_model(model), self.held_out)
         self.history.append({"step": step, "accuracy": accuracy})
         best = self.best()
         if step > 0 and best is not None and best["step"] == step:
-            with atomic_dir(self.best_dir) as tmp:
-                model.save_pretrained(tmp)
+            self.save(self.best_dir)
+        if not distributed.is_main():
+            return
         log.info(
             "step %d: held-out greedy accuracy %.1f%% (best so far: step %s)",
             step,
@@ -206,7 +262,11 @@ class HeldOutAccuracy(TrainerCallback):
 
 
 def held_out_accuracy(model, held_out: HeldOutQuestions) -> float:
-    """Greedy accuracy with the model in memory, graded by irpo_data.grading (the reward's grader)."""
+    """Greedy accuracy with the model in memory, graded by irpo_data.grading (the reward's grader).
+
+    Under several processes (DDP: each holds the whole model) each answers every world_size-th
+    batch of questions and the counts are summed.
+    """
     tokenizer, prompts, questions, batch_size = (
         held_out.tokenizer,
         held_out.prompts,
@@ -220,7 +280,8 @@ def held_out_accuracy(model, held_out: HeldOutQuestions) -> float:
     correct = 0
     try:
         with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=held_out.bf16):
-            for start in range(0, len(prompts), batch_size):
+            starts = range(0, len(prompts), batch_size)
+            for start in starts[distributed.rank() :: distributed.world_size()]:
                 enc = tokenizer(
                     prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
                 ).to(model.device)
@@ -239,4 +300,4 @@ def held_out_accuracy(model, held_out: HeldOutQuestions) -> float:
     finally:
         tokenizer.padding_side = side
         model.train(was_training)
-    return correct / len(prompts)
+    return sum(distributed.all_gather(correct)) / len(prompts)

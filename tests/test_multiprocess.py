@@ -1,0 +1,162 @@
+"""`irpo train` on two processes (torchrun, gloo on CPU) against one process, on a tiny random model.
+
+The model is a 2-layer Llama with the demo's tokenizer, made here with a fixed seed: the
+point is the parallel plumbing (gradients all-reduced through the scorer module, the global
+batch, the split reference pass, main-process-only writes), not what the model learns. fp32, so
+one and two processes agree to rounding; the tolerance is stated where it is used.
+`accelerate launch --cpu --num_processes 2` starts a single process (accelerate#2741), so the
+tests launch with torchrun, as README's "Scaling out" does on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+import torch
+from test_train import pair_table
+
+from irpo_data.card import BUILD_SECTIONS, load_card
+from irpo_data.publish import fingerprint, save_pairs, write_card_and_manifest
+from irpo_data.runs import RunFolder
+
+WORKER = Path(__file__).parent / "assets" / "train_worker.py"
+PAIRS = 8
+STEPS = 3
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, demo_tokenizer) -> Path:
+    """A 2-layer Llama (hidden 32) with the demo tokenizer, random weights from seed 0."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(demo_tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        tie_word_embeddings=True,
+        bos_token_id=demo_tokenizer.bos_token_id,
+        eos_token_id=demo_tokenizer.eos_token_id,
+        pad_token_id=demo_tokenizer.pad_token_id,
+    )
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny") / "model"
+    LlamaForCausalLM(config).save_pretrained(folder)
+    demo_tokenizer.save_pretrained(folder)
+    return folder
+
+
+def overrides(model: Path) -> list[str]:
+    return [
+        f"model.base={model}",
+        "train.batch_size=4",  # the global batch: 4 per process alone, 2 each on two
+        f"train.max_steps={STEPS}",
+        f"train.select_every={STEPS}",
+        "train.select_questions=2",
+        "train.probe_every=1",
+        "train.retrain_with_held_out=false",
+        "sampling.max_new_tokens=8",
+        "train.learning_rate=1e-3",  # large enough that a missed all-reduce shows in the weights
+        "train.bf16=false",
+    ]
+
+
+def prepare_run(runs: Path, model: Path, tokenizer) -> list[str]:
+    """iter_1 with PAIRS real pairs of demo questions (no sampling); the card overrides for it."""
+    from irpo_data.sampling import render_prompts
+    from irpo_data.tasks import get_task
+
+    cli = overrides(model)
+    card = load_card("demo", cli)
+    task = get_task("demo")
+    questions = task.load("train").questions[:PAIRS]
+    pairs = pair_table(questions, render_prompts(task, questions, tokenizer), wrong_by=3)
+    run = RunFolder.for_card(card, runs)
+    run.freeze_card(card, BUILD_SECTIONS)
+    save_pairs(pairs, 1, run.pairs(1))
+    write_card_and_manifest(run.iteration(1), "# card\n", {"pairs_fingerprint": fingerprint(pairs)})
+    return cli
+
+
+def launch(runs: Path, cli: list[str], processes: int, params: Path) -> subprocess.CompletedProcess:
+    params.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "IRPO_TEST_PARAMS": str(params), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={processes}",
+        str(WORKER),
+        "--runs-dir",
+        str(runs),
+        "--quiet",
+        *cli,
+    ]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
+    return done
+
+
+@pytest.fixture(scope="module")
+def one_and_two(tmp_path_factory, tiny_model, demo_tokenizer):
+    """The same run trained by one process and by two (fresh run folders, same pairs)."""
+    out = {}
+    for processes in (1, 2):
+        root = tmp_path_factory.mktemp(f"procs{processes}")
+        cli = prepare_run(root / "runs", tiny_model, demo_tokenizer)
+        launch(root / "runs", cli, processes, root / "params")
+        out[processes] = root
+    return out
+
+
+def _model_dir(root: Path) -> Path:
+    return root / "runs" / "demo" / "models" / "M_1"
+
+
+def test_two_processes_agree_with_each_other_and_with_one(one_and_two):
+    two = [torch.load(one_and_two[2] / "params" / f"select-rank{r}.pt") for r in (0, 1)]
+    one = torch.load(one_and_two[1] / "params" / "select-rank0.pt")
+    for name in one:
+        # Every rank holds the same weights: DDP all-reduced the gradients through the scorer's forward.
+        assert torch.equal(two[0][name], two[1][name]), name
+        # Same global batch as one process: the same weights up to float32 rounding (padding widths
+        # and summation order differ between a batch of 4 and two of 2).
+        torch.testing.assert_close(two[0][name], one[name], rtol=1e-4, atol=1e-5)
+    trained = _load(_model_dir(one_and_two[2]))
+    for name, value in trained.items():
+        torch.testing.assert_close(value, two[0][name])  # the main process wrote the model it trained
+
+
+def _load(folder: Path) -> dict:
+    from transformers import AutoModelForCausalLM
+
+    return dict(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).named_parameters())
+
+
+def test_two_processes_write_one_record_per_step_and_the_same_reference(one_and_two):
+    one, two = _model_dir(one_and_two[1]), _model_dir(one_and_two[2])
+    metrics = [json.loads(line) for line in (two / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))  # one line per step, not per process
+    probe = [json.loads(line)["step"] for line in (two / "probe.jsonl").read_text().splitlines()]
+    assert probe == list(range(0, STEPS + 1))
+    # The reference pass split over two processes gives every pair one process's value.
+    ref_one, ref_two = pl.read_parquet(one / "ref_logps.parquet"), pl.read_parquet(two / "ref_logps.parquet")
+    assert ref_two.height == PAIRS
+    for column in ("ref_chosen_logps", "ref_rejected_logps"):
+        torch.testing.assert_close(torch.tensor(ref_two[column]), torch.tensor(ref_one[column]))
+    manifest = json.loads((two / "train_manifest.json").read_text())
+    assert manifest["chosen_step"] == STEPS and manifest["steps"] == STEPS
+    # Losses logged are the mean over both processes' halves of the batch: close to one process's.
+    loss_one = [json.loads(line)["loss"] for line in (one / "metrics.jsonl").read_text().splitlines()]
+    assert [m["loss"] for m in metrics] == pytest.approx(loss_one, rel=1e-3)
+    assert not list(two.parent.glob("*.work")) and not list(two.parent.glob(".tmp-*"))
