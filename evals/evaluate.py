@@ -50,6 +50,8 @@ class EvalSettings:
     # Resources (the card's resources section): they fit the machine, so a result's key leaves them out.
     kv_cache_gb: float = 2  # vLLM on CPU
     gpu_memory_utilization: float = 0.9  # vLLM on GPU
+    tensor_parallel_size: int = 1  # GPUs per engine
+    pipeline_parallel_size: int = 1
     max_model_len: int = 2048
     trust_remote_code: bool = False
 
@@ -79,6 +81,8 @@ class EvalSettings:
             dtype=resolve_dtype(card.sampling.dtype),
             kv_cache_gb=card.resources.kv_cache_gb,
             gpu_memory_utilization=card.resources.gpu_memory_utilization,
+            tensor_parallel_size=card.resources.tensor_parallel_size,
+            pipeline_parallel_size=card.resources.pipeline_parallel_size,
             max_model_len=card.sampling.max_model_len,
             trust_remote_code=card.model.trust_remote_code,
         )
@@ -95,7 +99,12 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
     from irpo_data.sampling import vllm_device_settings
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the progress bar
-    _, device_kwargs = vllm_device_settings(settings.kv_cache_gb, settings.gpu_memory_utilization)
+    _, device_kwargs = vllm_device_settings(
+        settings.kv_cache_gb,
+        settings.gpu_memory_utilization,
+        settings.tensor_parallel_size,
+        settings.pipeline_parallel_size,
+    )
     metadata = dict(
         data_dir=settings.data_dir, hub_id=settings.hub_id, split=settings.split, task_options=settings.task_options
     )
@@ -161,7 +170,7 @@ def summarise(raw: dict, settings: EvalSettings) -> dict:
     }
 
 
-RESOURCE_SETTINGS = ("kv_cache_gb", "gpu_memory_utilization")
+RESOURCE_SETTINGS = ("kv_cache_gb", "gpu_memory_utilization", "tensor_parallel_size", "pipeline_parallel_size")
 
 
 def result_key(model: ResolvedModel, settings: EvalSettings) -> dict:

@@ -112,6 +112,11 @@ class ResourcesConfig:
 
     kv_cache_gb: int = 2  # vLLM CPU KV cache (VLLM_CPU_KVCACHE_SPACE); ignored on GPU
     gpu_memory_utilization: float = 0.9  # vLLM's share of GPU memory
+    # GPUs per vLLM engine (sampling, candidate scoring, irpo eval): a 70B model in bf16 needs 4-8.
+    # They decide where the model fits, not what it computes, though the order of the GPUs'
+    # partial sums can move a bf16 logit's last bit; compare runs on one setting (README).
+    tensor_parallel_size: int = 1
+    pipeline_parallel_size: int = 1
 
 
 @dataclass(frozen=True)
@@ -153,6 +158,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step on each process
     warmup_steps: int = 0  # linear warm-up, then a constant learning rate
     select_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
+    # Where the held-out checks generate: vllm (save a candidate every select_every steps, score them
+    # greedily on vLLM after the run: scales to FSDP and ZeRO-3, and to long answers) or trainer
+    # (generate with the model in the training process: no engine start, right for small models on CPU).
+    select_with: str = "vllm"
     probe_pairs: int = 64  # training pairs whose log-probs are followed through training (logps.png); 0 = off
     probe_every: int | None = None  # steps between those measurements; None = select_every
     # bf16 mixed precision: true, false, or auto (where bf16 is native: GPU, CPU with AMX or AVX512-BF16).
@@ -402,6 +411,7 @@ CHOICES = {
     "sampling.dtype": ("auto", "bfloat16", "float32", "float16"),
     "pairs.scheme": ("cycle", "distinct"),
     "pairs.gold_winner": ("always", "when_none_correct", "never"),
+    "train.select_with": ("vllm", "trainer"),
 }
 
 

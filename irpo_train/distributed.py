@@ -83,3 +83,18 @@ def init() -> None:
         from accelerate import PartialState
 
         PartialState()
+
+
+def wait_for_record(path, flag: str, poll_s: float = 5.0) -> dict:
+    """The JSON record at `path` once the main process has set `flag` in it (a non-main process waits)."""
+    import json
+    import time
+
+    while True:
+        try:
+            record = json.loads(path.read_text())
+            if record.get(flag):
+                return record
+        except (OSError, ValueError):
+            pass  # not written yet
+        time.sleep(poll_s)

