@@ -45,6 +45,7 @@ def run_irpo(opts) -> dict:
     from irpo_data.models import resolve_model
     from irpo_train.data import collate, tokenize_pairs
     from irpo_train.reference import reference_logps
+    from irpo_train.scorer import CompletionScorer
     from irpo_train.trainer import DPONLLTrainer
 
     path = resolve_model(ModelConfig().base).path
@@ -70,7 +71,7 @@ def run_irpo(opts) -> dict:
         gradient_checkpointing=opts.grad_ckpt,
     )
     DPONLLTrainer(
-        model=model,
+        model=CompletionScorer(model),
         args=args,
         train_dataset=rows,
         beta=0.1,

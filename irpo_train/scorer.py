@@ -39,8 +39,8 @@ class CompletionScorer(torch.nn.Module):
         return completion_logps(self.lm, input_ids, attention_mask, completion_mask, self.chunk_rows)
 
     # The Trainer calls these on the model it is given; they belong to the LM.
-    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs=None):
-        self.lm.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs)
+    def gradient_checkpointing_enable(self, **kwargs):
+        self.lm.gradient_checkpointing_enable(**kwargs)
 
     def gradient_checkpointing_disable(self):
         self.lm.gradient_checkpointing_disable()

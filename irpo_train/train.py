@@ -4,7 +4,8 @@
 
 As the paper (§3.1) runs it, with train.retrain_with_held_out:
 1. selection run: train on the pairs *without* the held-out questions for up to max_steps,
-   scoring the model greedily on the held-out questions every select_every steps;
+   scoring the model greedily on the held-out questions every select_every steps (in the
+   trainer, or, with train.select_with=vllm, candidates saved then and scored on vLLM after);
 2. retrain: train again from M_{T-1} on the pairs of *all* questions for the chosen number of
    steps; that model is M_T.
 Without it (or when the checkpoint is chosen on task.selection_split, as for ARC) the selection
@@ -17,6 +18,9 @@ was not the run that made M_T), the cached reference log-probs and train_manifes
 With `ablation=NAME` (irpo train --ablation, irpo run --ablations) the same pairs train a side model
 models/M_T-NAME with that objective (the _2x ablations: with twice as many pairs per question,
 rebuilt from the same samples); M_T and the run's later iterations are untouched.
+
+Under torchrun / accelerate launch every process runs this module; irpo_train.distributed says
+what only the main process does (it alone writes into the run folder).
 
 The policy starts as M_{T-1}, which is also the reference, so the reference log-probs are
 computed with the policy's own weights before the first step: no second model is ever loaded.

@@ -1,12 +1,17 @@
 """The DPO+NLL trainer: one small `transformers.Trainer` subclass and its callbacks.
 
-Everything a Trainer gives stays ours for free: accelerate (multi-GPU, FSDP, DeepSpeed), bf16,
-gradient accumulation, `report_to`, checkpoints and resume. This file adds:
+Everything a Trainer gives stays ours: accelerate (torchrun / accelerate launch with DDP, FSDP2,
+DeepSpeed), bf16, gradient accumulation, `report_to`, checkpoints and resume. That holds because
+the model the Trainer wraps is irpo_train.scorer.CompletionScorer, whose forward scores the batch
+(the scorer's docstring says why that matters). This file adds:
 - `DPONLLTrainer.compute_loss`: policy log-probs of the batch's chosen and rejected answers
   (one forward over 2B sequences; B chosen ones for the SFT objectives), cached reference
-  log-probs from the batch, the pure loss of train.objective (loss.objective_loss);
-- `HeldOutAccuracy`: greedy accuracy on the card's held-out training questions every
-  `select_every` steps, keeping the best model (the paper's checkpoint choice) and why;
+  log-probs from the batch, the pure loss of train.objective (loss.objective_loss); checkpoints
+  and saved models are the LM's own transformers folder, gathered to full weights under FSDP2
+  and ZeRO-3 (`save_full_model`);
+- `HeldOutAccuracy` (train.select_with=trainer): greedy accuracy on the card's held-out training
+  questions every `select_every` steps, keeping the best model (the paper's checkpoint choice)
+  and why; irpo_train.candidates does the same on vLLM (train.select_with=vllm);
 - `MetricsFile`: every logged step as one JSON line (loss, dpo, nll, rewards, log-probs);
 - `ProbeLogps`: log-probs of a fixed sample of training pairs, followed through training;
 - `ProgressWithLoss`: the progress bar shows the loss.

@@ -135,3 +135,44 @@ def test_two_processes_write_one_record_per_step_and_the_same_reference(one_and_
     loss_one = [json.loads(line)["loss"] for line in (one / "metrics.jsonl").read_text().splitlines()]
     assert [m["loss"] for m in metrics] == pytest.approx(loss_one, rel=1e-3)
     assert not list(two.parent.glob("*.work")) and not list(two.parent.glob(".tmp-*"))
+
+
+def test_the_scorer_under_fsdp2_gets_every_gradient_and_saves_full_weights(tmp_path, tiny_model):
+    """FSDP2 itself (torch's fully_shard on a CPU mesh; accelerate runs it on GPUs only): the scorer as
+    root gathers the embeddings and head in its forward, every parameter gets a gradient, and a full
+    state dict saved by rank 0 reloads in one process as the starting weights.
+
+    Both processes score the same batch, so averaged gradients equal one process's; gloo's
+    reduce-scatter sums where it should average (pytorch#162338), so the factor is 1 or 2, the same
+    for every parameter."""
+    from transformers import AutoModelForCausalLM
+
+    from irpo_train.scorer import CompletionScorer
+
+    worker = Path(__file__).parent / "assets" / "fsdp2_worker.py"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [*command, str(worker), str(tiny_model), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-6000:]
+    lm = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    scorer = CompletionScorer(lm)
+    torch.manual_seed(0)
+    ids = torch.randint(5, 1000, (4, 24))
+    completion = torch.zeros_like(ids, dtype=torch.bool)
+    completion[:, 10:] = True
+    logps, lengths = scorer(ids, torch.ones_like(ids), completion)
+    (-(logps / lengths).mean()).backward()
+    single = {name: p.grad for name, p in scorer.named_parameters()}
+    for rank in (0, 1):
+        sharded = torch.load(tmp_path / f"fsdp2-rank{rank}.pt")
+        torch.testing.assert_close(sharded["logps"], logps.detach(), rtol=1e-5, atol=1e-4)
+        assert set(sharded["grads"]) == set(single)  # every parameter, the tied embedding/head included
+        factor = (sharded["grads"]["lm.model.norm.weight"].norm() / single["lm.model.norm.weight"].norm()).item()
+        assert factor == pytest.approx(1.0, rel=1e-3) or factor == pytest.approx(2.0, rel=1e-3)
+        for name, grad in sharded["grads"].items():
+            torch.testing.assert_close(grad, factor * single[name], rtol=1e-3, atol=1e-6)
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32)
+    for (name, value), (_, start) in zip(saved.state_dict().items(), lm.state_dict().items()):
+        assert torch.equal(value, start), name
