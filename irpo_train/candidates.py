@@ -36,15 +36,16 @@ log = logging.getLogger(__name__)
 
 
 class SaveCandidates(TrainerCallback):
-    """Saves the model every `every` steps (and at the last) into `folder`/step-N (every process calls)."""
+    """Saves the model every `every` steps (and at the last) into `folder`/step-N, with the tokenizer
+    (vLLM loads the folder as a model of its own); every process calls it."""
 
-    def __init__(self, folder: Path, every: int):
-        self.folder, self.every = folder, every
+    def __init__(self, folder: Path, every: int, tokenizer):
+        self.folder, self.every, self.tokenizer = folder, every, tokenizer
         self.save = None  # DPONLLTrainer.save_full_model, set once the trainer exists
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self.save(self.folder / f"step-{state.global_step}")
+            self.save(self.folder / f"step-{state.global_step}", tokenizer=self.tokenizer)
 
 
 def choose_candidate(phase_dir: Path, reference_path: Path, held_out, engine_factory) -> dict | None:

@@ -333,7 +333,9 @@ def _fit(
     model = job.take_model()
     selecting = choose and bool(job.sets.held_out)
     accuracy = _selection_callback(job, folder, tokenizer) if selecting and cfg.select_with == "trainer" else None
-    candidates = SaveCandidates(folder / "candidates", cfg.select_every) if selecting and not accuracy else None
+    candidates = (
+        SaveCandidates(folder / "candidates", cfg.select_every, tokenizer) if selecting and not accuracy else None
+    )
     callbacks = [MetricsFile(folder / "metrics.jsonl"), *[c for c in (accuracy, candidates) if c]]
     if probe_rows:
         every = cfg.probe_every or cfg.select_every

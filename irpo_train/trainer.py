@@ -85,8 +85,9 @@ class DPONLLTrainer(Trainer):
             return super()._load_from_checkpoint(resume_from_checkpoint, model)
         return super()._load_from_checkpoint(resume_from_checkpoint, language_model(model))
 
-    def save_full_model(self, folder: Path) -> None:
-        """The LM's full weights into `folder` (replacing it). Every process calls it; the main one writes.
+    def save_full_model(self, folder: Path, tokenizer=None) -> None:
+        """The LM's full weights (and `tokenizer`) into `folder`, replacing it. Every process calls
+        it; the main one writes.
 
         Under FSDP2 and ZeRO-3 each process holds a shard: the full state dict is gathered first
         (accelerate's FSDP2 default is a sharded state dict, which `save_pretrained` would write
@@ -99,6 +100,8 @@ class DPONLLTrainer(Trainer):
         if self.args.should_save:
             with atomic_dir(folder) as tmp:
                 self._language_model().save_pretrained(tmp, state_dict=state)
+                if tokenizer is not None:  # a folder an engine can load on its own
+                    tokenizer.save_pretrained(tmp)
                 if not any((tmp / name).is_file() for name in WEIGHT_FILES):
                     raise RuntimeError(
                         f"saving {folder} wrote no weights; with FSDP use an accelerate config with "
