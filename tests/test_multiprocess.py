@@ -176,3 +176,17 @@ def test_the_scorer_under_fsdp2_gets_every_gradient_and_saves_full_weights(tmp_p
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32)
     for (name, value), (_, start) in zip(saved.state_dict().items(), lm.state_dict().items()):
         assert torch.equal(value, start), name
+
+
+@pytest.mark.parametrize("variable", ["ACCELERATE_USE_FSDP", "ACCELERATE_USE_DEEPSPEED"])
+def test_fsdp_or_deepspeed_without_gpus_is_refused_before_any_work(tmp_path, monkeypatch, variable):
+    """accelerate launch sets these from its config; on CPU accelerate would quietly train without them."""
+    from irpo_train.distributed import LaunchError
+    from irpo_train.train import train_iteration
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has GPUs")
+    monkeypatch.setenv(variable, "true")
+    with pytest.raises(LaunchError, match="torchrun --standalone"):
+        train_iteration(load_card("demo"), 1, tmp_path, progress=False)
+    assert not any(tmp_path.iterdir())  # nothing written
