@@ -57,27 +57,28 @@ def choose_candidate(phase_dir: Path, reference_path: Path, held_out, engine_fac
     """
     record_path = phase_dir / "checkpoint_choice.json"
     history = json.loads(record_path.read_text())["history"] if record_path.is_file() else []
-    done = {h["step"] for h in history}
     candidates = sorted(
         (int(p.name.removeprefix("step-")), p) for p in (phase_dir / "candidates").glob("step-*") if p.is_dir()
     )
+    for step, folder in candidates:  # scored before a kill, not yet moved: settle them first
+        if any(h["step"] == step for h in history):
+            _settle(phase_dir, step, folder, best_step(history))
+    done = {h["step"] for h in history}
     to_score = ([(0, reference_path)] if 0 not in done else []) + [(s, p) for s, p in candidates if s not in done]
     for step, folder in to_score:
         accuracy = candidate_accuracy(engine_factory(folder), held_out)
         history.append({"step": step, "accuracy": accuracy})
         best = best_step(history)
-        if step > 0 and best["step"] == step:  # the new leader replaces the previous one
-            shutil.rmtree(phase_dir / "best", ignore_errors=True)
-            folder.rename(phase_dir / "best")
-        elif step > 0:
-            shutil.rmtree(folder)
+        # The record first: a kill after it leaves the candidate to be settled on the rerun.
+        write_json_atomic(record_path, {"history": history, "best": best, "questions": len(held_out.questions)})
+        if step > 0:
+            _settle(phase_dir, step, folder, best)
         log.info(
             "step %d: held-out greedy accuracy %.1f%% on vLLM (best so far: step %s)",
             step,
             100 * accuracy,
             best and best["step"],
         )
-        write_json_atomic(record_path, {"history": history, "best": best, "questions": len(held_out.questions)})
     shutil.rmtree(phase_dir / "candidates", ignore_errors=True)
     best = best_step(history)
     record = {"history": history, "best": best, "questions": len(held_out.questions), "complete": True}
@@ -100,3 +101,12 @@ def candidate_accuracy(engine, held_out) -> float:
         for answers, question in zip(outputs, held_out.questions)
     )
     return correct / len(held_out.questions)
+
+
+def _settle(phase_dir: Path, step: int, folder: Path, best: dict | None) -> None:
+    """A scored candidate becomes best/ if it leads, else it is deleted (candidates are large)."""
+    if best is not None and best["step"] == step:
+        shutil.rmtree(phase_dir / "best", ignore_errors=True)
+        folder.rename(phase_dir / "best")
+    else:
+        shutil.rmtree(folder)

@@ -47,14 +47,20 @@ def test_a_kill_while_scoring_candidates_loses_at_most_the_one_in_flight(tmp_pat
         choose_candidate(phase, tiny_model, questions, lambda p: engine(p, kill_at=3))
     record = json.loads((phase / "checkpoint_choice.json").read_text())
     assert [h["step"] for h in record["history"]] == [0, 2] and not record.get("complete")
+    # A kill can also fall between a candidate's record line and its move into best/: step 8 here,
+    # recorded as the leader while its folder still sits among the candidates.
+    shutil.copytree(tiny_model, phase / "candidates" / "step-8")
+    (phase / "candidates" / "step-8" / "marker").write_text("step 8")
+    record["history"].append({"step": 8, "accuracy": 1.0})
+    (phase / "checkpoint_choice.json").write_text(json.dumps(record))
     started.clear()
     best = choose_candidate(phase, tiny_model, questions, engine)
-    assert started == ["step-4", "step-6"]  # the reference and step 2 are not scored again
+    assert started == ["step-4", "step-6"]  # the reference and steps 2 and 8 are not scored again
     record = json.loads((phase / "checkpoint_choice.json").read_text())
-    assert [h["step"] for h in record["history"]] == [0, 2, 4, 6] and record["complete"]
-    # Same weights, same answers: every candidate ties, and the earliest trained step wins.
-    assert best == record["best"] == {"step": 2, "accuracy": record["history"][1]["accuracy"]}
-    assert (phase / "best" / "config.json").is_file() and not (phase / "candidates").exists()
+    assert [h["step"] for h in record["history"]] == [0, 2, 8, 4, 6] and record["complete"]
+    assert best == record["best"] == {"step": 8, "accuracy": 1.0}
+    assert (phase / "best" / "marker").read_text() == "step 8"  # the recorded leader's weights are best/
+    assert not (phase / "candidates").exists()
 
 
 def test_candidates_are_scored_on_vllm_and_the_best_is_the_model(tmp_path, demo_tokenizer):
