@@ -50,18 +50,6 @@ def all_gather(obj) -> list:
     return gathered
 
 
-def mean_over_processes(values: dict[str, float]) -> dict[str, float]:
-    """Each value averaged over the processes (what each logged is its own batch's)."""
-    if not _initialized() or world_size() == 1 or not values:
-        return values
-    names = sorted(values)
-    total = torch.tensor([float(values[n]) for n in names], dtype=torch.float64)
-    if torch.distributed.get_backend() == "nccl":
-        total = total.cuda()
-    torch.distributed.all_reduce(total)  # SUM: gloo has no AVG
-    return {n: v / world_size() for n, v in zip(names, total.cpu().tolist())}
-
-
 def check_launch() -> None:
     """Refuse FSDP or DeepSpeed without GPUs: accelerate would quietly run plain DDP instead."""
     wanted = [

@@ -64,16 +64,18 @@ class DPONLLTrainer(Trainer):
         # The Trainer logs the loss averaged since the last log and over the processes (every
         # process calls log); do the same for the parts.
         if self._parts and "loss" in logs:
-            means = {name: torch.stack([p[name] for p in self._parts]).mean().item() for name in self._parts[0]}
-            logs.update({name: round(value, 6) for name, value in distributed.mean_over_processes(means).items()})
+            names = list(self._parts[0])
+            means = torch.stack([torch.stack([p[n] for p in self._parts]).mean() for n in names]).detach()
+            means = self.accelerator.reduce(means.to(self.args.device), reduction="mean")  # over processes
+            logs.update({name: round(value, 6) for name, value in zip(names, means.tolist())})
             self._parts.clear()
         super().log(logs, *args, **kwargs)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """A checkpoint is the LM's own folder (config, weights), not the scorer's state dict."""
         output_dir = output_dir or self.args.output_dir
-        if state_dict is not None:  # gathered by FSDP or ZeRO-3 from the scorer: its keys start with "lm."
-            state_dict = {key.removeprefix("lm."): value for key, value in state_dict.items()}
+        if state_dict is not None:  # gathered by FSDP or ZeRO-3 from the scorer
+            state_dict = _lm_keys(state_dict)
         if self.args.should_save:
             os.makedirs(output_dir, exist_ok=True)
             self._language_model().save_pretrained(output_dir, state_dict=state_dict)
@@ -95,8 +97,9 @@ class DPONLLTrainer(Trainer):
         """
         state = None
         if self.is_fsdp_enabled or self.is_deepspeed_enabled:
-            state = self.accelerator.get_state_dict(self.deepspeed if self.is_deepspeed_enabled else self.model)
-            state = {key.removeprefix("lm."): value for key, value in (state or {}).items()}
+            state = _lm_keys(
+                self.accelerator.get_state_dict(self.deepspeed if self.is_deepspeed_enabled else self.model) or {}
+            )
         if self.args.should_save:
             with atomic_dir(folder) as tmp:
                 self._language_model().save_pretrained(tmp, state_dict=state)
@@ -114,6 +117,11 @@ class DPONLLTrainer(Trainer):
 
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors")
+
+
+def _lm_keys(state_dict: dict) -> dict:
+    """A CompletionScorer's state dict keyed as the LM's own ("lm.model.norm.weight" -> "model.norm.weight")."""
+    return {key.removeprefix("lm."): value for key, value in state_dict.items()}
 
 
 class ProgressWithLoss(ProgressCallback):
