@@ -212,17 +212,20 @@ def _sample(job: _BuildJob, tokenizer, progress: bool):
         seed=card.seed,
     )
     engine = make_engine(job.model.path, card.sampling, card.seed, card.model.trust_remote_code, card.resources)
-    report = sample_answers(
-        job.task,
-        job.sets.sampled,
-        prompts,
-        engine,
-        params,
-        job.run.samples(job.iteration),
-        card.sampling.questions_per_shard,
-        fixed_settings={"weights_sha256": job.model.weights_sha256, "data_sha256": data_sha256},
-        progress=progress,
-    )
+    try:
+        report = sample_answers(
+            job.task,
+            job.sets.sampled,
+            prompts,
+            engine,
+            params,
+            job.run.samples(job.iteration),
+            card.sampling.questions_per_shard,
+            fixed_settings={"weights_sha256": job.model.weights_sha256, "data_sha256": data_sha256},
+            progress=progress,
+        )
+    finally:
+        engine.close()
     del engine  # frees the vLLM engine's memory before the pair and dataset work
     return report, params, data_sha256
 

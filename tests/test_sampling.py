@@ -11,6 +11,7 @@ from irpo_data.grading import grade
 from irpo_data.hardware import resolve_dtype
 from irpo_data.sampling import (
     SAMPLE_SCHEMA,
+    Engine,
     SamplingError,
     SamplingParams,
     TransformersEngine,
@@ -26,7 +27,7 @@ QUESTIONS = TASK.load("train").questions[:5]
 PARAMS = SamplingParams(num_samples=3, temperature=0.8, top_p=1.0, max_new_tokens=40, seed=0)
 
 
-class KilledAfter:
+class KilledAfter(Engine):
     """Wraps a real engine and raises KeyboardInterrupt (Ctrl-C) on its n-th generate call."""
 
     def __init__(self, engine, calls: int):

