@@ -1,6 +1,6 @@
 """Scaling out on this machine: one training process against two, and held-out checks on vLLM.
 
-    python bench/bench_scale.py [--steps 6] [--batch 8] [--skip-heldout]
+    python bench/bench_scale.py [--steps 6] [--batch 8] [--skip-heldout] [--skip-ray]
 
 1. Training step time at the same global batch (train.batch_size pairs per step) with 1 and 2
    processes (torchrun, gloo on CPU), on a tiny random Llama (4 layers, hidden 256) with the demo
@@ -11,6 +11,8 @@
 3. One held-out check on the demo's 32 held-out questions: greedy generation with the model in the
    trainer (train.select_with=trainer) against one candidate scored on vLLM
    (train.select_with=vllm: an engine start plus generation), same questions and model.
+4. Sampling 32 demo questions (N=4) in this process against a local Ray cluster with one engine
+   (resources.sampling_backend=ray): wall time and warm tokens/s; the shards must be identical.
 
 Prints one table; the baseline of each row is measured in the same run.
 """
@@ -196,11 +198,61 @@ def held_out_checks() -> tuple[float, float, float, float, float]:
     return in_trainer, on_vllm, started, trainer_accuracy, vllm_accuracy
 
 
+def ray_against_local(questions: int = 32, per_shard: int = 4) -> dict:
+    """Sampling the demo's first `questions` training questions (N=4, 128 tokens) in this process
+    and on a local Ray cluster with one engine: wall time of the call (engine start included) and
+    tokens/s after the first shard (engines warm). The shards must come out byte-identical."""
+    from dataclasses import replace
+
+    from transformers import AutoTokenizer
+
+    from irpo_data.card import ResourcesConfig, load_card
+    from irpo_data.models import resolve_model
+    from irpo_data.sampling import SamplingParams, make_engine, render_prompts, sample_answers
+    from irpo_data.tasks import task_from_config
+
+    card = load_card("demo")
+    path = resolve_model(card.model.base).path
+    task = task_from_config(card.task)
+    chosen = task.load("train").questions[:questions]
+    prompts = render_prompts(task, chosen, AutoTokenizer.from_pretrained(path))
+    params = SamplingParams(num_samples=4, temperature=0.8, top_p=1.0, max_new_tokens=128, seed=0)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend in ("local", "ray"):
+            engine = make_engine(path, card.sampling, 0, resources=replace(ResourcesConfig(), sampling_backend=backend))
+            stamps: list[tuple[float, int]] = []
+            inner = engine.sample_shards
+
+            def stamped(job, todo, inner=inner, stamps=stamps):
+                for shard in inner(job, todo):
+                    stamps.append((time.perf_counter(), shard[2]))
+                    yield shard
+
+            engine.sample_shards = stamped
+            start = time.perf_counter()
+            try:
+                sample_answers(
+                    task, chosen, prompts, engine, params, Path(tmp) / backend, per_shard, {}, progress=False
+                )
+            finally:
+                engine.close()
+            warm_tokens = sum(tokens for _, tokens in stamps[1:])
+            results[backend] = {
+                "wall_s": time.perf_counter() - start,
+                "warm_tok_s": warm_tokens / (stamps[-1][0] - stamps[0][0]),
+                "shards": {f.name: f.read_bytes() for f in sorted((Path(tmp) / backend).glob("part-*"))},
+            }
+    results["identical"] = results["local"]["shards"] == results["ray"]["shards"]
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--batch", type=int, default=8, help="global batch: pairs per optimizer step")
     parser.add_argument("--skip-heldout", action="store_true", help="leave out the held-out check comparison")
+    parser.add_argument("--skip-ray", action="store_true", help="leave out sampling on a local Ray cluster")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--model", help=argparse.SUPPRESS)
     opts = parser.parse_args()
@@ -224,6 +276,25 @@ def main() -> None:
                 f"held-out check on vLLM (acc {100 * acc_vllm:.1f}%; start {started:.0f} s)",
                 on_vllm,
                 f"{in_trainer / on_vllm:.2f}x speed-up",
+            )
+        )
+    if not opts.skip_ray:
+        ray = ray_against_local()
+        local, remote = ray["local"], ray["ray"]
+        same = "byte-identical shards" if ray["identical"] else "SHARDS DIFFER"
+        share = 100 * remote["warm_tok_s"] / local["warm_tok_s"]
+        rows.append(
+            (
+                "sampling 32 questions x 4 in this process (engine start included)",
+                local["wall_s"],
+                f"baseline; warm {local['warm_tok_s']:.0f} tokens/s",
+            )
+        )
+        rows.append(
+            (
+                "same on a local Ray cluster, 1 engine",
+                remote["wall_s"],
+                f"warm {remote['warm_tok_s']:.0f} tokens/s = {share:.0f}% of in-process; {same}",
             )
         )
     width = max(len(r[0]) for r in rows)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -52,6 +53,10 @@ class EvalSettings:
     gpu_memory_utilization: float = 0.9  # vLLM on GPU
     tensor_parallel_size: int = 1  # GPUs per engine
     pipeline_parallel_size: int = 1
+    # Copies of the engine, each on its own GPUs, through lm-eval's data-parallel vLLM (on Ray);
+    # it sends each request with its own seed, so the samples are one engine's.
+    data_parallel_size: int = 1
+    ray_address: str | None = None  # the cluster of those copies; None: RAY_ADDRESS or this node's
     max_model_len: int = 2048
     trust_remote_code: bool = False
 
@@ -83,6 +88,8 @@ class EvalSettings:
             gpu_memory_utilization=card.resources.gpu_memory_utilization,
             tensor_parallel_size=card.resources.tensor_parallel_size,
             pipeline_parallel_size=card.resources.pipeline_parallel_size,
+            data_parallel_size=card.resources.ray_engines if card.resources.sampling_backend == "ray" else 1,
+            ray_address=card.resources.ray_address,
             max_model_len=card.sampling.max_model_len,
             trust_remote_code=card.model.trust_remote_code,
         )
@@ -99,12 +106,20 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
     from irpo_data.sampling import vllm_device_settings
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the progress bar
-    _, device_kwargs = vllm_device_settings(
+    on_cpu, device_kwargs = vllm_device_settings(
         settings.kv_cache_gb,
         settings.gpu_memory_utilization,
         settings.tensor_parallel_size,
         settings.pipeline_parallel_size,
     )
+    if settings.data_parallel_size > 1:
+        if on_cpu:
+            # lm-eval reserves GPUs for each copy, so on CPU its copies would never be scheduled.
+            log.warning("data_parallel_size=%d needs GPUs; evaluating on one engine", settings.data_parallel_size)
+        else:
+            device_kwargs["data_parallel_size"] = settings.data_parallel_size
+            if settings.ray_address:
+                os.environ["RAY_ADDRESS"] = settings.ray_address  # lm-eval calls a plain ray.init()
     metadata = dict(
         data_dir=settings.data_dir, hub_id=settings.hub_id, split=settings.split, task_options=settings.task_options
     )
@@ -170,7 +185,14 @@ def summarise(raw: dict, settings: EvalSettings) -> dict:
     }
 
 
-RESOURCE_SETTINGS = ("kv_cache_gb", "gpu_memory_utilization", "tensor_parallel_size", "pipeline_parallel_size")
+RESOURCE_SETTINGS = (
+    "kv_cache_gb",
+    "gpu_memory_utilization",
+    "tensor_parallel_size",
+    "pipeline_parallel_size",
+    "data_parallel_size",
+    "ray_address",
+)
 
 
 def result_key(model: ResolvedModel, settings: EvalSettings) -> dict:

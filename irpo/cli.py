@@ -23,6 +23,7 @@ from irpo_data.command import (
     dry_run_option,
     overrides_argument,
     quiet_option,
+    ray_option,
     resolve_card,
     runs_option,
     setup_logging,
@@ -69,10 +70,11 @@ main.add_command(eval_command, "eval")
     "the pairs (dpo_nll_2x, sft_winners_2x), and put them on the leaderboard; for some of them set the card key "
     "instead: ablations=[dpo,sft_winners].",
 )
+@ray_option
 @dry_run_option
 @quiet_option
 @overrides_argument
-def run(card, runs_dir, iterations, push_to_hub, ablations, dry_run, quiet, overrides):
+def run(card, runs_dir, iterations, push_to_hub, ablations, ray_address, dry_run, quiet, overrides):
     """Run the loop: for t = 1..T build iteration t's pairs from M_{t-1}, train M_t, evaluate.
 
     \b
@@ -82,6 +84,7 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, dry_run, quiet, over
       irpo run train.learning_rate=5e-6               # retrains M_1 on, reuses the pairs
       irpo run --ablations                            # + the paper's baselines from iteration 1's samples
       irpo run ablations=[dpo,sft_winners] --iterations 1
+      irpo run --card gsm8k --ray-address auto resources.ray_engines=8   # sample on a Ray cluster
 
     The run folder is the only state: a finished stage whose manifest matches the card is
     skipped, a killed run resumes where it stopped, and a changed card key re-runs the stage
@@ -93,7 +96,7 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, dry_run, quiet, over
     from irpo.summary import write_summary
     from irpo_data.runs import RunFolder
 
-    resolved = resolve_card(card, overrides)
+    resolved = resolve_card(card, overrides, ray_address=ray_address)
     if ablations:
         resolved = dataclasses.replace(resolved, ablations=_all_ablations(resolved))
     iterations = iterations or resolved.iterations

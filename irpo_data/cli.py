@@ -15,6 +15,7 @@ from irpo_data.command import (
     overrides_argument,
     private_option,
     quiet_option,
+    ray_option,
     resolve_card,
     runs_option,
     setup_logging,
@@ -48,12 +49,13 @@ def main() -> None:
     type=click.Path(file_okay=False),
     help="Read the task's {split}.jsonl/.parquet from here (same as task.data_dir=...).",
 )
+@ray_option
 @hub_option
 @private_option
 @dry_run_option
 @quiet_option
 @overrides_argument
-def build(card, iteration, runs_dir, model, data_dir, push_to_hub, private, dry_run, quiet, overrides):
+def build(card, iteration, runs_dir, model, data_dir, ray_address, push_to_hub, private, dry_run, quiet, overrides):
     """Build runs/NAME/iter_T/: samples, pairs, dataset card and manifest.
 
     \b
@@ -62,12 +64,13 @@ def build(card, iteration, runs_dir, model, data_dir, push_to_hub, private, dry_
       irpo data build --card gsm8k --iter 2 --push-to-hub me/irpo-gsm8k
       irpo data build --card cards/gsm8k.yaml --data-dir ../shared/data/gsm8k \\
           sampling.num_samples=8 task.max_questions=200
+      irpo data build --card gsm8k --ray-address ray://head:10001 resources.ray_engines=8
 
     Overrides are dotted card keys (sampling.num_samples=8). A killed build resumes from its
     last finished shard when run again with the same arguments.
     """
     setup_logging(quiet)
-    resolved = resolve_card(card, overrides, data_dir)
+    resolved = resolve_card(card, overrides, data_dir, ray_address)
     if dry_run:
         source = model or ("the card's base model" if iteration == 1 else f"models/M_{iteration - 1}")
         return show_dry_run(

@@ -79,10 +79,15 @@ def setup_logging(quiet: bool) -> None:
     )
 
 
-def resolve_card(card: str, overrides: tuple[str, ...] | list[str], data_dir: str | None = None) -> Card:
-    """The card named by --card with its KEY=VALUE overrides (and --data-dir, a shorthand for task.data_dir)."""
+def resolve_card(
+    card: str, overrides: tuple[str, ...] | list[str], data_dir: str | None = None, ray_address: str | None = None
+) -> Card:
+    """The card named by --card with its KEY=VALUE overrides, and the shorthands for two of them:
+    --data-dir (task.data_dir) and --ray-address (resources.sampling_backend=ray at that address)."""
     if data_dir is not None:
         overrides = (*overrides, f"task.data_dir={data_dir}")
+    if ray_address is not None:
+        overrides = (*overrides, "resources.sampling_backend=ray", f"resources.ray_address={ray_address}")
     return load_card(card, overrides)
 
 
@@ -119,6 +124,13 @@ hub_option = click.option(
     metavar="ORG/NAME",
     default=None,
     help="Dataset repo to push to (token: HF_TOKEN or `hf auth login`).",
+)
+ray_option = click.option(
+    "--ray-address",
+    metavar="ADDRESS",
+    default=None,
+    help="Sample on the Ray cluster at ADDRESS, e.g. ray://head:10001 (same as resources.sampling_backend=ray "
+    "resources.ray_address=ADDRESS; with the backend set and no address, RAY_ADDRESS or a local cluster).",
 )
 private_option = click.option("--private", is_flag=True, help="Create the Hub repo as private.")
 dry_run_option = click.option("--dry-run", is_flag=True, help="Print the resolved card and what would run, then exit.")

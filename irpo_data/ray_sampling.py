@@ -69,13 +69,15 @@ class RayEngine(Engine):
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
             address = self.resources.ray_address or os.environ.get("RAY_ADDRESS")
             # Sizes are the cluster's own business when it exists: ray.init refuses them then.
+            # "local" starts a new cluster even where one runs already (plain ray.init would join it).
             local = {} if address else {"object_store_memory": LOCAL_OBJECT_STORE_BYTES, "include_dashboard": False}
             log.info("connecting to the Ray cluster at %s", address or "a new local cluster")
+            address = address or "local"
             try:
                 ray.init(address=address, **local)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SamplingError(
-                    f"cannot reach the Ray cluster at {address!r}: {exc}. Start it (`ray start --head`) or fix "
+                    f"cannot reach the Ray cluster at {address!r}: {_first_line(exc)}. Start it (`ray start --head`) or fix "
                     "resources.ray_address / RAY_ADDRESS; unset both to start a local cluster"
                 ) from exc
             self._started_cluster = True
@@ -106,6 +108,7 @@ class RayEngine(Engine):
         if self._probe is None:
             ray = self._connect()
             gpus = self._gpus_per_engine(ray)
+            out_dir = out_dir.resolve()  # a worker's working directory is not the driver's
             out_dir.mkdir(parents=True, exist_ok=True)
             fd, marker = tempfile.mkstemp(prefix=".tmp-ray-visible-", dir=out_dir)
             os.close(fd)
@@ -136,6 +139,7 @@ class RayEngine(Engine):
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts questions
         restarts = self.resources.ray_engine_restarts
+        job = replace(job, out_dir=job.out_dir.resolve())  # a worker's working directory is not the driver's
         rows = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
         with warnings.catch_warnings():
             # Ray 2.60 deprecates extra remote arguments and names no replacement for
