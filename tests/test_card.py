@@ -129,7 +129,14 @@ def test_resources_are_not_part_of_a_runs_identity(tmp_path, caplog):
 
     card = load_card("demo")
     moved = load_card(
-        "demo", ["resources.kv_cache_gb=6", "resources.gpu_memory_utilization=0.5", "resources.tensor_parallel_size=4"]
+        "demo",
+        [
+            "resources.kv_cache_gb=6",
+            "resources.gpu_memory_utilization=0.5",
+            "resources.tensor_parallel_size=4",
+            "resources.sampling_backend=ray",
+            "resources.ray_engines=8",
+        ],
     )
     assert card.sha256(BUILD_SECTIONS) == moved.sha256(BUILD_SECTIONS) and card.sha256(TRAIN_SECTIONS) == moved.sha256(
         TRAIN_SECTIONS
@@ -141,6 +148,7 @@ def test_resources_are_not_part_of_a_runs_identity(tmp_path, caplog):
         run.freeze_card(moved, BUILD_SECTIONS)  # no CardError: the run goes on
     assert (
         "resources changed (resources.gpu_memory_utilization: 0.9 -> 0.5, resources.kv_cache_gb: 2 -> 6, "
+        "resources.ray_engines: 1 -> 8, resources.sampling_backend: 'local' -> 'ray', "
         "resources.tensor_parallel_size: 1 -> 4)" in caplog.text
     )
     # Where they reach vLLM: every engine the project starts takes them from vllm_device_settings.
@@ -149,6 +157,7 @@ def test_resources_are_not_part_of_a_runs_identity(tmp_path, caplog):
 
     model = ResolvedModel("m", tmp_path, "sha")
     assert result_key(model, EvalSettings.from_card(card)) == result_key(model, EvalSettings.from_card(moved))
+    assert EvalSettings.from_card(moved).data_parallel_size == 8  # irpo eval's copies on the cluster
 
 
 def test_tensor_parallelism_without_gpus_is_refused_with_the_fix():
@@ -162,3 +171,19 @@ def test_tensor_parallelism_without_gpus_is_refused_with_the_fix():
     with pytest.raises(SamplingError, match="set both to 1 on CPU"):
         vllm_device_settings(2, 0.9, tensor_parallel_size=2)
     assert vllm_device_settings(2, 0.9)[0] is True  # on CPU
+
+
+def test_ray_address_is_a_shorthand_and_the_backend_is_checked():
+    from irpo_data.card import CardError
+    from irpo_data.command import resolve_card
+
+    card = resolve_card("demo", ["resources.ray_engines=4"], ray_address="ray://head:10001")
+    assert (card.resources.sampling_backend, card.resources.ray_address, card.resources.ray_engines) == (
+        "ray",
+        "ray://head:10001",
+        4,
+    )
+    with pytest.raises(CardError, match=r"resources.sampling_backend must be local or ray, got 'dask'"):
+        load_card("demo", ["resources.sampling_backend=dask"])
+    with pytest.raises(CardError, match=r"resources.ray_engines must be at least 1, got 0"):
+        load_card("demo", ["resources.ray_engines=0"])
