@@ -137,14 +137,15 @@ def test_two_processes_write_one_record_per_step_and_the_same_reference(one_and_
     assert not list(two.parent.glob("*.work")) and not list(two.parent.glob(".tmp-*"))
 
 
-def test_the_scorer_under_fsdp2_gets_every_gradient_and_saves_full_weights(tmp_path, tiny_model):
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_the_scorer_under_fsdp2_gets_every_gradient_and_saves_full_weights(tmp_path, tiny_model, lora):
     """FSDP2 itself (torch's fully_shard on a CPU mesh; accelerate runs it on GPUs only): the scorer as
     root gathers the embeddings and head in its forward, every parameter gets a gradient, and a full
     state dict saved by rank 0 reloads in one process as the starting weights.
 
     Both processes score the same batch, so averaged gradients equal one process's; gloo's
     reduce-scatter sums where it should average (pytorch#162338), so the factor is 1 or 2, the same
-    for every parameter."""
+    for every parameter. With LoRA (train.lora=true), the trainable parameters are the adapters."""
     from transformers import AutoModelForCausalLM
 
     from irpo_train.scorer import CompletionScorer
@@ -153,10 +154,19 @@ def test_the_scorer_under_fsdp2_gets_every_gradient_and_saves_full_weights(tmp_p
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [*command, str(worker), str(tiny_model), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
+        [*command, str(worker), str(tiny_model), str(tmp_path), *(["lora"] if lora else [])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert done.returncode == 0, done.stderr[-6000:]
     lm = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    if lora:
+        from peft import LoraConfig, get_peft_model
+
+        torch.manual_seed(0)
+        lm = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     scorer = CompletionScorer(lm)
     torch.manual_seed(0)
     ids = torch.randint(5, 1000, (4, 24))
@@ -164,15 +174,19 @@ def test_the_scorer_under_fsdp2_gets_every_gradient_and_saves_full_weights(tmp_p
     completion[:, 10:] = True
     logps, lengths = scorer(ids, torch.ones_like(ids), completion)
     (-(logps / lengths).mean()).backward()
-    single = {name: p.grad for name, p in scorer.named_parameters()}
+    single = {name: p.grad for name, p in scorer.named_parameters() if p.requires_grad}
+    assert all("lora_" in name for name in single) if lora else len(single) > 10
     for rank in (0, 1):
         sharded = torch.load(tmp_path / f"fsdp2-rank{rank}.pt")
         torch.testing.assert_close(sharded["logps"], logps.detach(), rtol=1e-5, atol=1e-4)
         assert set(sharded["grads"]) == set(single)  # every parameter, the tied embedding/head included
-        factor = (sharded["grads"]["lm.model.norm.weight"].norm() / single["lm.model.norm.weight"].norm()).item()
+        probe = max(single, key=lambda name: single[name].norm())  # LoRA A starts with a zero gradient
+        factor = (sharded["grads"][probe].norm() / single[probe].norm()).item()
         assert factor == pytest.approx(1.0, rel=1e-3) or factor == pytest.approx(2.0, rel=1e-3)
         for name, grad in sharded["grads"].items():
             torch.testing.assert_close(grad, factor * single[name], rtol=1e-3, atol=1e-6)
+    if lora:
+        return
     saved = AutoModelForCausalLM.from_pretrained(tmp_path / "saved", dtype=torch.float32)
     for (name, value), (_, start) in zip(saved.state_dict().items(), lm.state_dict().items()):
         assert torch.equal(value, start), name
@@ -190,3 +204,19 @@ def test_fsdp_or_deepspeed_without_gpus_is_refused_before_any_work(tmp_path, mon
     with pytest.raises(LaunchError, match="torchrun --standalone"):
         train_iteration(load_card("demo"), 1, tmp_path, progress=False)
     assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_lora_on_two_processes_trains_the_same_adapters_on_every_rank(tmp_path, tiny_model, demo_tokenizer):
+    """train.lora=true under DDP: only the adapters train, both ranks hold the same ones, and the
+    model written is the base with them merged in."""
+    cli = [*prepare_run(tmp_path / "runs", tiny_model, demo_tokenizer), "train.lora=true", "train.lora_r=4"]
+    launch(tmp_path / "runs", cli, 2, tmp_path / "params")
+    ranks = [torch.load(tmp_path / "params" / f"select-rank{r}.pt") for r in (0, 1)]
+    adapters = [name for name in ranks[0] if "lora_B" in name]
+    assert adapters, "no LoRA parameters were trained"
+    for name in ranks[0]:
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    assert any(ranks[0][name].abs().sum() > 0 for name in adapters)  # lora_B starts at zero: it moved
+    base, merged = _load(tiny_model), _load(_model_dir(tmp_path))
+    assert base.keys() == merged.keys()  # plain weights, no adapter left
+    assert any(not torch.equal(base[name], merged[name]) for name in base)

@@ -1,6 +1,7 @@
 """torchrun worker for tests/test_multiprocess.py: the scorer module under FSDP2 on a CPU mesh.
 
-argv: MODEL_DIR OUT_DIR. Each of the processes shards the tiny model with torch's fully_shard
+argv: MODEL_DIR OUT_DIR [lora]. With `lora`, the LM gets LoRA adapters first (seed 0), as
+train.lora=true does. Each of the processes shards the tiny model with torch's fully_shard
 (one group per decoder layer, the CompletionScorer as root, as accelerate's FSDP2 does), scores
 the same batch, runs backward, and writes its full gradients (gathered from the shards); rank 0
 then writes the full state dict through save_pretrained, as DPONLLTrainer.save_full_model does
@@ -23,9 +24,15 @@ model_dir, out = Path(sys.argv[1]), Path(sys.argv[2])
 dist.init_process_group("gloo")
 rank = dist.get_rank()
 mesh = init_device_mesh("cpu", (dist.get_world_size(),))
+lora = sys.argv[3:] == ["lora"]
 lm = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+if lora:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(0)
+    lm = get_peft_model(lm, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
 scorer = CompletionScorer(lm)
-for layer in lm.model.layers:
+for layer in lm.get_decoder().layers:
     fully_shard(layer, mesh=mesh)
 fully_shard(scorer, mesh=mesh)
 
@@ -38,6 +45,9 @@ logps, lengths = scorer(ids, mask, completion)
 (-(logps / lengths).mean()).backward()
 grads = {name: p.grad.full_tensor() for name, p in scorer.named_parameters() if p.grad is not None}
 torch.save({"logps": logps.detach(), "grads": grads}, out / f"fsdp2-rank{rank}.pt")
+if lora:  # the adapters' gradients are the point; saving adapters is PEFT's and accelerate's
+    dist.destroy_process_group()
+    sys.exit(0)
 state = get_model_state_dict(scorer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 if rank == 0:
     lm_state = {k.removeprefix("lm."): v for k, v in state.items()}
