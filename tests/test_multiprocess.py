@@ -220,3 +220,36 @@ def test_lora_on_two_processes_trains_the_same_adapters_on_every_rank(tmp_path, 
     base, merged = _load(tiny_model), _load(_model_dir(tmp_path))
     assert base.keys() == merged.keys()  # plain weights, no adapter left
     assert any(not torch.equal(base[name], merged[name]) for name in base)
+
+
+def test_two_processes_killed_mid_training_resume_to_the_same_weights(
+    tmp_path, one_and_two, tiny_model, demo_tokenizer
+):
+    """torchrun SIGKILLed (every process) after the first checkpoint; the same launch resumes from it
+    and ends with the uninterrupted two-process run's weights."""
+    import signal
+    import time
+
+    import psutil
+
+    runs = tmp_path / "runs"
+    cli = [*prepare_run(runs, tiny_model, demo_tokenizer), "train.save_every=1"]
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER)]
+    command += ["--runs-dir", str(runs), *cli]
+    env = {**os.environ, "IRPO_TEST_PARAMS": str(tmp_path), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    checkpoint = runs / "demo" / "models" / "M_1.work" / "select" / "checkpoints" / "checkpoint-1"
+    killed = subprocess.Popen(command, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not (checkpoint / "trainer_state.json").is_file() and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    # torchrun starts its workers in sessions of their own: kill the whole tree, as a lost node would.
+    for process in [*psutil.Process(killed.pid).children(recursive=True), psutil.Process(killed.pid)]:
+        process.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert checkpoint.is_dir() and not _model_dir(tmp_path).exists(), "the kill came too late"
+    resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
+    assert resumed.returncode == 0, resumed.stderr[-6000:]
+    assert "resuming the select run from" in resumed.stderr
+    reference, trained = _load(_model_dir(one_and_two[2])), _load(_model_dir(tmp_path))
+    for name, value in trained.items():
+        torch.testing.assert_close(value, reference[name], rtol=1e-5, atol=1e-6)
