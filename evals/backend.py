@@ -67,7 +67,12 @@ class GroupedVLLM(VLLM):
         _, device_kwargs = vllm_device_settings(kv_cache_gb, gpu_memory_utilization)
         for key, value in device_kwargs.items():
             kwargs.setdefault(key, value)
-        super().__init__(pretrained=pretrained, seed=seed, **kwargs)
+        from irpo_data import timing
+
+        if int(kwargs.get("data_parallel_size", 1)) <= 1:  # else the copies start on the cluster, per call
+            timing.count("vllm starts")
+        with timing.phase("engine start"):
+            super().__init__(pretrained=pretrained, seed=seed, **kwargs)
         self.sample_seed = seed
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:

@@ -18,6 +18,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from irpo_data import timing
 from irpo_data.errors import IrpoError
 from irpo_data.hardware import describe, resolve_dtype
 from irpo_data.models import ResolvedModel
@@ -220,12 +221,15 @@ def evaluate_model(
             return stored
         log.info("%s was computed with other settings or another model; evaluating again", out)
     start = time.perf_counter()
-    raw = run_lm_eval(model.path, settings, log_samples=samples_out is not None)
+    timing.take()  # this evaluation's phases only
+    with timing.phase("evaluation"):
+        raw = run_lm_eval(model.path, settings, log_samples=samples_out is not None)
     record = EvalRecord(
         key=key,
         model=model.spec,
         **summarise(raw, settings),
         seconds=round(time.perf_counter() - start, 1),
+        timings=timing.take(),
         hardware=describe(),
         # lm-eval's own block, for its tooling (functions in the configs become their names).
         lm_eval=json.loads(

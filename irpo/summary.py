@@ -59,6 +59,7 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
     lines.append("- [leaderboard](leaderboard.md) and its [plot](leaderboard.png)")
     if (run.root / "ablations_logps.png").is_file():
         lines.append("- [log-prob curves of M_1 and its ablations](ablations_logps.png)")
+    lines += _timing_rows(run, iterations)
     if times:
         lines += ["", "Wall time of the last `irpo run` (skipped stages take about 0 s):", ""]
         lines += ["| stage | seconds |", "| --- | ---: |"]
@@ -88,6 +89,49 @@ def _ablation_rows(run: RunFolder) -> list[str]:
             f"| {m.selection_steps} ({_cell(m.chosen_step)}) | {_pct(m.held_out_accuracy)} "
             f"| {_pct(result and result.greedy)} | {_pct(result and result.maj_at_k)} |"
         )
+    return lines
+
+
+def _stage_records(run: RunFolder, iterations: int) -> list[tuple[str, Record]]:
+    """(stage, record) of every stage that wrote one, in the loop's order."""
+    stages = []
+    for t in range(1, iterations + 1):
+        stages.append((f"iteration {t}: build", _read(BuildManifest, run.manifest(t))))
+        stages.append((f"iteration {t}: train M_{t}", _read(TrainManifest, run.model(t) / "train_manifest.json")))
+        if t == 1:
+            for folder in sorted((run.root / "models").glob("M_1-*")):
+                if not folder.name.endswith(".work"):
+                    record = _read(TrainManifest, folder / "train_manifest.json")
+                    stages.append((f"iteration 1: train {folder.name}", record))
+        for name in ([f"M_{t - 1}"] if t == 1 else []) + [f"M_{t}"]:
+            stages.append((f"iteration {t}: eval {name}", _read(EvalRecord, run.root / "evals" / f"{name}.json")))
+    if (run.root / "evals").is_dir():
+        for path in sorted((run.root / "evals").glob("M_1-*.json")):
+            stages.append((f"iteration 1: eval {path.stem}", _read(EvalRecord, path)))
+    return [(stage, record) for stage, record in stages if record is not None and record.timings]
+
+
+def _timing_rows(run: RunFolder, iterations: int) -> list[str]:
+    """Where each stage's time went (irpo_data.timing, from its record), and the vLLM starts per iteration."""
+    stages = _stage_records(run, iterations)
+    if not stages:
+        return []
+    lines = [
+        "",
+        "Where the time went (each stage's last run, from its record; an indented phase is part of the one above):",
+        "",
+        "| stage | phase | seconds |",
+        "| --- | --- | ---: |",
+    ]
+    starts: dict[str, int] = {}
+    for stage, record in stages:
+        for i, (name, seconds) in enumerate(record.timings.get("seconds", {}).items()):
+            depth = name.count(" / ")
+            label = "&nbsp;&nbsp;" * depth + name.rsplit(" / ", 1)[-1]
+            lines.append(f"| {stage if i == 0 else ''} | {label} | {seconds:.1f} |")
+        iteration = stage.split(":")[0]
+        starts[iteration] = starts.get(iteration, 0) + record.timings.get("counts", {}).get("vllm starts", 0)
+    lines += ["", "vLLM engine starts: " + ", ".join(f"{it} {n}" for it, n in starts.items()) + "."]
     return lines
 
 

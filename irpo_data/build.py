@@ -23,7 +23,7 @@ from pathlib import Path
 
 import polars as pl
 
-from irpo_data import __version__
+from irpo_data import __version__, timing
 from irpo_data.card import BUILD_SECTIONS, Card
 from irpo_data.contamination import overlapping_questions
 from irpo_data.grading import grade_many
@@ -141,14 +141,18 @@ def build_iteration(
     card: Card, iteration: int, runs_dir: str | Path = "runs", model: str | None = None, progress: bool = True
 ) -> BuildResult:
     """Build runs/NAME/iter_T/ (or keep it when it is already built from the same card and model)."""
-    job = _start(card, iteration, runs_dir, model)
+    timing.take()  # this stage's phases only
+    with timing.phase("questions"):
+        job = _start(card, iteration, runs_dir, model)
     if isinstance(job, BuildResult):
         return job
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(job.model.path, trust_remote_code=card.model.trust_remote_code)
-    report, params, data_sha256 = _sample(job, tokenizer, progress)
-    pairs, stats = _pair(job, tokenizer)
+    with timing.phase("sampling"):
+        report, params, data_sha256 = _sample(job, tokenizer, progress)
+    with timing.phase("pairs"):
+        pairs, stats = _pair(job, tokenizer)
     manifest = _publish(job, pairs, stats, report, params, data_sha256)
     log.info(
         "iteration %d: %d pairs from %d questions -> %s", iteration, stats["pairs"], stats["questions_paired"], job.dir
@@ -271,6 +275,7 @@ def _publish(job: _BuildJob, pairs, stats: dict, report, params, data_sha256: st
         pairs_settings=dataclasses.asdict(card.pairs),
         sampling=json.loads((job.run.samples(iteration) / "settings.json").read_text()),
         sampling_seconds=round(report.seconds, 1),
+        timings=timing.take(),  # of this run of the build: a resumed one counts its own part
         sampling_tokens_per_s=round(report.tokens / report.seconds, 1) if report.seconds and report.tokens else None,
         counts=stats,
         hardware=describe(),  # samples are reproducible on one machine; bf16 kernels differ between CPUs

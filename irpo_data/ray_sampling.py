@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+from irpo_data import timing
 from irpo_data.sampling import Engine, SamplingError, ShardJob, make_engine
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,8 @@ class RayEngine(Engine):
         restarts = self.resources.ray_engine_restarts
         job = replace(job, out_dir=job.out_dir.resolve())  # a worker's working directory is not the driver's
         rows = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
+        pool = min(self.resources.ray_engines, len(todo))
+        timing.count("vllm starts", pool)  # one per actor (restarts add theirs, uncounted)
         with warnings.catch_warnings():
             # Ray 2.60 deprecates extra remote arguments and names no replacement for
             # max_restarts yet; the `ray` extra pins Ray below 2.64, which removes them.
@@ -148,7 +151,7 @@ class RayEngine(Engine):
             done = rows.map_batches(
                 self.worker_class,
                 batch_size=1,  # one shard per call: the prompts vLLM batches together are the local path's
-                compute=ray.data.ActorPoolStrategy(size=min(self.resources.ray_engines, len(todo))),
+                compute=ray.data.ActorPoolStrategy(size=pool),
                 num_cpus=self.resources.ray_cpus_per_engine,
                 num_gpus=gpus,
                 fn_constructor_kwargs={"job": job, "engine_args": self.engine_args},

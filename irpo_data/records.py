@@ -82,6 +82,7 @@ class BuildManifest(Record):
     sampling: dict = field(default_factory=dict)  # samples/settings.json: engine, dtype, params
     sampling_seconds: float = 0.0
     sampling_tokens_per_s: float | None = None
+    timings: dict = field(default_factory=dict)  # irpo_data.timing: seconds per phase, vLLM starts
     counts: dict = field(default_factory=dict)  # irpo_data.pairs.build_pairs's counts
     hardware: dict = field(default_factory=dict)  # irpo_data.hardware.describe()
     irpo_version: str = ""
@@ -116,6 +117,7 @@ class TrainManifest(Record):
     pairs_trained: int = 0
     pairs_dropped_too_long: int = 0
     reference_tokens_per_s: float | None = None
+    timings: dict = field(default_factory=dict)  # irpo_data.timing: seconds per phase, vLLM starts
     selection: dict | None = None  # with the retrain: the selection run's pairs and their fingerprint
     gold: dict | None = None  # sft_gold: the gold solutions trained on
     hardware: dict = field(default_factory=dict)  # irpo_data.hardware.describe(): weights differ across CPUs in bf16
@@ -155,5 +157,6 @@ class EvalRecord(Record):
     sample_accuracy: float = 0.0  # the share of the k samples that are right
     grading_timeouts: int = 0
     seconds: float = 0.0
+    timings: dict = field(default_factory=dict)  # irpo_data.timing: seconds per phase, vLLM starts
     hardware: dict = field(default_factory=dict)  # where it ran (not in the key: a result is reused on any machine)
     lm_eval: dict = field(default_factory=dict)  # lm-eval's own results block

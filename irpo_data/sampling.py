@@ -35,6 +35,7 @@ from pathlib import Path
 
 import polars as pl
 
+from irpo_data import timing
 from irpo_data.errors import IrpoError
 from irpo_data.grading import GRADE_TIMEOUT_S, grade_many
 from irpo_data.hardware import describe, resolve_dtype
@@ -194,7 +195,9 @@ class VLLMEngine(Engine):
         from vllm import LLM
 
         log.info("starting vLLM on %s (%s)", self._kwargs["model"], "cpu" if self.on_cpu else "cuda")
-        return LLM(**self._kwargs)
+        timing.count("vllm starts")
+        with timing.phase("engine start"):
+            return LLM(**self._kwargs)
 
     def generate(self, prompts, params, seeds):
         from vllm import SamplingParams as VSamplingParams
@@ -391,7 +394,8 @@ def write_shard(
     task: Task, questions: list[Question], prompts: list[str], outputs: list[list[Generation]], path: Path
 ) -> dict:
     """Grade one shard's generations (the engine's output) and write them to `path`, atomically."""
-    rows = _graded_rows(task, questions, prompts, outputs)
+    with timing.phase("grading"):
+        rows = _graded_rows(task, questions, prompts, outputs)
     write_parquet_atomic(pl.DataFrame(rows, schema=SAMPLE_SCHEMA), path)
     return rows
 

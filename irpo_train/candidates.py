@@ -28,6 +28,7 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
+from irpo_data import timing
 from irpo_data.grading import grade
 from irpo_data.runs import write_json_atomic
 from irpo_train.trainer import best_step
@@ -45,7 +46,8 @@ class SaveCandidates(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
-            self.save(self.folder / f"step-{state.global_step}", tokenizer=self.tokenizer)
+            with timing.phase("candidate saves"):
+                self.save(self.folder / f"step-{state.global_step}", tokenizer=self.tokenizer)
 
 
 def choose_candidate(phase_dir: Path, reference_path: Path, held_out, engine_factory) -> dict | None:

@@ -40,7 +40,7 @@ from pathlib import Path
 
 import torch
 
-from irpo_data import __version__
+from irpo_data import __version__, timing
 from irpo_data.build import QuestionSets, build_more_pairs, question_sets, sampling_model
 from irpo_data.card import ABLATIONS, BUILD_SECTIONS, TRAIN_SECTIONS, Card, TrainConfig, ablation_objective
 from irpo_data.hardware import describe, resolve_bf16
@@ -131,6 +131,7 @@ def train_iteration(
     """Train M_T (or the ablation's side model); return its folder. Skips a finished one."""
     distributed.check_launch()
     distributed.init()
+    timing.take()  # this stage's phases only
     job = _prepare(card, iteration, runs_dir, ablation)
     if job is None:
         return RunFolder.for_card(card, runs_dir).model(iteration, ablation)
@@ -167,7 +168,8 @@ def train_iteration(
             job, "select", rows, job.cfg.max_steps, tokenizer, probe_rows, progress, args=first_args
         )
     if distributed.is_main():  # the others are done: nothing below is collective
-        _write_model(job, tokenizer, selection, final, notes, len(rows))
+        with timing.phase("save"):
+            _write_model(job, tokenizer, selection, final, notes, len(rows))
     return job.out_dir
 
 
@@ -252,15 +254,17 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
         "bf16": job.bf16,
         **({} if pairwise else {"probe_only": {"probe_pairs": cfg.probe_pairs, "seed": job.card.seed}}),
     }
-    model = job.loaded = _load_model(job)  # M_{T-1}: the reference, and the first run's starting point
+    with timing.phase("model load"):
+        model = job.loaded = _load_model(job)  # M_{T-1}: the reference, and the first run's starting point
     if scored:
         siblings = [job.run.model(job.iteration, a) for a in (None, *ABLATIONS)]  # their cache's key decides
-        chosen, rejected, meta = load_or_compute(
-            job.work,
-            key,
-            lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, job.bf16),
-            elsewhere=siblings,
-        )
+        with timing.phase("reference pass"):
+            chosen, rejected, meta = load_or_compute(
+                job.work,
+                key,
+                lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, job.bf16),
+                elsewhere=siblings,
+            )
         notes["reference_tokens_per_s"] = meta.get("tokens_per_s")
         scored = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(scored, chosen, rejected)]
     probe_rows = [scored[i] for i in probe] if pairwise else scored
@@ -367,15 +371,18 @@ def _fit(
     checkpoint = last_complete_checkpoint(folder / "checkpoints")
     if checkpoint:
         log.info("resuming the %s run from %s", phase, checkpoint)
-    trainer.train(resume_from_checkpoint=checkpoint)
+    with timing.phase(f"{phase} run"):
+        trainer.train(resume_from_checkpoint=checkpoint)
     steps = trainer.state.global_step
     if candidates:
         del trainer, model, callbacks, candidates  # the engine that scores the candidates needs the memory
-        best = _choose_on_vllm(job, folder, tokenizer)
+        with timing.phase(f"{phase} run: candidate scoring"):
+            best = _choose_on_vllm(job, folder, tokenizer)
     else:
         best = accuracy.best() if accuracy else None
         if not (best and (folder / "best").is_dir()):
-            trainer.save_full_model(folder / "last")  # the model this phase ends with
+            with timing.phase("save"):
+                trainer.save_full_model(folder / "last")  # the model this phase ends with
     record = {"phase": phase, "steps": steps, "pairs": len(rows), "best": best}
     if distributed.is_main():
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)
@@ -545,6 +552,7 @@ def _write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: 
             steps=final["steps"],
             selection_steps=selection["steps"],
             hardware=describe(),
+            timings=timing.take(),
             **notes,
         ).write(tmp / "train_manifest.json")
     shutil.rmtree(job.work)  # checkpoints are large; everything worth keeping is in M_T/

@@ -30,6 +30,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
+from irpo_data import timing
 from irpo_data.grading import grade
 from irpo_data.runs import atomic_dir, write_json_atomic
 from irpo_data.tasks import Task
@@ -70,6 +71,10 @@ class DPONLLTrainer(Trainer):
             logs.update({name: round(value, 6) for name, value in zip(names, means.tolist())})
             self._parts.clear()
         super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        with timing.phase("checkpoints"):  # weights, optimizer and scheduler state
+            super()._save_checkpoint(model, trial)
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         """A checkpoint is the LM's own folder (config, weights), not the scorer's state dict."""
@@ -189,6 +194,10 @@ class ProbeLogps(TrainerCallback):
 
     def _measure(self, model, step: int) -> None:
         """Every process measures (the pass is split over them); the main one writes the line."""
+        with timing.phase("probe"):
+            self._measure_timed(model, step)
+
+    def _measure_timed(self, model, step: int) -> None:
         was_training = model.training
         try:
             # The reference pass's own function: same batching and autocast, no gradients.
@@ -258,7 +267,8 @@ class HeldOutAccuracy(TrainerCallback):
     def _evaluate(self, model, step: int) -> None:
         if any(h["step"] == step for h in self.history):
             return
-        accuracy = held_out_accuracy(language_model(model), self.held_out)
+        with timing.phase("held-out checks"):
+            accuracy = held_out_accuracy(language_model(model), self.held_out)
         self.history.append({"step": step, "accuracy": accuracy})
         best = self.best()
         if step > 0 and best is not None and best["step"] == step:
