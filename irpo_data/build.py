@@ -142,7 +142,7 @@ def build_iteration(
 ) -> BuildResult:
     """Build runs/NAME/iter_T/ (or keep it when it is already built from the same card and model)."""
     timing.take()  # this stage's phases only
-    with timing.phase("questions"):
+    with timing.phase("model and questions"):  # resolving (converting, hashing) the model, the question sets
         job = _start(card, iteration, runs_dir, model)
     if isinstance(job, BuildResult):
         return job

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -30,6 +31,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from irpo_data import timing
+from irpo_data.errors import IrpoError
 from irpo_data.sampling import Engine, SamplingError, ShardJob, make_engine
 
 log = logging.getLogger(__name__)
@@ -48,7 +50,7 @@ class RayEngine(Engine):
         self.resources = resources
         # What every actor builds: the card's engine as the local path would, in the actor's process.
         self.engine_args = dict(
-            model_path=model_path,
+            model_path=Path(model_path).resolve(),  # M_{t-1} is a relative path; a worker's cwd is not ours
             config=config,
             seed=seed,
             trust_remote_code=trust_remote_code,
@@ -118,7 +120,7 @@ class RayEngine(Engine):
                 self._probe = ray.get(probe.remote(self.engine_args, marker))
             finally:
                 os.unlink(marker)
-            message = _unseen_message(self._probe, out_dir)
+            message = _unseen_message(self._probe, out_dir, self.engine_args["model_path"])
             if message:
                 raise SamplingError(message)
         return self._probe
@@ -135,12 +137,22 @@ class RayEngine(Engine):
         return view["settings"], view["hardware"]
 
     def sample_shards(self, job: ShardJob, todo: list[int]) -> Iterator[tuple[int, int, int]]:
+        if not todo:  # a build killed after its last shard: nothing to hand out
+            return
         ray = self._connect()
         gpus = self._gpus_per_engine(ray)
         context = ray.data.DataContext.get_current()
         context.enable_progress_bars = False  # the driver's own bar counts questions
+        # One shard (an engine start, then N samples of 64 questions) can take longer than Ray
+        # Data's 30 minutes without progress; the local path has no such limit either.
+        context.execution_no_progress_timeout_s = -1
+        context.raise_original_map_exception = True  # a worker's SamplingError reaches the user as written
         restarts = self.resources.ray_engine_restarts
-        job = replace(job, out_dir=job.out_dir.resolve())  # a worker's working directory is not the driver's
+        job = replace(
+            job,
+            out_dir=job.out_dir.resolve(),  # a worker's working directory is not the driver's
+            grading_workers=max(1, int(self.resources.ray_cpus_per_engine)),  # the cores Ray gave the actor
+        )
         rows = ray.data.from_items([{"shard": k} for k in todo], override_num_blocks=len(todo))
         pool = min(self.resources.ray_engines, len(todo))
         timing.count("vllm starts", pool)  # one per actor (restarts add theirs, uncounted)
@@ -163,13 +175,15 @@ class RayEngine(Engine):
         try:
             for row in done.iter_rows():
                 yield int(row["shard"]), int(row["generations"]), int(row["tokens"])
-        except ray.exceptions.RayError as exc:
-            unseen = _unseen_folder(exc)
-            if unseen:
-                raise SamplingError(unseen) from None
+        except IrpoError:
+            raise
+        except Exception as exc:  # Ray's errors, and a worker's own (its engine's, its grader's)
+            cause = _worker_error(exc)
+            if isinstance(cause, IrpoError):
+                raise cause from None
             raise SamplingError(
-                f"sampling on the Ray cluster failed ({type(exc).__name__}: {_first_line(exc)}). Finished shards "
-                f"are kept in {job.out_dir}; run the same command again to sample the rest"
+                f"sampling on the Ray cluster failed ({type(cause).__name__}: {_first_line(cause)}). Finished "
+                f"shards are kept in {job.out_dir}; run the same command again to sample the rest"
             ) from exc
 
     def close(self) -> None:
@@ -213,6 +227,7 @@ def _worker_view(engine_args: dict, marker: str) -> dict:
         "hardware": describe(),
         "node": _node(),
         "sees_folder": Path(marker).is_file(),
+        "sees_model": Path(engine_args["model_path"]).is_dir(),
     }
 
 
@@ -222,7 +237,12 @@ def _node() -> str:
     return socket.gethostname()
 
 
-def _unseen_message(view: dict, out_dir: Path) -> str | None:
+def _unseen_message(view: dict, out_dir: Path, model_path: Path | None = None) -> str | None:
+    if not view.get("sees_model", True):
+        return (
+            f"the Ray worker on {view['node']} cannot see the model folder {model_path}: put the model (and "
+            "--runs-dir, which holds M_t) on storage every node mounts at the same path, or give a Hub id"
+        )
     if view["sees_folder"]:
         return None
     return (
@@ -231,14 +251,25 @@ def _unseen_message(view: dict, out_dir: Path) -> str | None:
     )
 
 
-def _unseen_folder(exc: BaseException) -> str | None:
-    """The message of a SamplingError raised in an actor, if that is what failed."""
-    text = str(exc)
-    marker = "cannot see the run folder"
-    if marker not in text:
-        return None
-    line = next(line for line in text.splitlines() if marker in line)
-    return line[line.find("the Ray worker") :] if "the Ray worker" in line else line.strip()
+def _worker_error(exc: BaseException) -> BaseException:
+    """What the worker itself raised, under Ray's wrappers: an IrpoError as it was written if there
+    is one (found in the chain, or in the traceback text Ray keeps when the actor died in its
+    constructor), else the innermost exception that is not Ray's."""
+    seen, queue, innermost = set(), [exc], exc
+    while queue:
+        current = queue.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, IrpoError):
+            return current
+        if not type(current).__module__.startswith("ray."):
+            innermost = current if innermost is exc else innermost
+        queue += [e for e in (getattr(current, "cause", None), current.__cause__, current.__context__) if e]
+    written = re.findall(r"^irpo_\w+(?:\.\w+)*\.(\w+Error): (.+)$", str(exc), flags=re.MULTILINE)
+    if written:
+        return SamplingError(written[-1][1])
+    return innermost
 
 
 def _first_line(exc: BaseException) -> str:

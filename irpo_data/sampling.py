@@ -93,6 +93,7 @@ class ShardJob:
     prompts: list[list[str]]  # and their rendered prompts
     params: SamplingParams
     out_dir: Path
+    grading_workers: int | None = None  # processes for math-verify; None: every core this process may use
 
     def sample_shard(self, engine: "Engine", k: int) -> tuple[int, int]:
         """Sample, grade and write shard k; (generations, tokens) made."""
@@ -100,7 +101,9 @@ class ShardJob:
         outputs = engine.generate(
             prompts, self.params, [question_seed(self.params.seed, q.question_id) for q in questions]
         )
-        rows = write_shard(self.task, questions, prompts, outputs, shard_path(self.out_dir, k))
+        rows = write_shard(
+            self.task, questions, prompts, outputs, shard_path(self.out_dir, k), workers=self.grading_workers
+        )
         return len(rows["completion"]), sum(rows["n_tokens"])
 
 
@@ -391,22 +394,27 @@ def sample_answers(
 
 
 def write_shard(
-    task: Task, questions: list[Question], prompts: list[str], outputs: list[list[Generation]], path: Path
+    task: Task,
+    questions: list[Question],
+    prompts: list[str],
+    outputs: list[list[Generation]],
+    path: Path,
+    workers: int | None = None,
 ) -> dict:
     """Grade one shard's generations (the engine's output) and write them to `path`, atomically."""
     with timing.phase("grading"):
-        rows = _graded_rows(task, questions, prompts, outputs)
+        rows = _graded_rows(task, questions, prompts, outputs, workers)
     write_parquet_atomic(pl.DataFrame(rows, schema=SAMPLE_SCHEMA), path)
     return rows
 
 
-def _graded_rows(task, questions, prompts, outputs) -> dict[str, list]:
+def _graded_rows(task, questions, prompts, outputs, workers=None) -> dict[str, list]:
     rows: dict[str, list] = {name: [] for name in SAMPLE_SCHEMA}
     flat = [
         (q, p, idx, gen) for q, p, gens in zip(questions, prompts, outputs, strict=True) for idx, gen in enumerate(gens)
     ]
     texts = [utf8_safe(gen.text) for _, _, _, gen in flat]
-    grades = grade_many(task, texts, [q.gold for q, _, _, _ in flat])  # math-verify on every core
+    grades = grade_many(task, texts, [q.gold for q, _, _, _ in flat], workers)  # math-verify on every core
     for (question, prompt, idx, gen), text, result in zip(flat, texts, grades):
         values = {
             "question_id": question.question_id,

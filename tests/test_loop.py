@@ -109,13 +109,13 @@ def test_irpo_run_runs_the_papers_loop_and_prints_its_summary(straight_run):
     assert (run.model(1) / "select" / "done.json").is_file()
     # Where the time went: each stage's phases in its record, and the table in the summary.
     assert build["timings"]["counts"] == {"vllm starts": 1}
-    assert 0 < build["timings"]["seconds"]["sampling / engine start"] < build["timings"]["seconds"]["sampling"]
+    assert 0 < build["timings"]["seconds"]["sampling / engine start"] <= build["timings"]["seconds"]["sampling"]
     phases = trained["timings"]["seconds"]
     assert {"model load", "reference pass", "select run", "select run / held-out checks", "retrain run"} <= set(phases)
-    assert phases["select run / held-out checks"] < phases["select run"]
+    assert phases["select run / held-out checks"] <= phases["select run"]
     evaluated = json.loads((run.root / "evals" / "M_1.json").read_text())["timings"]
     assert evaluated["counts"] == {"vllm starts": 1} and "evaluation / engine start" in evaluated["seconds"]
-    assert "| iteration 1: build | questions |" in summary and "| &nbsp;&nbsp;engine start |" in summary
+    assert "| iteration 1: build | model and questions |" in summary and "| &nbsp;&nbsp;engine start |" in summary
     assert "vLLM engine starts: iteration 1 3." in summary  # the build's, then M_0's and M_1's evaluation
 
 

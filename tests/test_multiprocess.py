@@ -237,16 +237,16 @@ def test_two_processes_killed_mid_training_resume_to_the_same_weights(
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", str(WORKER)]
     command += ["--runs-dir", str(runs), *cli]
     env = {**os.environ, "IRPO_TEST_PARAMS": str(tmp_path), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    checkpoint = runs / "demo" / "models" / "M_1.work" / "select" / "checkpoints" / "checkpoint-1"
+    checkpoints = runs / "demo" / "models" / "M_1.work" / "select" / "checkpoints"
     killed = subprocess.Popen(command, env=env, start_new_session=True, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while not (checkpoint / "trainer_state.json").is_file() and killed.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.1)
+    while not list(checkpoints.glob("*/trainer_state.json")) and killed.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
     # torchrun starts its workers in sessions of their own: kill the whole tree, as a lost node would.
     for process in [*psutil.Process(killed.pid).children(recursive=True), psutil.Process(killed.pid)]:
         process.send_signal(signal.SIGKILL)
     killed.wait()
-    assert checkpoint.is_dir() and not _model_dir(tmp_path).exists(), "the kill came too late"
+    assert list(checkpoints.glob("checkpoint-*")) and not _model_dir(tmp_path).exists(), "the kill came too late"
     resumed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=540)
     assert resumed.returncode == 0, resumed.stderr[-6000:]
     assert "resuming the select run from" in resumed.stderr

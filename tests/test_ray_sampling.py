@@ -89,6 +89,8 @@ def test_ray_samples_equal_in_process_and_a_dead_engine_is_restarted(
     assert digests(tmp_path) == local_shards  # byte-identical shards, the redone one included
     assert report.shards_total == 3 and report.generations == 18
     assert not list(tmp_path.glob(".tmp-*"))
+    again = sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
+    assert (again.shards_done_before, again.generations) == (3, 0)  # all on disk: no shard handed out
 
 
 def test_an_engine_that_dies_with_no_restarts_left_fails_clearly(ray_cluster, demo_model, prompts, tmp_path):
@@ -102,10 +104,12 @@ def test_an_engine_that_dies_with_no_restarts_left_fails_clearly(ray_cluster, de
 DRIVER = textwrap.dedent(
     """
     import sys
+    import time
     from pathlib import Path
     from transformers import AutoTokenizer
     from irpo_data.card import ModelConfig, ResourcesConfig, SamplingConfig
     from irpo_data.models import resolve_model
+    from irpo_data.ray_sampling import ShardWorker
     from irpo_data.sampling import SamplingParams, make_engine, render_prompts, sample_answers
     from irpo_data.tasks import get_task
 
@@ -115,6 +119,19 @@ DRIVER = textwrap.dedent(
     prompts = render_prompts(task, questions, AutoTokenizer.from_pretrained(model.path))
     params = SamplingParams(num_samples=3, temperature=0.8, top_p=1.0, max_new_tokens=40, seed=0)
     engine = make_engine(model.path, SamplingConfig(max_model_len=1024), 0, resources=ResourcesConfig(sampling_backend="ray"))
+
+
+    class OneShardThenStuck(ShardWorker):  # the kill must find exactly one shard written
+        calls = 0
+
+        def __call__(self, batch):
+            self.calls += 1
+            if self.calls > 1:
+                time.sleep(3600)
+            return super().__call__(batch)
+
+
+    engine.worker_class = OneShardThenStuck
     sample_answers(task, questions, prompts, engine, params, Path(sys.argv[1]), 2, {"data": "x"}, progress=False)
     """
 )
@@ -123,13 +140,14 @@ DRIVER = textwrap.dedent(
 def test_driver_killed_mid_build_then_rerun_samples_only_the_missing_shards(
     ray_cluster, demo_model, prompts, local_shards, tmp_path
 ):
-    """The driver runs in its own process on the test's cluster and is SIGKILLed after its first shard."""
+    """The driver runs in its own process on the test's cluster and is SIGKILLed after its first shard
+    (its worker then hangs, so no second shard can land after the kill)."""
     out = tmp_path / "samples"
     env = {**os.environ, "RAY_ADDRESS": ray_cluster}
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(out)], env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 300
-        while not (out / "part-00000.parquet").exists():
+        while not list(out.glob("part-*.parquet")):
             assert driver.poll() is None, "the driver exited before its first shard"
             assert time.monotonic() < deadline, "no shard within 5 minutes"
             time.sleep(0.2)
@@ -137,14 +155,15 @@ def test_driver_killed_mid_build_then_rerun_samples_only_the_missing_shards(
         os.killpg(driver.pid, signal.SIGKILL)
         driver.wait()
     before = digests(out)
-    assert 1 <= len(before) < 3, "the kill came too late to leave a shard missing"
-    first = (out / "part-00000.parquet").stat().st_mtime_ns
+    assert len(before) == 1
+    (first_name,) = before
+    first = (out / first_name).stat().st_mtime_ns
 
     engine = RayEngine(demo_model.path, CONFIG, 0, False, ResourcesConfig(sampling_backend="ray"))
     report = sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, out, PER_SHARD, {"data": "x"}, False)
     assert report.shards_done_before == len(before)
     assert report.generations == (3 - len(before)) * PER_SHARD * PARAMS.num_samples
-    assert (out / "part-00000.parquet").stat().st_mtime_ns == first  # a finished shard is not redone
+    assert (out / first_name).stat().st_mtime_ns == first  # a finished shard is not redone
     assert digests(out) == local_shards
 
 
@@ -155,11 +174,16 @@ def test_more_engines_than_the_cluster_holds_is_refused(ray_cluster, demo_model,
         sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
 
 
-def test_a_worker_that_cannot_see_the_run_folder_says_so(demo_model, tmp_path):
-    """The actor's own check, run in this process: a folder absent on its node stops it before vLLM starts."""
-    from irpo_data.sampling import ShardJob
+class FolderNotMountedHere(ShardWorker):
+    """An actor on a node where the run folder is not mounted (here: told to look elsewhere)."""
 
-    job = ShardJob(TASK, [QUESTIONS], [["p"] * 6], PARAMS, tmp_path / "not-mounted-here")
-    args = dict(model_path=demo_model.path, config=CONFIG, seed=0, resources=replace(ResourcesConfig()))
-    with pytest.raises(SamplingError, match="cannot see the run folder .*not-mounted-here.*every node mounts"):
-        ShardWorker(job, args)
+    def __init__(self, job, engine_args):
+        super().__init__(replace(job, out_dir=Path(job.out_dir) / "not-mounted-here"), engine_args)
+
+
+def test_a_worker_that_cannot_see_the_run_folder_stops_with_its_own_message(ray_cluster, demo_model, prompts, tmp_path):
+    """The actor's check runs before its engine starts, and its message reaches the user through Ray."""
+    engine = RayEngine(demo_model.path, CONFIG, 0, False, ResourcesConfig(sampling_backend="ray"), FolderNotMountedHere)
+    with pytest.raises(SamplingError, match=r"the Ray worker on .* cannot see the run folder .*not-mounted-here") as e:
+        sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
+    assert "every node mounts at the same path" in str(e.value) and "Traceback" not in str(e.value)
