@@ -52,6 +52,7 @@ VLLM = _vllm_module.VLLM
 from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.utils import postprocess_generated_text  # noqa: E402
 
+from irpo_data import timing  # noqa: E402
 from irpo_data.sampling import question_seed  # noqa: E402
 
 
@@ -67,8 +68,6 @@ class GroupedVLLM(VLLM):
         _, device_kwargs = vllm_device_settings(kv_cache_gb, gpu_memory_utilization)
         for key, value in device_kwargs.items():
             kwargs.setdefault(key, value)
-        from irpo_data import timing
-
         if int(kwargs.get("data_parallel_size", 1)) <= 1:  # else the copies start on the cluster, per call
             timing.count("vllm starts")
         with timing.phase("engine start"):

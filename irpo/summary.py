@@ -92,23 +92,22 @@ def _ablation_rows(run: RunFolder) -> list[str]:
     return lines
 
 
-def _stage_records(run: RunFolder, iterations: int) -> list[tuple[str, Record]]:
-    """(stage, record) of every stage that wrote one, in the loop's order."""
+def _stage_records(run: RunFolder, iterations: int) -> list[tuple[int, str, Record]]:
+    """(iteration, stage, record) of every stage that wrote one, in the loop's order."""
     stages = []
     for t in range(1, iterations + 1):
-        stages.append((f"iteration {t}: build", _read(BuildManifest, run.manifest(t))))
-        stages.append((f"iteration {t}: train M_{t}", _read(TrainManifest, run.model(t) / "train_manifest.json")))
+        stages.append((t, "build", _read(BuildManifest, run.manifest(t))))
+        stages.append((t, f"train M_{t}", _read(TrainManifest, run.model(t) / "train_manifest.json")))
         if t == 1:
             for folder in sorted((run.root / "models").glob("M_1-*")):
                 if not folder.name.endswith(".work"):
-                    record = _read(TrainManifest, folder / "train_manifest.json")
-                    stages.append((f"iteration 1: train {folder.name}", record))
+                    stages.append((1, f"train {folder.name}", _read(TrainManifest, folder / "train_manifest.json")))
         for name in ([f"M_{t - 1}"] if t == 1 else []) + [f"M_{t}"]:
-            stages.append((f"iteration {t}: eval {name}", _read(EvalRecord, run.root / "evals" / f"{name}.json")))
+            stages.append((t, f"eval {name}", _read(EvalRecord, run.root / "evals" / f"{name}.json")))
     if (run.root / "evals").is_dir():
         for path in sorted((run.root / "evals").glob("M_1-*.json")):
-            stages.append((f"iteration 1: eval {path.stem}", _read(EvalRecord, path)))
-    return [(stage, record) for stage, record in stages if record is not None and record.timings]
+            stages.append((1, f"eval {path.stem}", _read(EvalRecord, path)))
+    return [(t, stage, record) for t, stage, record in stages if record is not None and record.timings]
 
 
 def _timing_rows(run: RunFolder, iterations: int) -> list[str]:
@@ -123,15 +122,13 @@ def _timing_rows(run: RunFolder, iterations: int) -> list[str]:
         "| stage | phase | seconds |",
         "| --- | --- | ---: |",
     ]
-    starts: dict[str, int] = {}
-    for stage, record in stages:
+    starts: dict[int, int] = {}
+    for t, stage, record in stages:
         for i, (name, seconds) in enumerate(record.timings.get("seconds", {}).items()):
-            depth = name.count(" / ")
-            label = "&nbsp;&nbsp;" * depth + name.rsplit(" / ", 1)[-1]
-            lines.append(f"| {stage if i == 0 else ''} | {label} | {seconds:.1f} |")
-        iteration = stage.split(":")[0]
-        starts[iteration] = starts.get(iteration, 0) + record.timings.get("counts", {}).get("vllm starts", 0)
-    lines += ["", "vLLM engine starts: " + ", ".join(f"{it} {n}" for it, n in starts.items()) + "."]
+            label = "&nbsp;&nbsp;" * name.count(" / ") + name.rsplit(" / ", 1)[-1]
+            lines.append(f"| {f'iteration {t}: {stage}' if i == 0 else ''} | {label} | {seconds:.1f} |")
+        starts[t] = starts.get(t, 0) + record.timings.get("counts", {}).get("vllm starts", 0)
+    lines += ["", "vLLM engine starts: " + ", ".join(f"iteration {t} {n}" for t, n in starts.items()) + "."]
     return lines
 
 

@@ -80,8 +80,8 @@ class RayEngine(Engine):
                 ray.init(address=address, **local)
             except (ConnectionError, RuntimeError, ValueError) as exc:
                 raise SamplingError(
-                    f"cannot reach the Ray cluster at {address!r}: {_first_line(exc)}. Start it (`ray start --head`) or fix "
-                    "resources.ray_address / RAY_ADDRESS; unset both to start a local cluster"
+                    f"cannot reach the Ray cluster at {address!r}: {_first_line(exc)}. Start it (`ray start --head`) "
+                    "or fix resources.ray_address / RAY_ADDRESS; unset both to start a local cluster"
                 ) from exc
             self._started_cluster = True
         return ray
@@ -120,9 +120,11 @@ class RayEngine(Engine):
                 self._probe = ray.get(probe.remote(self.engine_args, marker))
             finally:
                 os.unlink(marker)
-            message = _unseen_message(self._probe, out_dir, self.engine_args["model_path"])
-            if message:
-                raise SamplingError(message)
+            view = self._probe
+            if not view["sees_model"]:
+                raise SamplingError(_unseen(view["node"], "model", self.engine_args["model_path"]))
+            if not view["sees_folder"]:
+                raise SamplingError(_unseen(view["node"], "run", out_dir))
         return self._probe
 
     # -- Engine ---------------------------------------------------------------------------------
@@ -198,10 +200,8 @@ class ShardWorker:
     """One Ray Data actor: one engine, one shard per call, written where the local path writes it."""
 
     def __init__(self, job: ShardJob, engine_args: dict):
-        # Another node's actor may not see what the probe's node saw.
-        message = _unseen_message({"sees_folder": Path(job.out_dir).is_dir(), "node": _node()}, job.out_dir)
-        if message:
-            raise SamplingError(message)
+        if not Path(job.out_dir).is_dir():  # another node's actor may not see what the probe's node saw
+            raise SamplingError(_unseen(_node(), "run", job.out_dir))
         self.job = job
         self.engine = make_engine(**engine_args)  # vLLM starts on the first shard
 
@@ -237,39 +237,38 @@ def _node() -> str:
     return socket.gethostname()
 
 
-def _unseen_message(view: dict, out_dir: Path, model_path: Path | None = None) -> str | None:
-    if not view.get("sees_model", True):
+def _unseen(node: str, folder: str, path: Path) -> str:
+    """The message for a worker on `node` that cannot see the `folder` ("run" or "model") at `path`."""
+    if folder == "model":
         return (
-            f"the Ray worker on {view['node']} cannot see the model folder {model_path}: put the model (and "
-            "--runs-dir, which holds M_t) on storage every node mounts at the same path, or give a Hub id"
+            f"the Ray worker on {node} cannot see the model folder {path}: put the model (and --runs-dir, which "
+            "holds M_t) on storage every node mounts at the same path, or give a Hub id"
         )
-    if view["sees_folder"]:
-        return None
     return (
-        f"the Ray worker on {view['node']} cannot see the run folder {out_dir}: workers write their shards "
-        "there, so put --runs-dir on storage every node mounts at the same path (NFS, Lustre, a shared disk)"
+        f"the Ray worker on {node} cannot see the run folder {path}: workers write their shards there, so put "
+        "--runs-dir on storage every node mounts at the same path (NFS, Lustre, a shared disk)"
     )
 
 
 def _worker_error(exc: BaseException) -> BaseException:
     """What the worker itself raised, under Ray's wrappers: an IrpoError as it was written if there
     is one (found in the chain, or in the traceback text Ray keeps when the actor died in its
-    constructor), else the innermost exception that is not Ray's."""
-    seen, queue, innermost = set(), [exc], exc
-    while queue:
+    constructor), else the first exception in the chain that is not Ray's."""
+    seen, queue, own = set(), [exc], None
+    while queue:  # breadth first through Ray's `cause` and Python's chaining
         current = queue.pop(0)
         if id(current) in seen:
             continue
         seen.add(id(current))
         if isinstance(current, IrpoError):
             return current
-        if not type(current).__module__.startswith("ray."):
-            innermost = current if innermost is exc else innermost
+        if own is None and not type(current).__module__.startswith("ray."):
+            own = current
         queue += [e for e in (getattr(current, "cause", None), current.__cause__, current.__context__) if e]
     written = re.findall(r"^irpo_\w+(?:\.\w+)*\.(\w+Error): (.+)$", str(exc), flags=re.MULTILINE)
     if written:
         return SamplingError(written[-1][1])
-    return innermost
+    return own or exc
 
 
 def _first_line(exc: BaseException) -> str:

@@ -118,7 +118,8 @@ DRIVER = textwrap.dedent(
     questions = task.load("train").questions[:6]
     prompts = render_prompts(task, questions, AutoTokenizer.from_pretrained(model.path))
     params = SamplingParams(num_samples=3, temperature=0.8, top_p=1.0, max_new_tokens=40, seed=0)
-    engine = make_engine(model.path, SamplingConfig(max_model_len=1024), 0, resources=ResourcesConfig(sampling_backend="ray"))
+    config, resources = SamplingConfig(max_model_len=1024), ResourcesConfig(sampling_backend="ray")
+    engine = make_engine(model.path, config, 0, resources=resources)
 
 
     class OneShardThenStuck(ShardWorker):  # the kill must find exactly one shard written
