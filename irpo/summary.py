@@ -117,16 +117,19 @@ def _timing_rows(run: RunFolder, iterations: int) -> list[str]:
         return []
     lines = [
         "",
-        "Where the time went (each stage's last run, from its record; an indented phase is part of the one above):",
+        "Where the time went (each stage's last run, from its record; an indented phase is part of the one above;"
+        " peak memory: resident set of the process and its vLLM engine processes while the phase ran):",
         "",
-        "| stage | phase | seconds |",
-        "| --- | --- | ---: |",
+        "| stage | phase | seconds | peak memory (GB) |",
+        "| --- | --- | ---: | ---: |",
     ]
     starts: dict[int, int] = {}
     for t, stage, record in stages:
+        peaks = record.timings.get("peak_gb", {})  # records before 2026-12-02 have none
         for i, (name, seconds) in enumerate(record.timings.get("seconds", {}).items()):
             label = "&nbsp;&nbsp;" * name.count(" / ") + name.rsplit(" / ", 1)[-1]
-            lines.append(f"| {f'iteration {t}: {stage}' if i == 0 else ''} | {label} | {seconds:.1f} |")
+            peak = f"{peaks[name]:.2f}" if name in peaks else ""
+            lines.append(f"| {f'iteration {t}: {stage}' if i == 0 else ''} | {label} | {seconds:.1f} | {peak} |")
         starts[t] = starts.get(t, 0) + record.timings.get("counts", {}).get("vllm starts", 0)
     lines += ["", "vLLM engine starts: " + ", ".join(f"iteration {t} {n}" for t, n in starts.items()) + "."]
     return lines

@@ -170,6 +170,13 @@ class TrainConfig:
     # greedily on vLLM after the run: scales to FSDP and ZeRO-3, and to long answers) or trainer
     # (generate with the model in the training process: no engine start, right for small models on CPU).
     select_with: str = "vllm"
+    # Reference log-probs of the pairs. precompute: one pass over every pair before training, cached
+    # in the work folder, then the reference is freed (cheapest when the steps visit every pair, as
+    # the paper's 5,000 x 16 do). per_step: the reference scores each batch as it is trained on, as
+    # TRL does by default: only the pairs the steps visit, one more copy of the model in memory
+    # (LoRA: none, the adapters are switched off instead), not under FSDP or ZeRO-3. Each is exact
+    # (rewards are zero at step 1); their float noise differs, so the choice is part of the recipe.
+    reference_logps: str = "precompute"
     probe_pairs: int = 64  # training pairs whose log-probs are followed through training (logps.png); 0 = off
     probe_every: int | None = None  # steps between those measurements; None = select_every
     # bf16 mixed precision: true, false, or auto (where bf16 is native: GPU, CPU with AMX or AVX512-BF16).
@@ -420,6 +427,7 @@ CHOICES = {
     "pairs.scheme": ("cycle", "distinct"),
     "pairs.gold_winner": ("always", "when_none_correct", "never"),
     "train.select_with": ("vllm", "trainer"),
+    "train.reference_logps": ("precompute", "per_step"),
     "resources.sampling_backend": ("local", "ray"),
 }
 

@@ -116,6 +116,9 @@ class TrainManifest(Record):
     selection_steps: int | None = None  # of the selection run
     pairs_trained: int = 0
     pairs_dropped_too_long: int = 0
+    # train.reference_logps (precompute, per_step), or "probe pairs only" for the SFT objectives;
+    # reference_tokens_per_s is the speed of the pass before training (all pairs, or the probe's)
+    reference_logps: str | None = None
     reference_tokens_per_s: float | None = None
     timings: dict = field(default_factory=dict)  # irpo_data.timing: seconds per phase, vLLM starts
     selection: dict | None = None  # with the retrain: the selection run's pairs and their fingerprint

@@ -50,13 +50,18 @@ def all_gather(obj) -> list:
     return gathered
 
 
-def check_launch() -> None:
-    """Refuse FSDP or DeepSpeed without GPUs: accelerate would quietly run plain DDP instead."""
-    wanted = [
+def sharding_strategies() -> list[str]:
+    """The sharded strategies ("FSDP", "DeepSpeed") the accelerate launch asked for; [] for DDP or one process."""
+    return [
         name
         for name, variable in (("FSDP", "ACCELERATE_USE_FSDP"), ("DeepSpeed", "ACCELERATE_USE_DEEPSPEED"))
         if os.environ.get(variable, "false").lower() in ("1", "true", "yes")
     ]
+
+
+def check_launch() -> None:
+    """Refuse FSDP or DeepSpeed without GPUs: accelerate would quietly run plain DDP instead."""
+    wanted = sharding_strategies()
     if wanted and not torch.cuda.is_available():
         raise LaunchError(
             f"the accelerate config asks for {' and '.join(wanted)}, which needs GPUs, and this machine has "

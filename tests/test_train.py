@@ -396,3 +396,89 @@ def test_the_global_batch_is_the_cards_whatever_the_number_of_processes():
     assert [train_module.per_device_batch(card.train, world) for world in (1, 2, 4, 8)] == [8, 4, 2, 1]
     with pytest.raises(PairDataError, match=r"batch_size=16 pairs per step cannot be split over 16 process\(es\)"):
         train_module.per_device_batch(card.train, 16)
+
+
+def test_per_step_reference_trains_like_the_precomputed_one(tmp_path, demo_model, demo_tokenizer):
+    """train.reference_logps=per_step: a frozen copy of M_0 scores each batch as it trains. Same
+    losses as precompute up to float noise (the batches are padded differently), rewards exactly
+    zero at step 1, only the probe pairs scored beforehand, the probe's step 0 written as zero."""
+    from datasets import load_from_disk
+
+    from irpo_train.reference import reference_logps
+    from irpo_train.trainer import PROBE_BATCH_SIZE
+
+    base = [*TINY, "train.retrain_with_held_out=false"]
+    losses = {}
+    for mode in ("precompute", "per_step"):
+        card = load_card("demo", [*base, f"train.reference_logps={mode}"])
+        make_iteration(tmp_path / mode, demo_tokenizer, card)
+        out = train_module.train_iteration(card, 1, tmp_path / mode, progress=False)
+        metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+        losses[mode] = [m["loss"] for m in metrics]
+    manifest = json.loads((out / "train_manifest.json").read_text())
+    assert manifest["reference_logps"] == "per_step"
+    assert metrics[0]["reward_margin"] == pytest.approx(0, abs=1e-6) and metrics[0]["dpo"] == pytest.approx(
+        0.693147, abs=1e-6
+    )
+    assert len(losses["per_step"]) == 4 and losses["per_step"] == pytest.approx(losses["precompute"], rel=1e-3)
+    assert json.loads((out / "ref_logps.json").read_text())["key"]["probe_only"]["batch_size"] == PROBE_BATCH_SIZE
+    probe = [json.loads(line) for line in (out / "probe.jsonl").read_text().splitlines()]
+    assert [p["step"] for p in probe] == [0, 2, 4] and probe[0]["chosen_change"] == 0.0
+    assert probe[-1]["chosen_change"] > 0 > probe[-1]["rejected_change"]
+    # Step 0 is zero by construction: the cached values are what the probe would have measured on M_0.
+    rows = tokenize_pairs(
+        load_from_disk(str(tmp_path / "per_step" / "demo" / "iter_1" / "pairs"))["train"],
+        demo_tokenizer,
+        card.train.max_length,
+    ).rows
+    measured = reference_logps(
+        AutoModelForCausalLM.from_pretrained(demo_model.path),
+        rows,
+        demo_tokenizer.pad_token_id,
+        PROBE_BATCH_SIZE,
+        False,
+    )
+    cached = pl.read_parquet(out / "ref_logps.parquet")
+    assert cached["ref_chosen_logps"].to_list() == measured[0] and cached["ref_rejected_logps"].to_list() == measured[1]
+
+
+def test_per_step_reference_with_lora_switches_the_adapters_off(tiny_model, demo_tokenizer):
+    """With LoRA no copy is held: the policy with its adapters off scores as M_{T-1} does."""
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    from irpo_train.reference import StepReference
+    from irpo_train.scorer import CompletionScorer
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    policy = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules="all-linear"))
+    with torch.no_grad():  # trained adapters: the policy now differs from the reference
+        for name, weight in policy.named_parameters():
+            if "lora_B" in name:
+                weight.normal_(0, 0.5)
+    ids = demo_tokenizer(["Tom has 3 apples. The answer is 3."], add_special_tokens=False)["input_ids"][0]
+    batch = collate(
+        [{"prompt_ids": ids[:4], "chosen_ids": ids[4:], "rejected_ids": ids[4:8]}] * 2, demo_tokenizer.pad_token_id
+    )
+    off = StepReference(None)(policy, batch)
+    frozen = StepReference(base)(None, batch)
+    assert off["ref_chosen_logps"].shape == (2,) and torch.equal(off["ref_chosen_logps"], frozen["ref_chosen_logps"])
+    assert torch.equal(off["ref_rejected_logps"], frozen["ref_rejected_logps"])
+    with torch.no_grad():
+        policy_logps, _ = CompletionScorer(policy)(
+            batch["input_ids"], batch["attention_mask"], batch["completion_mask"]
+        )
+    assert not torch.allclose(policy_logps[:2], off["ref_chosen_logps"])  # the adapters were on outside it
+
+
+def test_per_step_reference_is_refused_under_fsdp(tmp_path, demo_tokenizer, monkeypatch):
+    """FSDP needs GPUs, so a GPU is mocked (torch.cuda.is_available): the refusal comes before any model loads."""
+    from irpo_train.distributed import LaunchError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    card = load_card("demo", [*TINY, "train.reference_logps=per_step"])
+    make_iteration(tmp_path, demo_tokenizer, card)
+    with pytest.raises(LaunchError, match="FSDP cannot shard; set train.reference_logps=precompute"):
+        train_module.train_iteration(card, 1, tmp_path, progress=False)
