@@ -53,7 +53,19 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.utils import postprocess_generated_text  # noqa: E402
 
 from irpo_data import timing  # noqa: E402
-from irpo_data.sampling import question_seed  # noqa: E402
+from irpo_data.sampling import question_seed, shutdown_vllm  # noqa: E402
+
+_started: list = []  # GroupedVLLM instances lm-eval made in this process, until release_engines()
+
+
+def release_engines() -> None:
+    """Shut down the vLLM engines lm-eval started here: simple_evaluate returns no handle to its
+    model, and a dropped engine keeps its memory (irpo_data.sampling.shutdown_vllm says why)."""
+    while _started:
+        lm = _started.pop()
+        llm, lm.model = getattr(lm, "model", None), None  # lm-eval's VLLM holds LLM(...) as .model
+        if llm is not None:  # None with data-parallel copies: they live in Ray's workers
+            shutdown_vllm(llm)
 
 
 @register_model("irpo-vllm")
@@ -73,6 +85,7 @@ class GroupedVLLM(VLLM):
         with timing.phase("engine start"):
             super().__init__(pretrained=pretrained, seed=seed, **kwargs)
         self.sample_seed = seed
+        _started.append(self)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
         from vllm import SamplingParams

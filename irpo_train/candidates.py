@@ -20,7 +20,6 @@ engine for every model class, and on a GPU its start (~30-60 s) is small beside 
 
 from __future__ import annotations
 
-import gc
 import json
 import logging
 import shutil
@@ -96,8 +95,7 @@ def candidate_accuracy(engine, held_out) -> float:
     try:
         outputs = engine.generate(held_out.prompts, params, [0] * len(held_out.prompts))
     finally:
-        del engine  # one engine alive at a time: free its memory before the next starts
-        gc.collect()
+        engine.close()  # one engine alive at a time: free its memory (weights, KV cache) before the next starts
     correct = sum(
         grade(held_out.task, answers[0].text, question.gold).correct
         for answers, question in zip(outputs, held_out.questions)

@@ -5,7 +5,7 @@ change during training, so with train.reference_logps=precompute they are comput
 batched no-grad pass before it and the reference model is freed: a training step then holds the
 policy alone. With per_step (`StepReference`) the reference scores each batch as it is trained
 on: only the pairs the steps visit, which is cheaper when max_steps x batch_size is well below
-the number of pairs (the demo's 24 steps of 4 visit 96 of 640).
+the number of pairs (the demo's 16 + at most 16 steps of 4 visit at most 128 of ~640).
 
 Cache: runs/NAME/models/M_T.work/ref_logps.parquet, one row per tokenized pair
 (ref_chosen_logps, ref_rejected_logps), with its key in ref_logps.json: the reference's weights

@@ -120,6 +120,11 @@ def test_irpo_run_runs_the_papers_loop_and_prints_its_summary(straight_run):
     assert evaluated["counts"] == {"vllm starts": 1} and "evaluation / engine start" in evaluated["seconds"]
     # Peak memory per phase, the vLLM engine's processes included (they hold more than a GB).
     assert build["timings"]["peak_gb"]["sampling"] > 1.0 and evaluated["peak_gb"]["evaluation"] > 1.0
+    # ... and each stage gives its engine's memory back: training starts without the build's, and
+    # M_1's evaluation does not hold M_0's engine beside its own.
+    assert trained["timings"]["peak_gb"]["model load"] < build["timings"]["peak_gb"]["sampling"] - 1.0
+    base = json.loads((run.root / "evals" / "M_0.json").read_text())["timings"]
+    assert evaluated["peak_gb"]["evaluation"] < base["peak_gb"]["evaluation"] + 1.0
     assert "| stage | phase | seconds | peak memory (GB) |" in summary
     assert "| iteration 1: build | model and questions |" in summary and "| &nbsp;&nbsp;engine start |" in summary
     assert "vLLM engine starts: iteration 1 3." in summary  # the build's, then M_0's and M_1's evaluation

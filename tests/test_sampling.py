@@ -112,6 +112,20 @@ def test_vllm_samples_are_reproducible_and_seed_dependent(vllm_engine, demo_toke
     assert a.equals(b) and not a.equals(c)
 
 
+def test_a_closed_vllm_engine_gives_its_memory_back_and_starts_again(vllm_engine, demo_tokenizer, tmp_path):
+    """vLLM gc.freeze()s what it allocates at start; close() shuts it down, so the stages after a
+    build get the memory back, and the next generate starts a fresh engine with the same samples."""
+    from irpo_data.timing import resident_kb
+
+    prompts = render_prompts(TASK, QUESTIONS, demo_tokenizer)
+    run(vllm_engine, tmp_path / "a", prompts)
+    alive = resident_kb()
+    vllm_engine.close()
+    assert alive - resident_kb() > 1_000_000  # kB: the weights and the KV cache came back
+    run(vllm_engine, tmp_path / "b", prompts)  # a new engine in the same process
+    assert read_samples(tmp_path / "a")["completion"].equals(read_samples(tmp_path / "b")["completion"])
+
+
 def test_rerun_with_other_settings_is_refused(hf_engine, demo_tokenizer, tmp_path):
     prompts = render_prompts(TASK, QUESTIONS, demo_tokenizer)
     run(hf_engine, tmp_path, prompts, params=SamplingParams(1, 0.8, 1.0, 8, 0))
