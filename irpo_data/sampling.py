@@ -171,7 +171,7 @@ def shutdown_vllm(llm) -> None:
     vLLM's EngineCore calls gc.freeze() once it has started, which moves everything allocated so
     far out of the garbage collector's reach; only its shutdown() unfreezes it. Dropping the last
     reference to an `LLM` therefore kept its ~5 GB on CPU alive through the stages after it (the
-    demo's training ran at 10.5 GB beside the build's dead engine).
+    demo's training ran at 10.6 GB beside the build's dead engine).
     """
     import gc
 
