@@ -186,12 +186,14 @@ def test_ablations_train_on_iteration_1s_pairs_and_show_the_papers_likelihood_pi
 def test_a_run_killed_mid_training_resumes_to_the_same_result(straight_run, tmp_path):
     """SIGKILL while M_1's selection run trains (after its step-1 checkpoint), then the same command
     again. One iteration is enough: what follows M_1 is the same code on the same inputs. The
-    fixture's iteration 1 pairs and M_0's evaluation are kept (the sampling's own kill test is in
-    test_build; M_0's result does not depend on training): what is redone is M_1 and its evaluation."""
+    fixture's iteration 1 pairs and its evaluations are kept (the sampling's own kill test is in
+    test_build): what is redone is M_1. Its evaluation is reused only if the resumed M_1 has the
+    uninterrupted one's weights hash (irpo_eval keys results on it), so an untouched M_1.json is a
+    second check of the same thing, without an engine start."""
     copied = _copy(straight_run[0], tmp_path)
     shutil.rmtree(copied.root / "models")
-    for produced in (copied.root / "evals").glob("M_1*"):
-        produced.unlink()
+    evaluated = copied.root / "evals" / "M_1.json"
+    stamp = evaluated.stat().st_mtime_ns
     cmd, env = _irpo_run(tmp_path, iterations=1)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoint = tmp_path / "demo" / "models" / "M_1.work" / "select" / "checkpoints" / "checkpoint-1"
@@ -205,6 +207,7 @@ def test_a_run_killed_mid_training_resumes_to_the_same_result(straight_run, tmp_
     resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert _outcome(run, 1) == _outcome(straight_run[0], 1)  # bit for bit: weights hashes included
+    assert evaluated.stat().st_mtime_ns == stamp  # not re-evaluated: the same weights
 
 
 def test_a_changed_sampling_key_starts_the_run_over_and_keeps_the_old_one(tmp_path, caplog):
