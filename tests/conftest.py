@@ -65,7 +65,7 @@ def demo_tokenizer(demo_model):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory, demo_tokenizer) -> Path:
     """A 2-layer Llama (hidden 32) with the demo tokenizer, random weights from seed 0: for tests of
-    plumbing (processes, candidates) where what the model says does not matter."""
+    plumbing (processes, candidates, resumes) where what the model says does not matter."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 

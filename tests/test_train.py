@@ -1,4 +1,8 @@
-"""irpo train on the real demo model: tokenisation, the reference cache, a whole tiny run, resume."""
+"""irpo train on the real demo model: tokenisation, the reference cache, a whole tiny run, resume.
+
+Where only the plumbing is checked (the retrain's steps, a SIGKILL's resume, per-step against
+precomputed reference log-probs) the 2-layer model of conftest.tiny_model trains instead: same
+tokenizer and code, checkpoints of megabytes instead of 1.6 GB."""
 
 from __future__ import annotations
 
