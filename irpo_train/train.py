@@ -1,6 +1,7 @@
 """`irpo train --iter T`: train M_T from M_{T-1} on iteration T's pairs, into runs/NAME/models/M_T/.
 
-    iter_T/pairs ─► tokenize ─► reference log-probs (cached, or per step) ─► selection run ─► retrain ─► models/M_T/
+    iter_T/pairs ─► tokenize ─► reference log-probs (cached, or per step)
+                ─► selection run ─► retrain ─► models/M_T/
 
 As the paper (§3.1) runs it, with train.retrain_with_held_out:
 1. selection run: train on the pairs *without* the held-out questions for up to max_steps,
