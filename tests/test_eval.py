@@ -6,6 +6,7 @@ for (tests/hub_stub.py), in the push test.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 
@@ -221,19 +222,26 @@ def test_irpo_eval_writes_results_and_leaderboard_and_resumes(demo_run, hub):
     assert [r["model"] for r in board["rows"]] == ["M_0", "M_1"] and board["rows"][1]["delta_greedy"] == 0
     assert paths[2].read_bytes()[:4] == b"\x89PNG"
 
-    # A crash after M_0: its result is kept, and a rerun computes M_1 only.
+    # A crash after M_0: its result is kept, and a rerun computes M_1 only; with another KV cache
+    # too, since resources change how fast, not what (vLLM's sampling is seeded per prompt).
     (evals / "M_1.json").unlink()
     before = (evals / "M_0.json").stat().st_mtime_ns
-    evaluate_run(card, demo_run, settings, push_to_hub="org/irpo-demo")
-    assert (evals / "M_0.json").stat().st_mtime_ns == before and (evals / "M_1.json").is_file()
+    resized = dataclasses.replace(settings, kv_cache_gb=settings.kv_cache_gb + 1)
+    evaluate_run(card, demo_run, resized, push_to_hub="org/irpo-demo")
+    assert (evals / "M_0.json").stat().st_mtime_ns == before
+    assert json.loads((evals / "M_1.json").read_text())["greedy"] == m1["greedy"]
     files = hub.repos["org/irpo-demo"]
     assert {"leaderboard.md", "leaderboard.json", "leaderboard.png", "evals/M_0.json", "evals/M_1.json"} <= set(files)
     assert not any(TOKEN.encode() in content for content in files.values())
-    # Another setting is another result: recomputed, not silently reused (M_0 alone: one engine start).
+    # Another setting or other weights are another result: the stored key no longer matches, so
+    # evaluate_model computes it again instead of reusing it (without a fourth engine start here).
     from irpo_data.runs import RunFolder
-    from irpo_eval.evaluate import evaluate_model
+    from irpo_eval.evaluate import result_key
     from irpo_eval.run_eval import run_models
 
     m0_model = run_models(card, RunFolder.for_card(card, demo_run))[0].model
-    evaluate_model(m0_model, EvalSettings.from_card(card, maj_k=2, limit=5, max_new_tokens=96), evals / "M_0.json")
-    assert json.loads((evals / "M_0.json").read_text())["maj_k"] == 2
+    stored = EvalRecord.from_json(evals / "M_0.json").key
+    assert result_key(m0_model, resized) == stored
+    assert result_key(m0_model, dataclasses.replace(settings, maj_k=2)) != stored
+    other_weights = dataclasses.replace(m0_model, weights_sha256="0" * 64)
+    assert result_key(other_weights, settings) != stored

@@ -1,8 +1,9 @@
 """irpo train on the real demo model: tokenisation, the reference cache, a whole tiny run, resume.
 
 Where only the plumbing is checked (the retrain's steps, a SIGKILL's resume, per-step against
-precomputed reference log-probs) the 2-layer model of conftest.tiny_model trains instead: same
-tokenizer and code, checkpoints of megabytes instead of 1.6 GB."""
+precomputed reference log-probs, LoRA's merge, gradient checkpointing) the 2-layer model of
+conftest.tiny_model trains instead: same tokenizer and code, checkpoints of megabytes instead of
+1.6 GB, steps of milliseconds instead of seconds."""
 
 from __future__ import annotations
 
@@ -259,13 +260,14 @@ def test_irpo_train_refuses_sft_gold_where_the_task_has_no_solutions(tmp_path):
     )
 
 
-def test_lora_run_merges_adapters_into_a_plain_model(tmp_path, demo_model, demo_tokenizer):
-    card = load_card("demo", [*TINY, "train.lora=true", "train.lora_r=4", "train.max_steps=2", "train.select_every=2"])
+def test_lora_run_merges_adapters_into_a_plain_model(tmp_path, tiny_model, demo_tokenizer):
+    overrides = ["train.lora=true", "train.lora_r=4", "train.max_steps=2", "train.select_every=2"]
+    card = load_card("demo", [*TINY, *overrides, f"model.base={tiny_model}"])
     make_iteration(tmp_path, demo_tokenizer, card)
     out = train_module.train_iteration(card, 1, tmp_path, progress=False)
     assert not list(out.glob("adapter_*"))  # merged: a plain transformers folder vLLM can load
     trained = AutoModelForCausalLM.from_pretrained(out).state_dict()
-    reference = AutoModelForCausalLM.from_pretrained(demo_model.path).state_dict()
+    reference = AutoModelForCausalLM.from_pretrained(tiny_model).state_dict()
     assert trained.keys() == reference.keys()
     moved = [n for n in trained if not torch.equal(trained[n], reference[n])]
     # LoRA adapts the linear layers only: those moved, the norms and embeddings did not.
@@ -273,8 +275,9 @@ def test_lora_run_merges_adapters_into_a_plain_model(tmp_path, demo_model, demo_
     assert not any("norm" in n or "embed_tokens" in n for n in moved)
 
 
-def test_gradient_checkpointing_trains_through_the_chunked_head(tmp_path, demo_model, demo_tokenizer):
-    card = load_card("demo", [*TINY, "train.gradient_checkpointing=true", "train.max_steps=2", "train.select_every=2"])
+def test_gradient_checkpointing_trains_through_the_chunked_head(tmp_path, tiny_model, demo_tokenizer):
+    overrides = ["train.gradient_checkpointing=true", "train.max_steps=2", "train.select_every=2"]
+    card = load_card("demo", [*TINY, *overrides, f"model.base={tiny_model}"])
     make_iteration(tmp_path, demo_tokenizer, card)
     out = train_module.train_iteration(card, 1, tmp_path, progress=False)
     steps = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
