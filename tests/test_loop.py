@@ -28,7 +28,9 @@ from irpo_data.models import weights_sha256
 from irpo_data.runs import RunFolder
 
 # Tiny, and the paper's loop all the same: 8 + 4 held-out questions sampled, cycled pairs with gold
-# winners, a selection run of 2 steps and the retrain, and an ablation (twice the pairs).
+# winners, a selection run of 2 steps and the retrain, and an ablation (twice the pairs). Held-out
+# checks at steps 0 and 2 (each ~14 s of generation here); a checkpoint at every step, for the kill
+# test to resume from.
 TINY = [
     "task.max_questions=8",
     "task.held_out=4",
@@ -36,7 +38,8 @@ TINY = [
     "sampling.max_new_tokens=64",
     "pairs.max_tokens=64",
     "train.max_steps=2",
-    "train.select_every=1",
+    "train.select_every=2",
+    "train.save_every=1",
     "train.probe_pairs=4",
     "train.probe_every=1",
     "eval.limit=4",
