@@ -173,12 +173,12 @@ def shutdown_vllm(llm) -> None:
     reference to an `LLM` therefore kept its ~5 GB on CPU alive through the stages after it (the
     demo's training ran at 10.6 GB beside the build's dead engine).
     """
-    import gc
+    from irpo_data.hardware import release_memory
 
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None:
         core.shutdown()
-    gc.collect()
+    release_memory()
 
 
 class VLLMEngine(Engine):
