@@ -187,6 +187,8 @@ def _train_iteration(card: Card, iteration: int, runs_dir: str | Path, progress:
         selection = final = _fit(
             job, "select", rows, job.cfg.max_steps, tokenizer, probe_rows, progress, args=first_args
         )
+    job.step_reference = None  # the frozen reference copy, and the last run's leftovers, before the final load
+    release_memory()
     if distributed.is_main():  # the others are done: nothing below is collective
         with timing.phase("save"):
             _write_model(job, tokenizer, selection, final, notes, len(rows))
