@@ -76,21 +76,30 @@ def describe() -> dict:
     return info
 
 
-def release_memory() -> None:
-    """Give the memory this process has freed back to the system: a garbage collection, then glibc's
-    malloc_trim.
+def trim_heap() -> None:
+    """Return the free pages of glibc's heap to the system (`malloc_trim(0)`); elsewhere nothing.
 
-    Why: glibc keeps freed heap for later allocations instead of returning it, and a stage's model,
-    optimiser state and activations are freed in pieces of that heap. Measured after a demo-sized
-    training (cards/demo.yaml's lengths, 2 + 2 steps): the process held 5.5 GB it no longer used,
-    0.8 GB after this call, and `irpo run`'s next stage (a vLLM engine, ~4 GB) ran on top of it.
-    Elsewhere than glibc (macOS, musl) only the collection runs.
+    Why: glibc keeps the heap a process frees for its later allocations. Tensors of changing
+    shapes (activations of batches of other lengths, a growing KV cache) then leave free pieces
+    that no later tensor fits, and the process grows step after step.
     """
     import ctypes
-    import gc
 
-    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
         pass
+
+
+def release_memory() -> None:
+    """Give the memory this process has freed back to the system: a garbage collection, then trim_heap.
+
+    Why: a stage's model, optimiser state and activations are freed in pieces of glibc's heap,
+    which stays with the process. Measured after a demo-sized training (cards/demo.yaml's
+    lengths, 2 + 2 steps): the process held 5.5 GB it no longer used, 0.8 GB after this call,
+    and `irpo run`'s next stage (a vLLM engine, ~4 GB) ran on top of it.
+    """
+    import gc
+
+    gc.collect()
+    trim_heap()

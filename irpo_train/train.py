@@ -69,6 +69,7 @@ from irpo_train.trainer import (
     MetricsFile,
     ProbeLogps,
     ProgressWithLoss,
+    TrimHeap,
     probe_indices,
 )
 
@@ -390,6 +391,7 @@ def _fit(
                 zero_at_start=job.step_reference is not None,
             )
         )
+    callbacks.append(TrimHeap())
     trainer = DPONLLTrainer(
         model=CompletionScorer(model),
         args=args,

@@ -32,6 +32,7 @@ from transformers.trainer_callback import ProgressCallback
 
 from irpo_data import timing
 from irpo_data.grading import grade
+from irpo_data.hardware import trim_heap
 from irpo_data.runs import atomic_dir, write_json_atomic
 from irpo_data.tasks import Task
 from irpo_train import distributed
@@ -164,6 +165,18 @@ class MetricsFile(TrainerCallback):
         if state.is_world_process_zero and logs and "loss" in logs:
             with self.path.open("a") as handle:
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class TrimHeap(TrainerCallback):
+    """After each optimiser step (and the checks and probe that follow it): the step's freed
+    activations back to the system, so that batches of other lengths do not grow the process.
+
+    Added last, so that it runs after the other callbacks' on_step_end. Measured on the demo card
+    (AVX2, fp32): STEP_TRIM_MEASURED
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        trim_heap()
 
 
 PROBE_BATCH_SIZE = 8  # pairs per forward of a probe measurement
