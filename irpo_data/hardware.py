@@ -3,6 +3,7 @@
     resolve_dtype("auto") -> "bfloat16" on a GPU or a CPU with native bf16 (AMX, AVX512-BF16),
                              "float32" elsewhere
     describe()            -> {"device": "cpu", "cpu": "AMD EPYC", "cpu_bf16": False, "threads": 2, ...}
+    release_memory()      -> what this process freed goes back to the system (between stages)
 
 Why "auto": on a CPU without native bf16 instructions torch emulates them, and bf16 runs far
 slower than fp32 (measured on an AVX2-only AMD EPYC: a 2048² bf16 matmul under 1 GFLOP/s against
