@@ -84,12 +84,20 @@ def trim_heap() -> None:
     shapes (activations of batches of other lengths, a growing KV cache) then leave free pieces
     that no later tensor fits, and the process grows step after step.
     """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    """glibc's malloc_trim, looked up once (trim_heap runs after every training step), or None."""
     import ctypes
 
     try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        return ctypes.CDLL("libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        pass
+        return None
 
 
 def release_memory() -> None:
