@@ -187,14 +187,21 @@ def test_gsm8k_gold_solution_drops_calculator_notes_and_ends_in_the_answer_phras
 @pytest.mark.parametrize("name,ungraded", [("demo", 0), ("gsm8k", 0), ("math", 1)])
 def test_gold_solutions_grade_as_correct_well_formed_answers(name, ungraded):
     """What sft_gold trains on must be what the reward calls right; real data, the real grader."""
-    from irpo_data.grading import grade
+    from irpo_data import grading
 
     task = get_task(name)
     questions = task.load("train", None if name == "demo" else str(SHARED_DATA / name)).questions
     assert task.has_solutions and all(q.solution for q in questions)
-    failing = [
-        q.question_id for q in questions if not ((g := grade(task, q.solution, q.gold)).correct and g.well_formed)
-    ]
+    grades = {q.question_id: grading.grade(task, q.solution, q.gold) for q in questions}
+    # A stalled machine can hold a verification past GRADE_TIMEOUT_S: that answer is then wrong
+    # with timed_out=True, by design, and remembered so. CI once stalled on two consecutive simple
+    # fractions. This test is about the verdict, not the machine: those are graded again afresh.
+    stalled = [q for q in questions if grades[q.question_id].timed_out]
+    assert len(stalled) <= 5, [q.question_id for q in stalled[:5]]
+    grading._PARSED.clear()
+    grading._VERIFIED.clear()
+    grades |= {q.question_id: grading.grade(task, q.solution, q.gold) for q in stalled}
+    failing = [qid for qid, g in grades.items() if not (g.correct and g.well_formed)]
     # MATH: one gold answer math-verify cannot match to itself after extraction ("6, 8\text{, and }10").
     assert len(failing) == ungraded, failing[:5]
 
