@@ -3,6 +3,9 @@
     card ─► irpo_data.build ─► iter_t/ ─► irpo_train.train ─► models/M_t/ ─► irpo_eval ─► evals/, leaderboard
             (t = 1, 2, …: iteration t samples from M_{t-1})
 
+Each stage runs in a fresh process of its own (irpo.stages), so that what one stage imported and
+freed does not sit under the next one's peak; the run folder is all they share.
+
 Every stage skips itself when its outputs exist and their manifest matches the card and its
 inputs, so a rerun of a finished run does nothing and a killed run resumes where it stopped.
 What changes when the card changes:
@@ -27,14 +30,18 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from irpo_data.build import build_iteration, sampling_model
+from irpo.stages import run_stage
+from irpo_data.build import sampling_model
 from irpo_data.card import BUILD_SECTIONS, OBJECTIVE_NAMES, Card, CardError
 from irpo_data.publish import push_iteration
 from irpo_data.runs import RunFolder
 from irpo_eval.evaluate import EvalSettings
-from irpo_eval.run_eval import evaluate_run
 from irpo_train.plots import plot_objectives
-from irpo_train.train import train_iteration
+
+# The stages, each run in a fresh process (irpo.stages): named, so that this process never imports them.
+BUILD = "irpo_data.build:build_iteration"
+TRAIN = "irpo_train.train:train_iteration"
+EVALUATE = "irpo_eval.run_eval:evaluate_run"
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +103,22 @@ def run_loop(
         start = time.perf_counter()
         if t > 1:
             set_aside_if_sampled_from_another_model(card, run, t)
-        built = build_iteration(card, t, runs_dir, progress=progress)
+        built = run_stage(BUILD, card, t, runs_dir, progress=progress)
         times.record(f"iter_{t}/build", start)
         if push_to_hub and not built.skipped:
             push_iteration(built.iter_dir, push_to_hub, t, built.manifest.pairs_fingerprint)
 
         start = time.perf_counter()
-        train_iteration(card, t, runs_dir, progress=progress)
+        run_stage(TRAIN, card, t, runs_dir, progress=progress)
         times.record(f"iter_{t}/train", start)
         if t == 1 and card.ablations:
             train_ablations(card, run, runs_dir, times, progress)
 
         start = time.perf_counter()
         # The leaderboard goes to the Hub once, with the last iteration's evaluation.
-        evaluate_run(card, runs_dir, settings, push_to_hub=push_to_hub if t == iterations else None, max_iteration=t)
+        run_stage(
+            EVALUATE, card, runs_dir, settings, push_to_hub=push_to_hub if t == iterations else None, max_iteration=t
+        )
         times.record(f"iter_{t}/eval", start)
     return times
 
@@ -120,7 +129,7 @@ def train_ablations(card: Card, run: RunFolder, runs_dir: str | Path, times: Sta
     for name in ablations:
         start = time.perf_counter()
         log.info("ablation: training M_1-%s (%s) from iteration 1's samples", name, OBJECTIVE_NAMES[name])
-        train_iteration(card, 1, runs_dir, progress=progress, ablation=name)
+        run_stage(TRAIN, card, 1, runs_dir, progress=progress, ablation=name)
         times.record(f"iter_1/train {name}", start)
     if card.train.probe_pairs == 0:
         log.warning("train.probe_pairs=0: no log-prob curves to compare the objectives with")

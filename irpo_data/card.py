@@ -43,6 +43,9 @@ class CardError(IrpoError, ValueError):
         lines = "\n".join(f"  - {p}" for p in problems)
         super().__init__(f"card {source} has {len(problems)} problem(s):\n{lines}")
 
+    def __reduce__(self):  # raised in an `irpo run` stage's process, raised again in irpo run's own
+        return CardError, (self.source, self.problems)
+
 
 @dataclass(frozen=True)
 class TaskConfig:

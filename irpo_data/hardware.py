@@ -4,6 +4,7 @@
                              "float32" elsewhere
     describe()            -> {"device": "cpu", "cpu": "AMD EPYC", "cpu_bf16": False, "threads": 2, ...}
     release_memory()      -> what this process freed goes back to the system (between stages)
+    die_with_parent(pid)  -> this process is killed when its parent dies (Linux)
 
 Why "auto": on a CPU without native bf16 instructions torch emulates them, and bf16 runs far
 slower than fp32 (measured on an AVX2-only AMD EPYC: a 2048² bf16 matmul under 1 GFLOP/s against
@@ -18,6 +19,7 @@ from __future__ import annotations
 import functools
 import os
 import platform
+import sys
 from importlib import metadata
 
 DTYPES = ("bfloat16", "float32", "float16")
@@ -112,3 +114,20 @@ def release_memory() -> None:
 
     gc.collect()
     trim_heap()
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux; elsewhere nothing).
+
+    Why: a worker (a verifier, an `irpo run` stage) whose parent was SIGKILLed must not go on
+    computing, or writing into a run folder that the next run resumes. The kernel ties this to
+    the parent *thread* that started the process, so start such processes from a long-lived one.
+    """
+    if sys.platform.startswith("linux"):
+        import ctypes
+        import signal
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent_pid:  # the parent died before the line above took effect
+        os._exit(0)

@@ -37,6 +37,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from irpo_data.hardware import die_with_parent
+
 MAX_DIGITS = 1_000_000  # refuse numbers larger than this many digits (10^(10^6) still takes sympy ~0.1 s)
 
 
@@ -160,7 +162,7 @@ OPERATIONS = {"parse": parse_answer, "verify": verify_answers}
 
 def serve(parent_pid: int) -> None:
     """The worker loop: one JSON request per line on stdin, one JSON answer per line on stdout."""
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     import logging
 
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs whole hostile inputs
@@ -176,17 +178,6 @@ def serve(parent_pid: int) -> None:
             result = None if op == "parse" else False
         out.write(json.dumps(result) + "\n")
         out.flush()
-
-
-def _die_with_parent(parent_pid: int) -> None:
-    if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent_pid:  # the parent died before the line above took effect
-        os._exit(0)
 
 
 # --- the parent side ------------------------------------------------------------------------

@@ -1,0 +1,117 @@
+"""irpo.stages: `irpo run`'s stages each in a spawned process, with their logs, answers and
+failures brought back. Real processes and signals; the stages here are small functions of this
+module (the real ones run in tests/test_loop.py)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from irpo.stages import StageError, StageTraceback, run_stage
+from irpo_data.card import CardError
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+
+
+# --- stages (run in the spawned process) ---
+
+
+def answer_with_a_log(value: int, *, name: str) -> dict:
+    logging.getLogger("irpo_data.build").info("nothing to do for %s", name)
+    logging.getLogger("irpo_data.build").debug("below the level: not sent")
+    return {"value": value * 2, "pid": os.getpid()}
+
+
+def raise_card_error() -> None:
+    raise CardError("cards/x.yaml", ["train.steps: unknown key", "seed: not an int"])
+
+
+def raise_a_bug() -> None:
+    {}["missing key in the stage"]
+
+
+def die_by_sigkill() -> None:
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def sleep_and_tell(pid_file: str) -> None:
+    Path(pid_file).write_text(str(os.getpid()))
+    time.sleep(120)
+
+
+# --- tests ---
+
+
+def test_a_stage_answers_from_another_process_and_its_logs_reach_this_ones(caplog):
+    with caplog.at_level(logging.INFO):
+        answer = run_stage("test_stages:answer_with_a_log", 21, name="iteration 1")
+    assert answer["value"] == 42 and answer["pid"] != os.getpid()
+    [record] = [r for r in caplog.records if r.name == "irpo_data.build"]
+    assert record.getMessage() == "nothing to do for iteration 1" and record.levelno == logging.INFO
+
+
+def test_a_users_error_comes_back_whole_and_a_bug_with_the_stages_traceback():
+    with pytest.raises(CardError) as raised:
+        run_stage("test_stages:raise_card_error")
+    assert raised.value.problems == ["train.steps: unknown key", "seed: not an int"]
+    with pytest.raises(KeyError) as raised:
+        run_stage("test_stages:raise_a_bug")
+    cause = raised.value.__cause__
+    assert isinstance(cause, StageTraceback) and "raise_a_bug" in str(cause) and "test_stages.py" in str(cause)
+
+
+def test_a_stage_killed_without_an_answer_is_a_clear_error():
+    with pytest.raises(StageError, match=r"killed by SIGKILL .*out of memory.*run the same command again"):
+        run_stage("test_stages:die_by_sigkill")
+
+
+def _parent_running_a_sleeper(tmp_path: Path) -> tuple[subprocess.Popen, int]:
+    """A Python process (as `irpo run` is) whose stage sleeps; (that process, the stage's pid)."""
+    pid_file = tmp_path / "stage.pid"
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); from irpo.stages import run_stage; "
+    code += f"run_stage('test_stages:sleep_and_tell', {str(pid_file)!r})"
+    parent = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=ROOT, start_new_session=True, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 60
+    while not pid_file.exists() and time.time() < deadline:
+        time.sleep(0.1)
+    return parent, int(pid_file.read_text())
+
+
+def _gone(pid: int, within_s: float) -> bool:
+    deadline = time.time() + within_s
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        # A zombie (dead, not yet reaped by its init) counts as gone.
+        if Path(f"/proc/{pid}/stat").exists() and Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
+            return True
+        time.sleep(0.1)
+    return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+def test_a_sigkilled_run_leaves_no_stage_running(tmp_path):
+    parent, stage = _parent_running_a_sleeper(tmp_path)
+    parent.kill()
+    parent.wait()
+    assert _gone(stage, 10), "the stage outlived its SIGKILLed parent"
+
+
+def test_ctrl_c_stops_the_stage_and_the_run(tmp_path):
+    parent, stage = _parent_running_a_sleeper(tmp_path)
+    os.killpg(parent.pid, signal.SIGINT)  # as a terminal's Ctrl-C: the whole process group
+    _, stderr = parent.communicate(timeout=60)
+    assert parent.returncode != 0 and "KeyboardInterrupt" in stderr
+    assert _gone(stage, 10)
