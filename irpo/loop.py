@@ -35,7 +35,6 @@ from irpo_data.build import sampling_model
 from irpo_data.card import BUILD_SECTIONS, OBJECTIVE_NAMES, Card, CardError
 from irpo_data.publish import push_iteration
 from irpo_data.runs import RunFolder
-from irpo_eval.evaluate import EvalSettings
 from irpo_train.plots import plot_objectives
 
 # The stages, each run in a fresh process (irpo.stages): named, so that this process never imports them.
@@ -98,7 +97,6 @@ def run_loop(
     run = RunFolder.for_card(card, runs_dir)
     restart_if_recipe_changed(card, run)
     times = StageTimes()
-    settings = EvalSettings.from_card(card)
     for t in range(1, iterations + 1):
         start = time.perf_counter()
         if t > 1:
@@ -115,10 +113,9 @@ def run_loop(
             train_ablations(card, run, runs_dir, times, progress)
 
         start = time.perf_counter()
-        # The leaderboard goes to the Hub once, with the last iteration's evaluation.
-        run_stage(
-            EVALUATE, card, runs_dir, settings, push_to_hub=push_to_hub if t == iterations else None, max_iteration=t
-        )
+        # The leaderboard goes to the Hub once, with the last iteration's evaluation. The stage resolves
+        # its settings itself: resolving the dtype imports torch, which this process never does.
+        run_stage(EVALUATE, card, runs_dir, push_to_hub=push_to_hub if t == iterations else None, max_iteration=t)
         times.record(f"iter_{t}/eval", start)
     return times
 

@@ -505,6 +505,37 @@ def test_per_step_reference_with_lora_switches_the_adapters_off(tiny_model, demo
     assert not torch.allclose(policy_logps[:2], off["ref_chosen_logps"])  # the adapters were on outside it
 
 
+def test_a_bf16_reference_copy_holds_half_the_bytes_and_scores_bit_for_bit_the_same(tiny_model, demo_tokenizer):
+    """Under bf16 autocast the frozen copy's linear layers are stored in bf16 (autocast rounds them
+    so anyway); the tied embedding keeps full precision. The same log-probs as a full-precision copy."""
+    import copy
+
+    from irpo_train.reference import StepReference
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    texts = ["Tom has 3 apples and buys 4 more. 3 + 4 = 7. The answer is 7.", "Ann reads 12 pages. The answer is 12."]
+    rows = []
+    for text in texts:
+        ids = demo_tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows.append({"prompt_ids": ids[:5], "chosen_ids": ids[5:], "rejected_ids": ids[5:9]})
+    batch = collate(rows, demo_tokenizer.pad_token_id)
+    full = StepReference(None, bf16=True)
+    full.frozen = StepReference(copy.deepcopy(base)).frozen  # a full-precision copy, under the same autocast
+    halved = StepReference(copy.deepcopy(base), bf16=True)
+    dtypes = {name: p.dtype for name, p in halved.frozen.named_parameters()}
+    assert dtypes["lm.model.layers.0.mlp.down_proj.weight"] == torch.bfloat16
+    assert dtypes["lm.model.embed_tokens.weight"] == torch.float32  # tied to the head: kept
+    assert dtypes["lm.model.norm.weight"] == torch.float32
+    expected, got = full(None, batch), halved(None, batch)
+    assert torch.equal(expected["ref_chosen_logps"], got["ref_chosen_logps"])
+    assert torch.equal(expected["ref_rejected_logps"], got["ref_rejected_logps"])
+    saved = sum(p.numel() * p.element_size() for p in full.frozen.parameters()) - sum(
+        p.numel() * p.element_size() for p in halved.frozen.parameters()
+    )
+    projections = sum(p.numel() for name, p in halved.frozen.named_parameters() if name.endswith("proj.weight"))
+    assert saved == 2 * projections  # every attention and MLP projection: 4 bytes a weight -> 2
+
+
 def test_per_step_reference_is_refused_under_fsdp(tmp_path, demo_tokenizer, monkeypatch):
     """FSDP needs GPUs, so a GPU is mocked (torch.cuda.is_available): the refusal comes before any model loads."""
     from irpo_train.distributed import LaunchError
