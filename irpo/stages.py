@@ -59,15 +59,15 @@ class StageTraceback(Exception):
 def run_stage(target: str, *args, **kwargs):
     """target(*args, **kwargs) in a fresh spawned process, `target` named "module:function"; its
     return value, or its exception raised here. Both must pickle (they are data: cards, paths)."""
+    if threading.current_thread() is not threading.main_thread():
+        # die_with_parent ties the stage to the thread that starts it: a worker thread's end would kill it.
+        raise RuntimeError("run_stage must be called from the main thread")
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     level = logging.getLogger().getEffectiveLevel()
     stage = context.Process(
         target=_stage_main, args=(send, os.getpid(), level, target, args, kwargs), name=f"irpo {target}"
     )
-    if threading.current_thread() is not threading.main_thread():
-        # die_with_parent ties the stage to the thread that starts it: a worker thread's end would kill it.
-        raise RuntimeError("run_stage must be called from the main thread")
     stage.start()
     send.close()  # the stage holds the only writing end: its end is an EOF here
     try:
