@@ -102,7 +102,7 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, ray_address, dry_run
     iterations = iterations or resolved.iterations
     if dry_run:
         extra = f", then the ablations {', '.join(resolved.ablations)}" if resolved.ablations else ""
-        would = f"run iterations 1..{iterations} (build, train, eval) in runs/{resolved.name}{extra}"
+        would = f"run iterations 1..{iterations} (build, train, eval) in {RunFolder.for_card(resolved, runs_dir).root}{extra}"
         return show_dry_run(resolved, would)
     times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet)
     click.echo(write_summary(RunFolder.for_card(resolved, runs_dir), iterations, times.seconds))

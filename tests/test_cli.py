@@ -32,6 +32,15 @@ def test_every_subcommand_takes_card_overrides_and_dry_run(path, tmp_path):
     assert "name: gsm8k" in result.output and "num_samples: 3" in result.output and "# would " in result.output
 
 
+@pytest.mark.parametrize("path", [p for p in SUBCOMMANDS if p != ["data", "tasks"]])
+def test_a_dry_run_names_the_run_folder_under_runs_dir(path, tmp_path):
+    extra = ["--push-to-hub", "me/x"] if path == ["data", "push"] else []
+    result = invoke(main, *path, "--card", "gsm8k", "--runs-dir", tmp_path, "--dry-run", *extra)
+    assert result.exit_code == 0, result.output
+    assert f"{tmp_path / 'gsm8k'}" in result.output.splitlines()[-1], result.output
+    assert not list(tmp_path.iterdir())  # a dry run writes nothing
+
+
 @pytest.mark.parametrize("path", SUBCOMMANDS)
 def test_every_subcommand_refuses_a_bad_value_in_one_line(path, tmp_path):
     extra = ["--push-to-hub", "me/x"] if path == ["data", "push"] else []
