@@ -16,6 +16,7 @@ from irpo_data.command import (
     setup_logging,
     show_dry_run,
 )
+from irpo_data.runs import RunFolder
 from irpo_eval.evaluate import EvalError, EvalSettings
 
 
@@ -114,8 +115,6 @@ def main(
         raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
     settings = EvalSettings.from_card(resolved, maj_k=maj_k, limit=limit, backend=backend)
     if dry_run:
-        from irpo_data.runs import RunFolder
-
         root = RunFolder.for_card(resolved, runs_dir).root
         return show_dry_run(resolved, f"evaluate the models of {root} (greedy and maj@{settings.maj_k})")
     paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples)

@@ -100,12 +100,13 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, ray_address, dry_run
     if ablations:
         resolved = dataclasses.replace(resolved, ablations=_all_ablations(resolved))
     iterations = iterations or resolved.iterations
+    run_folder = RunFolder.for_card(resolved, runs_dir)
     if dry_run:
         extra = f", then the ablations {', '.join(resolved.ablations)}" if resolved.ablations else ""
-        would = f"run iterations 1..{iterations} (build, train, eval) in {RunFolder.for_card(resolved, runs_dir).root}{extra}"
+        would = f"run iterations 1..{iterations} (build, train, eval) in {run_folder.root}{extra}"
         return show_dry_run(resolved, would)
     times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet)
-    click.echo(write_summary(RunFolder.for_card(resolved, runs_dir), iterations, times.seconds))
+    click.echo(write_summary(run_folder, iterations, times.seconds))
 
 
 def _all_ablations(card: Card) -> list[str]:
