@@ -185,6 +185,11 @@ class TrainConfig:
     # bf16 mixed precision: true, false, or auto (where bf16 is native: GPU, CPU with AMX or AVX512-BF16).
     bf16: bool | str = False
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
+    # The trainer's attention kernel (transformers' attn_implementation): sdpa, transformers' default,
+    # or eager (plain matmuls and softmax). On CPU, for the demo's ~200-token pairs, eager trained a
+    # step 16% faster and generated held-out answers ~20% faster, holding ~0.2 GB more (each layer's
+    # attention weights). Another kernel rounds differently, so the choice is part of the recipe.
+    attn_implementation: str = "sdpa"
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into M_t at the end
     lora_r: int = 16
     report_to: str = "none"  # transformers report_to: none, tensorboard, wandb, ...
@@ -431,6 +436,7 @@ CHOICES = {
     "pairs.gold_winner": ("always", "when_none_correct", "never"),
     "train.select_with": ("vllm", "trainer"),
     "train.reference_logps": ("precompute", "per_step"),
+    "train.attn_implementation": ("sdpa", "eager"),
     "resources.sampling_backend": ("local", "ray"),
 }
 

@@ -285,6 +285,7 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
         "pairs_fingerprint": job.fingerprint,
         "max_length": cfg.max_length,
         "bf16": job.bf16,
+        "attn_implementation": cfg.attn_implementation,  # another kernel, other float noise
         **({} if everything else {"probe_only": probe_only}),
     }
     with timing.phase("model load"):
@@ -322,7 +323,10 @@ def _load_model(job: TrainJob):
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        job.reference.path, dtype=torch.float32, trust_remote_code=job.card.model.trust_remote_code
+        job.reference.path,
+        dtype=torch.float32,
+        attn_implementation=job.cfg.attn_implementation,
+        trust_remote_code=job.card.model.trust_remote_code,
     )
     if job.cfg.lora:
         from peft import LoraConfig, get_peft_model

@@ -475,6 +475,45 @@ def test_per_step_reference_trains_like_the_precomputed_one(tmp_path, tiny_model
     assert cached["ref_chosen_logps"].to_list() == measured[0] and cached["ref_rejected_logps"].to_list() == measured[1]
 
 
+def test_the_cards_attention_kernel_trains_the_model_and_keys_the_reference_cache(
+    tmp_path, tiny_model, demo_tokenizer, monkeypatch
+):
+    """train.attn_implementation reaches the model that trains (and so its per-step reference copy
+    and the held-out checks), and keys the cached reference log-probs: another kernel rounds
+    differently, so an sdpa cache must not serve an eager run. The loader is wrapped, not replaced."""
+    from irpo_data.card import CardError
+
+    with pytest.raises(CardError, match=r"train.attn_implementation must be sdpa or eager, got 'flash'"):
+        load_card("demo", ["train.attn_implementation=flash"])
+    loaded = []
+    real = AutoModelForCausalLM.from_pretrained
+
+    def recording(*args, **kwargs):
+        model = real(*args, **kwargs)
+        loaded.append(model.config._attn_implementation)
+        return model
+
+    monkeypatch.setattr(AutoModelForCausalLM, "from_pretrained", recording)
+    keys = {}
+    for kernel in ("sdpa", "eager"):
+        card = load_card(
+            "demo",
+            [
+                *TINY,
+                "train.retrain_with_held_out=false",
+                f"model.base={tiny_model}",
+                f"train.attn_implementation={kernel}",
+            ],
+        )
+        make_iteration(tmp_path / kernel, demo_tokenizer, card)
+        loaded.clear()
+        out = train_module.train_iteration(card, 1, tmp_path / kernel, progress=False)
+        assert loaded[0] == kernel  # the first load is M_0, the model that trains
+        keys[kernel] = json.loads((out / "ref_logps.json").read_text())["key"]
+    assert keys["eager"]["attn_implementation"] == "eager" and keys["eager"] != keys["sdpa"]
+    assert "attn_implementation" not in json.loads((out / "config.json").read_text())  # M_1 loads as any model
+
+
 def test_per_step_reference_with_lora_switches_the_adapters_off(tiny_model, demo_tokenizer):
     """With LoRA no copy is held: the policy with its adapters off scores as M_{T-1} does."""
     import copy
