@@ -1,8 +1,9 @@
 """Peak memory, step time and throughput: irpo's trainer vs TRL's DPOTrainer.
 
-    python bench/bench_train.py [--pairs runs/demo/iter_1/pairs] [--batch 8] [--steps 4] [--bf16]
+    python bench/bench_train.py [--pairs runs/demo/iter_1/pairs] [--batch 8] [--steps 4] [--bf16] [--attn eager]
 
-Same model (the demo card's base), same pairs, batch, learning rate and precision. Three rows:
+Same model (the demo card's base), same pairs, batch, learning rate, precision and attention
+kernel (--attn: transformers' sdpa, its default, or eager, as train.attn_implementation sets). Three rows:
 irpo with train.reference_logps=precompute (reference log-probs cached before training, one
 model), irpo with per_step (a frozen copy scores each batch), and TRL's DPO+NLL
 (`loss_type=["sigmoid", "sft"]`) with a reference model in memory, as it does by default
@@ -70,10 +71,12 @@ def run_irpo(opts) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(path)
     pairs = load_from_disk(opts.pairs)["train"].select(range(opts.batch * opts.steps))
     rows = tokenize_pairs(pairs, tokenizer, 1024).rows
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=opts.attn)
     step_reference, ref_tok_s = None, None
     if opts.which == "irpo-per-step":
-        step_reference = StepReference(AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), opts.bf16)
+        step_reference = StepReference(
+            AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=opts.attn), opts.bf16
+        )
     else:
         chosen, rejected, ref_tok_s = reference_logps(model, rows, tokenizer.pad_token_id, opts.batch, False, opts.bf16)
         rows = [{**r, "ref_chosen_logps": c, "ref_rejected_logps": j} for r, c, j in zip(rows, chosen, rejected)]
@@ -127,8 +130,8 @@ def run_trl(opts) -> dict:
         .select(range(opts.batch * opts.steps))
         .select_columns(["prompt", "chosen", "rejected"])
     )
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=opts.attn)
+    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=opts.attn)
     timer = _step_timer()
     args = DPOConfig(
         output_dir="/tmp/trl-bench-train",
@@ -160,6 +163,12 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--grad-ckpt", action="store_true", help="gradient checkpointing in both trainers")
+    parser.add_argument(
+        "--attn",
+        choices=["sdpa", "eager"],
+        default="sdpa",
+        help="attention kernel of every model (train.attn_implementation)",
+    )
     parser.add_argument("--which", choices=list(ROWS), help=argparse.SUPPRESS)  # child process
     opts = parser.parse_args()
     if opts.which:
@@ -207,6 +216,7 @@ def main() -> None:
                 "batch_pairs": opts.batch,
                 "bf16": opts.bf16,
                 "grad_ckpt": opts.grad_ckpt,
+                "attn": opts.attn,
                 "matmul_flops": limit,
                 **results,
             }
