@@ -169,6 +169,10 @@ class TrainConfig:
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step on each process
     warmup_steps: int = 0  # linear warm-up, then a constant learning rate
     select_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
+    # Also check M_{T-1} itself (step 0) on the held-out questions: the baseline the chosen step is
+    # compared with in checkpoint_choice.json and logps.png, never a candidate. false saves one check
+    # per training run (the weights are the same either way).
+    select_baseline: bool = True
     # Where the held-out checks generate: vllm (save a candidate every select_every steps, score them
     # greedily on vLLM after the run: scales to FSDP and ZeRO-3, and to long answers) or trainer
     # (generate with the model in the training process: no engine start, right for small models on CPU).
@@ -266,7 +270,7 @@ BUILD_SECTIONS = ("name", "seed", "task", "model", "sampling", "pairs", "train.r
 TRAIN_SECTIONS = (*BUILD_SECTIONS, "train")
 
 
-BUNDLED_CARDS = ("demo", "gsm8k", "math", "arc_challenge")
+BUNDLED_CARDS = ("demo", "demo_full", "gsm8k", "math", "arc_challenge")
 
 
 def card_path(name_or_path: str) -> Path:

@@ -49,8 +49,11 @@ class SaveCandidates(TrainerCallback):
                 self.save(self.folder / f"step-{state.global_step}", tokenizer=self.tokenizer)
 
 
-def choose_candidate(phase_dir: Path, reference_path: Path, held_out, engine_factory) -> dict | None:
-    """Score the reference and every candidate in phase_dir/candidates; keep the best as phase_dir/best.
+def choose_candidate(
+    phase_dir: Path, reference_path: Path, held_out, engine_factory, *, baseline: bool = True
+) -> dict | None:
+    """Score every candidate in phase_dir/candidates (and, with `baseline`, the reference as step 0,
+    for comparison); keep the best as phase_dir/best.
 
     `held_out`: irpo_train.trainer.HeldOutQuestions; `engine_factory(path)`: a started-on-demand
     engine (irpo_data.sampling.VLLMEngine). Returns the best trained step's record, as
@@ -65,7 +68,9 @@ def choose_candidate(phase_dir: Path, reference_path: Path, held_out, engine_fac
         if any(h["step"] == step for h in history):
             _settle(phase_dir, step, folder, best_step(history))
     done = {h["step"] for h in history}
-    to_score = ([(0, reference_path)] if 0 not in done else []) + [(s, p) for s, p in candidates if s not in done]
+    to_score = ([(0, reference_path)] if baseline and 0 not in done else []) + [
+        (s, p) for s, p in candidates if s not in done
+    ]
     for step, folder in to_score:
         accuracy = candidate_accuracy(engine_factory(folder), held_out)
         history.append({"step": step, "accuracy": accuracy})

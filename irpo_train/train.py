@@ -67,6 +67,7 @@ from irpo_train.trainer import (
     HeldOutAccuracy,
     HeldOutQuestions,
     MetricsFile,
+    NoFinalCheckpoint,
     ProbeLogps,
     ProgressWithLoss,
     TrimHeap,
@@ -395,6 +396,8 @@ def _fit(
                 zero_at_start=job.step_reference is not None,
             )
         )
+    if not candidates:
+        callbacks.append(NoFinalCheckpoint())
     callbacks.append(TrimHeap())
     trainer = DPONLLTrainer(
         model=CompletionScorer(model),
@@ -482,6 +485,7 @@ def _selection_callback(job: TrainJob, folder: Path, tokenizer) -> HeldOutAccura
         every=job.cfg.select_every,
         best_dir=folder / "best",
         record=folder / "checkpoint_choice.json",
+        baseline=job.cfg.select_baseline,
     )
 
 
@@ -514,7 +518,9 @@ def _choose_on_vllm(job: TrainJob, folder: Path, tokenizer) -> dict | None:
             card.model.trust_remote_code,
         )
 
-    return choose_candidate(folder, job.reference.path, _held_out_questions(job, tokenizer), engine)
+    return choose_candidate(
+        folder, job.reference.path, _held_out_questions(job, tokenizer), engine, baseline=job.cfg.select_baseline
+    )
 
 
 def last_complete_checkpoint(folder: Path) -> str | None:

@@ -180,6 +180,21 @@ class TrimHeap(TrainerCallback):
         trim_heap()
 
 
+class NoFinalCheckpoint(TrainerCallback):
+    """No resume checkpoint at the last step: the phase saves its model right after the run (best/ or
+    last/) and then marks itself done, so that checkpoint would only be written and deleted.
+
+    The Trainer saves one at max_steps whatever save_steps says; each is the model and its Adam
+    state (1.6 GB for the demo model, ~3 s on 2 CPU cores, once per training phase). Not for runs
+    whose candidates are scored on vLLM after training: a kill while scoring would then resume from
+    the checkpoint before and train the last save_every steps again.
+    """
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_save = False
+
+
 PROBE_BATCH_SIZE = 8  # pairs per forward of a probe measurement
 
 
@@ -289,19 +304,21 @@ class HeldOutQuestions:
 class HeldOutAccuracy(TrainerCallback):
     """Greedy accuracy on held-out questions every `every` steps; the best step's model is kept.
 
-    The evaluation at step 0 is the reference model's accuracy, recorded for comparison; the
-    choice is among trained steps only, as in the paper. `record` (checkpoint_choice.json) holds
-    the history and the choice, rewritten after each check, so a resumed run keeps both.
+    With `baseline`, a check at step 0 records the reference model's accuracy for comparison
+    (train.select_baseline); the choice is among trained steps only, as in the paper. `record`
+    (checkpoint_choice.json) holds the history and the choice, rewritten after each check, so a
+    resumed run keeps both.
     """
 
-    def __init__(self, held_out: HeldOutQuestions, *, every: int, best_dir: Path, record: Path):
+    def __init__(self, held_out: HeldOutQuestions, *, every: int, best_dir: Path, record: Path, baseline: bool = True):
         self.held_out, self.every, self.best_dir, self.record = held_out, every, best_dir, record
+        self.baseline = baseline
         self.history: list[dict] = json.loads(record.read_text())["history"] if record.is_file() else []
         self.save = None  # DPONLLTrainer.save_full_model, set once the trainer exists
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         self.history = [h for h in self.history if h["step"] <= state.global_step]
-        if not self.history:
+        if self.baseline and not self.history:
             self._evaluate(model, 0)
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
