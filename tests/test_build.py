@@ -19,8 +19,10 @@ from datasets import load_from_disk
 from irpo_data.cli import main
 
 # A build small enough for the transformers engine in seconds; the numbers are the model's own.
-# With the retrain, the held-out questions are sampled too: 3 training + 1 held-out question.
+# With the retrain (the paper's; the demo card turns it off), the held-out questions are sampled
+# too: 3 training + 1 held-out question.
 TINY = [
+    "train.retrain_with_held_out=true",
     "sampling.engine=transformers",
     "task.max_questions=3",
     "task.held_out=1",
@@ -142,8 +144,9 @@ def _irpo_data(*args, env_extra=None):
     return [exe, *map(str, args)], env
 
 
-# 6 training + 2 held-out questions in 4 shards of 2.
+# 6 training + 2 held-out questions (sampled for the retrain) in 4 shards of 2.
 VLLM_BUILD = [
+    "train.retrain_with_held_out=true",
     "sampling.engine=vllm",
     "task.max_questions=6",
     "task.held_out=2",

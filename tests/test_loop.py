@@ -28,10 +28,11 @@ from irpo_data.models import weights_sha256
 from irpo_data.runs import RunFolder
 
 # Tiny, and the paper's loop all the same: 8 + 4 held-out questions sampled, cycled pairs with gold
-# winners, a selection run of 2 steps and the retrain, and an ablation (twice the pairs). Held-out
-# checks at steps 0 and 2 (each ~14 s of generation here); a checkpoint at every step, for the kill
-# test to resume from.
+# winners, a selection run of 2 steps and the retrain, and an ablation (twice the pairs). One
+# held-out check, at step 2 (the demo card checks no baseline at step 0); a checkpoint at every
+# step but the last, for the kill test to resume from.
 TINY = [
+    "train.retrain_with_held_out=true",  # the paper's, which the demo card turns off
     "task.max_questions=8",
     "task.held_out=4",
     "sampling.num_samples=4",

@@ -8,6 +8,7 @@ conftest.tiny_model trains instead: same tokenizer and code, checkpoints of mega
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -23,6 +24,7 @@ from irpo_train.reference import load_or_compute
 
 # Small enough for a few CPU steps: 4 pairs, batch 2, 2 held-out questions, 24 answer tokens.
 TINY = [
+    "train.retrain_with_held_out=true",  # the paper's (the demo card's is false); some tests turn it off
     "train.batch_size=2",
     "train.max_steps=4",
     "train.select_every=2",
@@ -325,8 +327,9 @@ def make_iteration_with_held_out(runs, demo_tokenizer, card):
 
 
 # select_every = max_steps: the only trained candidate is step 4, so the retrain runs 4 steps,
-# with a checkpoint after each (save_every=1) for the kill below to resume from.
-RETRAIN = [*TINY, "train.select_every=4", "train.save_every=1", "train.probe_every=1"]
+# with a checkpoint after each (save_every=1) for the kill below to resume from. The reference is
+# checked at step 0 too (the paper cards' default; the demo card skips it).
+RETRAIN = [*TINY, "train.select_every=4", "train.save_every=1", "train.probe_every=1", "train.select_baseline=true"]
 
 
 @pytest.fixture(scope="module")
@@ -362,6 +365,35 @@ def test_retrain_chooses_the_step_without_the_held_out_questions_then_trains_on_
     ]  # the retrain's
     assert [json.loads(l)["step"] for l in (out / "probe.jsonl").read_text().splitlines()] == [0, 1, 2, 3, 4]
     assert (out / "logps.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_without_the_baseline_check_the_choice_skips_step_0_and_the_weights_are_the_same(
+    tmp_path, retrained, tiny_model, demo_tokenizer, monkeypatch
+):
+    """train.select_baseline=false: no held-out check of M_0 at step 0, the same M_1 bit for bit
+    (fp32), and no resume checkpoint at a phase's last step (it would be deleted unread)."""
+    card = load_card("demo", [*RETRAIN, f"model.base={tiny_model}", "train.select_baseline=false"])  # the last wins
+    make_iteration_with_held_out(tmp_path, demo_tokenizer, card)
+    saved = []
+
+    class RecordSaves(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            saved.append((Path(args.output_dir).parent.name, state.global_step))
+
+    real_trainer = train_module.DPONLLTrainer
+    monkeypatch.setattr(
+        train_module,
+        "DPONLLTrainer",
+        lambda *a, **k: real_trainer(*a, **{**k, "callbacks": k["callbacks"] + [RecordSaves()]}),
+    )
+    out = train_module.train_iteration(card, 1, tmp_path, progress=False)
+    choice = json.loads((out / "checkpoint_choice.json").read_text())
+    assert [h["step"] for h in choice["history"]] == [4] and choice["best"]["step"] == 4
+    # save_every=1 and 4 steps per phase: steps 1-3 are resume points, step 4 is the phase's end.
+    assert saved == [("select", 1), ("select", 2), ("select", 3), ("retrain", 1), ("retrain", 2), ("retrain", 3)]
+    weights = [AutoModelForCausalLM.from_pretrained(folder).state_dict() for folder in (retrained[0], out)]
+    differ = [k for k in weights[0] if not torch.equal(weights[0][k], weights[1][k])]
+    assert differ == [], f"weights differ without the step-0 check: {differ[:5]}"
 
 
 # Run in the killed process only: once the retrain's step-2 checkpoint is on disk it waits, so the
