@@ -171,7 +171,8 @@ def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(
         assert (out / name).is_file(), name
     manifest = json.loads((out / "train_manifest.json").read_text())
     choice = json.loads((out / "checkpoint_choice.json").read_text())
-    assert [h["step"] for h in choice["history"]] == [0, 2, 4] and manifest["chosen_step"] in (2, 4)
+    # The demo card does not check M_0 (train.select_baseline: false), so step 0 is no candidate.
+    assert [h["step"] for h in choice["history"]] == [2, 4] and manifest["chosen_step"] in (2, 4)
     assert manifest["pairs_trained"] == 4 and not work.exists()
     # The probe follows the same pairs from step 0 (policy = reference: no change) on; training
     # on them with the NLL term lifts the winners and pushes the losers down.
