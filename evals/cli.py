@@ -117,7 +117,10 @@ def main(
     if dry_run:
         root = RunFolder.for_card(resolved, runs_dir).root
         return show_dry_run(resolved, f"evaluate the models of {root} (greedy and maj@{settings.maj_k})")
-    paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples)
+    from irpo_data.lock import run_lock
+
+    with run_lock(RunFolder.for_card(resolved, runs_dir).root):
+        paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples)
     click.echo(paths[1].read_text())
     click.echo(f"written: {', '.join(str(p) for p in paths)}")
 

@@ -70,30 +70,38 @@ main.add_command(eval_command, "eval")
     "the pairs (dpo_nll_2x, sft_winners_2x), and put them on the leaderboard; for some of them set the card key "
     "instead: ablations=[dpo,sft_winners].",
 )
+@click.option(
+    "--fresh",
+    is_flag=True,
+    help="Delete the run folder runs/NAME first (its set-aside copies, runs/NAME.stale-N, stay) and start over.",
+)
 @ray_option
 @dry_run_option
 @quiet_option
 @overrides_argument
-def run(card, runs_dir, iterations, push_to_hub, ablations, ray_address, dry_run, quiet, overrides):
+def run(card, runs_dir, iterations, push_to_hub, ablations, fresh, ray_address, dry_run, quiet, overrides):
     """Run the loop: for t = 1..T build iteration t's pairs from M_{t-1}, train M_t, evaluate.
 
     \b
     Examples:
       irpo run                                        # demo card, 2 iterations, runs/demo
       irpo run --card gsm8k --iterations 4 --push-to-hub ORG/irpo-gsm8k
-      irpo run train.learning_rate=5e-6               # retrains M_1 on, reuses the pairs
+      irpo run train.learning_rate=5e-6               # retrains M_1 on, reuses the pairs (the old M_1 is kept)
+      irpo run --fresh                                # delete runs/demo and start over
       irpo run --ablations                            # + the paper's baselines from iteration 1's samples
       irpo run ablations=[dpo,sft_winners] --iterations 1
       irpo run --card gsm8k --ray-address auto resources.ray_engines=8   # sample on a Ray cluster
 
     The run folder is the only state: a finished stage whose manifest matches the card is
     skipped, a killed run resumes where it stopped, and a changed card key re-runs the stage
-    it affects and everything after it (the log says which and why). The summary is printed
-    at the end and written to runs/NAME/README.md.
+    it affects and everything after it (the log says which and why). What a change would
+    replace is set aside as NAME.stale-N, never deleted; only --fresh deletes. One command
+    at a time per run folder. The summary is printed at the end and written to runs/NAME/README.md.
     """
     setup_logging(quiet)
     from irpo.loop import run_loop
     from irpo.summary import write_summary
+    from irpo_data.lock import run_lock
     from irpo_data.runs import RunFolder
 
     resolved = resolve_card(card, overrides, ray_address=ray_address)
@@ -103,10 +111,25 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, ray_address, dry_run
     run_folder = RunFolder.for_card(resolved, runs_dir)
     if dry_run:
         extra = f", then the ablations {', '.join(resolved.ablations)}" if resolved.ablations else ""
-        would = f"run iterations 1..{iterations} (build, train, eval) in {run_folder.root}{extra}"
+        fresh_first = f"delete {run_folder.root}, then " if fresh and run_folder.root.exists() else ""
+        would = f"{fresh_first}run iterations 1..{iterations} (build, train, eval) in {run_folder.root}{extra}"
         return show_dry_run(resolved, would)
-    times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet)
-    click.echo(write_summary(run_folder, iterations, times.seconds))
+    with run_lock(run_folder.root):
+        if fresh:
+            _delete_run(run_folder.root)
+        times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet)
+        click.echo(write_summary(run_folder, iterations, times.seconds))
+
+
+def _delete_run(root) -> None:
+    """--fresh: the one place irpo deletes a run folder, because the user asked; it says what goes."""
+    import shutil
+
+    if not root.exists():
+        return
+    parts = sorted(p.name for p in root.iterdir()) if root.is_dir() else []
+    click.echo(f"--fresh: deleting {root} ({', '.join(parts) or 'empty'})", err=True)
+    shutil.rmtree(root) if root.is_dir() else root.unlink()
 
 
 def _all_ablations(card: Card) -> list[str]:

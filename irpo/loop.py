@@ -13,7 +13,7 @@ What changes when the card changes:
   a new M_t and is re-sampled, and so on downstream;
 - `eval.*`: results are recomputed (their key holds every eval setting);
 - the sections the pairs come from (`task`, `model`, `sampling`, `pairs`, `seed`): every
-  iteration depends on them, so the run starts over; the old run is moved to runs/NAME.stale/.
+  iteration depends on them, so the run starts over; the old run is set aside as runs/NAME.stale-N/.
 Each of these is logged with the reason.
 
 Ablations (card `ablations`, `irpo run --ablations`): after M_1, the same iteration-1 pairs also
@@ -23,9 +23,7 @@ the leaderboard beside M_1, and their log-prob curves share one figure (ablation
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +32,8 @@ from irpo.stages import run_stage
 from irpo_data.build import sampling_model
 from irpo_data.card import BUILD_SECTIONS, OBJECTIVE_NAMES, Card, CardError
 from irpo_data.publish import push_iteration
-from irpo_data.runs import RunFolder
+from irpo_data.reading import read_json
+from irpo_data.runs import RunFolder, set_aside
 from irpo_train.plots import plot_objectives
 
 # The stages, each run in a fresh process (irpo.stages): named, so that this process never imports them.
@@ -63,14 +62,7 @@ def restart_if_recipe_changed(card: Card, run: RunFolder) -> None:
         changes = "; ".join(p for p in exc.problems if " in the run, " in p)
         if not changes:  # e.g. an unreadable card.yaml: not a recipe change, so nothing is moved
             raise
-        stale = run.root.with_name(run.root.name + ".stale")
-        shutil.rmtree(stale, ignore_errors=True)
-        run.root.rename(stale)
-        log.warning(
-            "the card changed what every iteration is built from (%s): starting the run over; the old run is in %s",
-            changes,
-            stale,
-        )
+        set_aside(run.root, f"the card changed what every iteration is built from ({changes}); starting the run over")
         run.freeze_card(card, BUILD_SECTIONS)
 
 
@@ -80,13 +72,8 @@ def set_aside_if_sampled_from_another_model(card: Card, run: RunFolder, t: int) 
     if not settings.is_file():
         return
     current = sampling_model(card, run, t, None).weights_sha256
-    if json.loads(settings.read_text()).get("weights_sha256") != current:
-        stale = run.root / f"iter_{t}.stale"
-        shutil.rmtree(stale, ignore_errors=True)
-        run.iteration(t).rename(stale)
-        log.warning(
-            "iteration %d was sampled from an earlier M_%d; sampling it again (the old one is in %s)", t, t - 1, stale
-        )
+    if read_json(settings).get("weights_sha256") != current:
+        set_aside(run.iteration(t), f"iteration {t} was sampled from an earlier M_{t - 1}; sampling it again")
 
 
 def run_loop(

@@ -70,7 +70,7 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
 
 def _ablation_rows(run: RunFolder) -> list[str]:
     """M_1 beside its ablations: objective, pairs fingerprint, checkpoint, held-out and test accuracy."""
-    folders = [run.model(1)] + sorted(p for p in (run.root / "models").glob("M_1-*") if not p.name.endswith(".work"))
+    folders = [run.model(1), *run.ablation_models(1)]
     trained = [(f.name, m) for f in folders if (m := _read(TrainManifest, f / "train_manifest.json"))]
     if len(trained) < 2:
         return []
@@ -99,9 +99,8 @@ def _stage_records(run: RunFolder, iterations: int) -> list[tuple[int, str, Reco
         stages.append((t, "build", _read(BuildManifest, run.manifest(t))))
         stages.append((t, f"train M_{t}", _read(TrainManifest, run.model(t) / "train_manifest.json")))
         if t == 1:
-            for folder in sorted((run.root / "models").glob("M_1-*")):
-                if not folder.name.endswith(".work"):
-                    stages.append((1, f"train {folder.name}", _read(TrainManifest, folder / "train_manifest.json")))
+            for folder in run.ablation_models(1):
+                stages.append((1, f"train {folder.name}", _read(TrainManifest, folder / "train_manifest.json")))
         for name in ([f"M_{t - 1}"] if t == 1 else []) + [f"M_{t}"]:
             stages.append((t, f"eval {name}", _read(EvalRecord, run.root / "evals" / f"{name}.json")))
     if (run.root / "evals").is_dir():

@@ -31,8 +31,9 @@ from irpo_data.hardware import describe
 from irpo_data.models import ModelError, ResolvedModel, resolve_model
 from irpo_data.pairs import build_pairs
 from irpo_data.publish import dataset_card, fingerprint, save_pairs, write_card_and_manifest
+from irpo_data.reading import read_json, read_parquet
 from irpo_data.records import BuildManifest
-from irpo_data.runs import RunFolder, write_parquet_atomic, write_text_atomic
+from irpo_data.runs import RunFolder, set_aside, write_parquet_atomic, write_text_atomic
 from irpo_data.sampling import SamplingParams, make_engine, read_samples, render_prompts, sample_answers
 from irpo_data.tasks import Question, Task, TaskError, split_held_out, task_from_config
 
@@ -187,7 +188,8 @@ def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob
         if same and run.pairs(iteration).is_dir():
             log.info("iteration %d already built in %s (same card and model); nothing to do", iteration, path.parent)
             return BuildResult(path.parent, manifest, skipped=True)
-        path.unlink()  # about to be rebuilt: never leave a manifest that vouches for old pairs
+        # About to be rebuilt: no manifest may vouch for the old pairs, which stay until the new ones replace them.
+        set_aside(path, f"iteration {iteration}'s pairs were built from another card or model")
     sets = question_sets(card, check_contamination=True)
     log.info(
         "iteration %d: sampling %d questions (%d training, %d held out%s) from %s",
@@ -272,7 +274,7 @@ def _publish(job: _BuildJob, pairs, stats: dict, report, params, data_sha256: st
         held_out_sampled=len(job.sets.sampled) > len(job.sets.train),
         temperature=params.temperature,
         pairs_settings=dataclasses.asdict(card.pairs),
-        sampling=json.loads((job.run.samples(iteration) / "settings.json").read_text()),
+        sampling=read_json(job.run.samples(iteration) / "settings.json"),
         sampling_seconds=round(report.seconds, 1),
         timings=timing.take(),  # of this run of the build: a resumed one counts its own part
         sampling_tokens_per_s=round(report.tokens / report.seconds, 1) if report.seconds and report.tokens else None,
@@ -325,9 +327,11 @@ def build_more_pairs(card: Card, iteration: int, factor: int, runs_dir: str | Pa
         "seed": card.seed,
         "samples_fingerprint": _samples_digest(run.samples(iteration)),
     }
-    if record.is_file() and out.is_dir() and json.loads(record.read_text())["settings"] == settings:
-        return out, json.loads(record.read_text())["pairs_fingerprint"]
-    gold = pl.read_parquet(iter_dir / "gold.parquet") if (iter_dir / "gold.parquet").is_file() else None
+    if record.is_file() and out.is_dir():
+        done = read_json(record)
+        if done.get("settings") == settings and isinstance(done.get("pairs_fingerprint"), str):
+            return out, done["pairs_fingerprint"]
+    gold = read_parquet(iter_dir / "gold.parquet") if (iter_dir / "gold.parquet").is_file() else None
     pairs, stats = build_pairs(read_samples(run.samples(iteration)), config, card.seed, gold)
     save_pairs(pairs, iteration, out)
     fp = fingerprint(pairs)

@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from irpo_data.card_values import choice_problems, name_problem, range_problems, shown
 from irpo_data.errors import IrpoError
 
 log = logging.getLogger(__name__)
@@ -40,8 +41,11 @@ class CardError(IrpoError, ValueError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"card {source} has {len(problems)} problem(s):\n{lines}")
+        if len(problems) == 1:  # one line, as every error a user can fix
+            super().__init__(f"card {source}: {problems[0]}")
+        else:
+            lines = "\n".join(f"  - {p}" for p in problems)
+            super().__init__(f"card {source} has {len(problems)} problems:\n{lines}")
 
     def __reduce__(self):  # raised in an `irpo run` stage's process, raised again in irpo run's own
         return CardError, (self.source, self.problems)
@@ -232,13 +236,28 @@ class Card:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def sha256(self, sections: tuple[str, ...] | None = None) -> str:
-        """Hash of the recipe (or of the sections, or dotted keys, a stage depends on), recorded in manifests."""
+        """Hash of the recipe (or of the sections, or dotted keys, a stage depends on), recorded in manifests.
+
+        A key in ADDED_KEYS is left out while it holds the value it was added with, so that a release
+        that adds a key at its default finds every run made before it complete.
+        """
         tree = self.to_dict()
+        for key, value in ADDED_KEYS.items():
+            section, _, leaf = key.rpartition(".")
+            node = tree.get(section, {}) if section else tree
+            if leaf in node and node[leaf] == value:
+                del node[leaf]
         if sections:
             flat = flatten(tree)
             tree = {k: tree[k] if k in tree else flat[k] for k in sections}
         return hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
 
+
+# Card keys added after 0.1.0, with the value each was added at (its default then): the hashes of a
+# run's identity leave such a key out while it holds that value (Card.sha256). A key added without an
+# entry here would change every run's identity and retrain it; tests/test_hostile.py checks that
+# every key is either in KEYS_OF_0_1 or here.
+ADDED_KEYS: dict[str, Any] = {}
 
 # Training objectives (train.objective), all trained by irpo train from one iteration's pairs:
 # - dpo_nll: DPO on (winner, loser) + alpha x the winner's NLL / its length (Pang et al., 2024);
@@ -290,12 +309,7 @@ def load_card(name_or_path: str = "demo", overrides: list[str] | tuple[str, ...]
             str(path),
             [f"no such card file; pass a path or one of the bundled cards: {', '.join(BUNDLED_CARDS)}"],
         )
-    try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise CardError(str(path), [f"not valid YAML: {exc}"]) from None
-    if not isinstance(raw, dict):
-        raise CardError(str(path), ["the top level must be a mapping of sections (task:, sampling:, ...)"])
+    raw = read_card_file(path)
     problems: list[str] = []
     for item in overrides:
         _apply_override(raw, item, problems)
@@ -305,6 +319,52 @@ def load_card(name_or_path: str = "demo", overrides: list[str] | tuple[str, ...]
     if problems:
         raise CardError(str(path), problems)
     return card
+
+
+MAX_CARD_BYTES = 1_000_000  # a card is a page of YAML; a larger file is not one
+MAX_CARD_VALUES = 10_000  # values after YAML's aliases are expanded (a 300-byte alias bomb expands to billions)
+
+
+def read_card_file(path: Path) -> dict:
+    """The YAML mapping in `path`, or a CardError saying in one line why it is not a card."""
+    try:
+        if path.stat().st_size > MAX_CARD_BYTES:
+            raise CardError(str(path), [f"is {path.stat().st_size:,} bytes, not a card (a card is a page of YAML)"])
+        text = path.read_bytes().decode("utf-8")
+        raw = yaml.safe_load(text)
+    except UnicodeDecodeError as exc:
+        raise CardError(str(path), [f"is not UTF-8 text (byte {exc.start}); is it a card?"]) from None
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" at line {where.line + 1}" if where is not None else ""
+        problem = getattr(exc, "problem", None) or type(exc).__name__
+        raise CardError(str(path), [f"is not valid YAML{line}: {problem}; fix the card"]) from None
+    except (OSError, RecursionError) as exc:
+        raise CardError(str(path), [f"cannot be read ({type(exc).__name__}: {exc})"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise CardError(
+            str(path), [f"holds a YAML {type(raw).__name__}, not a mapping of sections (name:, task:, sampling:, ...)"]
+        )
+    if _count_values(raw, MAX_CARD_VALUES) > MAX_CARD_VALUES:
+        raise CardError(
+            str(path), [f"expands to more than {MAX_CARD_VALUES:,} values (YAML aliases?); a card is a page of YAML"]
+        )
+    return raw
+
+
+def _count_values(node: Any, limit: int) -> int:
+    """How many values `node` holds once aliases are expanded, counting no further than just past `limit`."""
+    count, stack = 0, [node]
+    while stack and count <= limit:
+        item = stack.pop()
+        count += 1
+        if isinstance(item, dict):
+            stack += [*item.keys(), *item.values()]
+        elif isinstance(item, list):
+            stack += item
+    return count
 
 
 # Card keys that were renamed: old dotted key -> new one. A card (or a run's frozen card.yaml)
@@ -332,6 +392,8 @@ def _rename_keys(raw: dict, source: str) -> None:
 def card_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Card:
     """Validate an already-parsed card (the frozen `runs/NAME/card.yaml`, a test's dict)."""
     problems: list[str] = []
+    if not isinstance(raw, dict) or _count_values(raw, MAX_CARD_VALUES) > MAX_CARD_VALUES:
+        raise CardError(source, [f"is not a card: a mapping of sections (name:, task:, ...), got {shown(raw)}"])
     raw = json.loads(json.dumps(raw))  # a copy: renaming keys must not change the caller's dict
     _rename_keys(raw, source)
     card = _build(Card, raw, "", problems)
@@ -342,37 +404,54 @@ def card_from_dict(raw: dict[str, Any], source: str = "<dict>") -> Card:
 
 
 def _apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None:
+    """Set one dotted key. A section given whole (`sampling={top_p: 0.9}`) merges into the card's section:
+    the keys it names change, the others keep the card's values."""
     key, sep, value = item.partition("=")
     if not sep or not key:
-        problems.append(f"override {item!r} is not KEY=VALUE (e.g. sampling.num_samples=8)")
+        problems.append(f"override {shown(item)} is not KEY=VALUE (e.g. sampling.num_samples=8)")
         return
     node = raw
     *parents, leaf = key.strip().split(".")
     for part in parents:
         node = node.setdefault(part, {})
         if not isinstance(node, dict):
-            problems.append(f"override {item!r}: {part!r} is a value, not a section")
+            problems.append(f"override {shown(item)}: {part!r} is a value, not a section")
             return
     try:
-        node[leaf] = yaml.safe_load(value)
+        parsed = yaml.safe_load(value)
     except yaml.YAMLError:
-        node[leaf] = value
+        parsed = value
+    if _count_values(parsed, MAX_CARD_VALUES) > MAX_CARD_VALUES:
+        problems.append(f"override {shown(item)} expands to more than {MAX_CARD_VALUES:,} values")
+        return
+    if isinstance(parsed, dict) and isinstance(node.get(leaf), dict):
+        _merge(node[leaf], parsed)
+    else:
+        node[leaf] = parsed
+
+
+def _merge(section: dict, changes: dict) -> None:
+    for key, value in changes.items():
+        if isinstance(value, dict) and isinstance(section.get(key), dict):
+            _merge(section[key], value)
+        else:
+            section[key] = value
 
 
 def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
     """Instantiate dataclass `cls` from `raw`, appending a message per bad key to `problems`."""
     where = prefix.rstrip(".") or "the card"
     if not isinstance(raw, dict):
-        problems.append(f"{where} must be a mapping, got {type(raw).__name__} {raw!r}")
+        problems.append(f"{where} must be a mapping, got {type(raw).__name__} {shown(raw)}")
         return cls()
     hints = typing.get_type_hints(cls)
     names = [f.name for f in dataclasses.fields(cls)]
     kwargs = {}
     for key, value in raw.items():
         if key not in hints:
-            near = difflib.get_close_matches(str(key), names, n=1)
+            near = difflib.get_close_matches(str(key)[:100], names, n=1)
             hint = f"; did you mean {prefix}{near[0]}?" if near else f"; valid keys: {', '.join(names)}"
-            problems.append(f"unknown key {prefix}{key}{hint}")
+            problems.append(f"unknown key {prefix}{str(key)[:100]}{hint}")
             continue
         kind = hints[key]
         value = _as_number(value, kind)
@@ -381,7 +460,7 @@ def _build(cls: type, raw: Any, prefix: str, problems: list[str]) -> Any:
         elif _fits(value, kind):
             kwargs[key] = float(value) if kind is float else value
         else:
-            problems.append(f"{prefix}{key} must be {_type_name(kind)}, got {value!r}")
+            problems.append(f"{prefix}{key} must be {_type_name(kind)}, got {shown(value)}")
     return cls(**kwargs)
 
 
@@ -433,19 +512,6 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-# Keys whose value is one of a few words, and those words.
-CHOICES = {
-    "sampling.engine": ("auto", "vllm", "transformers"),
-    "sampling.dtype": ("auto", "bfloat16", "float32", "float16"),
-    "pairs.scheme": ("cycle", "distinct"),
-    "pairs.gold_winner": ("always", "when_none_correct", "never"),
-    "train.select_with": ("vllm", "trainer"),
-    "train.reference_logps": ("precompute", "per_step"),
-    "train.attn_implementation": ("sdpa", "eager"),
-    "resources.sampling_backend": ("local", "ray"),
-}
-
-
 def _check_values(card: Card) -> list[str]:
     """Range and existence checks that types alone cannot express."""
     from irpo_data.tasks import TaskError, get_task, task_names  # here: tasks never import the card, so no cycle
@@ -453,53 +519,33 @@ def _check_values(card: Card) -> list[str]:
     problems = []
     task = None
     if card.task.name not in task_names():
-        problems.append(f"task.name {card.task.name!r} is not a known task; known tasks: {', '.join(task_names())}")
+        problems.append(
+            f"task.name {shown(card.task.name)} is not a known task; known tasks: {', '.join(task_names())}"
+        )
     else:
         try:
             task = get_task(card.task.name, **card.task.options())
         except TaskError as exc:
             problems.append(str(exc))
-    positive = {
-        "sampling.num_samples": card.sampling.num_samples,
-        "sampling.max_new_tokens": card.sampling.max_new_tokens,
-        "sampling.questions_per_shard": card.sampling.questions_per_shard,
-        "sampling.batch_size": card.sampling.batch_size,
-        "pairs.pairs_per_question": card.pairs.pairs_per_question,
-        "pairs.max_tokens": card.pairs.max_tokens,
-        "pairs.max_pairs": card.pairs.max_pairs or 1,
-        "train.batch_size": card.train.batch_size,
-        "train.gradient_accumulation_steps": card.train.gradient_accumulation_steps,
-        "train.max_steps": card.train.max_steps,
-        "eval.maj_k": card.eval.maj_k,
-        "resources.ray_engines": card.resources.ray_engines,
-    }
-    problems += [f"{key} must be at least 1, got {value}" for key, value in positive.items() if value < 1]
-    if card.resources.ray_cpus_per_engine <= 0 or card.resources.ray_engine_restarts < 0:
-        problems.append("resources.ray_cpus_per_engine must be above 0 and resources.ray_engine_restarts 0 or more")
+    flat = flatten(card.to_dict())
+    problems += [p for p in (name_problem(card.name),) if p]
+    problems += range_problems(flat)
+    problems += choice_problems(flat)
     if card.train.gradient_accumulation_steps >= 1 and card.train.batch_size % card.train.gradient_accumulation_steps:
         problems.append(
             f"train.batch_size={card.train.batch_size} pairs per step cannot be split into "
             f"train.gradient_accumulation_steps={card.train.gradient_accumulation_steps} equal micro-batches; "
             "pick a divisor"
         )
-    if card.task.held_out < 0:
-        problems.append(f"task.held_out must be 0 or more, got {card.task.held_out}")
     if not card.sampling.temperatures:
         problems.append("sampling.temperatures must list at least one temperature")
-    problems += [
-        f"sampling.temperatures has {t}; temperatures must be 0 or more" for t in card.sampling.temperatures if t < 0
-    ]
     problems += _objective_problems(card, task)
-    flat = flatten(card.to_dict())
-    for key, choices in CHOICES.items():
-        if flat[key] not in choices:
-            problems.append(f"{key} must be {', '.join(choices[:-1])} or {choices[-1]}, got {flat[key]!r}")
     if isinstance(card.train.bf16, str) and card.train.bf16 != "auto":
-        problems.append(f"train.bf16 must be true, false or auto, got {card.train.bf16!r}")
+        problems.append(f"train.bf16 must be true, false or auto, got {shown(card.train.bf16)}")
     # Relative to the working directory, as the loader reads it (not to the card's folder).
     if card.task.data_dir is not None and not Path(card.task.data_dir).expanduser().is_dir():
         problems.append(
-            f"task.data_dir {card.task.data_dir!r} is not a folder; point it at a folder of "
+            f"task.data_dir {shown(card.task.data_dir)} is not a folder; point it at a folder of "
             "{split}.jsonl or {split}.parquet files, or remove it to load from the Hub"
         )
     return problems

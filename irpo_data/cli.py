@@ -77,8 +77,10 @@ def build(card, iteration, runs_dir, model, data_dir, ray_address, push_to_hub, 
             resolved, f"build {RunFolder.for_card(resolved, runs_dir).iteration(iteration)} from {source}"
         )
     from irpo_data.build import build_iteration
+    from irpo_data.lock import run_lock
 
-    result = build_iteration(resolved, iteration, runs_dir, model=model, progress=not quiet)
+    with run_lock(RunFolder.for_card(resolved, runs_dir).root):
+        result = build_iteration(resolved, iteration, runs_dir, model=model, progress=not quiet)
     counts = result.manifest.counts
     click.echo(
         f"{result.iter_dir}: {counts['pairs']} pairs from {counts['questions_paired']} of "

@@ -23,6 +23,7 @@ import polars as pl
 
 from irpo_data.errors import IrpoError
 from irpo_data.pairs import DROP_REASONS
+from irpo_data.reading import load_dataset_dir
 from irpo_data.runs import atomic_dir, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -111,7 +112,6 @@ def push_iteration(
     iter_dir: Path, repo_id: str, iteration: int, fingerprint_hex: str, private: bool = False, token: str | None = None
 ) -> str:
     """Push `iter_dir` as config `iter_T` of `repo_id`; return the tag it created."""
-    from datasets import load_from_disk
     from huggingface_hub import CommitOperationAdd, HfApi
 
     _require_online(
@@ -123,8 +123,8 @@ def push_iteration(
     config = f"iter_{iteration}"
     tag = f"{config}-{fingerprint_hex[:12]}"
     card_text = (iter_dir / "README.md").read_text()
+    dataset = load_dataset_dir(iter_dir / "pairs")  # an unreadable dataset is no failed push: said as itself
     try:
-        dataset = load_from_disk(str(iter_dir / "pairs"))
         dataset.push_to_hub(
             repo_id,
             config_name=config,

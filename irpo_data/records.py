@@ -13,11 +13,13 @@ nothing when written back.
 from __future__ import annotations
 
 import dataclasses
-import json
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+from irpo_data.reading import read_json, unreadable
 from irpo_data.runs import write_json_atomic
 
 R = TypeVar("R", bound="Record")
@@ -32,9 +34,27 @@ LEGACY_KEYS = {
 LEGACY_COUNTS = {"train_accuracy": "sample_accuracy"}
 
 
+def _is(value: Any, kind: Any) -> bool:
+    """Whether a JSON value fits a record field's annotation (int for float is fine; a bool is no number)."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return any(_is(value, arg) for arg in typing.get_args(kind))
+    if kind is Any:
+        return True
+    if kind is type(None):
+        return value is None
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, origin or kind)
+
+
 @dataclass
 class Record:
     extra: dict = field(default_factory=dict)  # keys this version does not know, kept as they were
+    # (field, type) pairs an older release wrote, which __post_init__ converts
+    legacy_types: ClassVar[set] = set()
 
     @classmethod
     def from_dict(cls: type[R], data: dict) -> R:
@@ -45,7 +65,18 @@ class Record:
 
     @classmethod
     def from_json(cls: type[R], path: Path) -> R:
-        return cls.from_dict(json.loads(path.read_text()))
+        """The record in `path`; an unreadable file or a field of the wrong type is one RecordError naming it."""
+        data = read_json(path)
+        data = {LEGACY_KEYS.get(k, k): v for k, v in data.items()}
+        hints = typing.get_type_hints(cls)
+        wrong = [
+            k
+            for k, v in data.items()
+            if k in hints and k != "extra" and not _is(v, hints[k]) and (k, type(v)) not in cls.legacy_types
+        ]
+        if wrong:
+            raise unreadable(path, f"{wrong[0]} is {type(data[wrong[0]]).__name__}, not {hints[wrong[0]]}")
+        return cls.from_dict(data)
 
     def __post_init__(self) -> None:
         pass
@@ -96,6 +127,8 @@ class BuildManifest(Record):
 @dataclass
 class TrainManifest(Record):
     """models/M_t/train_manifest.json: what a model was trained from, how, and which step won."""
+
+    legacy_types: ClassVar[set] = {("ablation", bool)}  # before 2026-12: a flag
 
     train_card_sha256: str = ""  # hash of the card sections training depends on (card.TRAIN_SECTIONS)
     pairs_fingerprint: str = ""

@@ -13,9 +13,11 @@ reader never sees half a file and a killed command leaves nothing that a rerun w
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from contextlib import contextmanager
@@ -23,9 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-import yaml
-
 from irpo_data.card import Card, CardError, card_from_dict, flatten
+from irpo_data.reading import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,12 @@ class RunFolder:
         """models/M_t, or models/M_t-OBJECTIVE: the side model an ablation trains from the same pairs."""
         return self.root / "models" / (f"M_{t}-{ablation}" if ablation else f"M_{t}")
 
+    def ablation_models(self, t: int) -> list[Path]:
+        """models/M_t-NAME folders (not their .work or set-aside .stale-N siblings), by name."""
+        folder = self.root / "models"
+        found = folder.glob(f"M_{t}-*") if folder.is_dir() else []
+        return sorted(p for p in found if re.fullmatch(rf"M_{t}-\w+", p.name))
+
     def freeze_card(self, card: Card, sections: tuple[str, ...]) -> None:
         """Record the card in card.yaml; refuse one whose `sections` differ from the run's.
 
@@ -62,13 +69,7 @@ class RunFolder:
         """
         path = self.root / "card.yaml"
         if path.is_file():
-            try:
-                stored = yaml.safe_load(path.read_text())
-            except yaml.YAMLError as exc:
-                raise CardError(
-                    str(path), [f"not valid YAML ({exc}); restore it, or delete {self.root} to start the run over"]
-                ) from None
-            frozen = card_from_dict(stored, str(path))
+            frozen = card_from_dict(read_yaml(path), str(path))
             before = {
                 k: v for k, v in flatten(frozen.to_dict()).items() if k.split(".")[0] in sections or k in sections
             }
@@ -94,14 +95,34 @@ class RunFolder:
         write_text_atomic(path, card.to_yaml())
 
 
+def set_aside(path: Path, why: str) -> Path:
+    """Rename `path` to `<name>.stale-N` beside it (the first free N) and say so; nothing is deleted.
+
+    Why: a run folder holds days of GPU work. What a changed recipe would replace (a whole run, an
+    iteration, a trained model, a pair dataset, another recipe's checkpoints) is kept under a new name
+    every time; deleting is for the user to ask (`irpo run --fresh`, or `rm`).
+    """
+    for number in range(1, 10_000):
+        target = path.with_name(f"{path.name}.stale-{number}")
+        if not target.exists() and not target.is_symlink():
+            os.rename(path, target)
+            log.warning("%s: %s was set aside as %s (delete it when you no longer need it)", why, path, target)
+            return target
+    raise OSError(errno.EEXIST, "no free .stale-N name", str(path))
+
+
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to a temporary file beside `path`, fsync it, then rename it into place."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())  # the data is on disk before the name points at it
         os.chmod(tmp, 0o644)  # mkstemp makes files private; run folders are meant to be shared
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -117,25 +138,80 @@ def write_parquet_atomic(frame, path: Path) -> None:
     os.close(fd)  # unique per writer: two processes never share a temporary file
     tmp = Path(name)
     try:
-        frame.write_parquet(tmp)
+        try:
+            frame.write_parquet(tmp)
+        except Exception as exc:  # polars' write errors carry no errno: give them the one its message names
+            raise os_error_of(exc, tmp) from None
+        fsync_file(tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
 
 
+def os_error_of(exc: BaseException, path: Path) -> BaseException:
+    """`exc` as an OSError with its errno, for libraries (polars, safetensors) that report a failed
+    write as "... (os error 28)" or "code: 28" in a message; other exceptions are returned as they are."""
+    if isinstance(exc, OSError):
+        return exc
+    found = re.search(r"os error (\d+)|code: (\d+)", str(exc))
+    if not found:
+        return exc
+    number = int(found.group(1) or found.group(2))
+    return OSError(number, os.strerror(number), str(path))
+
+
+def fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable (a crash after it cannot bring back the old name)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems cannot fsync a folder; the rename is still atomic
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(folder: Path) -> None:
+    """fsync every file under `folder` (written by a library: save_pretrained, save_to_disk)."""
+    for root, _, files in os.walk(folder):
+        for name in files:
+            fsync_file(Path(root) / name)
+
+
 @contextmanager
-def atomic_dir(path: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `path`; on success it replaces `path` in one rename."""
+def atomic_dir(path: Path, replace: bool = False) -> Iterator[Path]:
+    """Yield a temporary folder beside `path`; on success it becomes `path` in one rename.
+
+    An existing `path` is set aside (`set_aside`), or with `replace` (work in progress that is the
+    caller's own, such as the best checkpoint so far) deleted.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{path.name}-", dir=path.parent))
     try:
         yield tmp
+        fsync_tree(tmp)
         os.chmod(tmp, 0o755)
         if path.exists():
-            shutil.rmtree(path)
+            if replace:
+                shutil.rmtree(path)
+            else:
+                set_aside(path, f"{path.name} is being written anew")
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -39,7 +39,8 @@ from irpo_data import timing
 from irpo_data.errors import IrpoError
 from irpo_data.grading import GRADE_TIMEOUT_S, grade_many
 from irpo_data.hardware import describe, resolve_dtype
-from irpo_data.runs import write_json_atomic, write_parquet_atomic
+from irpo_data.reading import RecordError, read_json, read_parquet
+from irpo_data.runs import set_aside, write_json_atomic, write_parquet_atomic
 from irpo_data.tasks import Question, Task
 
 log = logging.getLogger(__name__)
@@ -395,7 +396,7 @@ def sample_answers(
         params,
         out_dir,
     )
-    todo = [k for k in range(len(job.shards)) if not shard_path(out_dir, k).is_file()]
+    todo = [k for k in range(len(job.shards)) if not _finished(shard_path(out_dir, k), job.shards[k], params)]
     done_before = len(job.shards) - len(todo)
     if done_before:
         log.info("resuming: %d of %d shards already in %s", done_before, len(job.shards), out_dir)
@@ -481,7 +482,11 @@ def _note_hardware(out_dir: Path, here: dict, resuming: bool) -> None:
     """
     path = out_dir / "hardware.json"
     if resuming and path.is_file():
-        before = json.loads(path.read_text())
+        try:
+            before = read_json(path)
+        except RecordError as exc:  # it only says where the first shards came from
+            log.warning("%s; writing it anew", exc)
+            before = here
         changed = sorted(k for k in set(before) | set(here) if before.get(k) != here.get(k))
         if changed:
             log.warning(
@@ -501,7 +506,7 @@ def _pin_settings(out_dir: Path, settings: dict) -> None:
     path = out_dir / "settings.json"
     settings = json.loads(json.dumps(settings, default=str))
     if path.is_file():
-        before = json.loads(path.read_text())
+        before = read_json(path)
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if changed and any(out_dir.glob("part-*.parquet")):
             raise SamplingError(
@@ -511,11 +516,29 @@ def _pin_settings(out_dir: Path, settings: dict) -> None:
     write_json_atomic(path, settings)
 
 
+def _finished(path: Path, questions: list[Question], params: SamplingParams) -> bool:
+    """Whether shard `path` is on disk whole: readable, of the sample columns, N rows for each of its
+    questions. One that is not (truncated, emptied, replaced) is set aside and sampled again."""
+    if not path.is_file():
+        return False
+    expected = sorted(q.question_id for q in questions for _ in range(params.num_samples))
+    try:
+        frame = read_parquet(path, {k: SAMPLE_SCHEMA[k] for k in ("question_id", "sample_idx", "completion")})
+        found = sorted(frame["question_id"].to_list())
+        why = None if found == expected else f"{len(found)} samples, not the {len(expected)} of its questions"
+    except RecordError as exc:
+        why = exc.reason
+    if why is None:
+        return True
+    set_aside(path, f"sample shard {path.name} is not whole ({why}); sampling it again")
+    return False
+
+
 def read_samples(out_dir: Path) -> pl.DataFrame:
     files = sorted(out_dir.glob("part-*.parquet"))
     if not files:
         raise SamplingError(f"no sample shards in {out_dir}")
-    frames = [pl.read_parquet(f) for f in files]
+    frames = [read_parquet(f, {"question_id": pl.String, "completion": pl.String}) for f in files]
     # Shards written before grading had a deadline have no timeout column: none of theirs timed out.
     frames = [
         f if "grading_timed_out" in f.columns else f.with_columns(pl.lit(False).alias("grading_timed_out"))

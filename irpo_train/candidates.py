@@ -20,7 +20,6 @@ engine for every model class, and on a GPU its start (~30-60 s) is small beside 
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 from pathlib import Path
@@ -29,6 +28,7 @@ from transformers import TrainerCallback
 
 from irpo_data import timing
 from irpo_data.grading import grade
+from irpo_data.reading import read_json
 from irpo_data.runs import write_json_atomic
 from irpo_train.trainer import best_step
 
@@ -60,7 +60,7 @@ def choose_candidate(
     HeldOutAccuracy.best() does (highest accuracy, earliest step among ties).
     """
     record_path = phase_dir / "checkpoint_choice.json"
-    history = json.loads(record_path.read_text())["history"] if record_path.is_file() else []
+    history = read_json(record_path).get("history", []) if record_path.is_file() else []
     candidates = sorted(
         (int(p.name.removeprefix("step-")), p) for p in (phase_dir / "candidates").glob("step-*") if p.is_dir()
     )

@@ -64,10 +64,12 @@ def main(card, iteration, runs_dir, ablation, dry_run, quiet, overrides):
     if dry_run:
         run = RunFolder.for_card(resolved, runs_dir)
         return show_dry_run(resolved, f"train {run.model(iteration, ablation)} from {run.pairs(iteration)}")
+    from irpo_data.lock import run_lock
     from irpo_train import distributed
     from irpo_train.train import train_iteration
 
-    out = train_iteration(resolved, iteration, runs_dir, progress=not quiet, ablation=ablation)
+    with run_lock(RunFolder.for_card(resolved, runs_dir).root):  # rank 0 holds it for the launch
+        out = train_iteration(resolved, iteration, runs_dir, progress=not quiet, ablation=ablation)
     if not distributed.is_main():
         return
     manifest = TrainManifest.from_json(out / "train_manifest.json")

@@ -15,7 +15,6 @@ recomputed (and the log says why); it is never used.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -24,6 +23,7 @@ from pathlib import Path
 import polars as pl
 import torch
 
+from irpo_data.reading import RecordError, read_json, read_parquet
 from irpo_data.runs import write_json_atomic, write_parquet_atomic
 from irpo_train import distributed
 from irpo_train.data import collate
@@ -146,12 +146,13 @@ def load_or_compute(
     distributed.barrier()  # every process reads what the main one found
     stored = _stored(cache_dir)
     if stored is not None:
-        if stored.get("key") == key:
-            frame = pl.read_parquet(table)
+        frame = _cached_table(table, stored) if stored.get("key") == key else None
+        if frame is not None:
             log.info("reference log-probs: reusing %s", table)
             return frame["ref_chosen_logps"].to_list(), frame["ref_rejected_logps"].to_list(), stored
-        changed = sorted(k for k in key if stored.get("key", {}).get(k) != key[k])
-        log.info("reference log-probs in %s are stale (%s changed); recomputing", table, ", ".join(changed))
+        if frame is None and stored.get("key") != key:
+            changed = sorted(k for k in key if (stored.get("key") or {}).get(k) != key[k])
+            log.info("reference log-probs in %s are stale (%s changed); recomputing", table, ", ".join(changed))
     chosen, rejected, tokens_per_s = compute()  # every process takes part
     stored = {"key": key, "tokens_per_s": round(tokens_per_s, 1), "pairs": len(chosen)}
     if distributed.is_main():
@@ -161,6 +162,26 @@ def load_or_compute(
 
 
 def _stored(folder: Path) -> dict | None:
-    """The cache record (key, speed) of `folder`'s reference log-probs, if both files are there."""
+    """The cache record (key, speed) of `folder`'s reference log-probs, if both files are there and it
+    reads; an unreadable one is no cache (it is computed again, with a warning), never an error."""
     meta = folder / "ref_logps.json"
-    return json.loads(meta.read_text()) if meta.is_file() and (folder / "ref_logps.parquet").is_file() else None
+    if not (meta.is_file() and (folder / "ref_logps.parquet").is_file()):
+        return None
+    try:
+        return read_json(meta)
+    except RecordError as exc:
+        log.warning("%s; computing the reference log-probs again", exc)
+        return None
+
+
+def _cached_table(table: Path, stored: dict):
+    """The cached log-probs, or None (with a warning) when the table cannot be read or is not the pairs' size."""
+    try:
+        frame = read_parquet(table, {"ref_chosen_logps": pl.Float64, "ref_rejected_logps": pl.Float64})
+    except RecordError as exc:
+        log.warning("%s; computing the reference log-probs again", exc)
+        return None
+    if frame.height != stored.get("pairs", frame.height):
+        log.warning("%s has %d rows for %s pairs; computing them again", table, frame.height, stored.get("pairs"))
+        return None
+    return frame

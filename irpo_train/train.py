@@ -50,8 +50,9 @@ from irpo_data.card import ABLATIONS, BUILD_SECTIONS, TRAIN_SECTIONS, Card, Trai
 from irpo_data.hardware import describe, release_memory, resolve_bf16
 from irpo_data.models import ResolvedModel
 from irpo_data.publish import fingerprint as table_fingerprint
+from irpo_data.reading import RecordError, load_dataset_dir, read_json
 from irpo_data.records import BuildManifest, TrainManifest
-from irpo_data.runs import RunFolder, atomic_dir, write_json_atomic
+from irpo_data.runs import RunFolder, atomic_dir, set_aside, write_json_atomic
 from irpo_data.sampling import render_prompts, vllm_available
 from irpo_data.tasks import task_from_config
 from irpo_train import distributed
@@ -85,14 +86,12 @@ TRAINED_ON = {
 
 
 def load_pairs(run: RunFolder, iteration: int):
-    from datasets import load_from_disk
-
     pairs_dir, manifest = run.pairs(iteration), run.manifest(iteration)
     if not manifest.is_file() or not pairs_dir.is_dir():
         raise PairDataError(
             f"{run.iteration(iteration)} has no finished pair dataset; run `irpo data build --iter {iteration}` first"
         )
-    dataset = load_from_disk(str(pairs_dir))["train"]
+    dataset = load_dataset_dir(pairs_dir)["train"]
     if dataset.num_rows == 0:
         raise PairDataError(
             f"{pairs_dir} has no pairs (see {run.iteration(iteration) / 'README.md'} for why); "
@@ -211,10 +210,8 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
         card = dataclasses.replace(card, train=dataclasses.replace(card.train, objective=ablation_objective(ablation)))
     dataset, fingerprint = load_pairs(run, iteration)
     if ablation is not None and ablation.endswith("_2x"):
-        from datasets import load_from_disk
-
         folder, fingerprint = build_more_pairs(card, iteration, 2, run.root.parent)
-        dataset = load_from_disk(str(folder))["train"]
+        dataset = load_dataset_dir(folder)["train"]
     reference = sampling_model(card, run, iteration, None)  # M_{T-1}: the model iteration T sampled from
     out_dir = run.model(iteration, ablation)
     # train.bf16=auto resolves per machine, and another precision is another model.
@@ -373,7 +370,7 @@ def _fit(
     record_path = folder / "done.json"
     if record_path.is_file():
         log.info("%s: the %s run is done; reusing it", job.out_dir.name, phase)
-        return json.loads(record_path.read_text())
+        return read_json(record_path)
     folder.mkdir(parents=True, exist_ok=True)
     log.info("%s: %s run, %d rows, up to %d steps", job.out_dir.name, phase, len(rows), max_steps)
     args = args or _training_arguments(job, folder, max_steps, progress)  # before the model loads
@@ -632,13 +629,21 @@ def _rows_fingerprint(job: TrainJob, held_ids: set[str]) -> str:
 def _start_or_resume(work: Path, identity: dict) -> None:
     """Keep a killed run's work only if it was started with this card, pairs and reference.
 
-    Otherwise its checkpoints and metrics go (resuming them would mix two recipes); the cached
-    reference log-probs stay, as they carry their own key and are checked on use.
+    Otherwise resuming it would mix two recipes: the folder is set aside whole (its checkpoints are
+    someone's hours of training) and a new one started, which takes the cached reference log-probs
+    along, as they carry their own key and are checked on use.
     """
     started = work / "identity.json"
-    if work.is_dir() and (not started.is_file() or json.loads(started.read_text()) != identity):
-        log.info("%s was started with another card, pairs or reference; starting it over", work)
-        for path in work.iterdir():
-            if not path.name.startswith("ref_logps."):
-                shutil.rmtree(path) if path.is_dir() else path.unlink()
+    if work.is_dir() and (not started.is_file() or _started_with(started) != identity):
+        old = set_aside(work, f"{work.name} was started with another card, pairs or reference; starting it over")
+        work.mkdir()
+        for cache in old.glob("ref_logps.*"):
+            shutil.copy2(cache, work / cache.name)
     write_json_atomic(started, identity)
+
+
+def _started_with(started: Path) -> dict | None:
+    try:
+        return read_json(started)
+    except RecordError:  # half a record is another start: set aside, never trusted
+        return None

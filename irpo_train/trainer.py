@@ -33,6 +33,7 @@ from transformers.trainer_callback import ProgressCallback
 from irpo_data import timing
 from irpo_data.grading import grade
 from irpo_data.hardware import trim_heap
+from irpo_data.reading import read_json
 from irpo_data.runs import atomic_dir, write_json_atomic
 from irpo_data.tasks import Task
 from irpo_train import distributed
@@ -114,7 +115,7 @@ class DPONLLTrainer(Trainer):
                 self.accelerator.get_state_dict(self.deepspeed if self.is_deepspeed_enabled else self.model) or {}
             )
         if self.args.should_save:
-            with atomic_dir(folder) as tmp:
+            with atomic_dir(folder, replace=True) as tmp:  # its own work in progress: best/, last/, step-N/
                 self._language_model().save_pretrained(tmp, state_dict=state)
                 if tokenizer is not None:  # a folder an engine can load on its own
                     tokenizer.save_pretrained(tmp)
@@ -313,7 +314,7 @@ class HeldOutAccuracy(TrainerCallback):
     def __init__(self, held_out: HeldOutQuestions, *, every: int, best_dir: Path, record: Path, baseline: bool = True):
         self.held_out, self.every, self.best_dir, self.record = held_out, every, best_dir, record
         self.baseline = baseline
-        self.history: list[dict] = json.loads(record.read_text())["history"] if record.is_file() else []
+        self.history: list[dict] = read_json(record).get("history", []) if record.is_file() else []
         self.save = None  # DPONLLTrainer.save_full_model, set once the trainer exists
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):

@@ -223,7 +223,7 @@ def test_a_changed_sampling_key_starts_the_run_over_and_keeps_the_old_one(tmp_pa
     with caplog.at_level(logging.WARNING):
         restart_if_recipe_changed(changed, run)
     assert "sampling.num_samples: 8 in the run, 6 now" in caplog.text and "starting the run over" in caplog.text
-    assert (tmp_path / "demo.stale" / "iter_1").is_dir() and not (run.root / "iter_1").exists()
+    assert (tmp_path / "demo.stale-1" / "iter_1").is_dir() and not (run.root / "iter_1").exists()
     restart_if_recipe_changed(load_card("demo", ["train.learning_rate=5e-6"]), RunFolder.for_card(changed, tmp_path))
     assert (run.root / "card.yaml").is_file() and not (run.root / "iter_1").exists()  # train.* alone: kept as is
 
@@ -240,7 +240,7 @@ def test_an_iteration_sampled_from_a_retrained_model_is_set_aside(tmp_path, demo
     with caplog.at_level(logging.WARNING):
         set_aside_if_sampled_from_another_model(card, run, 2)
     assert "sampled from an earlier M_1" in caplog.text
-    assert (run.root / "iter_2.stale" / "samples" / "settings.json").is_file() and not run.iteration(2).exists()
+    assert (run.root / "iter_2.stale-1" / "samples" / "settings.json").is_file() and not run.iteration(2).exists()
 
 
 def test_irpo_run_help_and_bad_card():
@@ -251,11 +251,11 @@ def test_irpo_run_help_and_bad_card():
 
 
 def test_an_unreadable_run_card_is_an_error_not_a_restart(tmp_path):
-    from irpo_data.card import CardError
+    from irpo_data.reading import RecordError
 
     run = RunFolder(tmp_path / "demo")
     run.root.mkdir()
     (run.root / "card.yaml").write_text("sampling: [unclosed\n")
-    with pytest.raises(CardError):
+    with pytest.raises(RecordError, match="card.yaml cannot be read .invalid YAML at line 2.; restore it"):
         restart_if_recipe_changed(load_card("demo"), run)
-    assert (run.root / "card.yaml").is_file() and not (tmp_path / "demo.stale").exists()
+    assert (run.root / "card.yaml").is_file() and sorted(p.name for p in tmp_path.iterdir()) == ["demo"]

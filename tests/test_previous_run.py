@@ -1,0 +1,53 @@
+"""A run made by the previous release is found complete: upgrading irpo re-runs nothing.
+
+tests/assets/previous_run/ holds a whole `irpo run` made by irpo at commit 424aee5 (its README says
+how). Today's `irpo run` with the same card must skip every stage, keep every file the old run made
+byte for byte, and set nothing aside. This is what a card key added at its default (ADDED_KEYS in
+irpo_data/card.py) or a new record field must not break.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from irpo.cli import main
+
+PREVIOUS = Path(__file__).parent / "assets" / "previous_run"
+# Written again on every `irpo run`, from the records: the summary, the leaderboard, and the card file
+# (rewritten with today's keys, the old values unchanged).
+DERIVED = {"README.md", "leaderboard.md", "leaderboard.json", "leaderboard.png", "card.yaml"}
+
+
+def _contents(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.mark.slow  # each stage runs in a process of its own (irpo.stages), as `irpo run` runs them
+def test_a_run_made_by_the_previous_release_is_found_complete(tmp_path, monkeypatch, caplog):
+    work = tmp_path / "previous"
+    shutil.copytree(PREVIOUS, work)
+    monkeypatch.chdir(work)  # the card names its model as base_model, relative to here
+    before = _contents(work / "run_folders")
+
+    with caplog.at_level("INFO"):
+        result = CliRunner().invoke(main, ["run", "--card", "card.yaml", "--runs-dir", "run_folders", "--quiet"])
+
+    assert result.exit_code == 0, result.output
+    after = _contents(work / "run_folders")
+    changed = sorted(k for k in before if before[k] != after.get(k) and Path(k).name not in DERIVED)
+    assert not changed, f"the previous release's files were rewritten: {changed}"
+    new = sorted(set(after) - set(before))
+    assert new == [], f"files the rerun added: {new}"
+    assert sorted(p.name for p in (work / "run_folders").iterdir()) == ["prev"]  # nothing set aside
+    assert "iteration 1 already built" in caplog.text
+    assert "already trained from these pairs and this reference" in caplog.text
+    assert caplog.text.count("already evaluated with these settings") == 2  # M_0 and M_1
