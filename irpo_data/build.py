@@ -107,6 +107,25 @@ def sampling_model(card: Card, run: RunFolder, iteration: int, model: str | None
     return resolve_model(str(previous))
 
 
+def fit_context(
+    questions: list[Question], prompts: list[str], tokenizer, max_model_len: int
+) -> tuple[list[Question], list[str], list[str]]:
+    """(questions, prompts) whose prompt leaves room for an answer in the engine's context
+    (sampling.max_model_len), and the ids of those left out. Such a prompt would stop the engine
+    mid-build, and again on every resume; it is never sent, and the dataset card counts it."""
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    kept = [i for i, n in enumerate(lengths) if n < max_model_len]
+    dropped = [questions[i].question_id for i, n in enumerate(lengths) if n >= max_model_len]
+    if dropped:
+        log.warning(
+            "%d question(s) have a prompt of sampling.max_model_len=%d tokens or more and are not sampled: %s",
+            len(dropped),
+            max_model_len,
+            ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else ""),
+        )
+    return [questions[i] for i in kept], [prompts[i] for i in kept], dropped
+
+
 def questions_sha256(questions: list[Question], prompts: list[str]) -> str:
     digest = hashlib.sha256()
     for question, prompt in zip(questions, prompts):
@@ -171,6 +190,7 @@ class _BuildJob:
     identity: dict  # what the manifest must match for the build to be reused
     task: Task
     sets: QuestionSets
+    too_long: list[str] = dataclasses.field(default_factory=list)  # question ids whose prompt overflows the context
 
 
 def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob | BuildResult:
@@ -209,7 +229,8 @@ def _sample(job: _BuildJob, tokenizer, progress: bool):
     """samples/: N graded answers to every question to sample, shard by shard (resumable)."""
     card = job.card
     prompts = render_prompts(job.task, job.sets.sampled, tokenizer)
-    data_sha256 = questions_sha256(job.sets.sampled, prompts)
+    questions, prompts, job.too_long = fit_context(job.sets.sampled, prompts, tokenizer, card.sampling.max_model_len)
+    data_sha256 = questions_sha256(questions, prompts)
     params = SamplingParams(
         num_samples=card.sampling.num_samples,
         temperature=card.sampling.temperature(job.iteration),
@@ -221,7 +242,7 @@ def _sample(job: _BuildJob, tokenizer, progress: bool):
     try:
         report = sample_answers(
             job.task,
-            job.sets.sampled,
+            questions,
             prompts,
             engine,
             params,
@@ -237,10 +258,12 @@ def _sample(job: _BuildJob, tokenizer, progress: bool):
 
 def _pair(job: _BuildJob, tokenizer):
     """gold.parquet, then the pairs of the samples and the gold solutions, and their counts."""
-    gold = gold_table(job.task, job.sets.sampled, tokenizer)
+    left_out = set(job.too_long)
+    gold = gold_table(job.task, [q for q in job.sets.sampled if q.question_id not in left_out], tokenizer)
     write_parquet_atomic(gold, job.dir / "gold.parquet")
     pairs, stats = build_pairs(read_samples(job.run.samples(job.iteration)), job.card.pairs, job.card.seed, gold)
     stats["contaminated"] = None if job.sets.contaminated is None else len(job.sets.contaminated)
+    stats["questions_prompt_too_long"] = len(job.too_long)
     if job.sets.contaminated is not None:
         write_text_atomic(job.dir / "contaminated.txt", "".join(f"{q}\n" for q in job.sets.contaminated))
     if pairs.height == 0:

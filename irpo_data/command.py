@@ -4,7 +4,8 @@
 `irpo-data`, `irpo-train` and `irpo-eval` are the same commands under their old names. Each
 is a `Command` (or `Group`) from here, whose `invoke` is the boundary: an `IrpoError` becomes one
 line ("Error: <what is wrong and the fix>", exit 1), Ctrl-C says that finished work is kept
-(exit 130), a full disk says so; anything else is a bug and keeps its traceback.
+(exit 130), and an OSError a user can fix (a full disk, a quota, permissions, a read-only file system, a
+name too long) is one line naming the path; anything else is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import click
 
 from irpo_data.card import BUNDLED_CARDS, Card, load_card
 from irpo_data.errors import IrpoError
+from irpo_data.runs import os_error_of
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
@@ -33,12 +35,42 @@ def _at_the_boundary(invoke):
         )
         sys.exit(130)
     except OSError as exc:
-        if exc.errno != errno.ENOSPC:
+        message = os_error_message(os_error_of(exc, exc.filename))
+        if message is None:
+            raise
+        raise click.ClickException(message) from None
+    except RuntimeError as exc:  # torch's checkpoint writer says "file write failed", with no errno
+        if "file write failed" not in str(exc) and "PytorchStreamWriter failed" not in str(exc):
             raise
         raise click.ClickException(
-            f"the disk is full ({exc.filename or 'while writing'}): free some space and run the same command again; "
-            "finished stages are kept and a half-written file is never taken for a finished one"
+            f"a checkpoint could not be written ({str(exc).splitlines()[0][:200]}): check the free space, quota and "
+            f"permissions of the run folder, then run the same command again; {KEPT}"
         ) from None
+
+
+KEPT = "finished stages are kept and a half-written file is never taken for a finished one"
+# An OSError a user can fix, by errno: (what happened, what to do).
+OS_ERRORS = {
+    errno.ENOSPC: ("the disk is full", "free some space"),
+    errno.EDQUOT: ("the disk quota is used up", "free some space or raise the quota"),
+    errno.EACCES: ("permission denied", "make it writable for this user, or choose another --runs-dir"),
+    errno.EPERM: ("operation not permitted", "make it writable for this user, or choose another --runs-dir"),
+    errno.EROFS: ("the file system is read-only", "choose a --runs-dir on a writable file system"),
+    errno.EFBIG: ("the file is larger than this file system allows", "choose a --runs-dir on another file system"),
+    errno.ENAMETOOLONG: ("the name is too long", "choose a shorter --runs-dir or run name"),
+    errno.ENOTDIR: ("a part of the path is a file, not a folder", "move that file, or choose another --runs-dir"),
+    errno.EISDIR: ("it is a folder, not a file", "move that folder out of the way"),
+    errno.EIO: ("input/output error (a failing disk or network file system?)", "check the storage"),
+}
+
+
+def os_error_message(exc: OSError) -> str | None:
+    """One line for an OSError a user can fix (a full disk, a quota, permissions...), or None for a bug."""
+    if exc.errno not in OS_ERRORS:
+        return None
+    what, fix = OS_ERRORS[exc.errno]
+    where = f"{exc.filename}: " if exc.filename else ""
+    return f"{where}{what}; {fix}, then run the same command again ({KEPT})"
 
 
 class Command(click.Command):

@@ -57,6 +57,7 @@ def dataset_card(**fields) -> str:
     stats = fields.pop("stats")
     rows = [f"| generation {r.replace('_', ' ')} | {stats[f'dropped_{r}']} |" for r in DROP_REASONS]
     rows += [
+        f"| question: prompt longer than the engine's context (not sampled) | {stats.get('questions_prompt_too_long', 0)} |",
         f"| question: no usable generation left | {stats['questions_no_usable_generation']} |",
         f"| question: no correct generation (and no gold winner) | {stats['questions_no_correct']} |",
         f"| question: no wrong generation | {stats['questions_no_wrong']} |",

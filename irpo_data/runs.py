@@ -154,12 +154,12 @@ def write_parquet_atomic(frame, path: Path) -> None:
 def os_error_of(exc: BaseException, path: Path) -> BaseException:
     """`exc` as an OSError with its errno, for libraries (polars, safetensors) that report a failed
     write as "... (os error 28)" or "code: 28" in a message; other exceptions are returned as they are."""
-    if isinstance(exc, OSError):
+    if isinstance(exc, OSError) and exc.errno is not None:
         return exc
-    found = re.search(r"os error (\d+)|code: (\d+)", str(exc))
+    found = re.search(r"os error (\d+)|code: (\d+)|\[errno (\d+)\]", str(exc), re.IGNORECASE)
     if not found:
         return exc
-    number = int(found.group(1) or found.group(2))
+    number = int(next(g for g in found.groups() if g))
     return OSError(number, os.strerror(number), str(path))
 
 
@@ -212,6 +212,9 @@ def atomic_dir(path: Path, replace: bool = False) -> Iterator[Path]:
                 set_aside(path, f"{path.name} is being written anew")
         os.replace(tmp, path)
         fsync_dir(path.parent)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        converted = os_error_of(exc, tmp)  # a library's write error (safetensors, pyarrow) with its errno
+        if converted is not exc:
+            raise converted from exc
         raise

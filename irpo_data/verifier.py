@@ -14,6 +14,12 @@ thread can interrupt. Two layers keep grading bounded:
    replaced by a fresh one on the next call. On Linux a worker also dies with its parent
    (PR_SET_PDEATHSIG): a SIGKILLed build or evaluation leaves no process spinning in sympy.
 
+The answers travel on a pipe of their own, never on the worker's stdout (which is /dev/null: a
+library's print, a sitecustomize or a dependency's warning would otherwise be read as a verdict and
+shift every later one by one), and each answer line starts with the worker's own random token. A
+line without it, or that is not JSON, is a broken worker, never a verdict: it is killed and the
+request is sent again to a fresh one.
+
 Workers are started lazily (~1 s each, once per process), kept idle between calls, one per
 concurrent caller: threads each get their own, a forked child starts its own. Inside a worker
 math-verify runs with its own timeouts off (they rely on signal.alarm); the deadline is ours.
@@ -29,6 +35,7 @@ import math
 import os
 import queue
 import re
+import secrets
 import select
 import subprocess
 import sys
@@ -160,15 +167,16 @@ def _parse(text: str, latex: bool) -> tuple:
 OPERATIONS = {"parse": parse_answer, "verify": verify_answers}
 
 
-def serve(parent_pid: int) -> None:
-    """The worker loop: one JSON request per line on stdin, one JSON answer per line on stdout."""
+def serve(parent_pid: int, reply_fd: int, token: str) -> None:
+    """The worker loop: one JSON request per line on stdin, one answer per line on `reply_fd`
+    ("<token> <JSON>"); its stdout is /dev/null, so nothing else reaches the answers."""
     die_with_parent(parent_pid)
     import logging
 
+    out = os.fdopen(reply_fd, "w", encoding="utf-8")
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs whole hostile inputs
     verify_answers("\\frac{1}{2}", "0.5", True)  # before "ready": math-verify's lazy imports (~1 s) happen here
-    out = sys.stdout
-    out.write('"ready"\n')
+    out.write(f'{token} "ready"\n')
     out.flush()
     for line in sys.stdin:
         op, args = json.loads(line)
@@ -176,18 +184,22 @@ def serve(parent_pid: int) -> None:
             result = OPERATIONS[op](*args)
         except Exception:  # math-verify on garbage: no verdict is a wrong answer, never a crash
             result = None if op == "parse" else False
-        out.write(json.dumps(result) + "\n")
+        out.write(f"{token} {json.dumps(result)}\n")
         out.flush()
 
 
 # --- the parent side ------------------------------------------------------------------------
 
 
+class _Broken(Exception):
+    """A worker answered with a line that is not an answer (no token, not JSON)."""
+
+
 class _Worker:
     """One worker process and its pipes; `request` answers by a deadline or kills it."""
 
     def __init__(self):
-        self.proc = _spawn()
+        self.proc, self.replies, self.token = _spawn()
         self.ready = False
         self.buffer = b""
 
@@ -196,11 +208,15 @@ class _Worker:
         return self.proc.poll() is None
 
     def request(self, op: str, args: tuple, deadline: float):
+        """The answer, TIMED_OUT / NOT_STARTED, or _Broken (the worker is killed) for a line that is none."""
         if not self.ready:
-            if self._read_line(deadline) is None:
+            line = self._read_line(deadline)
+            if line is None:
                 # Still starting (a loaded machine): this call gets no verdict, but the worker is
                 # kept, since nothing it runs has overrun.
                 return NOT_STARTED if self.alive else TIMED_OUT
+            if self._answer(line) != "ready":
+                return self._broken(line)
             self.ready = True
         try:
             os.write(self.proc.stdin.fileno(), (json.dumps([op, list(args)]) + "\n").encode())
@@ -211,10 +227,24 @@ class _Worker:
         if line is None:
             self.kill()
             return TIMED_OUT
-        return json.loads(line)
+        answer = self._answer(line)
+        return self._broken(line) if answer is _BROKEN else answer
+
+    def _answer(self, line: bytes):
+        prefix = self.token.encode() + b" "
+        if not line.startswith(prefix):
+            return _BROKEN
+        try:
+            return json.loads(line[len(prefix) :])
+        except ValueError:
+            return _BROKEN
+
+    def _broken(self, line: bytes) -> _Broken:
+        self.kill()
+        return _Broken(line[:200])
 
     def _read_line(self, deadline: float) -> bytes | None:
-        fd = self.proc.stdout.fileno()
+        fd = self.replies
         while b"\n" not in self.buffer:
             remaining = deadline - time.monotonic()
             if remaining <= 0 or not select.select([fd], [], [], remaining)[0]:
@@ -231,25 +261,42 @@ class _Worker:
         if self.alive:
             self.proc.kill()
         self.proc.wait()
-        for pipe in (self.proc.stdin, self.proc.stdout):
-            pipe.close()
+        self.proc.stdin.close()
+        if self.replies >= 0:
+            os.close(self.replies)
+            self.replies = -1
+
+
+_BROKEN = object()
 
 
 _PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # so the worker imports this same irpo_data
 _WORKER_CODE = (
-    f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from irpo_data.verifier import serve; serve(int(sys.argv[1]))"
+    f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from irpo_data.verifier import serve; "
+    "serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])"
 )
 
 
-def _popen() -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-c", _WORKER_CODE, str(os.getpid())],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        # Its own session: a Ctrl-C meant for the build does not kill a worker mid-answer.
-        start_new_session=True,
-    )
+def _popen() -> tuple[subprocess.Popen, int, str]:
+    """(the worker, the read end of its answer pipe, its token)."""
+    replies, answers = os.pipe()
+    token = secrets.token_hex(8)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _WORKER_CODE, str(os.getpid()), str(answers), token],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,  # what library code prints goes nowhere, least of all into the answers
+            stderr=subprocess.DEVNULL,
+            pass_fds=(answers,),
+            # Its own session: a Ctrl-C meant for the build does not kill a worker mid-answer.
+            start_new_session=True,
+        )
+    except BaseException:
+        os.close(replies)
+        raise
+    finally:
+        os.close(answers)  # the worker holds the only writing end: its death is an EOF here
+    return proc, replies, token
 
 
 class _Spawner:
@@ -272,7 +319,7 @@ class _Spawner:
             except BaseException as exc:  # noqa: BLE001  (handed to the caller, raised there)
                 reply.put(exc)
 
-    def spawn(self) -> subprocess.Popen:
+    def spawn(self) -> tuple[subprocess.Popen, int, str]:
         reply: queue.Queue = queue.Queue()
         self.requests.put(reply)
         result = reply.get()
@@ -286,7 +333,7 @@ _idle: list[_Worker] = []
 _spawner: _Spawner | None = None
 
 
-def _spawn() -> subprocess.Popen:
+def _spawn() -> tuple[subprocess.Popen, int, str]:
     global _spawner
     with _lock:
         if _spawner is None:
@@ -337,7 +384,11 @@ def call(op: str, args: tuple, deadline: float):
         return TIMED_OUT
     worker = _checkout()
     try:
-        return worker.request(op, args, deadline)
+        result = worker.request(op, args, deadline)
+        if isinstance(result, _Broken):  # never a verdict: a fresh worker answers it
+            worker = _Worker()
+            result = worker.request(op, args, deadline)
+        return TIMED_OUT if isinstance(result, _Broken) else result
     finally:
         _checkin(worker)
 
@@ -367,7 +418,11 @@ def call_many(requests: list[tuple[str, tuple]], timeouts_s: list[float], worker
                     worker = _Worker()
                 op, args = requests[index]
                 start = time.monotonic()
-                results[index] = worker.request(op, args, start + timeouts_s[index])
+                result = worker.request(op, args, start + timeouts_s[index])
+                if isinstance(result, _Broken):  # never a verdict: a fresh worker answers it
+                    worker = _Worker()
+                    result = worker.request(op, args, start + timeouts_s[index])
+                results[index] = TIMED_OUT if isinstance(result, _Broken) else result
                 seconds[index] = time.monotonic() - start
         finally:
             _checkin(worker)
@@ -386,8 +441,12 @@ def start_workers(count: int) -> None:
     """Have `count` idle workers ready (started in parallel), so a timing that follows excludes start-up."""
     workers = [_checkout() for _ in range(count)]
     for worker in workers:
-        if not worker.ready and worker._read_line(time.monotonic() + 60) is not None:
-            worker.ready = True
+        if not worker.ready:
+            line = worker._read_line(time.monotonic() + 60)
+            if line is not None and worker._answer(line) == "ready":
+                worker.ready = True
+            elif line is not None:
+                worker._broken(line)
         _checkin(worker)
 
 
@@ -398,4 +457,4 @@ def worker_pids() -> list[int]:
 
 
 if __name__ == "__main__":
-    serve(int(sys.argv[1]))
+    serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

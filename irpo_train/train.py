@@ -45,7 +45,7 @@ from pathlib import Path
 import torch
 
 from irpo_data import __version__, timing
-from irpo_data.build import QuestionSets, build_more_pairs, question_sets, sampling_model
+from irpo_data.build import QuestionSets, build_more_pairs, fit_context, question_sets, sampling_model
 from irpo_data.card import ABLATIONS, BUILD_SECTIONS, TRAIN_SECTIONS, Card, TrainConfig, ablation_objective
 from irpo_data.hardware import describe, release_memory, resolve_bf16
 from irpo_data.models import ResolvedModel
@@ -471,7 +471,9 @@ def _held_out_questions(job: TrainJob, tokenizer) -> HeldOutQuestions:
     """The held-out questions a check scores (at most train.select_questions of them), prompts rendered."""
     cfg, task = job.cfg, task_from_config(job.card.task)
     held_out = job.sets.held_out[: cfg.select_questions] if cfg.select_questions is not None else job.sets.held_out
-    prompts = render_prompts(task, held_out, tokenizer)
+    held_out, prompts, _ = fit_context(
+        held_out, render_prompts(task, held_out, tokenizer), tokenizer, job.card.sampling.max_model_len
+    )
     return HeldOutQuestions(task, held_out, prompts, tokenizer, job.card.sampling.max_new_tokens, bf16=job.bf16)
 
 

@@ -209,3 +209,55 @@ def test_a_shard_with_hostile_generations_is_graded_and_written(tmp_path):
     assert not shard["correct"].any()
     assert shard["grading_timed_out"].sum() >= 5  # the towers and factorials, refused by the screen
     assert "\ufffd" in shard["completion"][list(HOSTILE).index("lone surrogates")]  # UTF-8 can hold no lone surrogate
+
+
+# Graded by math-verify in the workers (none is a plain number), right and wrong answers mixed: a
+# verdict shifted by one line would turn at least one of them around.
+CHANNEL_TABLE = [
+    ("Final answer: $\\frac{1}{2}$", "0.5", True),
+    ("Final answer: $\\frac{2}{3}$", "0.5", False),
+    ("Final answer: $x^2+1$", "1+x^2", True),
+    ("Final answer: $\\sqrt{2}$", "\\sqrt{3}", False),
+    ("Final answer: $[2,5)$", "[2,5)", True),
+    ("Final answer: $\\frac{3}{4}$", "0.75", True),
+    ("Final answer: $x^3$", "x^2", False),
+]
+NOISY_SITECUSTOMIZE = """
+import os, sys, threading, time
+print('"ready"')                       # what the old worker's first line was taken to be, unread
+print(1); print('true'); sys.stdout.flush()
+def noise():
+    while True:
+        print('false', flush=True)     # a verdict-shaped line, all the time, while the worker works
+        os.write(1, b'true\\n')
+        time.sleep(0.001)
+threading.Thread(target=noise, daemon=True).start()
+# Once (the first worker only): write garbage on the answer pipe itself, whose number is argv[2].
+flag = os.environ.get("IRPO_TEST_BREAK_ONCE")
+if flag and not os.path.exists(flag) and len(sys.argv) > 3:
+    open(flag, "w").close()
+    os.write(int(sys.argv[2]), b'true\\n')
+"""
+
+
+@pytest.mark.slow  # worker processes with a noisy interpreter
+def test_a_worker_whose_interpreter_prints_still_grades_a_known_table_right(tmp_path, monkeypatch):
+    """A sitecustomize that prints at start and all through the work, and once writes a bare `true`
+    on the answer pipe itself: the verdicts are math-verify's, one per answer, in order; the worker
+    that wrote a line without its token was replaced, not believed."""
+    (tmp_path / "sitecustomize.py").write_text(NOISY_SITECUSTOMIZE)
+    flag = tmp_path / "broken-once"
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    monkeypatch.setenv("IRPO_TEST_BREAK_ONCE", str(flag))
+    verifier.close_workers()  # fresh workers, started with the noisy interpreter
+    try:
+        task = get_task("math")
+        one_by_one = [grade(task, text, gold).correct for text, gold, _ in CHANNEL_TABLE]
+        many = [
+            g.correct for g in grade_many(task, [t for t, _, _ in CHANNEL_TABLE], [g for _, g, _ in CHANNEL_TABLE], 2)
+        ]
+        assert flag.exists()  # the first worker did write on the answer pipe
+    finally:
+        verifier.close_workers()
+    expected = [want for _, _, want in CHANNEL_TABLE]
+    assert one_by_one == expected and many == expected

@@ -8,8 +8,12 @@ subclass and registers it. A task turns raw rows into `Question`s, for example G
 becomes `Question(question_id="gsm8k/train/0", text="Natalia sold ...", gold="72")`.
 
 Rows come from the task's Hub dataset by default, or from `{data_dir}/{split}.jsonl` /
-`.parquet` when a local folder is given. Rows with an empty gold answer are skipped and
-counted; a row that is not a JSON object or lacks a field is an error naming file and line.
+`.parquet` when a local folder is given. Rows with an empty (or null) gold answer are skipped and
+counted. Everything else that cannot be a question is an error naming the file, the row and the
+fix, raised when the split loads (before any model starts): a row that is not a JSON object, a
+missing field or one of the wrong type, an empty question, a gold answer the task's grader cannot
+read (a GSM8K gold that is no number, an ARC answer key that is not one of the row's labels), two
+rows with one question id, and a file that is not UTF-8 or not parquet.
 """
 
 from __future__ import annotations
@@ -66,6 +70,9 @@ class Task:
     # found after another phrase is still graded but the sample is not well formed.
     answer_phrase: ClassVar[str]
     required_fields: ClassVar[tuple[str, ...]]
+    gold_field: ClassVar[str]  # the row's field that holds the gold answer: null there means "no gold"
+    # Required fields whose value is not a string: their JSON type (a missing entry means str).
+    field_types: ClassVar[dict[str, type]] = {}
     has_solutions: ClassVar[bool] = False  # True when questions carry a gold worked `solution`
 
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
@@ -79,29 +86,77 @@ class Task:
         """Chat messages of the prompt; the sampler applies the model's chat template."""
         return [{"role": "user", "content": self.user_message(question)}]
 
+    def gold_problem(self, question: Question) -> str | None:
+        """Why the task's grader cannot read `question.gold` (every answer would be graded wrong), or None."""
+        from irpo_data.grading import MAX_ANSWER_CHARS, PLAIN_NUMBER  # grading imports this module
+
+        if self.answer_kind == "number" and not PLAIN_NUMBER.fullmatch(question.gold):
+            return f"its gold answer {question.gold[:80]!r} is not a number"
+        if self.answer_kind == "choice" and question.gold not in question.labels:
+            return f"its answer key {question.gold[:80]!r} is not one of its labels {', '.join(question.labels)}"
+        if self.answer_kind == "latex":
+            depth = 0
+            for char in question.gold.replace("\\{", "").replace("\\}", ""):
+                depth += {"{": 1, "}": -1}.get(char, 0)
+                if depth < 0:
+                    break
+            if depth != 0:
+                return f"its gold answer {question.gold[:80]!r} has unbalanced braces"
+            if len(question.gold) > MAX_ANSWER_CHARS:
+                return f"its gold answer is {len(question.gold)} characters, over the grader's {MAX_ANSWER_CHARS}"
+        return None
+
     def load(self, split: str, data_dir: str | None = None, hub_id: str | None = None) -> LoadedSplit:
         rows, source = self.read_rows(split, data_dir, hub_id)
-        questions, skipped = [], 0
+        questions, skipped, rows_of = [], 0, {}
         for index, row in enumerate(rows):
             where = f"{source} row {index + 1}"
-            if not isinstance(row, dict):
-                raise TaskError(f"{where} is {type(row).__name__}, not a JSON object; fix or remove that row")
-            missing = [k for k in self.required_fields if k not in row]
-            if missing:
-                raise TaskError(
-                    f"{where} has no field {', '.join(missing)} (task {self.name} needs "
-                    f"{', '.join(self.required_fields)}); fix the row or pick the task that matches the file"
-                )
-            question = self.parse_row(row, split, index)
+            question = self._question(row, split, index, where)
             if question is None:
                 skipped += 1
-            else:
-                questions.append(question)
+                continue
+            questions.append(question)
+            rows_of.setdefault(question.question_id, []).append(index + 1)
+        repeated = {qid: at for qid, at in rows_of.items() if len(at) > 1}
+        if repeated:
+            shown = "; ".join(f"{qid!r} in rows {', '.join(map(str, at))}" for qid, at in list(repeated.items())[:3])
+            raise TaskError(
+                f"{source} has {len(repeated)} question id(s) on more than one row ({shown}); a question id names one "
+                "question: remove the duplicate rows or give them ids of their own"
+            )
         if not questions:
             raise TaskError(f"{source} has no usable questions ({skipped} with an empty gold answer)")
         if skipped:
             log.info("%s: skipped %d rows (an empty gold answer, or a prompt exemplar)", source, skipped)
         return LoadedSplit(questions, skipped, source)
+
+    def _question(self, row: Any, split: str, index: int, where: str) -> Question | None:
+        """The row's question, None when it has no gold answer, or a TaskError naming what is wrong."""
+        if not isinstance(row, dict):
+            raise TaskError(f"{where} is {type(row).__name__}, not a JSON object; fix or remove that row")
+        missing = [k for k in self.required_fields if k not in row]
+        if missing:
+            raise TaskError(
+                f"{where} has no field {', '.join(missing)} (task {self.name} needs "
+                f"{', '.join(self.required_fields)}); fix the row or pick the task that matches the file"
+            )
+        if row[self.gold_field] is None:
+            return None  # no gold answer: skipped and counted, as an empty one
+        for name in self.required_fields:
+            kind = self.field_types.get(name, str)
+            if not isinstance(row[name], kind) or isinstance(row[name], bool):
+                raise TaskError(
+                    f"{where}: field {name} is {type(row[name]).__name__}, not {kind.__name__}; fix that row"
+                )
+        question = self.parse_row(row, split, index)
+        if question is None:
+            return None
+        if not question.text.strip():
+            raise TaskError(f"{where} has an empty question; fix or remove that row")
+        problem = self.gold_problem(question)
+        if problem:
+            raise TaskError(f"{where} ({question.question_id}): {problem}; fix that row's gold answer")
+        return question
 
     def read_rows(self, split: str, data_dir: str | None, hub_id: str | None) -> tuple[list[Any], str]:
         """Raw rows and a description of their source: local files if given, else the Hub."""
@@ -127,19 +182,32 @@ def read_local(folder: Path, split: str) -> tuple[list[Any], str]:
     jsonl, parquet = folder / f"{split}.jsonl", folder / f"{split}.parquet"
     if jsonl.is_file():
         rows = []
-        with jsonl.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, 1):
+        with jsonl.open("rb") as handle:
+            for number, raw in enumerate(handle, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise TaskError(
+                        f"{jsonl} line {number} is not UTF-8 text (byte {exc.start}); save the file as UTF-8"
+                    ) from None
                 if not line.strip():
                     continue
                 try:
                     rows.append(json.loads(line))
-                except json.JSONDecodeError as exc:
-                    raise TaskError(f"{jsonl} line {number} is not valid JSON ({exc.msg}); fix or remove it") from None
+                except (json.JSONDecodeError, RecursionError) as exc:
+                    why = exc.msg if isinstance(exc, json.JSONDecodeError) else "nested too deep"
+                    raise TaskError(f"{jsonl} line {number} is not valid JSON ({why}); fix or remove it") from None
         return rows, str(jsonl)
     if parquet.is_file():
         import polars as pl
 
-        return pl.read_parquet(parquet).to_dicts(), str(parquet)
+        try:
+            return pl.read_parquet(parquet).to_dicts(), str(parquet)
+        except Exception as exc:  # noqa: BLE001  (polars has several error kinds for a file that is not parquet)
+            raise TaskError(
+                f"{parquet} is not a readable parquet file ({type(exc).__name__}); write it again, or point "
+                "task.data_dir at the right folder"
+            ) from None
     raise TaskError(f"no {split}.jsonl or {split}.parquet in {folder}; check task.data_dir and the split name")
 
 

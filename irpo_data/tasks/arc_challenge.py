@@ -45,6 +45,8 @@ class ARCChallenge(Task):
     answer_kind = "choice"
     answer_phrase = r"final answer\s*:"
     required_fields = ("id", "question", "choices", "answerKey")
+    gold_field = "answerKey"
+    field_types = {"choices": dict}
     train_subsets: tuple[str, ...] = SUBSETS  # pooled for the train split; the paper uses both
 
     def __post_init__(self):

@@ -70,6 +70,7 @@ class Demo(Task):
     answer_kind = "number"
     answer_phrase = r"the answer is"
     required_fields = ("question", "answer")
+    gold_field = "answer"
     has_solutions = True  # generated with each question; a local file may add a `solution` field
 
     def read_rows(self, split: str, data_dir: str | None, hub_id: str | None) -> tuple[list[Any], str]:

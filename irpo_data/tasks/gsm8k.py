@@ -37,6 +37,7 @@ class GSM8K(Task):
     answer_kind = "number"
     answer_phrase = r"final answer\s*:"
     required_fields = ("question", "answer")
+    gold_field = "answer"
     has_solutions = True
 
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:

@@ -111,6 +111,7 @@ class MATH(Task):
     license = "mit"
     answer_kind = "latex"
     required_fields = ("problem", "answer")
+    gold_field = "answer"
     has_solutions = True  # in the `solution` field, when the file has it (MATH-500 and PRM800K do)
     split: str = "paper"
     prompt: str = "paper"
