@@ -118,7 +118,9 @@ def main(
         root = RunFolder.for_card(resolved, runs_dir).root
         return show_dry_run(resolved, f"evaluate the models of {root} (greedy and maj@{settings.maj_k})")
     from irpo_data.lock import run_lock
+    from irpo_data.reaper import start_reaper
 
+    start_reaper()  # lm-eval's engine processes die with this command
     with run_lock(RunFolder.for_card(resolved, runs_dir).root):
         paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples)
     click.echo(paths[1].read_text())
@@ -142,6 +144,9 @@ def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, 
     settings = EvalSettings.from_card(defaults, **flags)
     if dry_run:
         return show_dry_run(defaults, f"evaluate {model_spec} on {task} (greedy and maj@{settings.maj_k})")
+    from irpo_data.reaper import start_reaper
+
+    start_reaper()
     record = evaluate_model(resolve_model(model_spec), settings, Path(output) if output else None)
     k = settings.maj_k
     click.echo(

@@ -102,6 +102,7 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, fresh, ray_address, 
     from irpo.loop import run_loop
     from irpo.summary import write_summary
     from irpo_data.lock import run_lock
+    from irpo_data.reaper import start_reaper
     from irpo_data.runs import RunFolder
 
     resolved = resolve_card(card, overrides, ray_address=ray_address)
@@ -114,6 +115,7 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, fresh, ray_address, 
         fresh_first = f"delete {run_folder.root}, then " if fresh and run_folder.root.exists() else ""
         would = f"{fresh_first}run iterations 1..{iterations} (build, train, eval) in {run_folder.root}{extra}"
         return show_dry_run(resolved, would)
+    start_reaper()  # the stages' processes and the engines they start die with irpo run
     with run_lock(run_folder.root):
         if fresh:
             _delete_run(run_folder.root)

@@ -78,7 +78,9 @@ def build(card, iteration, runs_dir, model, data_dir, ray_address, push_to_hub, 
         )
     from irpo_data.build import build_iteration
     from irpo_data.lock import run_lock
+    from irpo_data.reaper import start_reaper
 
+    start_reaper()  # the engine's processes die with this command
     with run_lock(RunFolder.for_card(resolved, runs_dir).root):
         result = build_iteration(resolved, iteration, runs_dir, model=model, progress=not quiet)
     counts = result.manifest.counts

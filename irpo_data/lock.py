@@ -200,7 +200,7 @@ def run_lock(run_root: Path, command: str | None = None) -> Iterator[None]:
     if _works_under_holder(path):
         yield
         return
-    held = _acquire(path, run_root, command or " ".join(["irpo", *sys.argv[1:]]))
+    held = _acquire(path, run_root, command or " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]))
     before = os.environ.get(LOCK_ENV)
     os.environ[LOCK_ENV] = f"{path.resolve()}:{held.record['token']}"
     try:

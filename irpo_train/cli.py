@@ -65,9 +65,11 @@ def main(card, iteration, runs_dir, ablation, dry_run, quiet, overrides):
         run = RunFolder.for_card(resolved, runs_dir)
         return show_dry_run(resolved, f"train {run.model(iteration, ablation)} from {run.pairs(iteration)}")
     from irpo_data.lock import run_lock
+    from irpo_data.reaper import start_reaper
     from irpo_train import distributed
     from irpo_train.train import train_iteration
 
+    start_reaper()  # the engine's processes (held-out checks on vLLM) die with this command
     with run_lock(RunFolder.for_card(resolved, runs_dir).root):  # rank 0 holds it for the launch
         out = train_iteration(resolved, iteration, runs_dir, progress=not quiet, ablation=ablation)
     if not distributed.is_main():

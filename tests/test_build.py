@@ -160,7 +160,8 @@ VLLM_BUILD = [
 @pytest.mark.slow  # loads the demo model
 def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
     """The README's job on the real engine, in fresh processes: an uninterrupted build (rerun as if
-    killed after its last shard), and one killed with SIGKILL after its first shard and then resumed
+    killed after its last shard, then with a shard cut in half on disk), and one killed with SIGKILL
+    after its first shard (a second build on the same folder meanwhile refused) and then resumed
     (with another KV-cache size, which must change nothing)."""
     require_vllm()
     cmd, env = _irpo_data("build", "--runs-dir", tmp_path / "straight", "--quiet", *VLLM_BUILD)
@@ -175,11 +176,29 @@ def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
     assert "starting vLLM" not in rerun.stderr
     again = json.loads((tmp_path / "straight/demo/iter_1/manifest.json").read_text())
     assert (again["pairs_fingerprint"], again["counts"]) == (straight["pairs_fingerprint"], straight["counts"])
+    # A shard cut short on disk (a full disk, a copy cut off) is set aside and sampled again, the same.
+    straight_samples = tmp_path / "straight/demo/iter_1/samples"
+    shard = straight_samples / "part-00003.parquet"
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])
+    (tmp_path / "straight/demo/iter_1/manifest.json").unlink()
+    rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert "sample shard part-00003.parquet is not whole (not a readable parquet file" in rerun.stderr
+    assert "resuming: 3 of 4 shards" in rerun.stderr and (straight_samples / "part-00003.parquet.stale-1").is_file()
+    again = json.loads((tmp_path / "straight/demo/iter_1/manifest.json").read_text())
+    assert (again["pairs_fingerprint"], again["counts"]) == (straight["pairs_fingerprint"], straight["counts"])
 
     cmd, env = _irpo_data("build", "--runs-dir", tmp_path / "killed", *VLLM_BUILD)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    samples = tmp_path / "killed/demo/iter_1/samples"
+    samples, lock = tmp_path / "killed/demo/iter_1/samples", tmp_path / "killed/.demo.lock"
     deadline = time.time() + 300
+    while not (lock.is_file() and lock.read_text().strip()) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    # A second command on the same run folder while the first works: refused at once, naming the first.
+    second = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert second.returncode == 1 and proc.poll() is None, second.stderr[-2000:]
+    refusal = [line for line in second.stderr.splitlines() if line.startswith("Error:")]
+    assert len(refusal) == 1 and "is in use by `irpo-data build" in refusal[0] and f"pid {proc.pid}" in refusal[0]
     while not (samples / "part-00000.parquet").exists() and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
@@ -192,6 +211,7 @@ def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
     resumed = subprocess.run([*cmd, "resources.kv_cache_gb=3"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert f"resuming: {len(done)} of 4 shards" in resumed.stderr and "resources changed" in resumed.stderr
+    assert "taking over the lock of `irpo-data build" in resumed.stderr and f"pid {proc.pid}" in resumed.stderr
     assert "starting vLLM" in resumed.stderr
     killed = json.loads((tmp_path / "killed/demo/iter_1/manifest.json").read_text())
     assert killed["pairs_fingerprint"] == straight["pairs_fingerprint"]

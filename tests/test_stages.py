@@ -115,3 +115,64 @@ def test_ctrl_c_stops_the_stage_and_the_run(tmp_path):
     _, stderr = parent.communicate(timeout=60)
     assert parent.returncode != 0 and "KeyboardInterrupt" in stderr
     assert _gone(stage, 10)
+
+
+# --- engines: none outlives the command that started it (irpo_data.reaper) ---
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, name) of every process, from /proc."""
+    found = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_bytes()
+            except OSError:
+                continue
+            name, rest = stat[stat.index(b"(") + 1 : stat.rindex(b")")], stat[stat.rindex(b")") + 2 :].split()
+            found[int(entry.name)] = (int(rest[1]), name.decode(errors="replace"))
+    return found
+
+
+def _engine_core_under(root: int, timeout_s: float) -> tuple[int, int]:
+    """(engine core pid, its parent's pid) once vLLM's spawned engine core runs below `root`."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline:
+        procs = _processes()
+        for pid, (parent, name) in procs.items():
+            if name.startswith("VLLM::EngineCor"):
+                ancestor = parent
+                while ancestor not in (0, 1, root) and ancestor in procs:
+                    ancestor = procs[ancestor][0]
+                if ancestor == root:
+                    return pid, parent
+        time.sleep(0.2)
+    raise AssertionError(f"no vLLM engine core started below pid {root} in {timeout_s} s")
+
+
+@pytest.mark.slow  # two vLLM engine starts
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc and PR_SET_PDEATHSIG are Linux's")
+def test_no_engine_outlives_a_killed_run_or_a_killed_stage(tmp_path):
+    """vLLM's engine core in a spawned process, as on a GPU (VLLM_ENABLE_V1_MULTIPROCESSING=1): SIGKILL
+    `irpo run` while its build samples, then (a new run) SIGKILL only the build's stage process. Either
+    way the engine core and its worker are gone once irpo run is, though nothing of irpo started them."""
+    from conftest import require_vllm
+
+    require_vllm()
+    exe = str(Path(sys.executable).parent / "irpo")
+    env = {**os.environ, "VLLM_ENABLE_V1_MULTIPROCESSING": "1"}
+    tiny = ["--quiet", "task.max_questions=4", "sampling.num_samples=2", "sampling.max_new_tokens=16"]
+
+    run = subprocess.Popen([exe, "run", "--runs-dir", str(tmp_path / "a"), *tiny], env=env, stderr=subprocess.PIPE)
+    core, _ = _engine_core_under(run.pid, 300)
+    engines = [pid for pid, (parent, _) in _processes().items() if parent == core] + [core]
+    run.kill()
+    run.wait()
+    assert all(_gone(pid, 10) for pid in engines), "an engine process outlived its SIGKILLed irpo run"
+
+    run = subprocess.Popen([exe, "run", "--runs-dir", str(tmp_path / "b"), *tiny], env=env, stderr=subprocess.PIPE)
+    core, stage = _engine_core_under(run.pid, 300)
+    os.kill(stage, signal.SIGKILL)  # the stage alone, as the out-of-memory killer would
+    _, stderr = run.communicate(timeout=120)
+    assert run.returncode == 1 and b"was killed by SIGKILL" in stderr, stderr[-2000:]
+    assert _gone(core, 10), "the engine core outlived its stage and irpo run"
