@@ -10,6 +10,7 @@ from irpo_data.command import (
     card_option,
     dry_run_option,
     overrides_argument,
+    private_option,
     quiet_option,
     resolve_card,
     runs_option,
@@ -71,6 +72,7 @@ from irpo_eval.evaluate import EvalError, EvalSettings
     is_flag=True,
     help="Also write each question's prompt, completions and answers (evals/M_t.samples.jsonl).",
 )
+@private_option
 @dry_run_option
 @quiet_option
 @overrides_argument
@@ -86,6 +88,7 @@ def main(
     push_to_hub,
     output,
     log_samples,
+    private,
     dry_run,
     quiet,
     overrides,
@@ -114,6 +117,10 @@ def main(
     if task is not None and task != resolved.task.name:
         raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
     settings = EvalSettings.from_card(resolved, maj_k=maj_k, limit=limit, backend=backend)
+    if push_to_hub:
+        from irpo_data.publish import check_repo_id
+
+        check_repo_id(push_to_hub)  # before the evaluation, not after it
     if dry_run:
         root = RunFolder.for_card(resolved, runs_dir).root
         return show_dry_run(resolved, f"evaluate the models of {root} (greedy and maj@{settings.maj_k})")
@@ -122,7 +129,7 @@ def main(
 
     start_reaper()  # lm-eval's engine processes die with this command
     with run_lock(RunFolder.for_card(resolved, runs_dir).root):
-        paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples)
+        paths = evaluate_run(resolved, runs_dir, settings, push_to_hub, log_samples, private=private)
     click.echo(paths[1].read_text())
     click.echo(f"written: {', '.join(str(p) for p in paths)}")
 

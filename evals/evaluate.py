@@ -156,7 +156,7 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
             tasks=list(tasks.values()),
             task_manager=manager,
             limit=settings.limit,
-            apply_chat_template=_has_chat_template(model_path),
+            apply_chat_template=_has_chat_template(model_path, settings.trust_remote_code),
             batch_size="auto",
             log_samples=log_samples,
             random_seed=settings.seed,
@@ -166,10 +166,11 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
         release_engines()  # the next model's engine, or the next stage, gets the memory back
 
 
-def _has_chat_template(model_path: Path) -> bool:
+def _has_chat_template(model_path: Path, trust_remote_code: bool) -> bool:
     from transformers import AutoTokenizer
 
-    return bool(getattr(AutoTokenizer.from_pretrained(model_path), "chat_template", None))
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
+    return bool(getattr(tokenizer, "chat_template", None))
 
 
 def summarise(raw: dict, settings: EvalSettings) -> dict:

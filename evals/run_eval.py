@@ -76,6 +76,7 @@ def evaluate_run(
     push_to_hub: str | None = None,
     log_samples: bool = False,
     max_iteration: int | None = None,
+    private: bool | None = None,
 ) -> list[Path]:
     """Evaluate every model of the card's run; write and return the leaderboard files."""
     run = RunFolder.for_card(card, runs_dir)
@@ -107,5 +108,7 @@ def evaluate_run(
             files,
             f"irpo: leaderboard of run {card.name}",
             retry=f"irpo eval --card {card.name} --push-to-hub {push_to_hub}",
+            private=private,
+            run_root=run.root,
         )
     return paths

@@ -22,6 +22,7 @@ from irpo_data.command import (
     card_option,
     dry_run_option,
     overrides_argument,
+    private_option,
     quiet_option,
     ray_option,
     resolve_card,
@@ -61,8 +62,10 @@ main.add_command(eval_command, "eval")
     "push_to_hub",
     metavar="ORG/NAME",
     default=None,
-    help="Push each iteration's pairs (config iter_t) and the leaderboard to this dataset repo.",
+    help="Push each iteration's pairs (config iter_t) and the leaderboard to this dataset repo; iterations it "
+    "does not have yet (built earlier, or a failed push) are pushed too.",
 )
+@private_option
 @click.option(
     "--ablations",
     is_flag=True,
@@ -79,7 +82,7 @@ main.add_command(eval_command, "eval")
 @dry_run_option
 @quiet_option
 @overrides_argument
-def run(card, runs_dir, iterations, push_to_hub, ablations, fresh, ray_address, dry_run, quiet, overrides):
+def run(card, runs_dir, iterations, push_to_hub, private, ablations, fresh, ray_address, dry_run, quiet, overrides):
     """Run the loop: for t = 1..T build iteration t's pairs from M_{t-1}, train M_t, evaluate.
 
     \b
@@ -115,11 +118,15 @@ def run(card, runs_dir, iterations, push_to_hub, ablations, fresh, ray_address, 
         fresh_first = f"delete {run_folder.root}, then " if fresh and run_folder.root.exists() else ""
         would = f"{fresh_first}run iterations 1..{iterations} (build, train, eval) in {run_folder.root}{extra}"
         return show_dry_run(resolved, would)
+    if push_to_hub:
+        from irpo_data.publish import check_repo_id
+
+        check_repo_id(push_to_hub)  # before the run folder is touched
     start_reaper()  # the stages' processes and the engines they start die with irpo run
     with run_lock(run_folder.root):
         if fresh:
             _delete_run(run_folder.root)
-        times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet)
+        times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet, private=private)
         click.echo(write_summary(run_folder, iterations, times.seconds))
 
 

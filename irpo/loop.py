@@ -28,10 +28,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from irpo.pushes import Pushes
 from irpo.stages import run_stage
 from irpo_data.build import sampling_model
 from irpo_data.card import BUILD_SECTIONS, OBJECTIVE_NAMES, Card, CardError
-from irpo_data.publish import push_iteration
 from irpo_data.reading import read_json
 from irpo_data.runs import RunFolder, set_aside
 from irpo_train.plots import plot_objectives
@@ -77,10 +77,18 @@ def set_aside_if_sampled_from_another_model(card: Card, run: RunFolder, t: int) 
 
 
 def run_loop(
-    card: Card, iterations: int, runs_dir: str | Path = "runs", push_to_hub: str | None = None, progress: bool = True
+    card: Card,
+    iterations: int,
+    runs_dir: str | Path = "runs",
+    push_to_hub: str | None = None,
+    progress: bool = True,
+    private: bool | None = None,
 ) -> StageTimes:
+    """Build, train and evaluate t = 1..iterations; with `push_to_hub`, each finished iteration and the
+    leaderboard go to that dataset repo (irpo.pushes: a failed push is a warning, caught up later)."""
     if iterations < 1:
         raise ValueError(f"--iterations must be 1 or more, got {iterations}")
+    pushes = Pushes.start(push_to_hub, private)  # the repo id (and access, online) before any work
     run = RunFolder.for_card(card, runs_dir)
     restart_if_recipe_changed(card, run)
     times = StageTimes()
@@ -88,10 +96,9 @@ def run_loop(
         start = time.perf_counter()
         if t > 1:
             set_aside_if_sampled_from_another_model(card, run, t)
-        built = run_stage(BUILD, card, t, runs_dir, progress=progress)
+        run_stage(BUILD, card, t, runs_dir, progress=progress)
         times.record(f"iter_{t}/build", start)
-        if push_to_hub and not built.skipped:
-            push_iteration(built.iter_dir, push_to_hub, t, built.manifest.pairs_fingerprint)
+        pushes.catch_up(run, t)  # this iteration, and any earlier one the repo does not have yet
 
         start = time.perf_counter()
         run_stage(TRAIN, card, t, runs_dir, progress=progress)
@@ -100,10 +107,12 @@ def run_loop(
             train_ablations(card, run, runs_dir, times, progress)
 
         start = time.perf_counter()
-        # The leaderboard goes to the Hub once, with the last iteration's evaluation. The stage resolves
-        # its settings itself: resolving the dtype imports torch, which this process never does.
-        run_stage(EVALUATE, card, runs_dir, push_to_hub=push_to_hub if t == iterations else None, max_iteration=t)
+        # The stage resolves its settings itself: resolving the dtype imports torch, which this process never does.
+        run_stage(EVALUATE, card, runs_dir, max_iteration=t)
         times.record(f"iter_{t}/eval", start)
+    pushes.leaderboard(run, card.name)  # once, with the last iteration's evaluation
+    if pushes.failed:
+        log.warning("not pushed in this run: %s; run it again with --push-to-hub to catch up", ", ".join(pushes.failed))
     return times
 
 

@@ -339,10 +339,10 @@ def read_card_file(path: Path) -> dict:
         line = f" at line {where.line + 1}" if where is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise CardError(str(path), [f"is not valid YAML{line}: {problem}; fix the card"]) from None
-    except (OSError, RecursionError) as exc:
-        raise CardError(str(path), [f"cannot be read ({type(exc).__name__}: {exc})"]) from None
+    except (OSError, RecursionError, ValueError) as exc:  # ValueError: an integer of more than 4,300 digits
+        raise CardError(str(path), [f"cannot be read ({type(exc).__name__}: {str(exc)[:200]})"]) from None
     if raw is None:
-        raw = {}
+        raise CardError(str(path), ["is empty; a card is a mapping of sections (name:, task:, sampling:, ...)"])
     if not isinstance(raw, dict):
         raise CardError(
             str(path), [f"holds a YAML {type(raw).__name__}, not a mapping of sections (name:, task:, sampling:, ...)"]
@@ -419,7 +419,7 @@ def _apply_override(raw: dict[str, Any], item: str, problems: list[str]) -> None
             return
     try:
         parsed = yaml.safe_load(value)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError):  # ValueError: an integer of more than 4,300 digits
         parsed = value
     if _count_values(parsed, MAX_CARD_VALUES) > MAX_CARD_VALUES:
         problems.append(f"override {shown(item)} expands to more than {MAX_CARD_VALUES:,} values")

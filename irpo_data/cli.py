@@ -71,6 +71,10 @@ def build(card, iteration, runs_dir, model, data_dir, ray_address, push_to_hub, 
     """
     setup_logging(quiet)
     resolved = resolve_card(card, overrides, data_dir, ray_address)
+    if push_to_hub:
+        from irpo_data.publish import check_repo_id
+
+        check_repo_id(push_to_hub)  # before the build, not after it
     if dry_run:
         source = model or ("the card's base model" if iteration == 1 else f"models/M_{iteration - 1}")
         return show_dry_run(
@@ -111,6 +115,9 @@ def push(card, iteration, runs_dir, push_to_hub, private, dry_run, overrides):
     setup_logging(False)
     if not push_to_hub:
         raise click.UsageError("--push-to-hub ORG/NAME is required")
+    from irpo_data.publish import check_repo_id
+
+    check_repo_id(push_to_hub)
     resolved = resolve_card(card, overrides)
     run = RunFolder.for_card(resolved, runs_dir)
     if dry_run:
@@ -120,7 +127,7 @@ def push(card, iteration, runs_dir, push_to_hub, private, dry_run, overrides):
     _push(run.iteration(iteration), push_to_hub, iteration, BuildManifest.from_json(run.manifest(iteration)), private)
 
 
-def _push(iter_dir: Path, repo_id: str, iteration: int, manifest: BuildManifest, private: bool) -> None:
+def _push(iter_dir: Path, repo_id: str, iteration: int, manifest: BuildManifest, private: bool | None) -> None:
     from irpo_data.publish import push_iteration
 
     tag = push_iteration(iter_dir, repo_id, iteration, manifest.pairs_fingerprint, private=private)

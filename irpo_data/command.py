@@ -164,7 +164,12 @@ ray_option = click.option(
     help="Sample on the Ray cluster at ADDRESS, e.g. ray://head:10001 (same as resources.sampling_backend=ray "
     "resources.ray_address=ADDRESS; with the backend set and no address, RAY_ADDRESS or a local cluster).",
 )
-private_option = click.option("--private", is_flag=True, help="Create the Hub repo as private.")
+private_option = click.option(
+    "--private/--public",
+    "private",
+    default=None,
+    help="Create a new Hub repo as private or as public; without either, the Hub's default for your account or org.",
+)
 dry_run_option = click.option("--dry-run", is_flag=True, help="Print the resolved card and what would run, then exit.")
 quiet_option = click.option("--quiet", is_flag=True, help="Only warnings and the result on the terminal.")
 overrides_argument = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")

@@ -6,15 +6,25 @@ Writes into `runs/NAME/iter_T/`:
 - `manifest.json`: hashes and counts, written last.
 
 `push_iteration` uploads the pairs as config `iter_T` of one dataset repo per run, adds the
-card and manifest under `iter_T/`, and tags the push `iter_T-<fingerprint>`. The token comes
-from `HF_TOKEN` or `hf auth login`, is passed to the Hub client and nowhere else.
+card and manifest under `iter_T/`, and tags the push `iter_T-<fingerprint>`: the tag is how a later
+run knows the iteration is there (`pushed_tags`), so pushes that failed or were never asked for
+catch up. The token comes from `HF_TOKEN` or `hf auth login`, is passed to the Hub client and
+nowhere else.
+
+What the user did not choose is never published: a repo's visibility is the Hub's default for the
+user or org unless `private` is True or False (the commands' --private/--public), and every text
+file pushed goes through `public_text`, which replaces local absolute paths (they name users and
+machines) by paths relative to the run folder, or by their last two parts.
 """
 
 from __future__ import annotations
 
+import getpass
 import hashlib
 import logging
 import os
+import re
+import socket
 import string
 from importlib import resources
 from pathlib import Path
@@ -72,6 +82,83 @@ def write_card_and_manifest(iter_dir: Path, card_text: str, manifest: dict) -> N
     write_json_atomic(iter_dir / "manifest.json", manifest)  # last: its presence means "complete"
 
 
+def check_repo_id(repo_id: str) -> None:
+    """Refuse, before any work, a repo id the Hub would refuse after hours of it."""
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    problem = None if repo_id.count("/") == 1 else "it must be ORG/NAME (your user name or an org, a slash, a name)"
+    if problem is None:
+        try:
+            validate_repo_id(repo_id)
+        except HFValidationError as exc:
+            problem = str(exc).splitlines()[0][:200]
+    if problem:
+        raise PublishError(f"--push-to-hub {repo_id[:200]!r} is not a Hub repo id: {problem}")
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
+def check_access(repo_id: str, token: str | None = None) -> None:
+    """Online: a token that the Hub accepts, and a repo it can write (or create). Raises PublishError."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+
+    api = HfApi(token=resolve_token(token))
+    try:
+        api.whoami()
+        api.repo_info(repo_id, repo_type="dataset")
+    except RepositoryNotFoundError:
+        return  # the first push creates it
+    except HfHubHTTPError as exc:
+        raise PublishError(
+            f"the Hub refused access to {repo_id} ({str(exc).splitlines()[0][:200]}); check the token"
+        ) from None
+    except Exception as exc:  # noqa: BLE001  (network: the pushes will catch up on a later run)
+        raise PublishError(
+            f"could not reach the Hub to check {repo_id} ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from None
+
+
+def pushed_tags(repo_id: str, token: str | None = None) -> set[str]:
+    """The tags of dataset repo `repo_id` (none if it does not exist yet)."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import RepositoryNotFoundError
+
+    try:
+        refs = HfApi(token=resolve_token(token)).list_repo_refs(repo_id, repo_type="dataset")
+    except RepositoryNotFoundError:
+        return set()
+    except Exception as exc:  # noqa: BLE001
+        raise PublishError(f"could not list the tags of {repo_id} ({type(exc).__name__}: {str(exc)[:200]})") from None
+    return {tag.name for tag in refs.tags}
+
+
+def iteration_tag(iteration: int, fingerprint_hex: str) -> str:
+    return f"iter_{iteration}-{fingerprint_hex[:12]}"
+
+
+# An absolute local path: "/" or "~/" then path parts, not inside a URL ("https://host/...").
+_LOCAL_PATH = re.compile(r"(?<![\w:/.~-])(?:~/|/)(?:[\w.@+=-]+/)*[\w.@+=-]+/?")
+
+
+def public_text(text: str, run_root: Path | None = None) -> str:
+    """`text` with every local absolute path replaced: inside the run folder by its path relative to the
+    run folder, elsewhere by its last two parts (without the user's or the machine's name)."""
+    root = str(run_root.resolve()) if run_root is not None else None
+    private_names = {getpass.getuser(), socket.gethostname(), Path.home().name} - {""}
+
+    def replace(match: re.Match) -> str:
+        path = match.group(0)
+        if root and (path == root or path.startswith(root + "/")):
+            return path[len(root) + 1 :] or "."
+        parts = [p for p in path.strip("/").split("/") if p and p != "~" and p not in private_names]
+        return "/".join(parts[-2:]) or "."
+
+    return _LOCAL_PATH.sub(replace, text)
+
+
 def resolve_token(token: str | None = None) -> str:
     from huggingface_hub import get_token
 
@@ -82,15 +169,34 @@ def resolve_token(token: str | None = None) -> str:
 
 
 def _require_online(repo_id: str, what_is_kept: str) -> None:
-    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if offline():
         raise PublishError(f"HF_HUB_OFFLINE is set, so {repo_id} was not pushed; {what_is_kept}")
 
 
-def push_files(repo_id: str, files: dict[str, Path], message: str, retry: str, token: str | None = None) -> None:
+TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".yaml", ".txt")
+
+
+def _upload(path: Path, run_root: Path | None) -> bytes | str:
+    """What is uploaded for a local file: text files through public_text, others as they are."""
+    if path.suffix in TEXT_SUFFIXES:
+        return public_text(path.read_text(encoding="utf-8"), run_root).encode()
+    return str(path)
+
+
+def push_files(
+    repo_id: str,
+    files: dict[str, Path],
+    message: str,
+    retry: str,
+    token: str | None = None,
+    private: bool | None = None,
+    run_root: Path | None = None,
+) -> None:
     """Upload local `files` ({path in repo: local path}) to dataset repo `repo_id` in one commit.
 
     `retry` is the command that pushes again; it ends every error message, since the local
-    files are complete whether or not the push worked.
+    files are complete whether or not the push worked. `private`: None leaves a new repo's
+    visibility to the Hub's default. Text files go through public_text (`run_root`: the run folder).
     """
     from huggingface_hub import CommitOperationAdd, HfApi
 
@@ -98,8 +204,8 @@ def push_files(repo_id: str, files: dict[str, Path], message: str, retry: str, t
     token = resolve_token(token)
     try:
         api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="dataset", exist_ok=True)
-        operations = [CommitOperationAdd(name, str(path)) for name, path in sorted(files.items())]
+        api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
+        operations = [CommitOperationAdd(name, _upload(path, run_root)) for name, path in sorted(files.items())]
         api.create_commit(repo_id, repo_type="dataset", operations=operations, commit_message=message)
     except Exception as exc:  # network, auth: the local files stay complete either way
         raise PublishError(
@@ -110,9 +216,17 @@ def push_files(repo_id: str, files: dict[str, Path], message: str, retry: str, t
 
 
 def push_iteration(
-    iter_dir: Path, repo_id: str, iteration: int, fingerprint_hex: str, private: bool = False, token: str | None = None
+    iter_dir: Path,
+    repo_id: str,
+    iteration: int,
+    fingerprint_hex: str,
+    private: bool | None = None,
+    token: str | None = None,
 ) -> str:
-    """Push `iter_dir` as config `iter_T` of `repo_id`; return the tag it created."""
+    """Push `iter_dir` as config `iter_T` of `repo_id`; return the tag it created.
+
+    `private`: True or False sets a new repo's visibility; None (the default) leaves it to the Hub's
+    default for the user or org."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     _require_online(
@@ -122,8 +236,10 @@ def push_iteration(
     )
     token = resolve_token(token)
     config = f"iter_{iteration}"
-    tag = f"{config}-{fingerprint_hex[:12]}"
-    card_text = (iter_dir / "README.md").read_text()
+    tag = iteration_tag(iteration, fingerprint_hex)
+    run_root = iter_dir.parent
+    card_text = public_text((iter_dir / "README.md").read_text(encoding="utf-8"), run_root)
+    manifest_text = public_text((iter_dir / "manifest.json").read_text(encoding="utf-8"), run_root)
     dataset = load_dataset_dir(iter_dir / "pairs")  # an unreadable dataset is no failed push: said as itself
     try:
         dataset.push_to_hub(
@@ -140,7 +256,7 @@ def push_iteration(
             operations=[
                 # The local card cannot know the repo; the pushed copy names it in its example.
                 CommitOperationAdd(f"{config}/README.md", card_text.replace('"REPO"', f'"{repo_id}"').encode()),
-                CommitOperationAdd(f"{config}/manifest.json", str(iter_dir / "manifest.json")),
+                CommitOperationAdd(f"{config}/manifest.json", manifest_text.encode()),
             ],
             commit_message=f"irpo: dataset card and manifest of iteration {iteration}",
         )

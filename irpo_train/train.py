@@ -551,12 +551,13 @@ def _final_model(job: TrainJob, phase_dir: Path):
     folder = phase_dir / "best" if (phase_dir / "best").is_dir() else phase_dir / "last"
     if folder.name == "last" and (phase_dir / "checkpoint_choice.json").is_file():
         log.warning("no held-out evaluation picked a step; keeping the last step's model")
+    trust = job.card.model.trust_remote_code
     if job.cfg.lora:
         from peft import PeftModel
 
-        base = AutoModelForCausalLM.from_pretrained(job.reference.path, dtype=torch.float32)
+        base = AutoModelForCausalLM.from_pretrained(job.reference.path, dtype=torch.float32, trust_remote_code=trust)
         return PeftModel.from_pretrained(base, folder).merge_and_unload()
-    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust)
 
 
 def _write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: dict, rows_trained: int) -> None:

@@ -1,9 +1,14 @@
 """A stand-in for the Hugging Face Hub's HTTP API, for push tests (the Hub is unreachable here).
 
-It answers the calls one `Dataset.push_to_hub` + `create_commit` + `create_tag` makes, keeps
-every committed file in memory (LFS uploads included), and records each request, so a test
-can check exactly what would have been uploaded and that no token leaked into the content.
-Installed with `huggingface_hub.set_client_factory` and an `httpx2.MockTransport`.
+It answers the calls one `Dataset.push_to_hub` + `create_commit` + `create_tag` makes, and
+`list_repo_refs` (tags, with the commit each points at), `repo_info`, `whoami` (401 for any token
+but TOKEN); keeps every committed file in memory (LFS uploads included), the visibility each
+`create_repo` asked for (None: the Hub's default), dataset and model repos apart, and records each
+request, so a test can check exactly what would have been uploaded, as what, and that no token
+leaked into the content. Installed with `huggingface_hub.set_client_factory` and an
+`httpx2.MockTransport`. Facts behind it: huggingface_hub 2.4 (hf_api.py: create_repo sends
+"visibility", not "private", and leaves it out for private=None; list_repo_refs needs branches,
+converts and tags, each with name, ref and targetCommit).
 """
 
 from __future__ import annotations
@@ -23,8 +28,11 @@ TOKEN = "hf_testSECRETtoken0123456789"  # what tests put in HF_TOKEN; it must ne
 
 class FakeHub:
     def __init__(self):
-        self.repos: dict[str, dict[str, bytes]] = {}  # repo id -> path -> content
+        self.repos: dict[str, dict[str, bytes]] = {}  # dataset repo id -> path -> content
+        self.models: dict[str, dict[str, bytes]] = {}  # model repo id -> path -> content
+        self.visibility: dict[str, str | None] = {}  # repo id -> "private", "public" or None (the Hub's default)
         self.tags: dict[str, list[str]] = {}
+        self.tag_commits: dict[str, dict[str, str]] = {}  # repo id -> tag -> commit sha
         self.lfs: dict[str, bytes] = {}  # sha256 -> content
         self.requests: list[httpx2.Request] = []
         self.commits = 0
@@ -43,24 +51,45 @@ class FakeHub:
         if path == "/api/repos/create" and method == "POST":
             spec = json.loads(body)
             repo = f"{spec.get('organization') or 'user'}/{spec['name']}" if "/" not in spec["name"] else spec["name"]
-            self.repos.setdefault(repo, {".gitattributes": b""})
-            return httpx2.Response(200, json={"url": f"https://huggingface.co/datasets/{repo}", "name": repo})
+            model = spec.get("type") in (None, "model")
+            store = self.models if model else self.repos
+            url = f"https://huggingface.co/{repo}" if model else f"https://huggingface.co/datasets/{repo}"
+            if repo in store:
+                return httpx2.Response(409, json={"error": "You already created this repo", "url": url})
+            store[repo] = {".gitattributes": b""}
+            self.visibility[repo] = spec.get("visibility")
+            return httpx2.Response(200, json={"url": url, "name": repo})
         if path == "/api/validate-yaml":
             return httpx2.Response(200, json={"errors": [], "warnings": []})
         if path == "/api/whoami-v2":
+            if request.headers.get("authorization") != f"Bearer {TOKEN}":
+                return httpx2.Response(401, json={"error": "Invalid credentials in Authorization header"})
             return httpx2.Response(200, json={"name": "user", "auth": {}})
-        match = re.match(r"^/(?:api/)?datasets/([^/]+/[^/]+?)(?:\.git)?(/.*)?$", path)
-        if not match:
+        routed = self._route(path)
+        if routed is None:
             return httpx2.Response(404, json={"error": f"stub does not know {method} {path}"})
+        match, store, kind = routed
         repo, rest = match.group(1), match.group(2) or ""
-        files = self.repos.get(repo)
+        files = store.get(repo)
         if files is None:
             return httpx2.Response(
                 404, json={"error": "Repository not found"}, headers={"X-Error-Code": "RepoNotFound"}
             )
-        return self._repo_call(request, repo, files, rest, body)
+        return self._repo_call(request, repo, files, rest, body, kind)
 
-    def _repo_call(self, request, repo, files, rest, body):
+    def _route(self, path: str):
+        """(match of repo id and the rest, the repos it is among, "datasets" or "models"), or None."""
+        for pattern, store, kind in (
+            (r"^/(?:api/)?datasets/([^/]+/[^/]+?)(?:\.git)?(/.*)?$", self.repos, "datasets"),
+            (r"^/api/models/([^/]+/[^/]+?)(/.*)?$", self.models, "models"),
+            (r"^/([^/]+/[^/]+?)(?:\.git)?(/(?:info|resolve)/.*)$", self.models, "models"),
+        ):
+            match = re.match(pattern, path)
+            if match:
+                return match, store, kind
+        return None
+
+    def _repo_call(self, request, repo, files, rest, body, kind="datasets"):
         method = request.method
         if rest == "/info/lfs/objects/batch":
             objects = json.loads(body)["objects"]
@@ -95,17 +124,31 @@ class FakeHub:
                 },
             )
         if rest.startswith("/commit/"):
-            return self._commit(repo, files, body)
+            return self._commit(repo, files, body, kind)
         if rest.startswith("/tag/"):
             tag = json.loads(body)["tag"]
             if tag in self.tags.get(repo, []):
                 return httpx2.Response(409, json={"error": "tag exists"})
             self.tags.setdefault(repo, []).append(tag)
+            self.tag_commits.setdefault(repo, {})[tag] = self._sha(files)
             return httpx2.Response(200, json={})
+        if rest == "/refs":
+            sha = self._sha(files)
+            refs = {
+                "branches": [{"name": "main", "ref": "refs/heads/main", "targetCommit": sha}],
+                "converts": [],
+                "tags": [
+                    {"name": tag, "ref": f"refs/tags/{tag}", "targetCommit": commit}
+                    for tag, commit in self.tag_commits.get(repo, {}).items()
+                ],
+                "pullRequests": [],
+            }
+            return httpx2.Response(200, json=refs)
         if rest == "" or rest.startswith("/revision/"):
             siblings = [{"rfilename": p} for p in sorted(files)]
+            private = self.visibility.get(repo) == "private"
             return httpx2.Response(
-                200, json={"id": repo, "sha": self._sha(files), "siblings": siblings, "private": False, "tags": []}
+                200, json={"id": repo, "sha": self._sha(files), "siblings": siblings, "private": private, "tags": []}
             )
         if rest.startswith("/tree/"):
             prefix = rest.split("/", 3)[3] if rest.count("/") >= 3 else ""
@@ -128,7 +171,7 @@ class FakeHub:
             return httpx2.Response(200, content=b"" if method == "HEAD" else content, headers=headers)
         return httpx2.Response(404, json={"error": f"stub does not know {method} {rest}"})
 
-    def _commit(self, repo, files, body):
+    def _commit(self, repo, files, body, kind="datasets"):
         for line in body.decode().splitlines():
             op = json.loads(line)
             value = op["value"]
@@ -140,8 +183,9 @@ class FakeHub:
                 files.pop(value["path"], None)
         self.commits += 1
         sha = self._sha(files)
+        where = f"datasets/{repo}" if kind == "datasets" else repo
         return httpx2.Response(
-            200, json={"commitUrl": f"https://huggingface.co/datasets/{repo}/commit/{sha}", "commitOid": sha}
+            200, json={"commitUrl": f"https://huggingface.co/{where}/commit/{sha}", "commitOid": sha}
         )
 
     @staticmethod

@@ -129,3 +129,103 @@ def test_an_iteration_without_pairs_saves_and_loads_as_an_empty_split(tmp_path):
     save_pairs(pairs, 1, tmp_path / "pairs")
     train = load_from_disk(str(tmp_path / "pairs"))["train"]
     assert train.num_rows == 0 and "chosen" in train.column_names
+
+
+# --- what is published is what the user chose (issue 31) ---
+
+
+@pytest.mark.parametrize("private,asked", [(None, None), (True, "private"), (False, "public")])
+def test_a_new_repos_visibility_is_the_users_choice_and_else_the_hubs_default(tmp_path, hub, private, asked):
+    """None sends no visibility at all, so the Hub's default for the user or org holds (an org whose
+    repos are private by default stays private); --private and --public say so explicitly."""
+    iter_dir, _, fp = built_iteration(tmp_path)
+    push_iteration(iter_dir, "org/irpo-test", 1, fp, private=private)
+    assert hub.visibility["org/irpo-test"] == asked
+
+
+def test_pushed_files_carry_no_local_path_user_or_host_name(tmp_path, hub):
+    """The dataset card, the manifest, the evaluation records: absolute paths become paths relative to
+    the run folder, or their last two parts without the user's name."""
+    import getpass
+    import socket
+    from pathlib import Path
+
+    from irpo_data.publish import push_files
+
+    run_root = tmp_path / "runs" / "t"
+    iter_dir, _, fp = built_iteration(run_root)
+    home_data = f"{Path.home()}/{getpass.getuser()}-data/gsm8k/train.jsonl"
+    card = (iter_dir / "README.md").read_text().replace("`m`", f"`{run_root}/models/M_0`")
+    (iter_dir / "README.md").write_text(card + f"\nsource: {home_data}\n")
+    manifest = {"pairs_fingerprint": fp, "data_source": home_data, "model": str(run_root / "models" / "M_1")}
+    (iter_dir / "manifest.json").write_text(json.dumps(manifest))
+    evals = run_root / "evals" / "M_1.json"
+    evals.parent.mkdir(parents=True)
+    evals.write_text(json.dumps({"key": {"settings": {"data_dir": str(tmp_path / "data")}}, "host": "see below"}))
+    push_iteration(iter_dir, "org/irpo-test", 1, fp)
+    push_files("org/irpo-test", {"evals/M_1.json": evals}, "m", retry="r", run_root=run_root)
+    files = hub.repos["org/irpo-test"]
+    texts = {name: content.decode() for name, content in files.items() if not name.endswith(".parquet")}
+    for name, text in texts.items():
+        for private in (str(tmp_path), str(Path.home()) + "/", f"/{getpass.getuser()}/", socket.gethostname()):
+            assert private not in text, f"{private!r} in the pushed {name}"
+    pushed = json.loads(texts["iter_1/manifest.json"])
+    assert pushed["model"] == "models/M_1" and pushed["data_source"] == "gsm8k/train.jsonl"
+    assert "`models/M_0`" in texts["iter_1/README.md"]
+    assert json.loads(texts["evals/M_1.json"])["key"]["settings"]["data_dir"] == f"{tmp_path.name}/data"
+
+
+def _run_with_iterations(tmp_path, count: int):
+    from irpo_data.runs import RunFolder
+
+    run = RunFolder(tmp_path / "runs" / "t")
+    fingerprints = [built_iteration(run.root, t)[2] for t in range(1, count + 1)]
+    return run, fingerprints
+
+
+def test_pushes_catch_up_on_a_rerun_and_push_nothing_twice(tmp_path, hub, monkeypatch, caplog):
+    """Offline, nothing is pushed and the run says it will catch up; online, every finished iteration the
+    repo has no tag for is pushed (also where the build was skipped), and a rerun pushes nothing again."""
+    from irpo.pushes import Pushes
+    from irpo_data.publish import iteration_tag
+
+    run, fingerprints = _run_with_iterations(tmp_path, 2)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with caplog.at_level(logging.WARNING):
+        offline = Pushes.start("org/irpo-test")
+        offline.catch_up(run, 2)
+    assert "the pushes catch up on the next run" in caplog.text and not hub.repos
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    online = Pushes.start("org/irpo-test", private=True)
+    online.catch_up(run, 2)
+    assert hub.tags["org/irpo-test"] == [iteration_tag(t, fp) for t, fp in zip((1, 2), fingerprints)]
+    assert hub.visibility["org/irpo-test"] == "private" and not online.failed
+    commits = hub.commits
+    Pushes.start("org/irpo-test").catch_up(run, 2)
+    assert hub.commits == commits  # both tags are there: nothing pushed again
+
+
+def test_a_failed_push_is_a_warning_and_the_run_goes_on(tmp_path, hub, monkeypatch, caplog):
+    from irpo import pushes
+
+    run, _ = _run_with_iterations(tmp_path, 1)
+
+    def refuse(*args, **kwargs):
+        raise PublishError("push of iter_1 to org/irpo-test failed (ConnectError: the network is down)")
+
+    monkeypatch.setattr(pushes, "push_iteration", refuse)
+    hub_pushes = pushes.Pushes.start("org/irpo-test")
+    with caplog.at_level(logging.WARNING):
+        hub_pushes.catch_up(run, 1)  # no exception
+    assert hub_pushes.failed == ["iteration 1"] and "the run goes on, and the next run catches up" in caplog.text
+
+
+def test_a_bad_repo_id_and_a_refused_token_are_found_before_any_work(hub, monkeypatch):
+    from irpo.pushes import Pushes
+
+    for bad in ("no-slash", "a/b/c", "org/bad name", "org/--x"):
+        with pytest.raises(PublishError, match="is not a Hub repo id"):
+            Pushes.start(bad)
+    monkeypatch.setenv("HF_TOKEN", "hf_notTheRightOne")
+    with pytest.raises(PublishError, match="the Hub refused access to org/irpo-test .*check the token"):
+        Pushes.start("org/irpo-test")
