@@ -23,7 +23,7 @@ from irpo_data.errors import IrpoError
 from irpo_data.hardware import describe, resolve_dtype
 from irpo_data.models import ResolvedModel
 from irpo_data.records import EvalRecord
-from irpo_data.runs import write_text_atomic
+from irpo_data.runs import set_aside, write_text_atomic
 from irpo_data.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -223,7 +223,7 @@ def evaluate_model(
         if stored.key == key:
             log.info("%s: already evaluated with these settings; reusing it", out)
             return stored
-        log.info("%s was computed with other settings or another model; evaluating again", out)
+        set_aside(out, f"{out.name} was computed with other settings or another model; evaluating again")
     start = time.perf_counter()
     timing.take()  # this evaluation's phases only
     with timing.phase("evaluation"):

@@ -7,8 +7,10 @@
     runs/NAME/iter_T/manifest.json  hashes and counts, written last: its presence means "done"
     runs/NAME/models/M_T/           the trained model of iteration T (irpo train)
 
-Every file is written under a temporary name in the same folder and renamed into place, so a
-reader never sees half a file and a killed command leaves nothing that a rerun would trust.
+Every file is written under a temporary name in the same folder, fsynced, and renamed into place,
+so a reader never sees half a file and a killed command (or a crashed machine) leaves nothing that a
+rerun would trust. Nothing finished is deleted: what would be replaced is set aside (`set_aside`,
+as NAME.stale-N) and the log says where.
 """
 
 from __future__ import annotations
