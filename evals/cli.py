@@ -154,7 +154,8 @@ def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, 
     from irpo_data.reaper import start_reaper
 
     start_reaper()
-    record = evaluate_model(resolve_model(model_spec), settings, Path(output) if output else None)
+    model = resolve_model(model_spec, trust_remote_code=settings.trust_remote_code)
+    record = evaluate_model(model, settings, Path(output) if output else None)
     k = settings.maj_k
     click.echo(
         f"{model_spec} on {task} ({record.questions} questions): greedy {100 * record.greedy:.1f}%, "

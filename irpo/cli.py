@@ -103,6 +103,7 @@ def run(card, runs_dir, iterations, push_to_hub, private, ablations, fresh, ray_
     """
     setup_logging(quiet)
     from irpo.loop import run_loop
+    from irpo.pushes import Pushes
     from irpo.summary import write_summary
     from irpo_data.lock import run_lock
     from irpo_data.reaper import start_reaper
@@ -118,15 +119,12 @@ def run(card, runs_dir, iterations, push_to_hub, private, ablations, fresh, ray_
         fresh_first = f"delete {run_folder.root}, then " if fresh and run_folder.root.exists() else ""
         would = f"{fresh_first}run iterations 1..{iterations} (build, train, eval) in {run_folder.root}{extra}"
         return show_dry_run(resolved, would)
-    if push_to_hub:
-        from irpo_data.publish import check_repo_id
-
-        check_repo_id(push_to_hub)  # before the run folder is touched
+    pushes = Pushes.start(push_to_hub, private)  # the repo id, and access when online: before anything is touched
     start_reaper()  # the stages' processes and the engines they start die with irpo run
     with run_lock(run_folder.root):
         if fresh:
             _delete_run(run_folder.root)
-        times = run_loop(resolved, iterations, runs_dir, push_to_hub, progress=not quiet, private=private)
+        times = run_loop(resolved, iterations, runs_dir, progress=not quiet, pushes=pushes)
         click.echo(write_summary(run_folder, iterations, times.seconds))
 
 
@@ -134,6 +132,10 @@ def _delete_run(root) -> None:
     """--fresh: the one place irpo deletes a run folder, because the user asked; it says what goes."""
     import shutil
 
+    if root.is_symlink():  # the link goes, never what it points at
+        click.echo(f"--fresh: removing the link {root} (its target {root.resolve()} is kept)", err=True)
+        root.unlink()
+        return
     if not root.exists():
         return
     parts = sorted(p.name for p in root.iterdir()) if root.is_dir() else []

@@ -82,13 +82,14 @@ def run_loop(
     runs_dir: str | Path = "runs",
     push_to_hub: str | None = None,
     progress: bool = True,
-    private: bool | None = None,
+    pushes: Pushes | None = None,
 ) -> StageTimes:
-    """Build, train and evaluate t = 1..iterations; with `push_to_hub`, each finished iteration and the
-    leaderboard go to that dataset repo (irpo.pushes: a failed push is a warning, caught up later)."""
+    """Build, train and evaluate t = 1..iterations; with `push_to_hub` (or `pushes`, already checked), each
+    finished iteration and the leaderboard go to that dataset repo (irpo.pushes: a failed push is a
+    warning, caught up later)."""
     if iterations < 1:
         raise ValueError(f"--iterations must be 1 or more, got {iterations}")
-    pushes = Pushes.start(push_to_hub, private)  # the repo id (and access, online) before any work
+    pushes = pushes or Pushes.start(push_to_hub)  # the repo id (and access, online) before any work
     run = RunFolder.for_card(card, runs_dir)
     restart_if_recipe_changed(card, run)
     times = StageTimes()

@@ -52,7 +52,9 @@ class Pushes:
                 repo_id,
             )
             return cls(repo_id, private, online=False)
-        check_access(repo_id)
+        if not check_access(repo_id):
+            log.warning("nothing is pushed to %s in this run; the pushes catch up on the next run online", repo_id)
+            return cls(repo_id, private, online=False)
         return cls(repo_id, private)
 
     def catch_up(self, run: RunFolder, upto: int) -> None:
@@ -71,7 +73,7 @@ class Pushes:
                 fingerprint = BuildManifest.from_json(run.manifest(t)).pairs_fingerprint
                 if iteration_tag(t, fingerprint) not in tags:
                     push_iteration(run.iteration(t), self.repo_id, t, fingerprint, private=self.private)
-            except (PublishError, RecordError) as exc:
+            except (PublishError, RecordError, OSError) as exc:  # never what stops the run
                 self._failed(f"iteration {t}", exc)
 
     def leaderboard(self, run: RunFolder, card_name: str) -> None:
@@ -91,7 +93,7 @@ class Pushes:
                 private=self.private,
                 run_root=run.root,
             )
-        except PublishError as exc:
+        except (PublishError, OSError) as exc:
             self._failed("the leaderboard", exc)
 
     def _failed(self, what: str, exc: Exception) -> None:

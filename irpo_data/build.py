@@ -113,7 +113,8 @@ def fit_context(
     """(questions, prompts) whose prompt leaves room for an answer in the engine's context
     (sampling.max_model_len), and the ids of those left out. Such a prompt would stop the engine
     mid-build, and again on every resume; it is never sent, and the dataset card counts it."""
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"]] if prompts else []
+    # Counted as vLLM counts a text prompt: with the tokenizer's special tokens (a BOS) added.
+    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]] if prompts else []
     kept = [i for i, n in enumerate(lengths) if n < max_model_len]
     dropped = [questions[i].question_id for i, n in enumerate(lengths) if n >= max_model_len]
     if dropped:

@@ -243,9 +243,11 @@ class Card:
         """
         tree = self.to_dict()
         for key, value in ADDED_KEYS.items():
-            section, _, leaf = key.rpartition(".")
-            node = tree.get(section, {}) if section else tree
-            if leaf in node and node[leaf] == value:
+            *path, leaf = key.split(".")
+            node = tree
+            for part in path:
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            if isinstance(node, dict) and leaf in node and node[leaf] == value:
                 del node[leaf]
         if sections:
             flat = flatten(tree)

@@ -27,6 +27,7 @@ within a few seconds.
 
 from __future__ import annotations
 
+import _thread
 import errno
 import fcntl
 import json
@@ -77,9 +78,16 @@ def _holder(path: Path) -> dict | None:
     return None
 
 
+def _seconds(holder: dict, key: str) -> float:
+    try:
+        return float(holder.get(key, 0))
+    except (TypeError, ValueError):  # a foreign or damaged lock file: as if never heard of
+        return 0.0
+
+
 def _describe(holder: dict) -> str:
-    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder.get("since", 0)))
-    heard = time.time() - holder.get("heartbeat", 0)
+    since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(_seconds(holder, "since")))
+    heard = time.time() - _seconds(holder, "heartbeat")
     return (
         f"`{holder.get('command', '?')}` (pid {holder.get('pid', '?')} on host {holder.get('host', '?')}, "
         f"since {since}, last heard of {heard:.0f} s ago)"
@@ -121,9 +129,14 @@ class _Held:
 
     def _beat(self) -> None:
         while not self.stop.wait(HEARTBEAT_S):
-            current = _holder(self.path)
-            if current is not None and current.get("token") != self.record["token"]:
-                log.error("the lock %s was taken over by %s; stop one of the two", self.path, _describe(current))
+            if not self._ours():
+                # Another machine took the lock over while this one was silent (suspended, or its storage
+                # stalled): two commands must not write one run folder, so this one stops, keeping its
+                # finished work (the CLI says so, as after Ctrl-C).
+                log.error(
+                    "the lock %s was taken over by %s; stopping this command", self.path, _describe(_holder(self.path))
+                )
+                _thread.interrupt_main()
                 return
             self.record["heartbeat"] = time.time()
             try:
@@ -131,11 +144,16 @@ class _Held:
             except OSError as exc:  # a full disk: the lease may lapse, the work goes on
                 log.warning("could not renew the lock %s (%s)", self.path, exc)
 
+    def _ours(self) -> bool:
+        current = _holder(self.path)
+        return current is None or current.get("token") == self.record["token"]
+
     def release(self) -> None:
         self.stop.set()
         self.thread.join()
         try:
-            self._write({**self.record, "released": True, "heartbeat": time.time()})
+            if self._ours():  # never release a lock another command has taken over
+                self._write({**self.record, "released": True, "heartbeat": time.time()})
         except OSError:
             pass
         finally:
@@ -150,6 +168,14 @@ def _works_under_holder(path: Path) -> bool:
         return False
     holder = _holder(path)
     return holder is not None and holder.get("token") == token
+
+
+def _launched_rank() -> int:
+    """This process's rank under torchrun / accelerate launch (which set RANK and WORLD_SIZE); 0 otherwise."""
+    try:
+        return int(os.environ["RANK"]) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+    except (KeyError, ValueError):
+        return 0
 
 
 def _in_use(run_root: Path, holder: dict) -> RunLockedError:
@@ -176,7 +202,7 @@ def _acquire(path: Path, run_root: Path, command: str) -> _Held:
         holder = _holder(path)
         if holder is not None:
             here = holder.get("host") == socket.gethostname()
-            fresh = time.time() - holder.get("heartbeat", 0) < LEASE_S
+            fresh = time.time() - _seconds(holder, "heartbeat") < LEASE_S
             if (here and not flocked and _alive_here(holder)) or (not here and fresh):
                 raise _in_use(run_root, holder)
             log.warning("taking over the lock of %s, which is gone", _describe(holder))
@@ -192,9 +218,11 @@ def run_lock(run_root: Path, command: str | None = None) -> Iterator[None]:
 
     Ranks above 0 of a distributed launch, and processes started under the holder, go on without it.
     """
-    if int(os.environ.get("RANK", "0")) > 0:
+    if _launched_rank() > 0:
         yield
         return
+    if run_root.exists() and not run_root.is_dir():
+        raise IrpoError(f"{run_root} is a file, not a run folder; move it away, or choose another name or --runs-dir")
     run_root.parent.mkdir(parents=True, exist_ok=True)
     path = lock_file(run_root)
     if _works_under_holder(path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import getpass
 import hashlib
+import json
 import logging
 import os
 import re
@@ -33,7 +34,7 @@ import polars as pl
 
 from irpo_data.errors import IrpoError
 from irpo_data.pairs import DROP_REASONS
-from irpo_data.reading import load_dataset_dir
+from irpo_data.reading import load_dataset_dir, read_text
 from irpo_data.runs import atomic_dir, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -100,25 +101,31 @@ def offline() -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
 
 
-def check_access(repo_id: str, token: str | None = None) -> None:
-    """Online: a token that the Hub accepts, and a repo it can write (or create). Raises PublishError."""
+def check_access(repo_id: str, token: str | None = None) -> bool:
+    """Whether the Hub answered: False when it cannot be reached (the pushes catch up on a later run).
+    Raises PublishError when it answers no: a token it refuses, or an owner the token's account is not
+    (nor a member of)."""
     from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError
 
     api = HfApi(token=resolve_token(token))
     try:
-        api.whoami()
-        api.repo_info(repo_id, repo_type="dataset")
-    except RepositoryNotFoundError:
-        return  # the first push creates it
+        account = api.whoami()
     except HfHubHTTPError as exc:
         raise PublishError(
             f"the Hub refused access to {repo_id} ({str(exc).splitlines()[0][:200]}); check the token"
         ) from None
-    except Exception as exc:  # noqa: BLE001  (network: the pushes will catch up on a later run)
+    except Exception as exc:  # noqa: BLE001  (no network, a proxy, DNS: not a refusal)
+        log.warning("could not reach the Hub to check %s (%s: %s)", repo_id, type(exc).__name__, str(exc)[:200])
+        return False
+    owner = repo_id.split("/")[0]
+    names = {account.get("name")} | {org.get("name") for org in account.get("orgs") or [] if isinstance(org, dict)}
+    if owner not in names:
         raise PublishError(
-            f"could not reach the Hub to check {repo_id} ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from None
+            f"the token's account {account.get('name')!r} is not {owner!r} nor a member of it, so it cannot write "
+            f"{repo_id}; use a token of that account or org, or another --push-to-hub"
+        )
+    return True
 
 
 def pushed_tags(repo_id: str, token: str | None = None) -> set[str]:
@@ -139,24 +146,47 @@ def iteration_tag(iteration: int, fingerprint_hex: str) -> str:
     return f"iter_{iteration}-{fingerprint_hex[:12]}"
 
 
-# An absolute local path: "/" or "~/" then path parts, not inside a URL ("https://host/...").
-_LOCAL_PATH = re.compile(r"(?<![\w:/.~-])(?:~/|/)(?:[\w.@+=-]+/)*[\w.@+=-]+/?")
+# A local absolute path inside prose: "/", "~/" or "file:///", then two parts or more ("/4" in "3 /4" is
+# no path), outside a URL ("https://host/a/b" is preceded by ":" or "/").
+_LOCAL_PATH = re.compile(r"(?:file://|(?<![\w:/.~-]))(?:~/|/)(?:[\w.+=-]+/)+[\w.+=-]+/?")
+
+
+def public_path(path: str, run_root: Path | None = None) -> str:
+    """One local path as it may be published: relative to the run folder when inside it, else its last
+    two parts (its last one when it has three or fewer, as in /home/USER/x), without this user's, this
+    machine's or any home folder's name."""
+    path = path.removeprefix("file://")
+    root = str(run_root.resolve()) if run_root is not None else None
+    if root and (path == root or path.startswith(root + "/")):
+        return path[len(root) + 1 :] or "."
+    private_names = {getpass.getuser(), socket.gethostname(), Path.home().name} - {""}
+    parts = [p for p in path.strip("/").split("/") if p and p != "~"]
+    homes = {i + 1 for i, p in enumerate(parts) if p in ("home", "Users", "users")}  # /home/NAME, /Users/NAME
+    kept = [p for i, p in enumerate(parts) if i not in homes and p not in private_names]
+    return "/".join(kept[-2:] if len(parts) > 3 else kept[-1:]) or "."
 
 
 def public_text(text: str, run_root: Path | None = None) -> str:
-    """`text` with every local absolute path replaced: inside the run folder by its path relative to the
-    run folder, elsewhere by its last two parts (without the user's or the machine's name)."""
-    root = str(run_root.resolve()) if run_root is not None else None
-    private_names = {getpass.getuser(), socket.gethostname(), Path.home().name} - {""}
+    """`text` with every local absolute path replaced by public_path. JSON is rewritten value by value
+    (a value that is a whole path may hold spaces, commas or any letter); other text by a pattern."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return _LOCAL_PATH.sub(lambda match: public_path(match.group(0), run_root), text)
+    return json.dumps(_public_values(data, run_root), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
 
-    def replace(match: re.Match) -> str:
-        path = match.group(0)
-        if root and (path == root or path.startswith(root + "/")):
-            return path[len(root) + 1 :] or "."
-        parts = [p for p in path.strip("/").split("/") if p and p != "~" and p not in private_names]
-        return "/".join(parts[-2:]) or "."
 
-    return _LOCAL_PATH.sub(replace, text)
+def _public_values(value, run_root: Path | None):
+    if isinstance(value, dict):
+        return {key: _public_values(item, run_root) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_public_values(item, run_root) for item in value]
+    if isinstance(value, str):
+        whole = value.removeprefix("file://")
+        if (whole.startswith(("/", "~/")) and "\n" not in whole) or whole.startswith(str(Path.home())):
+            return public_path(whole, run_root)
+        return _LOCAL_PATH.sub(lambda match: public_path(match.group(0), run_root), value)
+    return value
 
 
 def resolve_token(token: str | None = None) -> str:
@@ -238,8 +268,8 @@ def push_iteration(
     config = f"iter_{iteration}"
     tag = iteration_tag(iteration, fingerprint_hex)
     run_root = iter_dir.parent
-    card_text = public_text((iter_dir / "README.md").read_text(encoding="utf-8"), run_root)
-    manifest_text = public_text((iter_dir / "manifest.json").read_text(encoding="utf-8"), run_root)
+    card_text = public_text(read_text(iter_dir / "README.md"), run_root)
+    manifest_text = public_text(read_text(iter_dir / "manifest.json"), run_root)
     dataset = load_dataset_dir(iter_dir / "pairs")  # an unreadable dataset is no failed push: said as itself
     try:
         dataset.push_to_hub(

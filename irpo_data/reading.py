@@ -12,6 +12,7 @@ file is one line that names it and says what to do, never a traceback, and nothi
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +77,29 @@ def read_json(path: Path, expect: type = dict) -> Any:
     return value
 
 
+def read_jsonl(path: Path) -> list[dict]:
+    """The JSON objects of an append-only log (metrics.jsonl, probe.jsonl), [] if there is none.
+
+    A last line cut short (a kill or a full disk while appending) is left out with a warning: the step
+    it logged is trained again. A bad line elsewhere is a RecordError."""
+    if not path.is_file():
+        return []
+    lines = [line for line in read_text(path).splitlines() if line.strip()]
+    rows = []
+    for number, line in enumerate(lines, 1):
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            if number == len(lines):
+                logging.getLogger(__name__).warning("%s: its last line was cut short; leaving it out", path)
+                break
+            raise unreadable(path, f"line {number} is not a JSON object") from None
+        rows.append(row)
+    return rows
+
+
 def read_yaml(path: Path) -> dict:
     """The YAML mapping in `path`."""
     import yaml
@@ -93,12 +117,13 @@ def read_yaml(path: Path) -> dict:
     return value
 
 
-def read_parquet(path: Path, columns: dict | None = None):
-    """The polars table in `path`; with `columns` ({name: polars dtype}) those must be there, of those types."""
+def read_parquet(path: Path, columns: dict | None = None, only: bool = False):
+    """The polars table in `path`; with `columns` ({name: polars dtype}) those must be there, of those types
+    (and with `only`, just those are read)."""
     import polars as pl
 
     try:
-        frame = pl.read_parquet(path)
+        frame = pl.read_parquet(path, columns=list(columns) if only and columns else None)
     except Exception as exc:  # noqa: BLE001  (polars raises several kinds for a truncated or foreign file)
         raise unreadable(path, f"not a readable parquet file: {type(exc).__name__}") from None
     for name, dtype in (columns or {}).items():

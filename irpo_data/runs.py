@@ -85,7 +85,10 @@ class RunFolder:
                 raise CardError(
                     str(path),
                     diff
-                    + [f"this run was made with another recipe; use a new run name (name=...) or delete {self.root}"],
+                    + [
+                        "this run was made with another recipe: use a new run name (name=...), or `irpo run`, which "
+                        f"sets {self.root} aside and starts over"
+                    ],
                 )
             if frozen == card:
                 return

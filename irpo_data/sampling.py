@@ -523,7 +523,9 @@ def _finished(path: Path, questions: list[Question], params: SamplingParams) -> 
         return False
     expected = sorted(q.question_id for q in questions for _ in range(params.num_samples))
     try:
-        frame = read_parquet(path, {k: SAMPLE_SCHEMA[k] for k in ("question_id", "sample_idx", "completion")})
+        frame = read_parquet(
+            path, {k: SAMPLE_SCHEMA[k] for k in ("question_id", "sample_idx", "completion")}, only=True
+        )
         found = sorted(frame["question_id"].to_list())
         why = None if found == expected else f"{len(found)} samples, not the {len(expected)} of its questions"
     except RecordError as exc:

@@ -12,16 +12,15 @@ Beneath: held-out greedy accuracy per check, the chosen step marked.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-from irpo_data.reading import read_json
+from irpo_data.reading import read_json, read_jsonl
 
 SERIES = (("chosen", "chosen (correct) answers", "tab:green"), ("rejected", "rejected (wrong) answers", "tab:red"))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    return read_jsonl(path)
 
 
 def _smooth(values: list[float], window: int) -> list[float]:

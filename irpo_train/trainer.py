@@ -33,8 +33,8 @@ from transformers.trainer_callback import ProgressCallback
 from irpo_data import timing
 from irpo_data.grading import grade
 from irpo_data.hardware import trim_heap
-from irpo_data.reading import read_json
-from irpo_data.runs import atomic_dir, write_json_atomic
+from irpo_data.reading import read_json, read_jsonl
+from irpo_data.runs import atomic_dir, write_json_atomic, write_text_atomic
 from irpo_data.tasks import Task
 from irpo_train import distributed
 from irpo_train.loss import objective_loss
@@ -157,10 +157,8 @@ class MetricsFile(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         # After a resume, drop lines from steps that will be trained again.
         if state.is_world_process_zero and self.path.is_file():
-            kept = [
-                line for line in self.path.read_text().splitlines() if json.loads(line)["step"] <= state.global_step
-            ]
-            self.path.write_text("".join(line + "\n" for line in kept))
+            kept = [row for row in read_jsonl(self.path) if row.get("step", 0) <= state.global_step]
+            write_text_atomic(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         if state.is_world_process_zero and logs and "loss" in logs:
@@ -234,11 +232,11 @@ class ProbeLogps(TrainerCallback):
         self.zero_at_start = zero_at_start
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
-        done = [json.loads(line) for line in self.path.read_text().splitlines()] if self.path.is_file() else []
-        kept = [d for d in done if d["step"] <= state.global_step]  # after a resume: steps to be trained again go
+        done = read_jsonl(self.path)
+        kept = [d for d in done if d.get("step", 0) <= state.global_step]  # after a resume: steps trained again go
         distributed.barrier()  # every process has read the file before the main one rewrites it
         if state.is_world_process_zero:
-            self.path.write_text("".join(json.dumps(d) + "\n" for d in kept))
+            write_text_atomic(self.path, "".join(json.dumps(d) + "\n" for d in kept))
         if kept:
             return
         if self.zero_at_start:

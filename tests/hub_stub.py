@@ -64,7 +64,7 @@ class FakeHub:
         if path == "/api/whoami-v2":
             if request.headers.get("authorization") != f"Bearer {TOKEN}":
                 return httpx2.Response(401, json={"error": "Invalid credentials in Authorization header"})
-            return httpx2.Response(200, json={"name": "user", "auth": {}})
+            return httpx2.Response(200, json={"name": "user", "orgs": [{"name": "org"}], "auth": {}})
         routed = self._route(path)
         if routed is None:
             return httpx2.Response(404, json={"error": f"stub does not know {method} {path}"})

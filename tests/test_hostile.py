@@ -492,6 +492,36 @@ def test_a_write_error_is_one_line_naming_the_path_and_the_cause(tmp_path, monke
     assert not [p for p in (tmp_path / "runs" / "demo").iterdir() if p.name.startswith(".tmp")]  # nothing half-written
 
 
+def test_a_run_folder_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "demo").write_text("my notes")
+    refused(tmp_path, ["run", "--runs-dir", tmp_path / "runs"], "is a file, not a run folder")
+    assert (tmp_path / "runs" / "demo").read_text() == "my notes"
+
+
+def test_a_training_log_cut_short_on_its_last_line_loses_only_that_line(tmp_path, caplog):
+    from irpo_data.reading import RecordError, read_jsonl
+
+    log = tmp_path / "metrics.jsonl"
+    log.write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "loss": 0.6}\n{"step": 3, "lo')
+    with caplog.at_level("WARNING"):
+        assert [row["step"] for row in read_jsonl(log)] == [1, 2]
+    assert "its last line was cut short" in caplog.text
+    log.write_text('{"step": 1}\nnot json\n{"step": 3}\n')
+    with pytest.raises(RecordError, match="line 2 is not a JSON object"):
+        read_jsonl(log)
+
+
+def test_a_holder_that_was_taken_over_never_releases_the_new_holders_lock(tmp_path):
+    from irpo_data.lock import _holder, lock_file, run_lock
+
+    root = tmp_path / "runs" / "demo"
+    with run_lock(root, "irpo run"):
+        taken = {"pid": 1, "host": "node-elsewhere", "command": "irpo train", "since": 0, "heartbeat": time.time()}
+        lock_file(root).write_text(json.dumps({**taken, "token": "theirs"}))
+    assert _holder(lock_file(root))["token"] == "theirs"  # still held by the command that took it over
+
+
 def test_a_name_too_long_and_a_file_in_the_path_are_real_errors_in_one_line(tmp_path):
     long_dir = tmp_path / ("r" * 300)
     refused(tmp_path, ["run", "--runs-dir", long_dir], "the name is too long")

@@ -229,3 +229,26 @@ def test_a_bad_repo_id_and_a_refused_token_are_found_before_any_work(hub, monkey
     monkeypatch.setenv("HF_TOKEN", "hf_notTheRightOne")
     with pytest.raises(PublishError, match="the Hub refused access to org/irpo-test .*check the token"):
         Pushes.start("org/irpo-test")
+
+
+def test_an_owner_the_token_cannot_write_is_refused_and_an_unreachable_hub_only_postpones(hub, monkeypatch, caplog):
+    """Online, the token's account must be the repo's owner or a member of it; a Hub that cannot be
+    reached (no network, and HF_HUB_OFFLINE not set) is not a refusal: the run goes on, pushing nothing."""
+    import httpx2
+    from huggingface_hub.utils._http import default_client_factory
+
+    from irpo.pushes import Pushes
+
+    with pytest.raises(PublishError, match="account 'user' is not 'stranger' nor a member of it"):
+        Pushes.start("stranger/irpo-test")
+
+    def unreachable(request):
+        raise httpx2.ConnectError("Name or service not known", request=request)
+
+    huggingface_hub.set_client_factory(lambda: httpx2.Client(transport=httpx2.MockTransport(unreachable)))
+    try:
+        with caplog.at_level(logging.WARNING):
+            pushes = Pushes.start("org/irpo-test")
+    finally:
+        huggingface_hub.set_client_factory(default_client_factory)
+    assert not pushes.online and "could not reach the Hub to check org/irpo-test" in caplog.text
