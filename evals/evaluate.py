@@ -200,12 +200,22 @@ RESOURCE_SETTINGS = (
 )
 
 
+# EvalSettings fields added after irpo 0.1.0, with the value each was added at: a result's key leaves
+# such a field out while it holds that value, so a release that adds a setting at its default
+# re-evaluates nothing (tests/test_hostile.py checks that every field is either of 0.1.0 or here).
+ADDED_SETTINGS: dict = {}
+
+
 def result_key(model: ResolvedModel, settings: EvalSettings) -> dict:
     """What a result is the result of: the model's weights and every setting but the resources.
 
     As JSON stores it (tuples become lists), so that a stored key compares equal to a fresh one.
     """
-    values = {k: v for k, v in asdict(settings).items() if k not in RESOURCE_SETTINGS}
+    values = {
+        k: v
+        for k, v in asdict(settings).items()
+        if k not in RESOURCE_SETTINGS and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])
+    }
     return json.loads(json.dumps({"model_weights_sha256": model.weights_sha256, "settings": values}))
 
 

@@ -51,6 +51,8 @@ train.gradient_accumulation_steps train.gradient_checkpointing train.learning_ra
 train.max_length train.max_steps train.objective train.probe_every train.probe_pairs train.reference_logps
 train.report_to train.retrain_with_held_out train.save_every train.select_baseline train.select_every
 train.select_questions train.select_with train.warmup_steps""".split()
+EVAL_SETTINGS_OF_0_1 = """task task_options maj_k temperature max_new_tokens limit split data_dir hub_id seed dtype backend
+max_model_len trust_remote_code""".split()
 
 
 @pytest.fixture(autouse=True)
@@ -144,6 +146,11 @@ def test_every_number_of_the_card_has_a_range_and_every_key_an_identity_rule():
     keys = set(flatten(Card().to_dict()))
     assert sorted(keys - set(KEYS_OF_0_1) - set(ADDED_KEYS)) == [], "a new card key needs an ADDED_KEYS entry"
     assert all(flatten(Card().to_dict())[k] == v for k, v in ADDED_KEYS.items())  # added at its default
+    # The same for what an evaluation result's key holds.
+    from irpo_eval.evaluate import ADDED_SETTINGS, RESOURCE_SETTINGS, EvalSettings
+
+    fields = {f.name for f in dataclasses.fields(EvalSettings)} - set(RESOURCE_SETTINGS)
+    assert sorted(fields - set(EVAL_SETTINGS_OF_0_1) - set(ADDED_SETTINGS)) == [], "a new setting needs ADDED_SETTINGS"
 
 
 def test_iterations_in_a_card_are_checked_as_on_the_command_line(tmp_path):
@@ -523,6 +530,8 @@ def test_a_holder_that_was_taken_over_never_releases_the_new_holders_lock(tmp_pa
 
 
 def test_a_name_too_long_and_a_file_in_the_path_are_real_errors_in_one_line(tmp_path):
+    (tmp_path / "runs-file").write_text("not a folder")
+    refused(tmp_path, ["run", "--runs-dir", tmp_path / "runs-file"], "is a file", exit_code=2)
     long_dir = tmp_path / ("r" * 300)
     refused(tmp_path, ["run", "--runs-dir", long_dir], "the name is too long")
     (tmp_path / "afile").write_text("not a folder")
