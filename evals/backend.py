@@ -55,6 +55,15 @@ from lm_eval.models.utils import postprocess_generated_text  # noqa: E402
 from irpo_data import timing  # noqa: E402
 from irpo_data.sampling import question_seed, shutdown_vllm  # noqa: E402
 
+
+def stop_token_ids(model_path, tokenizer) -> tuple[int, ...]:
+    """What ends an answer, as in the build: the chat template's end-of-turn token and the model's
+    generation_config EOS ids (irpo_data.prompts); lm-eval alone would stop on the EOS only."""
+    from irpo_data.prompts import end_of_turn_id, generation_eos_ids
+
+    return tuple(dict.fromkeys([end_of_turn_id(tokenizer), *generation_eos_ids(model_path)]))
+
+
 _started: list = []  # GroupedVLLM instances lm-eval made in this process, until release_engines()
 
 
@@ -85,6 +94,7 @@ class GroupedVLLM(VLLM):
         with timing.phase("engine start"):
             super().__init__(pretrained=pretrained, seed=seed, **kwargs)
         self.sample_seed = seed
+        self.stop_token_ids = stop_token_ids(pretrained, self.tokenizer)
         _started.append(self)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
@@ -117,6 +127,7 @@ class GroupedVLLM(VLLM):
                     n=1 if greedy else len(members),
                     max_tokens=max_gen_toks,
                     stop=until,
+                    stop_token_ids=list(self.stop_token_ids),
                     seed=question_seed(self.sample_seed, context),
                     **kwargs,
                 )

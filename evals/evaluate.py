@@ -60,6 +60,7 @@ class EvalSettings:
     ray_address: str | None = None  # the cluster of those copies; None: RAY_ADDRESS or this node's
     max_model_len: int = 2048
     trust_remote_code: bool = False
+    prompt_style: str = "auto"  # the card's task.prompt_style: chat template, or plain text (irpo_data.prompts)
 
     def __post_init__(self):
         get_task(self.task, **self.task_options)  # unknown task or option: TaskError listing the known ones
@@ -93,6 +94,7 @@ class EvalSettings:
             ray_address=card.resources.ray_address,
             max_model_len=card.sampling.max_model_len,
             trust_remote_code=card.model.trust_remote_code,
+            prompt_style=card.task.prompt_style,
         )
         values.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**values)
@@ -127,8 +129,12 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
     manager = TaskManager(include_path=str(TASKS_DIR), include_defaults=False, metadata=metadata)
     names = [f"irpo_{settings.task}", f"irpo_{settings.task}_maj"]
     tasks = manager.load(names)["tasks"]
+    style = _prompt_style(model_path, settings)
+    # A plain prompt (a base model) stops where the model runs on into the next exemplar, as the build's
+    # sampling does; a chat model stops on its end-of-turn token (the backend's stop_token_ids).
+    until = list(get_task(settings.task, **settings.task_options).run_on_markers) if style == "plain" else []
     sampling = {
-        "until": [],
+        "until": until,
         "do_sample": True,
         "temperature": settings.temperature,
         "max_gen_toks": settings.max_new_tokens,
@@ -156,7 +162,7 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
             tasks=list(tasks.values()),
             task_manager=manager,
             limit=settings.limit,
-            apply_chat_template=_has_chat_template(model_path, settings.trust_remote_code),
+            apply_chat_template=style == "chat",
             batch_size="auto",
             log_samples=log_samples,
             random_seed=settings.seed,
@@ -166,11 +172,14 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
         release_engines()  # the next model's engine, or the next stage, gets the memory back
 
 
-def _has_chat_template(model_path: Path, trust_remote_code: bool) -> bool:
+def _prompt_style(model_path: Path, settings: EvalSettings) -> str:
+    """chat or plain, as the build resolves it for this model (irpo_data.prompts.resolve_style)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
-    return bool(getattr(tokenizer, "chat_template", None))
+    from irpo_data.prompts import resolve_style
+
+    tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=settings.trust_remote_code)
+    return resolve_style(tokenizer, settings.prompt_style)
 
 
 def summarise(raw: dict, settings: EvalSettings) -> dict:
@@ -203,7 +212,7 @@ RESOURCE_SETTINGS = (
 # EvalSettings fields added after irpo 0.1.0, with the value each was added at: a result's key leaves
 # such a field out while it holds that value, so a release that adds a setting at its default
 # re-evaluates nothing (tests/test_hostile.py checks that every field is either of 0.1.0 or here).
-ADDED_SETTINGS: dict = {}
+ADDED_SETTINGS: dict = {"prompt_style": "auto"}
 
 
 def result_key(model: ResolvedModel, settings: EvalSettings) -> dict:

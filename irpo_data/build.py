@@ -30,11 +30,12 @@ from irpo_data.grading import grade_many
 from irpo_data.hardware import describe
 from irpo_data.models import ModelError, ResolvedModel, resolve_model
 from irpo_data.pairs import build_pairs
+from irpo_data.prompts import PromptFormat, encode_answers, encode_prompts, prompt_format, render_prompts
 from irpo_data.publish import dataset_card, fingerprint, save_pairs, write_card_and_manifest
 from irpo_data.reading import read_json, read_parquet
 from irpo_data.records import BuildManifest
 from irpo_data.runs import RunFolder, set_aside, write_parquet_atomic, write_text_atomic
-from irpo_data.sampling import SamplingParams, make_engine, read_samples, render_prompts, sample_answers
+from irpo_data.sampling import SamplingParams, make_engine, read_samples, sample_answers
 from irpo_data.tasks import Question, Task, TaskError, split_held_out, task_from_config
 
 log = logging.getLogger(__name__)
@@ -107,24 +108,47 @@ def sampling_model(card: Card, run: RunFolder, iteration: int, model: str | None
     return resolve_model(str(previous))
 
 
-def fit_context(
-    questions: list[Question], prompts: list[str], tokenizer, max_model_len: int
-) -> tuple[list[Question], list[str], list[str]]:
-    """(questions, prompts) whose prompt leaves room for an answer in the engine's context
-    (sampling.max_model_len), and the ids of those left out. Such a prompt would stop the engine
-    mid-build, and again on every resume; it is never sent, and the dataset card counts it."""
-    # Counted as vLLM counts a text prompt: with the tokenizer's special tokens (a BOS) added.
-    lengths = [len(ids) for ids in tokenizer(prompts, add_special_tokens=True)["input_ids"]] if prompts else []
-    kept = [i for i, n in enumerate(lengths) if n < max_model_len]
-    dropped = [questions[i].question_id for i, n in enumerate(lengths) if n >= max_model_len]
-    if dropped:
-        log.warning(
-            "%d question(s) have a prompt of sampling.max_model_len=%d tokens or more and are not sampled: %s",
-            len(dropped),
-            max_model_len,
-            ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else ""),
+@dataclass
+class Prompts:
+    """Questions with their prompts as text (the samples' and pairs' `prompt` column) and as the token
+    ids every engine is given (irpo_data.prompts)."""
+
+    questions: list[Question]
+    texts: list[str]
+    ids: list[list[int]]
+
+    @classmethod
+    def of(cls, task: Task, questions: list[Question], tokenizer, style: str) -> "Prompts":
+        texts = render_prompts(task, questions, tokenizer, style)
+        return cls(list(questions), texts, encode_prompts(tokenizer, texts))
+
+    def fit_context(self, max_model_len: int, left_out: str = "not sampled") -> tuple["Prompts", list[str]]:
+        """(the prompts that leave room for an answer in the engine's context, sampling.max_model_len;
+        the ids of the questions left out). Such a prompt would stop the engine mid-build, and again on
+        every resume: it is never sent, and the dataset card counts it."""
+        kept = [i for i, ids in enumerate(self.ids) if len(ids) < max_model_len]
+        dropped = [self.questions[i].question_id for i, ids in enumerate(self.ids) if len(ids) >= max_model_len]
+        if dropped:
+            log.warning(
+                "%d question(s) have a prompt of sampling.max_model_len=%d tokens or more and are %s: %s",
+                len(dropped),
+                max_model_len,
+                left_out,
+                ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else ""),
+            )
+        pick = Prompts([self.questions[i] for i in kept], [self.texts[i] for i in kept], [self.ids[i] for i in kept])
+        return pick, dropped
+
+    def table(self) -> pl.DataFrame:
+        """iter_t/held_out.parquet: the held-out questions' prompts as the checks give them to the model."""
+        return pl.DataFrame(
+            {
+                "question_id": [q.question_id for q in self.questions],
+                "prompt": self.texts,
+                "prompt_token_ids": self.ids,
+            },
+            schema={"question_id": pl.String, "prompt": pl.String, "prompt_token_ids": pl.List(pl.Int32)},
         )
-    return [questions[i] for i in kept], [prompts[i] for i in kept], dropped
 
 
 def questions_sha256(questions: list[Question], prompts: list[str]) -> str:
@@ -134,19 +158,21 @@ def questions_sha256(questions: list[Question], prompts: list[str]) -> str:
     return digest.hexdigest()
 
 
-def gold_table(task: Task, questions: list[Question], tokenizer) -> pl.DataFrame:
-    """One row per question with a gold solution: text, length in tokens, grade (irpo_data.pairs.GOLD_COLUMNS)."""
+def gold_table(task: Task, questions: list[Question], tokenizer, end_of_turn: int) -> pl.DataFrame:
+    """One row per question with a gold solution: text, its token ids closed by the model's end-of-turn
+    token, length in tokens (without that token, as before ids were kept), grade (irpo_data.pairs.GOLD_COLUMNS)."""
     with_gold = [q for q in questions if q.solution is not None]
     texts = [q.solution for q in with_gold]
     grades = grade_many(task, texts, [q.gold for q in with_gold])
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]] if texts else []
+    ids = encode_answers(tokenizer, texts, end_of_turn)
     return pl.DataFrame(
         {
             "question_id": [q.question_id for q in with_gold],
             "completion": texts,
-            "n_tokens": lengths,
+            "n_tokens": [len(i) - 1 for i in ids],
             "correct": [g.correct for g in grades],
             "well_formed": [g.well_formed for g in grades],
+            "completion_token_ids": ids,
         },
         schema={
             "question_id": pl.String,
@@ -154,6 +180,7 @@ def gold_table(task: Task, questions: list[Question], tokenizer) -> pl.DataFrame
             "n_tokens": pl.Int32,
             "correct": pl.Boolean,
             "well_formed": pl.Boolean,
+            "completion_token_ids": pl.List(pl.Int32),
         },
     )
 
@@ -170,6 +197,15 @@ def build_iteration(
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(job.model.path, trust_remote_code=card.model.trust_remote_code)
+    job.format = prompt_format(job.model.path, tokenizer, job.task, card.task.prompt_style)
+    log.info(
+        "prompts: %s (%s); answers end with token %d; generation stops on %s%s",
+        job.format.style,
+        "the model's chat template" if job.format.style == "chat" else "plain text, no chat template",
+        job.format.end_of_turn_id,
+        list(job.format.stop_token_ids),
+        f" and at {list(job.format.stop_strings)}" if job.format.stop_strings else "",
+    )
     with timing.phase("sampling"):
         report, params, data_sha256 = _sample(job, tokenizer, progress)
     with timing.phase("pairs"):
@@ -192,6 +228,7 @@ class _BuildJob:
     task: Task
     sets: QuestionSets
     too_long: list[str] = dataclasses.field(default_factory=list)  # question ids whose prompt overflows the context
+    format: PromptFormat | None = None  # the sampling model's (irpo_data.prompts)
 
 
 def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob | BuildResult:
@@ -228,29 +265,39 @@ def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob
 
 def _sample(job: _BuildJob, tokenizer, progress: bool):
     """samples/: N graded answers to every question to sample, shard by shard (resumable)."""
-    card = job.card
-    prompts = render_prompts(job.task, job.sets.sampled, tokenizer)
-    questions, prompts, job.too_long = fit_context(job.sets.sampled, prompts, tokenizer, card.sampling.max_model_len)
-    data_sha256 = questions_sha256(questions, prompts)
+    card, style = job.card, job.format.style
+    prompts, job.too_long = Prompts.of(job.task, job.sets.sampled, tokenizer, style).fit_context(
+        card.sampling.max_model_len
+    )
+    # The held-out questions' prompts, sampled or not (the demo, ARC's validation split): the checks that
+    # choose the step give the model these very ids (irpo_train reads held_out.parquet).
+    held_out, _ = Prompts.of(job.task, job.sets.held_out, tokenizer, style).fit_context(
+        card.sampling.max_model_len, "left out of the held-out checks"
+    )
+    write_parquet_atomic(held_out.table(), job.dir / "held_out.parquet")
+    data_sha256 = questions_sha256(prompts.questions, prompts.texts)
     params = SamplingParams(
         num_samples=card.sampling.num_samples,
         temperature=card.sampling.temperature(job.iteration),
         top_p=card.sampling.top_p,
         max_new_tokens=card.sampling.max_new_tokens,
         seed=card.seed,
+        stop_token_ids=job.format.stop_token_ids,
+        stop=job.format.stop_strings,
     )
     engine = make_engine(job.model.path, card.sampling, card.seed, card.model.trust_remote_code, card.resources)
     try:
         report = sample_answers(
             job.task,
-            questions,
-            prompts,
+            prompts.questions,
+            prompts.texts,
             engine,
             params,
             job.run.samples(job.iteration),
             card.sampling.questions_per_shard,
             fixed_settings={"weights_sha256": job.model.weights_sha256, "data_sha256": data_sha256},
             progress=progress,
+            prompt_ids=prompts.ids,
         )
     finally:
         engine.close()  # frees the vLLM engine's memory before the pair work and the stages after it
@@ -260,7 +307,8 @@ def _sample(job: _BuildJob, tokenizer, progress: bool):
 def _pair(job: _BuildJob, tokenizer):
     """gold.parquet, then the pairs of the samples and the gold solutions, and their counts."""
     left_out = set(job.too_long)
-    gold = gold_table(job.task, [q for q in job.sets.sampled if q.question_id not in left_out], tokenizer)
+    sampled = [q for q in job.sets.sampled if q.question_id not in left_out]
+    gold = gold_table(job.task, sampled, tokenizer, job.format.end_of_turn_id)
     write_parquet_atomic(gold, job.dir / "gold.parquet")
     pairs, stats = build_pairs(read_samples(job.run.samples(job.iteration)), job.card.pairs, job.card.seed, gold)
     stats["contaminated"] = None if job.sets.contaminated is None else len(job.sets.contaminated)

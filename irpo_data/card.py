@@ -71,6 +71,10 @@ class TaskConfig:
     # Training questions that share a 13-gram with the test set are counted in every build
     # (iter_t/contaminated.txt); true drops them before sampling.
     drop_contaminated: bool = False
+    # How the prompt reaches the model: chat (the task's messages in the model's chat template), plain
+    # (the paper's prompt as plain text, for a base model; generation stops at the task's run-on
+    # markers, "\nQuestion:"), or auto (chat when the tokenizer has a chat template). irpo_data.prompts.
+    prompt_style: str = "auto"
 
     def options(self) -> dict:
         """The task's own options (split, prompt, train_subsets) that the card sets."""
@@ -259,7 +263,9 @@ class Card:
 # run's identity leave such a key out while it holds that value (Card.sha256). A key added without an
 # entry here would change every run's identity and retrain it; tests/test_hostile.py checks that
 # every key is either in KEYS_OF_0_1 or here.
-ADDED_KEYS: dict[str, Any] = {}
+ADDED_KEYS: dict[str, Any] = {
+    "task.prompt_style": "auto",  # issue 32: base models' plain prompts
+}
 
 # Training objectives (train.objective), all trained by irpo train from one iteration's pairs:
 # - dpo_nll: DPO on (winner, loser) + alpha x the winner's NLL / its length (Pang et al., 2024);

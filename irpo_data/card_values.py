@@ -105,6 +105,7 @@ RANGES: dict[str, Range] = {
 # Keys whose value is one of a few words, and those words.
 CHOICES = {
     "sampling.engine": ("auto", "vllm", "transformers"),
+    "task.prompt_style": ("auto", "chat", "plain"),
     "sampling.dtype": ("auto", "bfloat16", "float32", "float16"),
     "pairs.scheme": ("cycle", "distinct"),
     "pairs.gold_winner": ("always", "when_none_correct", "never"),

@@ -19,6 +19,11 @@ Steps, as Pang et al. (2024) §2-3 prescribe (each departure is a PairsConfig sw
    - distinct: min(K, |W| x |L|) distinct (winner, loser) combinations, uniformly at random.
 6. At most `max_pairs` pairs in all (paper: "around 60k"), a seeded uniform subset.
 
+With token ids (samples from irpo_data.sampling carry `prompt_token_ids` and `completion_token_ids`,
+the gold table `completion_token_ids`), each pair also carries `prompt_token_ids`,
+`chosen_token_ids` and `rejected_token_ids`: the very ids the engine was given and returned, which
+the trainer scores (no text is tokenized again). The text columns stay TRL's preference format.
+
 Reproducible: every shuffle and draw is keyed by splitmix64 of (seed, the question id's hash,
 sample indices), so a question's pairs depend on its own samples and the seed alone, never on row
 order or on which other questions are in the table. One output row:
@@ -78,8 +83,9 @@ def build_pairs(
         (pl.col("correct").fill_null(False) & pl.col("well_formed").fill_null(False)).alias("winner"),
         pl.lit("sample").alias("source"),
     )
-    golds, gold_stats = _gold_winners(kept, samples, gold, config)
-    pool = pl.concat([kept.select(_POOL), golds.select(_POOL)]) if golds.height else kept.select(_POOL)
+    columns = _pool_columns(samples)
+    golds, gold_stats = _gold_winners(kept, samples, gold, config, columns)
+    pool = pl.concat([kept.select(columns), golds.select(columns)]) if golds.height else kept.select(columns)
     pool = pool.join(_question_hashes(samples), on="question_id")
 
     per_question = pool.group_by("question_id").agg(
@@ -114,6 +120,12 @@ def build_pairs(
 
 
 _POOL = ("question_id", "sample_idx", "completion", "answer", "winner", "source")
+IDS = "completion_token_ids"
+
+
+def _pool_columns(samples: pl.DataFrame) -> tuple[str, ...]:
+    """The pool's columns: with the answers' token ids where the samples have them."""
+    return (*_POOL, IDS) if IDS in samples.columns else _POOL
 
 
 def _check(table: pl.DataFrame, columns: tuple[str, ...], what: str) -> None:
@@ -122,12 +134,14 @@ def _check(table: pl.DataFrame, columns: tuple[str, ...], what: str) -> None:
         raise ValueError(f"{what} lacks column(s) {', '.join(missing)}; it must have {', '.join(columns)}")
 
 
-def _gold_winners(kept: pl.DataFrame, samples: pl.DataFrame, gold: pl.DataFrame | None, config: PairsConfig):
+def _gold_winners(
+    kept: pl.DataFrame, samples: pl.DataFrame, gold: pl.DataFrame | None, config: PairsConfig, columns: tuple
+):
     """The gold rows that join G_w under config.gold_winner, and their counts."""
-    empty = pl.DataFrame(schema={c: kept.schema[c] for c in _POOL})
+    empty = pl.DataFrame(schema={c: kept.schema[c] for c in columns})
     if gold is None or config.gold_winner == "never":
         return empty, {"gold_winners": 0, "gold_not_accepted": 0}
-    _check(gold, GOLD_COLUMNS, "gold table")
+    _check(gold, (*GOLD_COLUMNS, *columns[len(_POOL) :]), "gold table")
     gold = gold.filter(pl.col("question_id").is_in(samples["question_id"].unique().implode()))
     accepted = gold.filter(pl.col("correct") & pl.col("well_formed") & (pl.col("n_tokens") <= config.max_tokens))
     if config.gold_winner == "when_none_correct":
@@ -141,6 +155,7 @@ def _gold_winners(kept: pl.DataFrame, samples: pl.DataFrame, gold: pl.DataFrame 
         "answer",
         pl.lit(True).alias("winner"),
         pl.lit("gold").alias("source"),
+        *([pl.col(IDS).cast(kept.schema[IDS])] if IDS in columns else []),
     )
     return rows, {
         "gold_winners": rows.height,
@@ -207,31 +222,44 @@ def _cap(picked: pl.DataFrame, max_pairs: int | None, seed: int) -> tuple[pl.Dat
 
 
 def _with_text(picked: pl.DataFrame, pool: pl.DataFrame, samples: pl.DataFrame) -> pl.DataFrame:
-    """Join the texts back onto the picked (winner, loser) indices; sorted by question, then draw."""
-    text = pool.select("question_id", "sample_idx", "completion", "answer", "source")
-    prompts = samples.group_by("question_id").agg(pl.col("prompt").first(), pl.col("gold").first())
-    return (
+    """Join the texts (and token ids) back onto the picked (winner, loser) indices; sorted by question, then draw."""
+    ids = IDS in pool.columns
+    answer = ["question_id", "sample_idx", "completion", "answer", *([IDS] if ids else [])]
+    text = pool.select(*answer, "source")
+    prompts = samples.group_by("question_id").agg(
+        pl.col("prompt").first(), pl.col("gold").first(), *([pl.col("prompt_token_ids").first()] if ids else [])
+    )
+    table = (
         picked.join(text, on=["question_id", "sample_idx"])
         .join(
-            text.select("question_id", "sample_idx", "completion", "answer"),
+            text.select(*answer),
             left_on=["question_id", "sample_idx_rejected"],
             right_on=["question_id", "sample_idx"],
             suffix="_rejected",
         )
         .join(prompts, on="question_id")
         .sort("question_id", "order")
-        .select(
-            "question_id",
-            "prompt",
-            pl.col("completion").alias("chosen"),
-            pl.col("completion_rejected").alias("rejected"),
-            "gold",
-            pl.col("answer").alias("chosen_answer"),
-            pl.col("answer_rejected").alias("rejected_answer"),
-            pl.col("sample_idx").alias("chosen_sample_idx"),
-            pl.col("sample_idx_rejected").alias("rejected_sample_idx"),
-            pl.col("source").alias("chosen_source"),
-        )
+    )
+    return table.select(
+        "question_id",
+        "prompt",
+        pl.col("completion").alias("chosen"),
+        pl.col("completion_rejected").alias("rejected"),
+        "gold",
+        pl.col("answer").alias("chosen_answer"),
+        pl.col("answer_rejected").alias("rejected_answer"),
+        pl.col("sample_idx").alias("chosen_sample_idx"),
+        pl.col("sample_idx_rejected").alias("rejected_sample_idx"),
+        pl.col("source").alias("chosen_source"),
+        *(
+            [
+                "prompt_token_ids",
+                pl.col(IDS).alias("chosen_token_ids"),
+                pl.col(f"{IDS}_rejected").alias("rejected_token_ids"),
+            ]
+            if ids
+            else []
+        ),
     )
 
 

@@ -46,8 +46,19 @@ class PublishError(IrpoError, RuntimeError):
 
 def fingerprint(pairs: pl.DataFrame) -> str:
     """sha256 of the pair table's content. datasets' own `_fingerprint` changes across a
-    save_to_disk/load_from_disk round trip, so the manifest hashes the rows itself."""
-    return hashlib.sha256(pairs.write_csv().encode()).hexdigest()
+    save_to_disk/load_from_disk round trip, so the manifest hashes the rows itself.
+
+    The scalar columns as CSV (which is all a table held before the token-id columns, so earlier
+    fingerprints stay valid), then each list column (CSV has no lists): its name, each row's length
+    and the ids, as 64-bit integers."""
+    lists = [name for name, dtype in pairs.schema.items() if isinstance(dtype, pl.List)]
+    digest = hashlib.sha256(pairs.drop(lists).write_csv().encode())
+    for name in lists:
+        column = pairs[name]
+        digest.update(name.encode())
+        digest.update(column.list.len().fill_null(-1).to_numpy().astype("<i8").tobytes())
+        digest.update(column.explode().drop_nulls().to_numpy().astype("<i8").tobytes())
+    return digest.hexdigest()
 
 
 def save_pairs(pairs: pl.DataFrame, iteration: int, path: Path):

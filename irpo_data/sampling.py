@@ -39,6 +39,7 @@ from irpo_data import timing
 from irpo_data.errors import IrpoError
 from irpo_data.grading import GRADE_TIMEOUT_S, grade_many
 from irpo_data.hardware import describe, resolve_dtype
+from irpo_data.prompts import cut_at_stop
 from irpo_data.reading import RecordError, read_json, read_parquet
 from irpo_data.runs import set_aside, write_json_atomic, write_parquet_atomic
 from irpo_data.tasks import Question, Task
@@ -57,7 +58,12 @@ SAMPLE_SCHEMA = {
     "correct": pl.Boolean,
     "well_formed": pl.Boolean,
     "grading_timed_out": pl.Boolean,  # verification ran past grading.GRADE_TIMEOUT_S: counted wrong
+    # The ids the engine was given, and the ids it returned (with the stop token when it stopped on
+    # one; an answer cut at a plain prompt's run-on marker ends before it): what the trainer scores.
+    "prompt_token_ids": pl.List(pl.Int32),
+    "completion_token_ids": pl.List(pl.Int32),
 }
+ID_COLUMNS = ("prompt_token_ids", "completion_token_ids")
 
 
 class SamplingError(IrpoError, RuntimeError):
@@ -69,6 +75,7 @@ class Generation:
     text: str
     n_tokens: int
     finish_reason: str  # "stop" (end of answer) or "length" (hit max_new_tokens)
+    token_ids: tuple[int, ...] = ()  # as the engine returned them (irpo_data.prompts.cut_at_stop for stop strings)
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ class SamplingParams:
     top_p: float
     max_new_tokens: int
     seed: int
+    stop_token_ids: tuple[int, ...] = ()  # irpo_data.prompts.PromptFormat: end of turn and the model's EOS ids
+    stop: tuple[str, ...] = ()  # plain prompts: the task's run-on markers
 
 
 def question_seed(seed: int, question_id: str) -> int:
@@ -91,19 +100,18 @@ class ShardJob:
 
     task: Task
     shards: list[list[Question]]  # shard k's questions
-    prompts: list[list[str]]  # and their rendered prompts
+    prompts: list[list[str]]  # and their rendered prompts (the samples' text column)
     params: SamplingParams
     out_dir: Path
     grading_workers: int | None = None  # processes for math-verify; None: every core this process may use
+    prompt_ids: list[list[list[int]]] | None = None  # shard k's prompts as the engine is given them
 
     def sample_shard(self, engine: "Engine", k: int) -> tuple[int, int]:
         """Sample, grade and write shard k; (generations, tokens) made."""
-        questions, prompts = self.shards[k], self.prompts[k]
-        outputs = engine.generate(
-            prompts, self.params, [question_seed(self.params.seed, q.question_id) for q in questions]
-        )
+        questions, prompts, ids = self.shards[k], self.prompts[k], self.prompt_ids[k]
+        outputs = engine.generate(ids, self.params, [question_seed(self.params.seed, q.question_id) for q in questions])
         rows = write_shard(
-            self.task, questions, prompts, outputs, shard_path(self.out_dir, k), workers=self.grading_workers
+            self.task, questions, prompts, outputs, shard_path(self.out_dir, k), self.grading_workers, ids
         )
         return len(rows["completion"]), sum(rows["n_tokens"])
 
@@ -111,7 +119,8 @@ class ShardJob:
 class Engine:
     name = "engine"
 
-    def generate(self, prompts: list[str], params: SamplingParams, seeds: list[int]) -> list[list[Generation]]:
+    def generate(self, prompt_ids: list[list[int]], params: SamplingParams, seeds: list[int]) -> list[list[Generation]]:
+        """N answers to each prompt, given as token ids (irpo_data.prompts.encode_prompts)."""
         raise NotImplementedError
 
     def settings(self) -> dict:
@@ -224,8 +233,9 @@ class VLLMEngine(Engine):
         if llm is not None:
             shutdown_vllm(llm)
 
-    def generate(self, prompts, params, seeds):
+    def generate(self, prompt_ids, params, seeds):
         from vllm import SamplingParams as VSamplingParams
+        from vllm.inputs import TokensPrompt
 
         requests = [
             VSamplingParams(
@@ -234,17 +244,17 @@ class VLLMEngine(Engine):
                 top_p=params.top_p,
                 max_tokens=params.max_new_tokens,
                 seed=seed,  # vLLM seeds the n samples seed, seed+1, ...
+                stop_token_ids=list(params.stop_token_ids) or None,
+                stop=list(params.stop) or None,
             )
             for seed in seeds
         ]
-        outputs = self.llm.generate(prompts, requests, use_tqdm=False)
-        return [
-            [
-                Generation(c.text, len(c.token_ids), c.finish_reason or "stop")
-                for c in sorted(o.outputs, key=lambda c: c.index)
-            ]
-            for o in outputs
-        ]
+        # Token ids, never text: vLLM would tokenize a text prompt again, adding a second BOS.
+        outputs = self.llm.generate(
+            [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], requests, use_tqdm=False
+        )
+        tokenizer = self.llm.get_tokenizer()
+        return [[_generation(c, tokenizer) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
 
     def settings(self):
         return {
@@ -253,6 +263,14 @@ class VLLMEngine(Engine):
             "device": "cpu" if self.on_cpu else "cuda",
             "cpu_threads": os.environ.get("VLLM_CPU_OMP_THREADS_BIND") if self.on_cpu else None,
         }
+
+
+def _generation(output, tokenizer) -> Generation:
+    """A vLLM CompletionOutput as a Generation; one cut at a stop string gets ids that match its text."""
+    text, ids = output.text, list(output.token_ids)
+    if isinstance(output.stop_reason, str):
+        ids, text = cut_at_stop(ids, text, tokenizer)
+    return Generation(text, len(ids), output.finish_reason or "stop", tuple(ids))
 
 
 class TransformersEngine(Engine):
@@ -275,10 +293,10 @@ class TransformersEngine(Engine):
         ).to(self.device)
         self.model.eval()
 
-    def generate(self, prompts, params, seeds):
+    def generate(self, prompt_ids, params, seeds):
         results = []
-        for start in range(0, len(prompts), self.batch_size):
-            batch = prompts[start : start + self.batch_size]
+        for start in range(0, len(prompt_ids), self.batch_size):
+            batch = prompt_ids[start : start + self.batch_size]
             # One seed per batch; batches never cross a shard, so a resumed shard repeats itself.
             self.torch.manual_seed(seeds[start])
             results += self._generate_batch(batch, params)
@@ -286,11 +304,13 @@ class TransformersEngine(Engine):
 
     def _generate_batch(self, batch, params):
         torch = self.torch
-        enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(self.device)
+        input_ids, attention = left_padded(batch, self.tokenizer.pad_token_id)
         sampling = params.temperature > 0
+        stops = list(params.stop_token_ids) or [self.tokenizer.eos_token_id]
         with torch.inference_mode():
             out = self.model.generate(
-                **enc,
+                input_ids=input_ids.to(self.device),
+                attention_mask=attention.to(self.device),
                 do_sample=sampling,
                 temperature=params.temperature if sampling else None,
                 top_p=params.top_p if sampling else None,
@@ -298,16 +318,12 @@ class TransformersEngine(Engine):
                 max_new_tokens=params.max_new_tokens,
                 num_return_sequences=params.num_samples,
                 pad_token_id=self.tokenizer.pad_token_id,
+                eos_token_id=stops,
+                stop_strings=list(params.stop) or None,
+                tokenizer=self.tokenizer if params.stop else None,
             )
-        new_tokens = out[:, enc["input_ids"].shape[1] :].tolist()
-        eos = self.model.generation_config.eos_token_id
-        eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
-        generations = []
-        for tokens in new_tokens:
-            end = next((i for i, tok in enumerate(tokens) if tok in eos_ids), None)
-            kept = tokens if end is None else tokens[: end + 1]
-            text = self.tokenizer.decode(kept, skip_special_tokens=True)
-            generations.append(Generation(text, len(kept), "length" if end is None else "stop"))
+        new_tokens = out[:, input_ids.shape[1] :].tolist()
+        generations = [stopped(tokens, set(stops), params.stop, self.tokenizer) for tokens in new_tokens]
         n = params.num_samples
         return [generations[i * n : (i + 1) * n] for i in range(len(batch))]
 
@@ -318,6 +334,32 @@ class TransformersEngine(Engine):
             "device": self.device,
             "cpu_threads": self.torch.get_num_threads(),
         }
+
+
+def left_padded(prompt_ids: list[list[int]], pad_token_id: int):
+    """(input_ids, attention_mask) tensors of prompts padded on the left: generation continues at the right edge."""
+    import torch
+
+    width = max(map(len, prompt_ids))
+    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
+def stopped(tokens: list[int], stop_ids: set[int], stop_strings: tuple[str, ...], tokenizer) -> Generation:
+    """One row of transformers' output as a Generation: up to and with its stop token, or cut before a
+    stop string, or all of it when it hit max_new_tokens (what follows is padding)."""
+    end = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
+    kept = tokens if end is None else tokens[: end + 1]
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    marker = min((text.index(s) for s in stop_strings if s in text), default=None)
+    if marker is not None:
+        kept, text = cut_at_stop(kept, text[:marker], tokenizer)
+        return Generation(text, len(kept), "stop", tuple(kept))
+    return Generation(text, len(kept), "length" if end is None else "stop", tuple(kept))
 
 
 def vllm_available() -> bool:
@@ -349,15 +391,6 @@ def make_engine(model_path: Path, config, seed: int, trust_remote_code: bool = F
     return TransformersEngine(model_path, resolve_dtype(config.dtype), config.batch_size, trust_remote_code)
 
 
-def render_prompts(task: Task, questions: list[Question], tokenizer) -> list[str]:
-    """Each question's prompt as the model sees it: the task's messages in the chat template."""
-    if not getattr(tokenizer, "chat_template", None):
-        return [task.user_message(q) + "\n" for q in questions]
-    return [
-        tokenizer.apply_chat_template(task.messages(q), tokenize=False, add_generation_prompt=True) for q in questions
-    ]
-
-
 @dataclass
 class SamplingReport:
     shards_total: int
@@ -377,13 +410,19 @@ def sample_answers(
     questions_per_shard: int,
     fixed_settings: dict,
     progress: bool = True,
+    *,
+    prompt_ids: list[list[int]],
 ) -> SamplingReport:
-    """Write graded samples for every question into `out_dir`, resuming finished shards."""
+    """Write graded samples for every question into `out_dir`, resuming finished shards.
+
+    `prompts` are the texts (the samples' `prompt` column); `prompt_ids` the same prompts as the engine
+    is given them (irpo_data.prompts.encode_prompts), recorded beside each answer's ids."""
     from tqdm.auto import tqdm
 
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in out_dir.glob(".tmp-*"):  # the shard in flight when a previous run was killed
         stale.unlink()
+    _set_aside_samples_without_ids(out_dir)
     settings, hardware = engine.describe_for(out_dir)
     _pin_settings(
         out_dir, {**fixed_settings, **settings, "params": params.__dict__, "questions_per_shard": questions_per_shard}
@@ -395,6 +434,7 @@ def sample_answers(
         [prompts[i : i + questions_per_shard] for i in starts],
         params,
         out_dir,
+        prompt_ids=[prompt_ids[i : i + questions_per_shard] for i in starts],
     )
     todo = [k for k in range(len(job.shards)) if not _finished(shard_path(out_dir, k), job.shards[k], params)]
     done_before = len(job.shards) - len(todo)
@@ -422,16 +462,19 @@ def write_shard(
     outputs: list[list[Generation]],
     path: Path,
     workers: int | None = None,
+    prompt_ids: list[list[int]] | None = None,
 ) -> dict:
     """Grade one shard's generations (the engine's output) and write them to `path`, atomically."""
     with timing.phase("grading"):
-        rows = _graded_rows(task, questions, prompts, outputs, workers)
+        rows = _graded_rows(task, questions, prompts, outputs, workers, prompt_ids)
     write_parquet_atomic(pl.DataFrame(rows, schema=SAMPLE_SCHEMA), path)
     return rows
 
 
-def _graded_rows(task, questions, prompts, outputs, workers=None) -> dict[str, list]:
+def _graded_rows(task, questions, prompts, outputs, workers=None, prompt_ids=None) -> dict[str, list]:
     rows: dict[str, list] = {name: [] for name in SAMPLE_SCHEMA}
+    prompt_ids = prompt_ids if prompt_ids is not None else [[] for _ in prompts]
+    ids_of = {q.question_id: ids for q, ids in zip(questions, prompt_ids, strict=True)}
     flat = [
         (q, p, idx, gen) for q, p, gens in zip(questions, prompts, outputs, strict=True) for idx, gen in enumerate(gens)
     ]
@@ -450,6 +493,8 @@ def _graded_rows(task, questions, prompts, outputs, workers=None) -> dict[str, l
             "correct": result.correct,
             "well_formed": result.well_formed,
             "grading_timed_out": result.timed_out,
+            "prompt_token_ids": list(ids_of[question.question_id]),
+            "completion_token_ids": list(gen.token_ids),
         }
         for name, value in values.items():
             rows[name].append(value)
@@ -514,6 +559,21 @@ def _pin_settings(out_dir: Path, settings: dict) -> None:
                 "delete that folder to resample, or run with the settings it was made with"
             )
     write_json_atomic(path, settings)
+
+
+def _set_aside_samples_without_ids(out_dir: Path) -> None:
+    """Shards sampled before irpo recorded token ids cannot be trained exactly: the folder is set
+    aside (kept) and the iteration sampled again (README, "What a run writes")."""
+    shards = sorted(out_dir.glob("part-*.parquet"))
+    if not shards:
+        return
+    try:
+        columns = pl.read_parquet_schema(shards[0])
+    except Exception:  # noqa: BLE001  (an unreadable shard is _finished's to set aside)
+        return
+    if not set(ID_COLUMNS) <= set(columns):
+        set_aside(out_dir, f"{out_dir} was sampled by an irpo that kept no token ids; sampling the iteration again")
+        out_dir.mkdir()
 
 
 def _finished(path: Path, questions: list[Question], params: SamplingParams) -> bool:

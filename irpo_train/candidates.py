@@ -96,9 +96,17 @@ def candidate_accuracy(engine, held_out) -> float:
     """Greedy accuracy of one engine's model on the held-out prompts, graded by the reward's grader."""
     from irpo_data.sampling import SamplingParams
 
-    params = SamplingParams(num_samples=1, temperature=0.0, top_p=1.0, max_new_tokens=held_out.max_new_tokens, seed=0)
+    params = SamplingParams(
+        num_samples=1,
+        temperature=0.0,
+        top_p=1.0,
+        max_new_tokens=held_out.max_new_tokens,
+        seed=0,
+        stop_token_ids=held_out.stop_token_ids,
+        stop=held_out.stop_strings,
+    )
     try:
-        outputs = engine.generate(held_out.prompts, params, [0] * len(held_out.prompts))
+        outputs = engine.generate(held_out.prompt_ids, params, [0] * len(held_out.prompt_ids))
     finally:
         engine.close()  # one engine alive at a time: free its memory (weights, KV cache) before the next starts
     correct = sum(

@@ -1,11 +1,13 @@
-"""Pairs to token ids: prompt masked, the answer closed by the end-of-turn token, overlong pairs dropped.
+"""Pairs as the token ids the engine sampled: prompt masked, overlong pairs dropped.
 
-Input: iteration T's pair dataset (runs/NAME/iter_T/pairs, TRL preference format). The prompt
-already carries the chat template (irpo_data renders it), so it is tokenised as is; each
-completion gets the tokenizer's EOS (for chat models the end-of-turn token) appended, because
-a sampled answer ended there and the model must learn to stop. A pair whose prompt plus longer
-answer exceeds `max_length` tokens is dropped and counted rather than truncated: a cut answer
-loses its final answer, which is what the pair is about.
+Input: iteration T's pair dataset (runs/NAME/iter_T/pairs). Its `prompt_token_ids`,
+`chosen_token_ids` and `rejected_token_ids` are the ids the engine was given and returned (a
+sampled answer that stopped on its end-of-turn token holds it; a gold solution was closed with the
+model's end-of-turn token by the build), so the trainer scores exactly the sequences that were
+sampled: no text is tokenized again (BPE merges across the prompt/answer boundary, whitespace and
+special-token strings in an answer could change the ids). A pair whose prompt plus longer answer
+exceeds `max_length` tokens is dropped and counted rather than truncated: a cut answer loses its
+final answer, which is what the pair is about.
 
 Row out: {"question_id": "gsm8k/train/3", "prompt_ids": [...], "chosen_ids": [...], "rejected_ids": [...]}
 (completion ids only; the question id lets the trainer leave the held-out questions out).
@@ -35,17 +37,21 @@ class TokenizedPairs:
     dropped_too_long: int
 
 
-def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
-    missing = {"prompt", "chosen", "rejected"} - set(dataset.column_names)
+ID_COLUMNS = ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids")
+
+
+def tokenize_pairs(dataset, max_length: int) -> TokenizedPairs:
+    """The pairs' recorded token ids as training rows (a name kept from when they were tokenized here)."""
+    missing = [c for c in ID_COLUMNS if c not in dataset.column_names]
     if missing:
         raise PairDataError(
-            f"pair dataset lacks column(s) {', '.join(sorted(missing))}; build it with `irpo data build`"
+            f"the pair dataset has no {', '.join(missing)}: it was built by an irpo that kept only text, and the "
+            "trainer scores the ids that were sampled; build the iteration again (move its iter_T folder aside and "
+            "rerun: it is sampled again with token ids)"
         )
-    if tokenizer.eos_token_id is None:
-        raise PairDataError("the tokenizer has no EOS token to end answers with")
-
-    prompts = _ids(tokenizer, dataset["prompt"])
-    chosen, rejected = _ids(tokenizer, dataset["chosen"], eos=True), _ids(tokenizer, dataset["rejected"], eos=True)
+    prompts = [list(p) for p in dataset["prompt_token_ids"]]
+    chosen = [list(c) for c in dataset["chosen_token_ids"]]
+    rejected = [list(r) for r in dataset["rejected_token_ids"]]
     rows, dropped = [], 0
     ids = list(dataset["question_id"]) if "question_id" in dataset.column_names else [None] * len(prompts)
     for question_id, p, c, r in zip(ids, prompts, chosen, rejected):
@@ -58,12 +64,6 @@ def tokenize_pairs(dataset, tokenizer, max_length: int) -> TokenizedPairs:
     return TokenizedPairs(rows, dropped)
 
 
-def _ids(tokenizer, texts, eos: bool = False) -> list[list[int]]:
-    """Token ids of each text, the EOS appended to answers (a sampled answer ended there)."""
-    ids = tokenizer(list(texts), add_special_tokens=False)["input_ids"]  # list(): datasets 5 columns are lazy
-    return [i + [tokenizer.eos_token_id] for i in ids] if eos else ids
-
-
 @dataclass
 class GoldRows:
     rows: list[dict[str, list[int]]]
@@ -73,8 +73,11 @@ class GoldRows:
     dropped_too_long: int
 
 
-def gold_solution_rows(task, questions, prompts: list[str], tokenizer, max_length: int) -> GoldRows:
-    """(prompt, gold worked solution) rows for train.objective=sft_gold.
+def gold_solution_rows(
+    task, questions, prompt_ids: list[list[int]], tokenizer, max_length: int, end_of_turn: int
+) -> GoldRows:
+    """(prompt, gold worked solution) rows for train.objective=sft_gold: the prompts' ids as the build
+    gave them to the engine, the solutions closed by the model's end-of-turn token (as gold.parquet).
 
     A gold solution the reward's own grader would not score as a correct, well-formed answer is
     left out (a handful of MATH's, e.g. "6, 8\\text{, and }10"): training towards an answer
@@ -90,7 +93,7 @@ def gold_solution_rows(task, questions, prompts: list[str], tokenizer, max_lengt
             f"task {task.name} has no gold solutions to train on; choose train.objective dpo_nll, dpo or sft_winners"
         )
     kept, ungraded = [], 0
-    for question, prompt in zip(questions, prompts):
+    for question, prompt in zip(questions, prompt_ids):
         if question.solution is None:
             continue
         result = grade(task, question.solution, question.gold)
@@ -105,13 +108,11 @@ def gold_solution_rows(task, questions, prompts: list[str], tokenizer, max_lengt
             "choose another train.objective"
         )
     digest = hashlib.sha256(json.dumps([[q.question_id, q.solution] for q, _ in kept]).encode()).hexdigest()
-    prompt_ids, answer_ids = (
-        _ids(tokenizer, [p for _, p in kept]),
-        _ids(tokenizer, [q.solution for q, _ in kept], eos=True),
-    )
+    from irpo_data.prompts import encode_answers
+
+    answer_ids = encode_answers(tokenizer, [q.solution for q, _ in kept], end_of_turn)
     rows = [
-        {"question_id": q.question_id, "prompt_ids": p, "chosen_ids": a}
-        for (q, _), p, a in zip(kept, prompt_ids, answer_ids)
+        {"question_id": q.question_id, "prompt_ids": list(p), "chosen_ids": a} for (q, p), a in zip(kept, answer_ids)
     ]
     fitting = [r for r in rows if len(r["prompt_ids"]) + len(r["chosen_ids"]) <= max_length]
     return GoldRows(fitting, digest[:16], len(kept), ungraded, len(rows) - len(fitting))

@@ -42,18 +42,20 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import polars as pl
 import torch
 
 from irpo_data import __version__, timing
-from irpo_data.build import QuestionSets, build_more_pairs, fit_context, question_sets, sampling_model
+from irpo_data.build import Prompts, QuestionSets, build_more_pairs, question_sets, sampling_model
 from irpo_data.card import ABLATIONS, BUILD_SECTIONS, TRAIN_SECTIONS, Card, TrainConfig, ablation_objective
 from irpo_data.hardware import describe, release_memory, resolve_bf16
 from irpo_data.models import ResolvedModel
+from irpo_data.prompts import PromptFormat, prompt_format
 from irpo_data.publish import fingerprint as table_fingerprint
-from irpo_data.reading import RecordError, load_dataset_dir, read_json
+from irpo_data.reading import RecordError, load_dataset_dir, read_json, read_parquet
 from irpo_data.records import BuildManifest, TrainManifest
 from irpo_data.runs import RunFolder, atomic_dir, set_aside, write_json_atomic
-from irpo_data.sampling import render_prompts, vllm_available
+from irpo_data.sampling import read_samples, vllm_available
 from irpo_data.tasks import task_from_config
 from irpo_train import distributed
 from irpo_train.candidates import SaveCandidates, choose_candidate
@@ -118,6 +120,7 @@ class TrainJob:
     bf16: bool
     sets: QuestionSets
     loaded: object = None  # M_{T-1} once loaded for the reference pass, until the first run takes it
+    format: PromptFormat | None = None  # M_{T-1}'s prompt format (irpo_data.prompts), set once its tokenizer loads
     step_reference: StepReference | None = None  # train.reference_logps=per_step, pairwise objectives
 
     def take_model(self):
@@ -165,6 +168,7 @@ def _train_iteration(card: Card, iteration: int, runs_dir: str | Path, progress:
     tokenizer = AutoTokenizer.from_pretrained(job.reference.path, trust_remote_code=card.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
+    job.format = prompt_format(job.reference.path, tokenizer, task_from_config(card.task), card.task.prompt_style)
     # Before any model is loaded: ZeRO-3 and FSDP's low-memory loading read the arguments then.
     first_args = _training_arguments(job, job.work / "select", job.cfg.max_steps, progress)
     rows, probe_rows, notes = _training_rows(job, tokenizer, progress)
@@ -250,7 +254,7 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
     """(rows to train on, probe rows with reference log-probs, notes for the manifest); M_{T-1},
     loaded for the reference pass, is left in job.loaded for the first run."""
     cfg, task = job.cfg, task_from_config(job.card.task)
-    tokenized = tokenize_pairs(job.dataset, tokenizer, cfg.max_length)
+    tokenized = tokenize_pairs(job.dataset, cfg.max_length)
     if not tokenized.rows:
         raise PairDataError(
             f"every pair of {job.run.pairs(job.iteration)} is longer than train.max_length={cfg.max_length}; raise it"
@@ -258,9 +262,15 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
     notes: dict = {"pairs_trained": len(tokenized.rows), "pairs_dropped_too_long": tokenized.dropped_too_long}
     gold = None
     if cfg.objective == "sft_gold":  # before any model is loaded: a task without solutions fails fast
-        questions = job.sets.sampled
+        prompts = _sampled_prompt_ids(job, tokenizer)
+        questions = [q for q in job.sets.sampled if q.question_id in prompts]
         gold = gold_solution_rows(
-            task, questions, render_prompts(task, questions, tokenizer), tokenizer, cfg.max_length
+            task,
+            questions,
+            [prompts[q.question_id] for q in questions],
+            tokenizer,
+            cfg.max_length,
+            job.format.end_of_turn_id,
         )
         notes["gold"] = {k: v for k, v in vars(gold).items() if k != "rows"}
     # DPO needs the reference log-probs of every pair before training (precompute) or of each batch
@@ -467,14 +477,43 @@ def _training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: b
     )
 
 
+def _sampled_prompt_ids(job: TrainJob, tokenizer) -> dict[str, list[int]]:
+    """Question id -> the prompt ids the build gave the engine (from the iteration's samples)."""
+    samples = read_samples(job.run.samples(job.iteration))
+    if "prompt_token_ids" not in samples.columns:  # an iteration built before ids were kept: the same rule
+        task = task_from_config(job.card.task)
+        prompts = Prompts.of(task, job.sets.sampled, tokenizer, job.format.style)
+        return {q.question_id: ids for q, ids in zip(prompts.questions, prompts.ids)}
+    first = samples.group_by("question_id").agg(pl.col("prompt_token_ids").first())
+    return {qid: list(ids) for qid, ids in first.iter_rows()}
+
+
 def _held_out_questions(job: TrainJob, tokenizer) -> HeldOutQuestions:
-    """The held-out questions a check scores (at most train.select_questions of them), prompts rendered."""
+    """The held-out questions a check scores (at most train.select_questions of them), with the prompt ids
+    the build recorded for them (iter_T/held_out.parquet; an older build's: rendered by the same rule)."""
     cfg, task = job.cfg, task_from_config(job.card.task)
     held_out = job.sets.held_out[: cfg.select_questions] if cfg.select_questions is not None else job.sets.held_out
-    held_out, prompts, _ = fit_context(
-        held_out, render_prompts(task, held_out, tokenizer), tokenizer, job.card.sampling.max_model_len
+    recorded = job.run.iteration(job.iteration) / "held_out.parquet"
+    if recorded.is_file():
+        table = read_parquet(recorded, {"question_id": pl.String, "prompt_token_ids": pl.List(pl.Int32)})
+        ids = {qid: list(p) for qid, p in zip(table["question_id"], table["prompt_token_ids"])}
+        held_out = [q for q in held_out if q.question_id in ids]  # a prompt over the context was left out
+        prompt_ids = [ids[q.question_id] for q in held_out]
+    else:
+        prompts, _ = Prompts.of(task, held_out, tokenizer, job.format.style).fit_context(
+            job.card.sampling.max_model_len, "left out of the held-out checks"
+        )
+        held_out, prompt_ids = prompts.questions, prompts.ids
+    return HeldOutQuestions(
+        task,
+        held_out,
+        prompt_ids,
+        tokenizer,
+        job.card.sampling.max_new_tokens,
+        bf16=job.bf16,
+        stop_token_ids=job.format.stop_token_ids,
+        stop_strings=job.format.stop_strings,
     )
-    return HeldOutQuestions(task, held_out, prompts, tokenizer, job.card.sampling.max_new_tokens, bf16=job.bf16)
 
 
 def _selection_callback(job: TrainJob, folder: Path, tokenizer) -> HeldOutAccuracy:
@@ -623,7 +662,6 @@ def _write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: 
 
 def _rows_fingerprint(job: TrainJob, held_ids: set[str]) -> str:
     """Fingerprint of the pairs without the held-out questions: what the selection run trained on."""
-    import polars as pl
 
     table = pl.from_arrow(job.dataset.data.table).filter(~pl.col("question_id").is_in(sorted(held_ids)))
     return table_fingerprint(table.drop("iteration") if "iteration" in table.columns else table)

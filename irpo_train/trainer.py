@@ -35,6 +35,7 @@ from irpo_data.grading import grade
 from irpo_data.hardware import trim_heap
 from irpo_data.reading import read_json, read_jsonl
 from irpo_data.runs import atomic_dir, write_json_atomic, write_text_atomic
+from irpo_data.sampling import left_padded, stopped
 from irpo_data.tasks import Task
 from irpo_train import distributed
 from irpo_train.loss import objective_loss
@@ -289,15 +290,18 @@ def probe_indices(pairs: int, count: int, seed: int) -> list[int]:
 
 @dataclass(frozen=True)
 class HeldOutQuestions:
-    """What the checkpoint choice scores: the questions, their rendered prompts, and how to generate."""
+    """What the checkpoint choice scores: the questions, their prompts as the build recorded their ids
+    (iter_T/held_out.parquet), and how to generate (the model's stop tokens, a plain prompt's stop strings)."""
 
     task: Task
     questions: list  # irpo_data.tasks.Question
-    prompts: list[str]
+    prompt_ids: list[list[int]]
     tokenizer: object
     max_new_tokens: int
     batch_size: int = 16
     bf16: bool = False
+    stop_token_ids: tuple[int, ...] = ()  # () = the tokenizer's EOS
+    stop_strings: tuple[str, ...] = ()
 
 
 class HeldOutAccuracy(TrainerCallback):
@@ -363,35 +367,37 @@ def held_out_accuracy(model, held_out: HeldOutQuestions) -> float:
     """
     tokenizer, prompts, questions, batch_size = (
         held_out.tokenizer,
-        held_out.prompts,
+        held_out.prompt_ids,
         held_out.questions,
         held_out.batch_size,
     )
+    stops = list(held_out.stop_token_ids) or [tokenizer.eos_token_id]
     was_training = model.training
     model.eval()
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"
     correct = 0
     try:
         with torch.inference_mode(), torch.autocast(model.device.type, dtype=torch.bfloat16, enabled=held_out.bf16):
             starts = range(0, len(prompts), batch_size)
             for start in starts[distributed.rank() :: distributed.world_size()]:
-                enc = tokenizer(
-                    prompts[start : start + batch_size], return_tensors="pt", padding=True, add_special_tokens=False
-                ).to(model.device)
+                input_ids, attention = left_padded(prompts[start : start + batch_size], tokenizer.pad_token_id)
                 out = model.generate(
-                    **enc,
+                    input_ids=input_ids.to(model.device),
+                    attention_mask=attention.to(model.device),
                     do_sample=False,
                     max_new_tokens=held_out.max_new_tokens,
                     pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=stops,
+                    stop_strings=list(held_out.stop_strings) or None,
+                    tokenizer=tokenizer if held_out.stop_strings else None,
                     temperature=None,
                     top_p=None,
                     top_k=None,
                 )
-                texts = tokenizer.batch_decode(out[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-                for text, question in zip(texts, questions[start : start + batch_size]):
-                    correct += grade(held_out.task, text, question.gold).correct
+                for tokens, question in zip(
+                    out[:, input_ids.shape[1] :].tolist(), questions[start : start + batch_size]
+                ):
+                    answer = stopped(tokens, set(stops), held_out.stop_strings, tokenizer)
+                    correct += grade(held_out.task, answer.text, question.gold).correct
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
     return sum(distributed.all_gather(correct)) / len(prompts)

@@ -10,9 +10,10 @@ import pytest
 from conftest import require_vllm
 from test_train import TINY, make_iteration
 
+from irpo_data.build import Prompts
 from irpo_data.card import load_card
 from irpo_data.records import TrainManifest
-from irpo_data.sampling import TransformersEngine, render_prompts
+from irpo_data.sampling import TransformersEngine
 from irpo_data.tasks import get_task
 from irpo_train import train as train_module
 from irpo_train.candidates import choose_candidate
@@ -22,7 +23,8 @@ from irpo_train.trainer import HeldOutQuestions
 def held_out(tokenizer, count: int = 2) -> HeldOutQuestions:
     task = get_task("demo")
     questions = task.load("train").questions[-count:]
-    return HeldOutQuestions(task, questions, render_prompts(task, questions, tokenizer), tokenizer, max_new_tokens=8)
+    prompts = Prompts.of(task, questions, tokenizer, "auto")
+    return HeldOutQuestions(task, questions, prompts.ids, tokenizer, max_new_tokens=8)
 
 
 class Killed(Exception):

@@ -16,8 +16,8 @@ from conftest import SHARED_DATA, needs_shared_data, require_vllm
 
 from irpo_data.card import load_card
 from irpo_data.models import resolve_model
+from irpo_data.prompts import render_prompts
 from irpo_data.records import EvalRecord
-from irpo_data.sampling import render_prompts
 from irpo_data.tasks import TaskError, get_task
 from irpo_eval.evaluate import TASKS_DIR, EvalError, EvalSettings
 from irpo_eval.leaderboard import Entry, build_leaderboard, leaderboard_markdown, plot_leaderboard

@@ -245,13 +245,14 @@ def _trained_run(tmp_path: Path) -> tuple[RunFolder, list[str]]:
     import shutil
 
     from test_train import pair_table
+    from transformers import AutoTokenizer
 
     from irpo_data.publish import fingerprint, save_pairs, write_card_and_manifest
     from irpo_data.tasks import get_task
 
     run, args = _run_folder(tmp_path)
     questions = get_task("demo").load("train").questions[:4]
-    pairs = pair_table(questions, [q.text for q in questions], wrong_by=3)
+    pairs = pair_table(questions, [q.text for q in questions], 3, AutoTokenizer.from_pretrained(MICRO))
     save_pairs(pairs, 1, run.pairs(1))
     write_card_and_manifest(run.iteration(1), "card", {"pairs_fingerprint": fingerprint(pairs)})
     shutil.copytree(MICRO, run.model(1))
@@ -345,13 +346,14 @@ def test_a_null_gold_is_skipped_and_counted_never_the_gold_none(tmp_path):
 def test_a_prompt_longer_than_the_context_is_never_sent_and_is_counted():
     from transformers import AutoTokenizer
 
-    from irpo_data.build import fit_context
-    from irpo_data.tasks import Question
+    from irpo_data.build import Prompts
+    from irpo_data.tasks import Question, get_task
 
-    tokenizer = AutoTokenizer.from_pretrained(MICRO)
+    tokenizer = AutoTokenizer.from_pretrained(MICRO)  # no chat template: plain prompts
     questions = [Question("q/0", "What is 2 + 3?", "5"), Question("q/1", "Tom has " * 750_000, "5")]  # 6 MB
-    kept, prompts, dropped = fit_context(questions, [q.text for q in questions], tokenizer, 512)
-    assert [q.question_id for q in kept] == ["q/0"] and prompts == ["What is 2 + 3?"] and dropped == ["q/1"]
+    kept, dropped = Prompts.of(get_task("demo"), questions, tokenizer, "auto").fit_context(512)
+    assert [q.question_id for q in kept.questions] == ["q/0"] and dropped == ["q/1"]
+    assert kept.texts == [get_task("demo").user_message(questions[0])] and len(kept.ids[0]) < 512
     assert "| question: prompt longer than the engine's context (not sampled) | 1 |" in _dataset_card(
         {"questions_prompt_too_long": 1}
     )
@@ -567,14 +569,15 @@ def test_a_bad_repo_id_is_refused_before_any_work(tmp_path, repo):
 
 def test_trust_remote_code_reaches_every_model_and_tokenizer_load():
     """Every `.from_pretrained(` call in the library passes trust_remote_code (or the kwargs that hold it);
-    peft's adapter load is the exception: it runs no model code of the repo's."""
+    peft's adapter load and GenerationConfig (a JSON file) are the exceptions: they run no code of the repo's."""
     missing = []
     for package in ("irpo", "irpo_data", "irpo_train", "evals"):
         for path in sorted((ROOT / package).rglob("*.py")):
             for node in ast.walk(ast.parse(path.read_text())):
                 if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
                     continue
-                if node.func.attr != "from_pretrained" or getattr(node.func.value, "id", "") == "PeftModel":
+                exempt = getattr(node.func.value, "id", "") in ("PeftModel", "GenerationConfig")
+                if node.func.attr != "from_pretrained" or exempt:
                     continue
                 if not any(k.arg in ("trust_remote_code", None) for k in node.keywords):
                     missing.append(f"{path.relative_to(ROOT)}:{node.lineno}")

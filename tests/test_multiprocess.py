@@ -47,14 +47,14 @@ def overrides(model: Path) -> list[str]:
 
 def prepare_run(runs: Path, model: Path, tokenizer) -> list[str]:
     """iter_1 with PAIRS real pairs of demo questions (no sampling); the card overrides for it."""
-    from irpo_data.sampling import render_prompts
+    from irpo_data.prompts import render_prompts
     from irpo_data.tasks import get_task
 
     cli = overrides(model)
     card = load_card("demo", cli)
     task = get_task("demo")
     questions = task.load("train").questions[:PAIRS]
-    pairs = pair_table(questions, render_prompts(task, questions, tokenizer), wrong_by=3)
+    pairs = pair_table(questions, render_prompts(task, questions, tokenizer), wrong_by=3, tokenizer=tokenizer)
     run = RunFolder.for_card(card, runs)
     run.freeze_card(card, BUILD_SECTIONS)
     save_pairs(pairs, 1, run.pairs(1))

@@ -19,9 +19,10 @@ from pathlib import Path
 import pytest
 from conftest import require_vllm
 
+from irpo_data.build import Prompts
 from irpo_data.card import ResourcesConfig, SamplingConfig
 from irpo_data.ray_sampling import RayEngine, ShardWorker
-from irpo_data.sampling import SamplingError, SamplingParams, make_engine, render_prompts, sample_answers
+from irpo_data.sampling import SamplingError, SamplingParams, make_engine, sample_answers
 from irpo_data.tasks import get_task
 
 pytestmark = pytest.mark.slow
@@ -44,7 +45,13 @@ def ray_cluster():
 
 @pytest.fixture(scope="module")
 def prompts(demo_tokenizer):
-    return render_prompts(TASK, QUESTIONS, demo_tokenizer)
+    return Prompts.of(TASK, QUESTIONS, demo_tokenizer, "auto")
+
+
+def sample(engine, prompts, out, params=None):
+    """sample_answers on the test's questions and prompts (texts and the ids the engines are given)."""
+    args = (TASK, QUESTIONS, prompts.texts, engine, params or PARAMS, out, PER_SHARD, {"data": "x"}, False)
+    return sample_answers(*args, prompt_ids=prompts.ids)
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +60,7 @@ def local_shards(demo_model, prompts, tmp_path_factory) -> dict[str, str]:
     require_vllm()
     out = tmp_path_factory.mktemp("local")
     engine = make_engine(demo_model.path, CONFIG, 0, resources=ResourcesConfig())
-    sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, out, PER_SHARD, {"data": "x"}, progress=False)
+    sample(engine, prompts, out)
     return digests(out)
 
 
@@ -84,12 +91,12 @@ def test_ray_samples_equal_in_process_and_a_dead_engine_is_restarted(
     ray_cluster, demo_model, prompts, local_shards, tmp_path
 ):
     engine = RayEngine(demo_model.path, CONFIG, 0, False, ResourcesConfig(sampling_backend="ray"), DiesOnce)
-    report = sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
+    report = sample(engine, prompts, tmp_path)
     assert (tmp_path / "died-once").exists(), "the worker never died: the restart was not exercised"
     assert digests(tmp_path) == local_shards  # byte-identical shards, the redone one included
     assert report.shards_total == 3 and report.generations == 18
     assert not list(tmp_path.glob(".tmp-*"))
-    again = sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
+    again = sample(engine, prompts, tmp_path)
     assert (again.shards_done_before, again.generations) == (3, 0)  # all on disk: no shard handed out
 
 
@@ -97,7 +104,7 @@ def test_an_engine_that_dies_with_no_restarts_left_fails_clearly(ray_cluster, de
     resources = ResourcesConfig(sampling_backend="ray", ray_engine_restarts=0)
     engine = RayEngine(demo_model.path, CONFIG, 0, False, resources, DiesOnce)
     with pytest.raises(SamplingError, match="Finished shards are kept in .*; run the same command again"):
-        sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
+        sample(engine, prompts, tmp_path)
     assert not digests(tmp_path) and not list(tmp_path.glob(".tmp-*"))
 
 
@@ -110,13 +117,14 @@ DRIVER = textwrap.dedent(
     from irpo_data.card import ModelConfig, ResourcesConfig, SamplingConfig
     from irpo_data.models import resolve_model
     from irpo_data.ray_sampling import ShardWorker
-    from irpo_data.sampling import SamplingParams, make_engine, render_prompts, sample_answers
+    from irpo_data.build import Prompts
+    from irpo_data.sampling import SamplingParams, make_engine, sample_answers
     from irpo_data.tasks import get_task
 
     model = resolve_model(ModelConfig().base)
     task = get_task("demo")
     questions = task.load("train").questions[:6]
-    prompts = render_prompts(task, questions, AutoTokenizer.from_pretrained(model.path))
+    prompts = Prompts.of(task, questions, AutoTokenizer.from_pretrained(model.path), "auto")
     params = SamplingParams(num_samples=3, temperature=0.8, top_p=1.0, max_new_tokens=40, seed=0)
     config, resources = SamplingConfig(max_model_len=1024), ResourcesConfig(sampling_backend="ray")
     engine = make_engine(model.path, config, 0, resources=resources)
@@ -133,7 +141,8 @@ DRIVER = textwrap.dedent(
 
 
     engine.worker_class = OneShardThenStuck
-    sample_answers(task, questions, prompts, engine, params, Path(sys.argv[1]), 2, {"data": "x"}, progress=False)
+    args = (task, questions, prompts.texts, engine, params, Path(sys.argv[1]), 2, {"data": "x"}, False)
+    sample_answers(*args, prompt_ids=prompts.ids)
     """
 )
 
@@ -161,7 +170,7 @@ def test_driver_killed_mid_build_then_rerun_samples_only_the_missing_shards(
     first = (out / first_name).stat().st_mtime_ns
 
     engine = RayEngine(demo_model.path, CONFIG, 0, False, ResourcesConfig(sampling_backend="ray"))
-    report = sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, out, PER_SHARD, {"data": "x"}, False)
+    report = sample(engine, prompts, out)
     assert report.shards_done_before == len(before)
     assert report.generations == (3 - len(before)) * PER_SHARD * PARAMS.num_samples
     assert (out / first_name).stat().st_mtime_ns == first  # a finished shard is not redone
@@ -172,7 +181,7 @@ def test_more_engines_than_the_cluster_holds_is_refused(ray_cluster, demo_model,
     resources = ResourcesConfig(sampling_backend="ray", ray_engines=3)  # 3 x 1 CPU on a 2-CPU cluster
     engine = RayEngine(demo_model.path, CONFIG, 0, False, resources)
     with pytest.raises(SamplingError, match=r"ray_engines=3 engines .* more CPUs than the Ray cluster has \(2\)"):
-        sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
+        sample(engine, prompts, tmp_path)
 
 
 class FolderNotMountedHere(ShardWorker):
@@ -186,5 +195,5 @@ def test_a_worker_that_cannot_see_the_run_folder_stops_with_its_own_message(ray_
     """The actor's check runs before its engine starts, and its message reaches the user through Ray."""
     engine = RayEngine(demo_model.path, CONFIG, 0, False, ResourcesConfig(sampling_backend="ray"), FolderNotMountedHere)
     with pytest.raises(SamplingError, match=r"the Ray worker on .* cannot see the run folder .*not-mounted-here") as e:
-        sample_answers(TASK, QUESTIONS, prompts, engine, PARAMS, tmp_path, PER_SHARD, {"data": "x"}, False)
+        sample(engine, prompts, tmp_path)
     assert "every node mounts at the same path" in str(e.value) and "Traceback" not in str(e.value)

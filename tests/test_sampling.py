@@ -6,9 +6,11 @@ import polars as pl
 import pytest
 from conftest import require_vllm
 
+from irpo_data.build import Prompts
 from irpo_data.card import SamplingConfig
 from irpo_data.grading import grade
 from irpo_data.hardware import resolve_dtype
+from irpo_data.prompts import render_prompts
 from irpo_data.sampling import (
     SAMPLE_SCHEMA,
     Engine,
@@ -17,7 +19,6 @@ from irpo_data.sampling import (
     TransformersEngine,
     VLLMEngine,
     read_samples,
-    render_prompts,
     sample_answers,
 )
 from irpo_data.tasks import get_task
@@ -54,8 +55,14 @@ def vllm_engine(demo_model):
     return VLLMEngine(demo_model.path, resolve_dtype("auto"), 0, SamplingConfig(max_model_len=1024))
 
 
-def run(engine, out_dir, prompts, params=PARAMS, shard=2):
-    return sample_answers(TASK, QUESTIONS, prompts, engine, params, out_dir, shard, {"data": "x"}, progress=False)
+def run(engine, out_dir, prompts: Prompts, params=PARAMS, shard=2):
+    return sample_answers(
+        TASK, QUESTIONS, prompts.texts, engine, params, out_dir, shard, {"data": "x"}, False, prompt_ids=prompts.ids
+    )
+
+
+def demo_prompts(tokenizer) -> Prompts:
+    return Prompts.of(TASK, QUESTIONS, tokenizer, "auto")
 
 
 def test_prompts_use_the_chat_template(demo_tokenizer):
@@ -67,7 +74,7 @@ def test_prompts_use_the_chat_template(demo_tokenizer):
 @pytest.mark.parametrize("engine_fixture", ["hf_engine", "vllm_engine"])
 def test_shards_hold_every_graded_generation(engine_fixture, request, demo_tokenizer, tmp_path):
     engine = request.getfixturevalue(engine_fixture)
-    prompts = render_prompts(TASK, QUESTIONS, demo_tokenizer)
+    prompts = demo_prompts(demo_tokenizer)
     report = run(engine, tmp_path, prompts)
     assert sorted(p.name for p in tmp_path.glob("part-*")) == [
         "part-00000.parquet",
@@ -82,9 +89,18 @@ def test_shards_hold_every_graded_generation(engine_fixture, request, demo_token
     assert samples["n_tokens"].max() <= 40 and report.tokens == samples["n_tokens"].sum()
     truncated = samples.filter(pl.col("finish_reason") == "length")
     assert (truncated["n_tokens"] == 40).all()
+    ids_of = {q.question_id: ids for q, ids in zip(QUESTIONS, prompts.ids)}
     for row in samples.iter_rows(named=True):  # stored grades are exactly grade()'s
         stored = (row["answer"], row["correct"], row["well_formed"], row["grading_timed_out"])
         assert stored == tuple(grade(TASK, row["completion"], row["gold"]).__dict__.values())
+        # The ids the engine was given and returned: what the trainer scores. An answer that stopped
+        # ends with the end-of-turn token (here the EOS), and its ids decode to its text.
+        assert row["prompt_token_ids"] == ids_of[row["question_id"]]
+        ids = row["completion_token_ids"]
+        assert len(ids) == row["n_tokens"]
+        if row["finish_reason"] == "stop":
+            assert ids[-1] == demo_tokenizer.eos_token_id
+        assert demo_tokenizer.decode(ids, skip_special_tokens=True) == row["completion"]
 
 
 @pytest.mark.parametrize("engine_fixture", ["hf_engine", "vllm_engine"])
@@ -92,7 +108,7 @@ def test_kill_mid_sampling_keeps_finished_shards_and_resume_matches_uninterrupte
     engine_fixture, request, demo_tokenizer, tmp_path
 ):
     engine = request.getfixturevalue(engine_fixture)
-    prompts = render_prompts(TASK, QUESTIONS, demo_tokenizer)
+    prompts = demo_prompts(demo_tokenizer)
     with pytest.raises(KeyboardInterrupt):
         run(KilledAfter(engine, calls=1), tmp_path / "killed", prompts)
     assert [p.name for p in (tmp_path / "killed").glob("part-*")] == ["part-00000.parquet"]
@@ -104,7 +120,7 @@ def test_kill_mid_sampling_keeps_finished_shards_and_resume_matches_uninterrupte
 
 
 def test_vllm_samples_are_reproducible_and_seed_dependent(vllm_engine, demo_tokenizer, tmp_path):
-    prompts = render_prompts(TASK, QUESTIONS, demo_tokenizer)
+    prompts = demo_prompts(demo_tokenizer)
     run(vllm_engine, tmp_path / "a", prompts)
     run(vllm_engine, tmp_path / "b", prompts)
     run(vllm_engine, tmp_path / "c", prompts, params=SamplingParams(3, 0.8, 1.0, 40, seed=1))
@@ -117,7 +133,7 @@ def test_a_closed_vllm_engine_gives_its_memory_back_and_starts_again(vllm_engine
     build get the memory back, and the next generate starts a fresh engine with the same samples."""
     from irpo_data.timing import resident_kb
 
-    prompts = render_prompts(TASK, QUESTIONS, demo_tokenizer)
+    prompts = demo_prompts(demo_tokenizer)
     run(vllm_engine, tmp_path / "a", prompts)
     alive = resident_kb()
     vllm_engine.close()
@@ -127,7 +143,7 @@ def test_a_closed_vllm_engine_gives_its_memory_back_and_starts_again(vllm_engine
 
 
 def test_rerun_with_other_settings_is_refused(hf_engine, demo_tokenizer, tmp_path):
-    prompts = render_prompts(TASK, QUESTIONS, demo_tokenizer)
+    prompts = demo_prompts(demo_tokenizer)
     run(hf_engine, tmp_path, prompts, params=SamplingParams(1, 0.8, 1.0, 8, 0))
     with pytest.raises(
         SamplingError, match=r"holds samples made with other settings \(params differ\); delete that folder"

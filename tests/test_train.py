@@ -36,33 +36,44 @@ TINY = [
 ]  # fp32: exact at step 1
 
 
-def pair_table(questions, prompts, wrong_by: int) -> pl.DataFrame:
-    """One (right, wrong by `wrong_by`) pair per question, in the pair dataset's columns."""
+def pair_table(questions, prompts, wrong_by: int, tokenizer) -> pl.DataFrame:
+    """One (right, wrong by `wrong_by`) pair per question, in the pair dataset's columns: the texts, and
+    the token ids a build would record (the prompt by irpo_data.prompts' one-BOS rule, the answers
+    closed by the model's end-of-turn token, as if the engine had stopped on it)."""
+    from irpo_data.prompts import encode_answers, encode_prompts, end_of_turn_id
+
     n = len(questions)
+    chosen = [f"We count them. The answer is {q.gold}." for q in questions]
+    rejected = [f"We guess. The answer is {int(q.gold) + wrong_by}." for q in questions]
+    end = end_of_turn_id(tokenizer)
     return pl.DataFrame(
         {
             "question_id": [q.question_id for q in questions],
             "prompt": prompts,
-            "chosen": [f"We count them. The answer is {q.gold}." for q in questions],
-            "rejected": [f"We guess. The answer is {int(q.gold) + wrong_by}." for q in questions],
+            "chosen": chosen,
+            "rejected": rejected,
             "gold": [q.gold for q in questions],
             "chosen_answer": [q.gold for q in questions],
             "rejected_answer": [str(int(q.gold) + wrong_by) for q in questions],
             "chosen_sample_idx": [0] * n,
             "rejected_sample_idx": [1] * n,
-        }
+            "prompt_token_ids": encode_prompts(tokenizer, list(prompts)),
+            "chosen_token_ids": encode_answers(tokenizer, chosen, end),
+            "rejected_token_ids": encode_answers(tokenizer, rejected, end),
+        },
+        schema_overrides={c: pl.List(pl.Int32) for c in ("prompt_token_ids", "chosen_token_ids", "rejected_token_ids")},
     )
 
 
 def make_iteration(runs, demo_tokenizer, card):
     """A real pair dataset in iter_1 (TRL format, chat-templated prompts), without sampling."""
-    from irpo_data.sampling import render_prompts
+    from irpo_data.prompts import render_prompts
     from irpo_data.tasks import get_task
 
     task = get_task("demo")
     questions = task.load("train").questions[:4]
     prompts = render_prompts(task, questions, demo_tokenizer)
-    pairs = pair_table(questions, prompts, wrong_by=3)
+    pairs = pair_table(questions, prompts, wrong_by=3, tokenizer=demo_tokenizer)
     run = RunFolder.for_card(card, runs)
     run.freeze_card(card, BUILD_SECTIONS)
     save_pairs(pairs, 1, run.pairs(1))
@@ -70,12 +81,30 @@ def make_iteration(runs, demo_tokenizer, card):
     return run, pairs
 
 
-def test_prompt_is_masked_and_answers_end_with_eos(demo_tokenizer):
+def _id_pairs(prompts, chosen, rejected, tokenizer):
+    """A pair Dataset with the recorded token-id columns (answers closed by the end-of-turn token)."""
     from datasets import Dataset
 
-    data = Dataset.from_dict({"prompt": ["Q: 2+3?\nA:"], "chosen": [" 5"], "rejected": [" 6 or so"]})
-    rows = tokenize_pairs(data, demo_tokenizer, max_length=64).rows
+    from irpo_data.prompts import encode_answers, encode_prompts, end_of_turn_id
+
+    end = end_of_turn_id(tokenizer)
+    return Dataset.from_dict(
+        {
+            "prompt": prompts,
+            "chosen": chosen,
+            "rejected": rejected,
+            "prompt_token_ids": encode_prompts(tokenizer, prompts),
+            "chosen_token_ids": encode_answers(tokenizer, chosen, end),
+            "rejected_token_ids": encode_answers(tokenizer, rejected, end),
+        }
+    )
+
+
+def test_prompt_is_masked_and_answers_end_with_eos(demo_tokenizer):
+    data = _id_pairs(["Q: 2+3?\nA:"], [" 5"], [" 6 or so"], demo_tokenizer)
+    rows = tokenize_pairs(data, max_length=64).rows
     assert rows[0]["chosen_ids"][-1] == rows[0]["rejected_ids"][-1] == demo_tokenizer.eos_token_id
+    assert rows[0]["prompt_ids"] == data["prompt_token_ids"][0]  # the recorded ids, not a re-tokenization
     batch = collate(rows, demo_tokenizer.pad_token_id)
     assert batch["input_ids"].shape[0] == 2  # chosen row, then rejected row
     prompt_len = len(rows[0]["prompt_ids"])
@@ -89,13 +118,11 @@ def test_prompt_is_masked_and_answers_end_with_eos(demo_tokenizer):
 
 
 def test_pairs_longer_than_max_length_are_dropped_and_counted(demo_tokenizer):
-    from datasets import Dataset
-
-    data = Dataset.from_dict({"prompt": ["Q?"] * 2, "chosen": ["short", "long " * 50], "rejected": ["no", "no"]})
-    result = tokenize_pairs(data, demo_tokenizer, max_length=20)
+    data = _id_pairs(["Q?"] * 2, ["short", "long " * 50], ["no", "no"], demo_tokenizer)
+    result = tokenize_pairs(data, max_length=20)
     assert len(result.rows) == 1 and result.dropped_too_long == 1
-    with pytest.raises(PairDataError, match="lacks column"):
-        tokenize_pairs(data.remove_columns("rejected"), demo_tokenizer, 20)
+    with pytest.raises(PairDataError, match="has no prompt_token_ids, chosen_token_ids.*build the iteration again"):
+        tokenize_pairs(data.remove_columns(["prompt_token_ids", "chosen_token_ids", "rejected_token_ids"]), 20)
 
 
 def test_reference_cache_is_reused_for_its_key_and_refused_when_stale(tmp_path):
@@ -210,13 +237,14 @@ def test_irpo_train_cli_has_help_and_names_the_missing_build(tmp_path):
 def test_gold_rows_are_graded_tokenised_and_batched_without_losers(demo_tokenizer):
     import dataclasses
 
-    from irpo_data.sampling import render_prompts
+    from irpo_data.prompts import encode_prompts, render_prompts
     from irpo_data.tasks import get_task
 
     task = get_task("demo")
     questions = task.load("train").questions[:4]
-    prompts = render_prompts(task, questions, demo_tokenizer)
-    gold = gold_solution_rows(task, questions, prompts, demo_tokenizer, max_length=512)
+    prompts = encode_prompts(demo_tokenizer, render_prompts(task, questions, demo_tokenizer))
+    end = demo_tokenizer.eos_token_id  # ChatML: <|im_end|> ends the turn and is the EOS
+    gold = gold_solution_rows(task, questions, prompts, demo_tokenizer, 512, end)
     assert (len(gold.rows), gold.dropped_ungraded, gold.dropped_too_long) == (4, 0, 0)
     assert all(r["chosen_ids"][-1] == demo_tokenizer.eos_token_id and "rejected_ids" not in r for r in gold.rows)
     assert demo_tokenizer.decode(gold.rows[0]["chosen_ids"][:-1]) == questions[0].solution
@@ -224,11 +252,11 @@ def test_gold_rows_are_graded_tokenised_and_batched_without_losers(demo_tokenize
     assert batch["input_ids"].shape[0] == 3 and "ref_chosen_logps" not in batch  # B chosen rows, no losers
 
     wrong = [dataclasses.replace(questions[0], solution="Too hard. The answer is 999."), *questions[1:]]
-    worse = gold_solution_rows(task, wrong, prompts, demo_tokenizer, max_length=512)
+    worse = gold_solution_rows(task, wrong, prompts, demo_tokenizer, 512, end)
     assert worse.dropped_ungraded == 1 and len(worse.rows) == 3 and worse.fingerprint != gold.fingerprint
-    assert gold_solution_rows(task, questions, prompts, demo_tokenizer, max_length=60).dropped_too_long > 0
+    assert gold_solution_rows(task, questions, prompts, demo_tokenizer, 60, end).dropped_too_long > 0
     with pytest.raises(PairDataError, match="arc_challenge has no gold solutions"):
-        gold_solution_rows(get_task("arc_challenge"), questions, prompts, demo_tokenizer, 512)
+        gold_solution_rows(get_task("arc_challenge"), questions, prompts, demo_tokenizer, 512, end)
 
 
 def test_an_ablation_trains_beside_m1_from_the_same_pairs(tmp_path, demo_model, demo_tokenizer):
@@ -315,12 +343,12 @@ def make_iteration_with_held_out(runs, demo_tokenizer, card):
     from irpo_data.build import question_sets
 
     run, pairs = make_iteration(runs, demo_tokenizer, card)
-    from irpo_data.sampling import render_prompts
+    from irpo_data.prompts import render_prompts
     from irpo_data.tasks import get_task
 
     held = question_sets(card).held_out[:2]
     prompts = render_prompts(get_task("demo"), held, demo_tokenizer)
-    extra = pair_table(held, prompts, wrong_by=1)
+    extra = pair_table(held, prompts, wrong_by=1, tokenizer=demo_tokenizer)
     both = pl.concat([pairs.head(2), extra])
     save_pairs(both, 1, run.pairs(1))
     write_card_and_manifest(run.iteration(1), "# card\n", {"pairs_fingerprint": fingerprint(both)})
@@ -493,9 +521,7 @@ def test_per_step_reference_trains_like_the_precomputed_one(tmp_path, tiny_model
     # test_tiny_run_writes_m1_...: per_step's losses are precompute's, step by step.)
     # Step 0 is zero by construction: the cached values are what the probe would have measured on M_0.
     rows = tokenize_pairs(
-        load_from_disk(str(tmp_path / "per_step" / "demo" / "iter_1" / "pairs"))["train"],
-        demo_tokenizer,
-        card.train.max_length,
+        load_from_disk(str(tmp_path / "per_step" / "demo" / "iter_1" / "pairs"))["train"], card.train.max_length
     ).rows
     measured = reference_logps(
         AutoModelForCausalLM.from_pretrained(tiny_model),

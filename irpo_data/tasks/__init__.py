@@ -74,6 +74,10 @@ class Task:
     # Required fields whose value is not a string: their JSON type (a missing entry means str).
     field_types: ClassVar[dict[str, type]] = {}
     has_solutions: ClassVar[bool] = False  # True when questions carry a gold worked `solution`
+    # Where a base model prompted with plain text runs on into an exemplar of its own: generation stops
+    # there (irpo_data.prompts, plain style). "\nQuestion:", not "Question": the bare word occurs in
+    # reasoning ("the question asks...") and would cut answers short (sglang PR 29264).
+    run_on_markers: ClassVar[tuple[str, ...]] = ("\nQuestion:",)
 
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
         """A `Question`, or None when the row's gold answer is empty (skipped, counted)."""

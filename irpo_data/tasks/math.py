@@ -126,6 +126,10 @@ class MATH(Task):
             raise TaskError(f"task.prompt has {self.prompt!r}; MATH's prompts are {', '.join(PROMPTS)}")
 
     @property
+    def run_on_markers(self) -> tuple[str, ...]:  # the next exemplar of the prompt's own layout
+        return ("\nQuestion:",) if self.prompt == "paper" else ("\nProblem:",)
+
+    @property
     def answer_phrase(self) -> str:  # what the prompt asks the answer to be stated with
         return r"final answer\s*:" if self.prompt == "paper" else r"final answer is|\\boxed\s*\{"
 

@@ -1,0 +1,151 @@
+"""Prompts as the model sees them: rendered once, tokenized once, and where a model's turn ends.
+
+    fmt = prompt_format(model_path, tokenizer, task, style="auto")
+    texts = render_prompts(task, questions, tokenizer, fmt.style)
+    ids = encode_prompts(tokenizer, texts)          # what every engine is given, and the trainer scores
+
+Every engine (vLLM, the transformers fallback, Ray's shard workers, the candidate scoring, the
+trainer's own held-out generation) is given these token ids, never the text: a text prompt is
+tokenized again by the engine, with the tokenizer's special tokens added, and a chat template that
+already starts with the BOS (Llama-2 `<s>[INST]`, Llama-3 `<|begin_of_text|>`) then reaches the model
+with two (vLLM issues 16976 and 27515, TRL 3853).
+
+One BOS, the rule lm-eval's vLLM backend also follows (`tok_encode`): a text that starts with the
+tokenizer's BOS is tokenized without special tokens; any other text with them, so the tokenizer adds
+its BOS where it adds one (Phi-3's template writes none, its tokenizer adds `<s>`; ChatML models have
+none at all). irpo's evaluation therefore gives the model the same ids as the build.
+
+Styles (card `task.prompt_style`):
+- `chat`: the task's messages in the model's chat template, the generation prompt added;
+- `plain`: the paper's prompt as plain text, for a base model; generation also stops at the task's
+  run-on markers (`Task.run_on_markers`, "\\nQuestion:"), where a base model goes on to invent the
+  next exemplar. A bare "Question" would cut answers mid-reasoning (sglang PR 29264).
+- `auto`: chat when the tokenizer has a chat template, else plain.
+
+End of turn: the token that ends an assistant turn under the chat template (found by rendering one
+assistant turn and reading the first special token after it: `<|im_end|>`, `<|eot_id|>`, `</s>`,
+`<end_of_turn>`, `<|end|>`), or the EOS without a template. It closes gold solutions and SFT answers.
+Generation stops on it and on every id of the model's `generation_config.eos_token_id` (Qwen2.5 base
+ships a ChatML template and stops only on `<|endoftext|>`; Llama-3-Instruct lists two).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+from irpo_data.errors import IrpoError
+from irpo_data.tasks import Question, Task
+
+log = logging.getLogger(__name__)
+
+STYLES = ("auto", "chat", "plain")
+_MARK = "IRPO-END-OF-TURN-PROBE"
+
+
+class PromptError(IrpoError, ValueError):
+    """A model whose prompts or end of turn cannot be worked out."""
+
+
+@dataclass(frozen=True)
+class PromptFormat:
+    """How one model is prompted and where its answers end."""
+
+    style: str  # "chat" or "plain" (resolved from "auto")
+    end_of_turn_id: int  # closes gold solutions and SFT answers
+    stop_token_ids: tuple[int, ...]  # generation stops on any of these (kept in the completion's ids)
+    stop_strings: tuple[str, ...] = ()  # plain prompts: the task's run-on markers (cut from the completion)
+
+
+def resolve_style(tokenizer, style: str) -> str:
+    if style not in STYLES:
+        raise PromptError(f"task.prompt_style must be auto, chat or plain, got {style!r}")
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if style == "chat" and not has_template:
+        raise PromptError(
+            "task.prompt_style=chat, but the model's tokenizer has no chat template; use plain (a base model)"
+        )
+    return style if style != "auto" else ("chat" if has_template else "plain")
+
+
+def end_of_turn_id(tokenizer) -> int:
+    """The token that ends an assistant turn under the model's chat template; the EOS without one."""
+    if getattr(tokenizer, "chat_template", None):
+        turns = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _MARK}]
+        try:
+            text = tokenizer.apply_chat_template(turns, tokenize=False)
+        except Exception as exc:  # noqa: BLE001  (a template that raises on this turn: say which model)
+            raise PromptError(f"the model's chat template fails on a user and an assistant turn ({exc})") from None
+        after = text[text.rindex(_MARK) + len(_MARK) :] if _MARK in text else ""
+        special = set(tokenizer.all_special_ids) | set(getattr(tokenizer, "added_tokens_decoder", {}))
+        for token in tokenizer(after, add_special_tokens=False)["input_ids"]:
+            if token in special:
+                return int(token)
+    if tokenizer.eos_token_id is None:
+        raise PromptError("the model's tokenizer has neither a chat template that ends a turn nor an EOS token")
+    return int(tokenizer.eos_token_id)
+
+
+def generation_eos_ids(model_path: Path | str) -> tuple[int, ...]:
+    """generation_config.json's eos_token_id (an id or a list of them), or () where there is none."""
+    from transformers import GenerationConfig
+
+    try:
+        eos = GenerationConfig.from_pretrained(model_path).eos_token_id
+    except (OSError, ValueError):
+        return ()
+    if eos is None:
+        return ()
+    return tuple(int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos]))
+
+
+def prompt_format(model_path: Path | str, tokenizer, task: Task, style: str = "auto") -> PromptFormat:
+    """The model's prompt format for `task`: style, end-of-turn token, what stops generation."""
+    style = resolve_style(tokenizer, style)
+    end = end_of_turn_id(tokenizer)
+    stops = tuple(dict.fromkeys([end, *generation_eos_ids(model_path)]))
+    return PromptFormat(style, end, stops, tuple(task.run_on_markers) if style == "plain" else ())
+
+
+def render_prompts(task: Task, questions: list[Question], tokenizer, style: str = "auto") -> list[str]:
+    """Each question's prompt text: the task's messages in the chat template, or its plain text."""
+    if resolve_style(tokenizer, style) == "plain":
+        return [task.user_message(q) for q in questions]
+    return [
+        tokenizer.apply_chat_template(task.messages(q), tokenize=False, add_generation_prompt=True) for q in questions
+    ]
+
+
+def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of prompt texts with one BOS: the text's own, or the one the tokenizer adds."""
+    if not texts:
+        return []
+    bos = tokenizer.bos_token
+    has_bos = [bool(bos) and text.startswith(bos) for text in texts]
+    own = [t for t, b in zip(texts, has_bos) if b]
+    added = [t for t, b in zip(texts, has_bos) if not b]
+    own_ids = iter(tokenizer(own, add_special_tokens=False)["input_ids"] if own else [])
+    added_ids = iter(tokenizer(added, add_special_tokens=True)["input_ids"] if added else [])
+    return [list(next(own_ids) if b else next(added_ids)) for b in has_bos]
+
+
+def encode_answers(tokenizer, texts: list[str], end_of_turn: int) -> list[list[int]]:
+    """Token ids of answers that were not sampled (gold solutions), closed by the end-of-turn token."""
+    if not texts:
+        return []
+    return [list(ids) + [end_of_turn] for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
+def cut_at_stop(token_ids: list[int], text: str, tokenizer) -> tuple[list[int], str]:
+    """An answer an engine cut at a stop string: its text ends before the string, its ids do not (vLLM
+    keeps the ids of the token that completed it). What is recorded, and trained: the longest prefix of
+    the ids whose decoding is a prefix of that text, and that decoding as the text."""
+    kept = 0
+    for end in range(len(token_ids), -1, -1):
+        decoded = tokenizer.decode(token_ids[:end], skip_special_tokens=True)
+        if text.startswith(decoded):
+            kept = end
+            break
+    ids = list(token_ids[:kept])
+    return ids, tokenizer.decode(ids, skip_special_tokens=True)
