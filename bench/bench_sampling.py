@@ -50,7 +50,6 @@ def main() -> None:
         TransformersEngine,
         VLLMEngine,
         question_seed,
-        render_prompts,
         sample_answers,
     )
     from irpo_data.tasks import get_task
@@ -58,7 +57,10 @@ def main() -> None:
     task = get_task("demo")
     questions = task.load("train").questions[: args.questions]
     model = resolve_model(ModelConfig().base)
-    prompts = render_prompts(task, questions, AutoTokenizer.from_pretrained(model.path))
+    from irpo_data.build import Prompts
+
+    prompted = Prompts.of(task, questions, AutoTokenizer.from_pretrained(model.path), "auto")
+    prompts = prompted.ids  # what every engine is given
     params = SamplingParams(args.samples, 0.8, 1.0, args.max_new_tokens, seed=0)
     seeds = [question_seed(0, q.question_id) for q in questions]
     n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(model.path).parameters())
@@ -85,9 +87,8 @@ def main() -> None:
 
     def irpo_stage():
         with tempfile.TemporaryDirectory() as tmp:
-            report = sample_answers(
-                task, questions, prompts, engine, params, Path(tmp), len(questions), {}, progress=False
-            )
+            args = (task, questions, prompted.texts, engine, params, Path(tmp), len(questions), {}, False)
+            report = sample_answers(*args, prompt_ids=prompts)
         return report.tokens / report.seconds
 
     # Alternate the two so that machine noise hits both alike; keep each one's best.

@@ -58,7 +58,7 @@ def worker(opts) -> None:
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 
-    from irpo_data.sampling import render_prompts
+    from irpo_data.prompts import encode_prompts, render_prompts
     from irpo_data.tasks import get_task
     from irpo_train import distributed
     from irpo_train.data import collate
@@ -69,7 +69,7 @@ def worker(opts) -> None:
     tokenizer = AutoTokenizer.from_pretrained(opts.model)
     task = get_task("demo")
     questions = task.load("train").questions[: opts.batch * opts.steps]
-    prompts = tokenizer(render_prompts(task, questions, tokenizer), add_special_tokens=False)["input_ids"]
+    prompts = encode_prompts(tokenizer, render_prompts(task, questions, tokenizer))
 
     def ids(text):
         return tokenizer(text, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -171,7 +171,8 @@ def held_out_checks() -> tuple[float, float, float, float, float]:
     from irpo_data.card import load_card
     from irpo_data.hardware import resolve_dtype
     from irpo_data.models import resolve_model
-    from irpo_data.sampling import VLLMEngine, render_prompts
+    from irpo_data.build import Prompts
+    from irpo_data.sampling import VLLMEngine
     from irpo_data.tasks import task_from_config
     from irpo_train.candidates import candidate_accuracy
     from irpo_train.trainer import HeldOutQuestions, held_out_accuracy
@@ -182,7 +183,7 @@ def held_out_checks() -> tuple[float, float, float, float, float]:
     task = task_from_config(card.task)
     questions = question_sets(card).held_out
     held_out = HeldOutQuestions(
-        task, questions, render_prompts(task, questions, tokenizer), tokenizer, card.sampling.max_new_tokens
+        task, questions, Prompts.of(task, questions, tokenizer, "auto").ids, tokenizer, card.sampling.max_new_tokens
     )
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
     start = time.perf_counter()
@@ -208,14 +209,15 @@ def ray_against_local(questions: int = 32, per_shard: int = 4) -> dict:
 
     from irpo_data.card import ResourcesConfig, load_card
     from irpo_data.models import resolve_model
-    from irpo_data.sampling import SamplingParams, make_engine, render_prompts, sample_answers
+    from irpo_data.build import Prompts
+    from irpo_data.sampling import SamplingParams, make_engine, sample_answers
     from irpo_data.tasks import task_from_config
 
     card = load_card("demo")
     path = resolve_model(card.model.base).path
     task = task_from_config(card.task)
     chosen = task.load("train").questions[:questions]
-    prompts = render_prompts(task, chosen, AutoTokenizer.from_pretrained(path))
+    prompts = Prompts.of(task, chosen, AutoTokenizer.from_pretrained(path), "auto")
     params = SamplingParams(num_samples=4, temperature=0.8, top_p=1.0, max_new_tokens=128, seed=0)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -232,9 +234,8 @@ def ray_against_local(questions: int = 32, per_shard: int = 4) -> dict:
             engine.sample_shards = stamped
             start = time.perf_counter()
             try:
-                sample_answers(
-                    task, chosen, prompts, engine, params, Path(tmp) / backend, per_shard, {}, progress=False
-                )
+                args = (task, chosen, prompts.texts, engine, params, Path(tmp) / backend, per_shard, {}, False)
+                sample_answers(*args, prompt_ids=prompts.ids)
             finally:
                 engine.close()
             warm_tokens = sum(tokens for _, tokens in stamps[1:])

@@ -70,7 +70,7 @@ def run_irpo(opts) -> dict:
     path = resolve_model(ModelConfig().base).path
     tokenizer = AutoTokenizer.from_pretrained(path)
     pairs = load_from_disk(opts.pairs)["train"].select(range(opts.batch * opts.steps))
-    rows = tokenize_pairs(pairs, tokenizer, 1024).rows
+    rows = tokenize_pairs(pairs, 1024).rows  # the pairs' recorded token ids (a build made since issue 32)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=opts.attn)
     step_reference, ref_tok_s = None, None
     if opts.which == "irpo-per-step":

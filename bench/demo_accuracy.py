@@ -18,7 +18,8 @@ from irpo_data.card import ModelConfig, SamplingConfig
 from irpo_data.grading import grade
 from irpo_data.hardware import resolve_dtype
 from irpo_data.models import resolve_model
-from irpo_data.sampling import SamplingParams, VLLMEngine, question_seed, render_prompts
+from irpo_data.build import Prompts
+from irpo_data.sampling import SamplingParams, VLLMEngine, question_seed
 from irpo_data.tasks import get_task
 
 
@@ -33,14 +34,14 @@ def main() -> None:
     engine = VLLMEngine(model.path, resolve_dtype("auto"), 0, SamplingConfig())
 
     questions = task.load(args.split).questions
-    prompts = render_prompts(task, questions, tokenizer)
+    prompts = Prompts.of(task, questions, tokenizer, "auto").ids
     greedy = engine.generate(prompts, SamplingParams(1, 0.0, 1.0, args.max_new_tokens, 0), [0] * len(prompts))
     grades = [grade(task, out[0].text, q.gold) for out, q in zip(greedy, questions)]
     accuracy = sum(g.correct for g in grades) / len(grades)
 
     train = task.load("train").questions[:100]
     sampled = engine.generate(
-        render_prompts(task, train, tokenizer),
+        Prompts.of(task, train, tokenizer, "auto").ids,
         SamplingParams(8, 0.8, 1.0, args.max_new_tokens, 0),
         [question_seed(0, q.question_id) for q in train],
     )

@@ -1,24 +1,41 @@
 #!/usr/bin/env bash
-# One NVIDIA GPU, no network, under 8 minutes: the embedded demo model through every stage on CUDA.
+# One NVIDIA GPU, no network, under 8 minutes. Three checks, by what the machine has:
 #
-#   bash scripts/setup && bash bench/gpu_check.sh [RUNS_DIR]
+#   bash scripts/setup && bash bench/gpu_check.sh [RUNS_DIR]       # the demo model through every stage on CUDA
+#   MODEL=/path/to/Qwen2.5-1.5B-Instruct bash bench/gpu_check.sh    # cards/gsm8k_small.yaml, iteration 1, reduced
+#   bash bench/gpu_check.sh                                         # no vLLM here: the trainer alone (below)
 #
-# Runs iteration 1 of the demo card in bf16 on the GPU: vLLM sampling (build), training with the
-# held-out candidates scored on vLLM (train.select_with=vllm), irpo eval of M_0 and M_1 on vLLM.
-# Prints one table: each stage's wall time and its tokens/s (from the run's own records).
-# It cannot run on the CPU machines this project is developed on; it is kept short and ready.
+# With vLLM and irpo's dependencies installed: iteration 1 in bf16 on the GPU, vLLM sampling (build),
+# training with the held-out candidates scored on vLLM (train.select_with=vllm), irpo eval of M_0 and
+# M_1 on vLLM; one table of each stage's wall time and tokens/s (from the run's own records). MODEL is
+# a local model folder (nothing can be downloaded there): the gsm8k_small card runs on it, on the 40
+# GSM8K rows of tests/assets, at reduced size.
+# On a machine with torch, transformers, peft and accelerate but no vLLM (nor polars, datasets,
+# math-verify, lm-eval): bench/gpu_train.py, the training step and reference pass of random-weight
+# models of 0.5B and 1.5B parameters in bf16, with tokens/s, memory and the share of the GPU's bf16 peak.
+# None of it can run on the CPU machines this project is developed on; it is kept short and ready.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+if [ -x .venv/bin/python ]; then PY=${PY:-.venv/bin/python}; else PY=${PY:-python3}; fi
 IRPO=${IRPO:-.venv/bin/irpo}
-PY=${PY:-.venv/bin/python}
 RUNS=${1:-$(mktemp -d /tmp/irpo-gpu-check-XXXX)}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
 
 "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else "no CUDA GPU: this check is for a GPU machine")'
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 
-CARD=(name=gpu-check sampling.dtype=bfloat16 train.bf16=true train.select_with=vllm
-      task.max_questions=128 eval.limit=100 resources.gpu_memory_utilization=0.5)
+if ! "$PY" -c 'import vllm, polars, datasets, lm_eval, math_verify' 2>/dev/null; then
+    echo "vLLM or irpo's data packages are missing here: checking the trainer alone (bench/gpu_train.py)"
+    exec "$PY" bench/gpu_train.py --sizes 0.5b 1.5b
+fi
+
+if [ -n "${MODEL:-}" ]; then  # the small card's first iteration on a local model, at reduced size
+    CARD=(--card gsm8k_small name=gpu-check "model.base=$MODEL" task.data_dir=tests/assets/gsm8k task.held_out=8
+          train.max_steps=40 train.select_every=20 eval.maj_k=4 resources.gpu_memory_utilization=0.5)
+else
+    CARD=(name=gpu-check sampling.dtype=bfloat16 train.bf16=true train.select_with=vllm
+          task.max_questions=128 eval.limit=100 resources.gpu_memory_utilization=0.5)
+fi
 
 stage() {  # stage NAME COMMAND...: run it, record its wall time
     local name=$1; shift

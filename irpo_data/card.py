@@ -98,7 +98,9 @@ class SamplingConfig:
     # Temperature of iteration t is temperatures[t-1]; later iterations reuse the last value.
     temperatures: list[float] = field(default_factory=lambda: [0.8, 0.8, 1.3, 1.3])
     top_p: float = 1.0
-    max_new_tokens: int = 512  # generation cap in tokens; hitting it marks the sample truncated
+    # Generation cap in tokens; hitting it marks the sample truncated. null: up to the context
+    # (max_model_len less the prompt), the paper's "overflowing the context length" (§3.1).
+    max_new_tokens: int | None = 512
     # auto | bfloat16 | float32 | float16; auto = bfloat16 where it is native (GPU, CPU with AMX or
     # AVX512-BF16), else float32 (irpo_data.hardware). The resolved dtype is recorded: it changes the samples.
     dtype: str = "auto"
@@ -142,7 +144,9 @@ class ResourcesConfig:
 class PairsConfig:
     # Defaults are the paper's (Pang et al. 2024, §2-3); irpo_data.pairs says what each does.
     pairs_per_question: int = 10  # K (paper: 10 GSM8K, 20 ARC, 15 MATH)
-    max_tokens: int = 512  # drop generations longer than this many tokens
+    max_tokens: int | None = (
+        512  # drop generations longer than this many tokens; null: only what overflowed the context
+    )
     scheme: str = "cycle"  # cycle: the paper's K pairs cycling W and L together; distinct: K distinct random pairs
     # The gold solution joins the winners: always (the paper's plain reading: "we include the gold
     # human written solution in the winning set so it is not empty"; it could also be read as
@@ -297,7 +301,7 @@ BUILD_SECTIONS = ("name", "seed", "task", "model", "sampling", "pairs", "train.r
 TRAIN_SECTIONS = (*BUILD_SECTIONS, "train")
 
 
-BUNDLED_CARDS = ("demo", "demo_full", "gsm8k", "math", "arc_challenge")
+BUNDLED_CARDS = ("demo", "demo_full", "gsm8k", "gsm8k_small", "math", "arc_challenge")
 
 
 def card_path(name_or_path: str) -> Path:

@@ -3,8 +3,8 @@
     pairs, stats = build_pairs(samples, PairsConfig(pairs_per_question=10), seed=0, gold=gold_rows)
 
 Steps, as Pang et al. (2024) §2-3 prescribe (each departure is a PairsConfig switch):
-1. Drop generations cut off at max_new_tokens (finish_reason "length") or longer than
-   `max_tokens`: too long for the context. With `drop_off_format`, also those that do not state
+1. Drop generations cut off at max_new_tokens or at the end of the context (finish_reason
+   "length"), or longer than `max_tokens` (None: no such limit; what overflowed the context is gone). With `drop_off_format`, also those that do not state
    their answer in the prompt's format (irpo's old rule; the paper has no such filter).
 2. Winners G_w: correct *and* stated in the prompt's format (the paper reads the final answer
    from "Final answer: ..."). Losers G_l: every other finished answer, off-format ones included
@@ -72,7 +72,7 @@ def build_pairs(
     reason = (
         pl.when(pl.col("finish_reason") == "length")
         .then(pl.lit("truncated"))
-        .when(pl.col("n_tokens") > config.max_tokens)
+        .when(pl.col("n_tokens") > _max_tokens(config))
         .then(pl.lit("too_long"))
         .when(pl.lit(config.drop_off_format) & ~pl.col("well_formed").fill_null(False))
         .then(pl.lit("not_well_formed"))
@@ -119,6 +119,10 @@ def build_pairs(
     return pairs, stats
 
 
+def _max_tokens(config: PairsConfig) -> int:
+    return config.max_tokens if config.max_tokens is not None else 2**31 - 1
+
+
 _POOL = ("question_id", "sample_idx", "completion", "answer", "winner", "source")
 IDS = "completion_token_ids"
 
@@ -143,7 +147,7 @@ def _gold_winners(
         return empty, {"gold_winners": 0, "gold_not_accepted": 0}
     _check(gold, (*GOLD_COLUMNS, *columns[len(_POOL) :]), "gold table")
     gold = gold.filter(pl.col("question_id").is_in(samples["question_id"].unique().implode()))
-    accepted = gold.filter(pl.col("correct") & pl.col("well_formed") & (pl.col("n_tokens") <= config.max_tokens))
+    accepted = gold.filter(pl.col("correct") & pl.col("well_formed") & (pl.col("n_tokens") <= _max_tokens(config)))
     if config.gold_winner == "when_none_correct":
         answered = kept.filter(pl.col("winner"))["question_id"].unique().implode()
         accepted = accepted.filter(~pl.col("question_id").is_in(answered))
@@ -160,7 +164,7 @@ def _gold_winners(
     return rows, {
         "gold_winners": rows.height,
         "gold_not_accepted": gold.height
-        - gold.filter(pl.col("correct") & pl.col("well_formed") & (pl.col("n_tokens") <= config.max_tokens)).height,
+        - gold.filter(pl.col("correct") & pl.col("well_formed") & (pl.col("n_tokens") <= _max_tokens(config))).height,
     }
 
 

@@ -49,6 +49,14 @@ class PromptError(IrpoError, ValueError):
 
 
 @dataclass(frozen=True)
+class Generation:
+    text: str
+    n_tokens: int
+    finish_reason: str  # "stop" (end of answer) or "length" (hit max_new_tokens)
+    token_ids: tuple[int, ...] = ()  # as the engine returned them (irpo_data.prompts.cut_at_stop for stop strings)
+
+
+@dataclass(frozen=True)
 class PromptFormat:
     """How one model is prompted and where its answers end."""
 
@@ -149,3 +157,35 @@ def cut_at_stop(token_ids: list[int], text: str, tokenizer) -> tuple[list[int], 
             break
     ids = list(token_ids[:kept])
     return ids, tokenizer.decode(ids, skip_special_tokens=True)
+
+
+def left_padded(prompt_ids: list[list[int]], pad_token_id: int):
+    """(input_ids, attention_mask) tensors of prompts padded on the left: generation continues at the right edge."""
+    import torch
+
+    width = max(map(len, prompt_ids))
+    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
+    attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for row, ids in enumerate(prompt_ids):
+        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
+        attention[row, width - len(ids) :] = 1
+    return input_ids, attention
+
+
+def context_left(model, input_ids) -> int:
+    """transformers' generate: the new tokens a batch has room for in the model's context (the cap when
+    the card leaves it open, sampling.max_new_tokens null; vLLM works it out itself)."""
+    return max(1, int(model.config.max_position_embeddings) - int(input_ids.shape[1]))
+
+
+def stopped(tokens: list[int], stop_ids: set[int], stop_strings: tuple[str, ...], tokenizer) -> Generation:
+    """One row of transformers' output as a Generation: up to and with its stop token, or cut before a
+    stop string, or all of it when it hit max_new_tokens (what follows is padding)."""
+    end = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
+    kept = tokens if end is None else tokens[: end + 1]
+    text = tokenizer.decode(kept, skip_special_tokens=True)
+    marker = min((text.index(s) for s in stop_strings if s in text), default=None)
+    if marker is not None:
+        kept, text = cut_at_stop(kept, text[:marker], tokenizer)
+        return Generation(text, len(kept), "stop", tuple(kept))
+    return Generation(text, len(kept), "length" if end is None else "stop", tuple(kept))

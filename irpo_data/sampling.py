@@ -39,7 +39,7 @@ from irpo_data import timing
 from irpo_data.errors import IrpoError
 from irpo_data.grading import GRADE_TIMEOUT_S, grade_many
 from irpo_data.hardware import describe, resolve_dtype
-from irpo_data.prompts import cut_at_stop
+from irpo_data.prompts import Generation, context_left, cut_at_stop, left_padded, stopped  # noqa: F401  (imported from here too)
 from irpo_data.reading import RecordError, read_json, read_parquet
 from irpo_data.runs import set_aside, write_json_atomic, write_parquet_atomic
 from irpo_data.tasks import Question, Task
@@ -71,19 +71,11 @@ class SamplingError(IrpoError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class Generation:
-    text: str
-    n_tokens: int
-    finish_reason: str  # "stop" (end of answer) or "length" (hit max_new_tokens)
-    token_ids: tuple[int, ...] = ()  # as the engine returned them (irpo_data.prompts.cut_at_stop for stop strings)
-
-
-@dataclass(frozen=True)
 class SamplingParams:
     num_samples: int
     temperature: float
     top_p: float
-    max_new_tokens: int
+    max_new_tokens: int | None  # None: up to the engine's context (max_model_len less the prompt)
     seed: int
     stop_token_ids: tuple[int, ...] = ()  # irpo_data.prompts.PromptFormat: end of turn and the model's EOS ids
     stop: tuple[str, ...] = ()  # plain prompts: the task's run-on markers
@@ -315,7 +307,7 @@ class TransformersEngine(Engine):
                 temperature=params.temperature if sampling else None,
                 top_p=params.top_p if sampling else None,
                 top_k=None,
-                max_new_tokens=params.max_new_tokens,
+                max_new_tokens=params.max_new_tokens or context_left(self.model, input_ids),
                 num_return_sequences=params.num_samples,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=stops,
@@ -334,32 +326,6 @@ class TransformersEngine(Engine):
             "device": self.device,
             "cpu_threads": self.torch.get_num_threads(),
         }
-
-
-def left_padded(prompt_ids: list[list[int]], pad_token_id: int):
-    """(input_ids, attention_mask) tensors of prompts padded on the left: generation continues at the right edge."""
-    import torch
-
-    width = max(map(len, prompt_ids))
-    input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)
-    attention = torch.zeros((len(prompt_ids), width), dtype=torch.long)
-    for row, ids in enumerate(prompt_ids):
-        input_ids[row, width - len(ids) :] = torch.tensor(ids, dtype=torch.long)
-        attention[row, width - len(ids) :] = 1
-    return input_ids, attention
-
-
-def stopped(tokens: list[int], stop_ids: set[int], stop_strings: tuple[str, ...], tokenizer) -> Generation:
-    """One row of transformers' output as a Generation: up to and with its stop token, or cut before a
-    stop string, or all of it when it hit max_new_tokens (what follows is padding)."""
-    end = next((i for i, token in enumerate(tokens) if token in stop_ids), None)
-    kept = tokens if end is None else tokens[: end + 1]
-    text = tokenizer.decode(kept, skip_special_tokens=True)
-    marker = min((text.index(s) for s in stop_strings if s in text), default=None)
-    if marker is not None:
-        kept, text = cut_at_stop(kept, text[:marker], tokenizer)
-        return Generation(text, len(kept), "stop", tuple(kept))
-    return Generation(text, len(kept), "length" if end is None else "stop", tuple(kept))
 
 
 def vllm_available() -> bool:

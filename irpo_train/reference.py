@@ -20,7 +20,6 @@ import shutil
 import time
 from pathlib import Path
 
-import polars as pl
 import torch
 
 from irpo_data.reading import RecordError, read_json, read_parquet
@@ -156,6 +155,8 @@ def load_or_compute(
     chosen, rejected, tokens_per_s = compute()  # every process takes part
     stored = {"key": key, "tokens_per_s": round(tokens_per_s, 1), "pairs": len(chosen)}
     if distributed.is_main():
+        import polars as pl  # here: the trainer's step code runs where polars is not installed (bench/gpu_train.py)
+
         write_parquet_atomic(pl.DataFrame({"ref_chosen_logps": chosen, "ref_rejected_logps": rejected}), table)
         write_json_atomic(meta, stored)
     return chosen, rejected, stored
@@ -177,6 +178,8 @@ def _stored(folder: Path) -> dict | None:
 def _cached_table(table: Path, stored: dict):
     """The cached log-probs, or None (with a warning) when the table cannot be read or is not the pairs' size."""
     try:
+        import polars as pl
+
         frame = read_parquet(table, {"ref_chosen_logps": pl.Float64, "ref_rejected_logps": pl.Float64})
     except RecordError as exc:
         log.warning("%s; computing the reference log-probs again", exc)

@@ -33,9 +33,9 @@ from transformers.trainer_callback import ProgressCallback
 from irpo_data import timing
 from irpo_data.grading import grade
 from irpo_data.hardware import trim_heap
+from irpo_data.prompts import context_left, left_padded, stopped
 from irpo_data.reading import read_json, read_jsonl
 from irpo_data.runs import atomic_dir, write_json_atomic, write_text_atomic
-from irpo_data.sampling import left_padded, stopped
 from irpo_data.tasks import Task
 from irpo_train import distributed
 from irpo_train.loss import objective_loss
@@ -297,7 +297,7 @@ class HeldOutQuestions:
     questions: list  # irpo_data.tasks.Question
     prompt_ids: list[list[int]]
     tokenizer: object
-    max_new_tokens: int
+    max_new_tokens: int | None  # None: up to the model's context
     batch_size: int = 16
     bf16: bool = False
     stop_token_ids: tuple[int, ...] = ()  # () = the tokenizer's EOS
@@ -384,7 +384,7 @@ def held_out_accuracy(model, held_out: HeldOutQuestions) -> float:
                     input_ids=input_ids.to(model.device),
                     attention_mask=attention.to(model.device),
                     do_sample=False,
-                    max_new_tokens=held_out.max_new_tokens,
+                    max_new_tokens=held_out.max_new_tokens or context_left(model, input_ids),
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=stops,
                     stop_strings=list(held_out.stop_strings) or None,

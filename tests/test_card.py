@@ -34,8 +34,14 @@ def test_paper_cards_run_the_papers_method_by_default():
     for card in (gsm8k, math):
         assert card.train.retrain_with_held_out and card.task.held_out == 1000 and card.pairs.gold_winner == "always"
     for card in (gsm8k, arc, math):
-        assert card.pairs.scheme == "cycle" and not card.pairs.drop_off_format and card.pairs.max_pairs == 60000
+        assert card.pairs.scheme == "cycle" and not card.pairs.drop_off_format
+        # "Too long" is overflowing the context (§3.1): generate to Llama-2's 4,096, drop only what overflows,
+        # and train on every pair that fits it.
+        assert card.sampling.max_new_tokens is None and card.pairs.max_tokens is None
+        assert card.sampling.max_model_len == card.train.max_length == 4096
         assert card.eval.temperature == 0.8 and card.train.batch_size == 16 and card.train.beta == 0.1
+    assert gsm8k.pairs.max_pairs == arc.pairs.max_pairs == 60000  # GSM8K's footnote 4: "around 60k"
+    assert math.pairs.max_pairs == 75000  # §3.3: "around 75k example pairs"
     assert (math.task.split, math.task.prompt) == ("paper", "paper")
     assert arc.task.train_subsets == ["ARC-Easy", "ARC-Challenge"] and arc.task.selection_split == "validation"
     assert arc.task.held_out == 0 and arc.train.max_steps == 4000 and arc.pairs.gold_winner == "never"
