@@ -167,11 +167,10 @@ def held_out_checks() -> tuple[float, float, float, float, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from irpo_data.build import question_sets
+    from irpo_data.build import Prompts, question_sets
     from irpo_data.card import load_card
     from irpo_data.hardware import resolve_dtype
     from irpo_data.models import resolve_model
-    from irpo_data.build import Prompts
     from irpo_data.sampling import VLLMEngine
     from irpo_data.tasks import task_from_config
     from irpo_train.candidates import candidate_accuracy
@@ -207,9 +206,9 @@ def ray_against_local(questions: int = 32, per_shard: int = 4) -> dict:
 
     from transformers import AutoTokenizer
 
+    from irpo_data.build import Prompts
     from irpo_data.card import ResourcesConfig, load_card
     from irpo_data.models import resolve_model
-    from irpo_data.build import Prompts
     from irpo_data.sampling import SamplingParams, make_engine, sample_answers
     from irpo_data.tasks import task_from_config
 
