@@ -72,6 +72,25 @@ def main() -> None:
                 "variant": name, "prompt_tokens_mean": round(sum(map(len, ids)) / len(ids)),
                 "mb_per_shard": round(size / 1e6, 2), "gb_per_math_build": round(size * shards / 1e9, 2),
             }))  # fmt: skip
+        # The pairs folder: datasets' save_to_disk writes Arrow uncompressed, one row per pair, the
+        # prompt (text and ids) repeated on each. K = 15 pairs per question, as the MATH card.
+        from irpo_data.publish import save_pairs
+
+        per_question = frame.group_by("question_id", maintain_order=True).head(16)
+        left, right = per_question.filter(pl.col("sample_idx") < 15), per_question.filter(pl.col("sample_idx") > 0)
+        pairs = pl.DataFrame({
+            "question_id": left["question_id"], "prompt": left["prompt"], "chosen": left["completion"],
+            "rejected": right["completion"], "prompt_token_ids": left["prompt_token_ids"],
+            "chosen_token_ids": left["completion_token_ids"], "rejected_token_ids": right["completion_token_ids"],
+        })  # fmt: skip
+        for name, table in (("pairs with ids", pairs), ("pairs, text only", pairs.select(pairs.columns[:4]))):
+            folder = Path(tmp) / name.replace(" ", "_").replace(",", "")
+            save_pairs(table, 1, folder)
+            size = sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+            print(json.dumps({
+                "variant": name, "pairs": table.height, "mb": round(size / 1e6, 2),
+                "gb_per_75k_pairs": round(size / table.height * 75000 / 1e9, 2),
+            }))  # fmt: skip
 
 
 if __name__ == "__main__":

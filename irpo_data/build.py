@@ -32,7 +32,7 @@ from irpo_data.models import ModelError, ResolvedModel, resolve_model
 from irpo_data.pairs import build_pairs
 from irpo_data.prompts import PromptFormat, encode_answers, encode_prompts, prompt_format, render_prompts
 from irpo_data.publish import dataset_card, fingerprint, save_pairs, write_card_and_manifest
-from irpo_data.reading import read_json, read_parquet
+from irpo_data.reading import load_dataset_dir, read_json, read_parquet
 from irpo_data.records import BuildManifest
 from irpo_data.runs import RunFolder, set_aside, write_parquet_atomic, write_text_atomic
 from irpo_data.sampling import SamplingParams, make_engine, read_samples, sample_answers
@@ -231,6 +231,10 @@ class _BuildJob:
     format: PromptFormat | None = None  # the sampling model's (irpo_data.prompts)
 
 
+def _has_token_ids(pairs_dir: Path) -> bool:
+    return "prompt_token_ids" in load_dataset_dir(pairs_dir)["train"].column_names
+
+
 def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob | BuildResult:
     """The job, or the finished build when one from the same card and model is there."""
     if iteration < 1:
@@ -244,8 +248,14 @@ def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob
         manifest = BuildManifest.from_json(path)
         same = (manifest.build_card_sha256, manifest.weights_sha256) == tuple(identity.values())
         if same and run.pairs(iteration).is_dir():
-            log.info("iteration %d already built in %s (same card and model); nothing to do", iteration, path.parent)
-            return BuildResult(path.parent, manifest, skipped=True)
+            if _has_token_ids(run.pairs(iteration)) or (run.model(iteration) / "train_manifest.json").is_file():
+                log.info(
+                    "iteration %d already built in %s (same card and model); nothing to do", iteration, path.parent
+                )
+                return BuildResult(path.parent, manifest, skipped=True)
+            # Built by an irpo that kept only text, and nothing is trained on it yet: the trainer scores token
+            # ids, so it is built again (its samples and pairs are set aside, not deleted).
+            log.warning("iteration %d was built by an irpo that kept no token ids: building it again", iteration)
         # About to be rebuilt: no manifest may vouch for the old pairs, which stay until the new ones replace them.
         set_aside(path, f"iteration {iteration}'s pairs were built from another card or model")
     sets = question_sets(card, check_contamination=True)

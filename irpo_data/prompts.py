@@ -111,8 +111,18 @@ def generation_eos_ids(model_path: Path | str) -> tuple[int, ...]:
 def prompt_format(model_path: Path | str, tokenizer, task: Task, style: str = "auto") -> PromptFormat:
     """The model's prompt format for `task`: style, end-of-turn token, what stops generation."""
     style = resolve_style(tokenizer, style)
-    end = end_of_turn_id(tokenizer)
-    stops = tuple(dict.fromkeys([end, *generation_eos_ids(model_path)]))
+    eos = generation_eos_ids(model_path)
+    # Plain prompts have no turns: an answer ends where the model's text does, at its EOS (a base model
+    # that ships a chat template, run plain, would otherwise learn to close answers with a turn's end).
+    if style == "chat":
+        end = end_of_turn_id(tokenizer)
+    elif tokenizer.eos_token_id is not None:
+        end = int(tokenizer.eos_token_id)
+    elif eos:
+        end = eos[0]
+    else:
+        raise PromptError("the model's tokenizer has no EOS token and its generation config names none")
+    stops = tuple(dict.fromkeys([end, *eos]))
     return PromptFormat(style, end, stops, tuple(task.run_on_markers) if style == "plain" else ())
 
 
@@ -146,17 +156,24 @@ def encode_answers(tokenizer, texts: list[str], end_of_turn: int) -> list[list[i
 
 
 def cut_at_stop(token_ids: list[int], text: str, tokenizer) -> tuple[list[int], str]:
-    """An answer an engine cut at a stop string: its text ends before the string, its ids do not (vLLM
-    keeps the ids of the token that completed it). What is recorded, and trained: the longest prefix of
-    the ids whose decoding is a prefix of that text, and that decoding as the text."""
-    kept = 0
-    for end in range(len(token_ids), -1, -1):
-        decoded = tokenizer.decode(token_ids[:end], skip_special_tokens=True)
-        if text.startswith(decoded):
-            kept = end
-            break
-    ids = list(token_ids[:kept])
-    return ids, tokenizer.decode(ids, skip_special_tokens=True)
+    """An answer cut at a stop string: `text` is what precedes the string. What is recorded, and trained:
+    the shortest prefix of the ids whose decoding covers that text (a token that straddles the string's
+    start, such as ".\n" before "\nQuestion:", is kept: the model sampled it), and the text itself.
+    Found by bisection: a longer prefix covers at least what a shorter one does."""
+
+    def covers(end: int) -> bool:
+        return tokenizer.decode(token_ids[:end], skip_special_tokens=True).startswith(text)
+
+    if not covers(len(token_ids)):  # the text is not what these ids decode to: keep them all
+        return list(token_ids), tokenizer.decode(token_ids, skip_special_tokens=True)
+    low, high = 0, len(token_ids)
+    while low < high:
+        middle = (low + high) // 2
+        if covers(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return list(token_ids[:low]), text
 
 
 def left_padded(prompt_ids: list[list[int]], pad_token_id: int):
@@ -172,10 +189,14 @@ def left_padded(prompt_ids: list[list[int]], pad_token_id: int):
     return input_ids, attention
 
 
-def context_left(model, input_ids) -> int:
-    """transformers' generate: the new tokens a batch has room for in the model's context (the cap when
-    the card leaves it open, sampling.max_new_tokens null; vLLM works it out itself)."""
-    return max(1, int(model.config.max_position_embeddings) - int(input_ids.shape[1]))
+def context_left(model, input_ids, max_model_len: int | None = None) -> int:
+    """transformers' generate: the new tokens a batch has room for in the context (the cap when the card
+    leaves it open, sampling.max_new_tokens null): the card's sampling.max_model_len, as vLLM's, within
+    the model's own."""
+    context = int(getattr(model.config, "max_position_embeddings", None) or max_model_len or 2048)
+    if max_model_len is not None:
+        context = min(context, int(max_model_len))
+    return max(1, context - int(input_ids.shape[1]))
 
 
 def stopped(tokens: list[int], stop_ids: set[int], stop_strings: tuple[str, ...], tokenizer) -> Generation:

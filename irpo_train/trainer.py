@@ -302,6 +302,7 @@ class HeldOutQuestions:
     bf16: bool = False
     stop_token_ids: tuple[int, ...] = ()  # () = the tokenizer's EOS
     stop_strings: tuple[str, ...] = ()
+    max_model_len: int | None = None  # the context a null max_new_tokens generates up to (sampling.max_model_len)
 
 
 class HeldOutAccuracy(TrainerCallback):
@@ -384,7 +385,7 @@ def held_out_accuracy(model, held_out: HeldOutQuestions) -> float:
                     input_ids=input_ids.to(model.device),
                     attention_mask=attention.to(model.device),
                     do_sample=False,
-                    max_new_tokens=held_out.max_new_tokens or context_left(model, input_ids),
+                    max_new_tokens=held_out.max_new_tokens or context_left(model, input_ids, held_out.max_model_len),
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=stops,
                     stop_strings=list(held_out.stop_strings) or None,

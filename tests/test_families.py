@@ -48,6 +48,9 @@ def test_each_familys_end_of_turn_and_one_bos(name, family_models):
     assert end_of_turn_id(tokenizer) == fmt.end_of_turn_id == ids[family.end_of_turn]
     assert set(fmt.stop_token_ids) == set(ids.values())
     assert fmt.style == ("chat" if family.chat_template else "plain")
+    if family.chat_template:  # run plain (a base model that ships a template), an answer ends at the EOS
+        plain = prompt_format(folder, tokenizer, TASK, "plain")
+        assert plain.end_of_turn_id == tokenizer.convert_tokens_to_ids(family.eos) and plain.stop_strings
     texts = render_prompts(TASK, TASK.load("test").questions[:3], tokenizer, "auto")
     prompts = encode_prompts(tokenizer, texts)
     if family.bos is None:

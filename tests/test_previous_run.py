@@ -51,3 +51,41 @@ def test_a_run_made_by_the_previous_release_is_found_complete(tmp_path, monkeypa
     assert "iteration 1 already built" in caplog.text
     assert "already trained from these pairs and this reference" in caplog.text
     assert caplog.text.count("already evaluated with these settings") == 2  # M_0 and M_1
+
+
+def test_retraining_a_model_of_the_previous_release_says_how_to_rebuild_its_iteration(tmp_path, monkeypatch):
+    """Its pairs hold text only: the trainer scores token ids, so a changed train.* key is refused in one
+    line naming the command that sets the iteration aside; nothing is touched."""
+    work = tmp_path / "previous"
+    shutil.copytree(PREVIOUS, work)
+    monkeypatch.chdir(work)
+    before = _contents(work / "run_folders")
+    args = ["train", "--card", "card.yaml", "--runs-dir", "run_folders", "train.learning_rate=2e-4"]
+    result = CliRunner().invoke(main, args)
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert result.exit_code == 1 and len(lines) == 1 and "kept no token ids" in lines[0], result.output
+    assert "mv run_folders/prev/iter_1 run_folders/prev/iter_1.old" in lines[0]
+    after = _contents(work / "run_folders")
+    assert {k: v for k, v in after.items() if k not in (".prev.lock", "prev/card.yaml")} == {
+        k: v
+        for k, v in before.items()
+        if k != "prev/card.yaml"  # the card file records the new train.* value
+    }
+
+
+@pytest.mark.slow  # a vLLM engine samples the iteration again
+def test_an_untrained_iteration_of_the_previous_release_is_built_again_with_token_ids(tmp_path, monkeypatch):
+    """With nothing trained on it (its model set aside here), the old iteration is sampled again, with ids;
+    its text-only samples and pairs are set aside, not deleted."""
+    from datasets import load_from_disk
+
+    work = tmp_path / "previous"
+    shutil.copytree(PREVIOUS, work)
+    monkeypatch.chdir(work)
+    run = work / "run_folders" / "prev"
+    (run / "models" / "M_1").rename(run / "models" / "M_1.moved-away")
+    result = CliRunner().invoke(main, ["data", "build", "--card", "card.yaml", "--runs-dir", "run_folders", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "prompt_token_ids" in load_from_disk(str(run / "iter_1" / "pairs"))["train"].column_names
+    assert (run / "iter_1" / "samples.stale-1" / "part-00000.parquet").is_file()
+    assert (run / "iter_1" / "pairs.stale-1").is_dir() and (run / "iter_1" / "manifest.json.stale-1").is_file()

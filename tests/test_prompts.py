@@ -119,3 +119,52 @@ def test_shards_sampled_without_ids_are_set_aside_and_sampled_again(tmp_path, ca
     assert samples.is_dir() and not any(samples.iterdir())
     assert (tmp_path / "iter_1" / "samples.stale-1" / "part-00000.parquet").is_file()
     assert "kept no token ids; sampling the iteration again" in caplog.text
+
+
+def _sentencepiece_like():
+    """A Metaspace BPE tokenizer, as Llama-2's, Mistral's and Phi-3's decode: "▁" for spaces, and decoding
+    an answer alone drops its leading space, which vLLM's text (decoded after the prompt) keeps."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from irpo_data.tasks.demo import generate_rows
+
+    texts = [r["question"] + " " + r["solution"] + "\nQuestion: Solution:" for r in generate_rows("train")]
+    backend = Tokenizer(models.BPE(unk_token="<unk>"))
+    # "\n" a token of its own, as SentencePiece's byte fallback <0x0A> is: no merge crosses a line.
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Metaspace()]
+    )
+    backend.decoder = decoders.Metaspace()
+    backend.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=600, special_tokens=["<unk>", "<s>", "</s>"]))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>")
+
+
+def test_a_vllm_answer_cut_at_a_stop_string_keeps_its_text_with_a_sentencepiece_tokenizer():
+    """vLLM's output for a plain prompt that ran on: text " We add ... is 5." (with the leading space its
+    decoding after the prompt keeps), ids through the tokens of "\\nQuestion:". The answer is cut on the
+    tokenizer's own decoding: neither emptied nor cut elsewhere."""
+    from types import SimpleNamespace
+
+    from irpo_data.sampling import _generation
+
+    tokenizer = _sentencepiece_like()
+    answer = "Tom has 4 boxes with 7 pencils in each, so 4 * 7 = 28. The answer is 28."
+    ids = tokenizer(answer + "\nQuestion: Tom", add_special_tokens=False).input_ids
+    output = SimpleNamespace(text=" " + answer, token_ids=ids, stop_reason="\nQuestion:", finish_reason="stop")
+    generation = _generation(output, tokenizer, ("\nQuestion:",))
+    assert tokenizer.decode(ids).startswith(answer)  # the premise: decoded alone, no leading space
+    assert generation.text == answer and tokenizer.decode(list(generation.token_ids)) == answer
+    assert 0 < generation.n_tokens < len(ids) and grade(TASK, generation.text, "28").correct
+
+
+def test_generation_left_open_stops_at_the_cards_context_not_the_models():
+    from types import SimpleNamespace
+
+    import torch
+
+    from irpo_data.prompts import context_left
+
+    model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=32768))  # Qwen2.5 reads 32k
+    batch = torch.zeros((2, 300), dtype=torch.long)
+    assert context_left(model, batch, 4096) == 3796 and context_left(model, batch) == 32468
