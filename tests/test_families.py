@@ -96,7 +96,7 @@ def _check_build(name, folder, card, runs):
     from irpo_data.build import question_sets
     from irpo_data.runs import RunFolder
     from irpo_data.sampling import read_samples
-    from irpo_train.data import tokenize_pairs
+    from irpo_train.data import collate, tokenize_pairs
 
     family, tokenizer = FAMILIES[name], _tokenizer(folder)
     fmt = prompt_format(folder, tokenizer, TASK, "auto")
@@ -120,6 +120,13 @@ def _check_build(name, folder, card, runs):
     assert pairs.num_rows > 0
     answers = {(r["question_id"], r["sample_idx"]): r["completion_token_ids"] for r in samples.iter_rows(named=True)}
     rows = tokenize_pairs(pairs, 4096).rows
+    batch = collate(rows[:2], tokenizer.pad_token_id)  # the trainer's batch: chosen rows, then rejected ones
+    for i, row in enumerate(rows[:2]):
+        for sequence, answer in (
+            (batch["input_ids"][i], row["chosen_ids"]),
+            (batch["input_ids"][2 + i], row["rejected_ids"]),
+        ):
+            assert sequence[: len(row["prompt_ids"]) + len(answer)].tolist() == row["prompt_ids"] + answer
     for pair, row in zip(pairs, rows):
         assert row["prompt_ids"] == by_id[pair["question_id"]]
         assert row["rejected_ids"] == answers[(pair["question_id"], pair["rejected_sample_idx"])]
