@@ -31,8 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 from assets.hostile import HOSTILE  # noqa: E402
 
-from irpo_data import grading, verifier  # noqa: E402
-from irpo_data.tasks import get_task  # noqa: E402
+from irpo import grading, verifier  # noqa: E402
+from irpo.tasks import get_task  # noqa: E402
 
 DATA = ROOT.parent / "shared" / "data"
 

@@ -4,7 +4,7 @@ vLLM backend (`repeats`: k identical requests per question), same model, questio
     python bench/bench_maj.py [--task demo] [--k 32] [--limit 16] [--max-new-tokens 160] [--data-dir DIR]
 
 Each backend runs irpo-eval's maj@k evaluation (greedy + k samples per question, graded by
-irpo_data.grading) in its own fresh process, one after the other, so neither inherits the
+irpo.grading) in its own fresh process, one after the other, so neither inherits the
 other's threads or caches; the wall time includes loading the engine. Printed: wall time,
 speed-up, and the accuracy of both (they sample differently, so they agree only within
 sampling noise; the standard error of maj@k is shown). Target: >= 2x at k = 32.
@@ -21,8 +21,8 @@ import time
 
 
 def one(args) -> None:
-    from irpo_data.card import ModelConfig
-    from irpo_data.models import resolve_model
+    from irpo.card import ModelConfig
+    from irpo.models import resolve_model
     from irpo_eval.evaluate import EvalSettings, evaluate_model
 
     settings = EvalSettings(

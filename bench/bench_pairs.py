@@ -18,8 +18,8 @@ import time
 
 import polars as pl
 
-from irpo_data.card import PairsConfig
-from irpo_data.pairs import REQUIRED_COLUMNS, build_pairs
+from irpo.card import PairsConfig
+from irpo.pairs import REQUIRED_COLUMNS, build_pairs
 
 PAPER = PairsConfig(pairs_per_question=10, max_tokens=512)
 DISTINCT = PairsConfig(

@@ -42,22 +42,17 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from irpo_data.card import ModelConfig, SamplingConfig
-    from irpo_data.hardware import resolve_dtype
-    from irpo_data.models import resolve_model
-    from irpo_data.sampling import (
-        SamplingParams,
-        TransformersEngine,
-        VLLMEngine,
-        question_seed,
-        sample_answers,
-    )
-    from irpo_data.tasks import get_task
+    from irpo.card import ModelConfig, SamplingConfig
+    from irpo.engines import SamplingParams, TransformersEngine, VLLMEngine, question_seed
+    from irpo.hardware import resolve_dtype
+    from irpo.models import resolve_model
+    from irpo.tasks import get_task
+    from irpo_data.sampling import sample_answers
 
     task = get_task("demo")
     questions = task.load("train").questions[: args.questions]
     model = resolve_model(ModelConfig().base)
-    from irpo_data.build import Prompts
+    from irpo.prompts import Prompts
 
     prompted = Prompts.of(task, questions, AutoTokenizer.from_pretrained(model.path), "auto")
     prompts = prompted.ids  # what every engine is given

@@ -33,8 +33,8 @@ def tiny_model(folder: Path) -> None:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from irpo_data.card import ModelConfig
-    from irpo_data.models import resolve_model
+    from irpo.card import ModelConfig
+    from irpo.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(ModelConfig().base).path)
     config = LlamaConfig(
@@ -58,8 +58,8 @@ def worker(opts) -> None:
     from accelerate import PartialState
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback, TrainingArguments
 
-    from irpo_data.prompts import encode_prompts, render_prompts
-    from irpo_data.tasks import get_task
+    from irpo.prompts import encode_prompts, render_prompts
+    from irpo.tasks import get_task
     from irpo_train import distributed
     from irpo_train.data import collate
     from irpo_train.scorer import CompletionScorer
@@ -137,8 +137,8 @@ def wrapper_overhead(repeats: int = 5) -> tuple[float, float]:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from irpo_data.card import ModelConfig
-    from irpo_data.models import resolve_model
+    from irpo.card import ModelConfig
+    from irpo.models import resolve_model
     from irpo_train.logprobs import completion_logps
     from irpo_train.scorer import CompletionScorer
 
@@ -167,12 +167,13 @@ def held_out_checks() -> tuple[float, float, float, float, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from irpo_data.build import Prompts, question_sets
-    from irpo_data.card import load_card
-    from irpo_data.hardware import resolve_dtype
-    from irpo_data.models import resolve_model
-    from irpo_data.sampling import VLLMEngine
-    from irpo_data.tasks import task_from_config
+    from irpo.card import load_card
+    from irpo.engines import VLLMEngine
+    from irpo.hardware import resolve_dtype
+    from irpo.models import resolve_model
+    from irpo.prompts import Prompts
+    from irpo.tasks import task_from_config
+    from irpo_data.build import question_sets
     from irpo_train.candidates import candidate_accuracy
     from irpo_train.trainer import HeldOutQuestions, held_out_accuracy
 
@@ -206,11 +207,11 @@ def ray_against_local(questions: int = 32, per_shard: int = 4) -> dict:
 
     from transformers import AutoTokenizer
 
-    from irpo_data.build import Prompts
-    from irpo_data.card import ResourcesConfig, load_card
-    from irpo_data.models import resolve_model
+    from irpo.card import ResourcesConfig, load_card
+    from irpo.models import resolve_model
+    from irpo.prompts import Prompts
+    from irpo.tasks import task_from_config
     from irpo_data.sampling import SamplingParams, make_engine, sample_answers
-    from irpo_data.tasks import task_from_config
 
     card = load_card("demo")
     path = resolve_model(card.model.base).path

@@ -33,11 +33,11 @@ def main() -> None:
     import polars as pl
     from transformers import AutoTokenizer
 
-    from irpo_data.card import ModelConfig
-    from irpo_data.models import resolve_model
-    from irpo_data.prompts import encode_prompts, render_prompts
+    from irpo.card import ModelConfig
+    from irpo.models import resolve_model
+    from irpo.prompts import encode_prompts, render_prompts
+    from irpo.tasks import get_task
     from irpo_data.sampling import SAMPLE_SCHEMA
-    from irpo_data.tasks import get_task
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model(ModelConfig().base).path)
     task = get_task("math")

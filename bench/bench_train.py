@@ -60,8 +60,8 @@ def run_irpo(opts) -> dict:
     from datasets import load_from_disk
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainingArguments
 
-    from irpo_data.card import ModelConfig
-    from irpo_data.models import resolve_model
+    from irpo.card import ModelConfig
+    from irpo.models import resolve_model
     from irpo_train.data import collate, tokenize_pairs
     from irpo_train.reference import StepReference, reference_logps
     from irpo_train.scorer import CompletionScorer
@@ -120,8 +120,8 @@ def run_trl(opts) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from trl import DPOConfig, DPOTrainer
 
-    from irpo_data.card import ModelConfig
-    from irpo_data.models import resolve_model
+    from irpo.card import ModelConfig
+    from irpo.models import resolve_model
 
     path = resolve_model(ModelConfig().base).path
     tokenizer = AutoTokenizer.from_pretrained(path)

@@ -14,13 +14,13 @@ import json
 
 from transformers import AutoTokenizer
 
-from irpo_data.build import Prompts
-from irpo_data.card import ModelConfig, SamplingConfig
-from irpo_data.grading import grade
-from irpo_data.hardware import resolve_dtype
-from irpo_data.models import resolve_model
-from irpo_data.sampling import SamplingParams, VLLMEngine, question_seed
-from irpo_data.tasks import get_task
+from irpo.card import ModelConfig, SamplingConfig
+from irpo.engines import SamplingParams, VLLMEngine, question_seed
+from irpo.grading import grade
+from irpo.hardware import resolve_dtype
+from irpo.models import resolve_model
+from irpo.prompts import Prompts
+from irpo.tasks import get_task
 
 
 def main() -> None:

@@ -52,14 +52,14 @@ VLLM = _vllm_module.VLLM
 from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.utils import postprocess_generated_text  # noqa: E402
 
-from irpo_data import timing  # noqa: E402
-from irpo_data.sampling import question_seed, shutdown_vllm  # noqa: E402
+from irpo import timing  # noqa: E402
+from irpo.engines import question_seed, shutdown_vllm  # noqa: E402
 
 
 def stop_token_ids(model_path, tokenizer) -> tuple[int, ...]:
     """What ends an answer, as in the build: the chat template's end-of-turn token and the model's
-    generation_config EOS ids (irpo_data.prompts); lm-eval alone would stop on the EOS only."""
-    from irpo_data.prompts import end_of_turn_id, generation_eos_ids
+    generation_config EOS ids (irpo.prompts); lm-eval alone would stop on the EOS only."""
+    from irpo.prompts import end_of_turn_id, generation_eos_ids
 
     return tuple(dict.fromkeys([end_of_turn_id(tokenizer), *generation_eos_ids(model_path)]))
 
@@ -69,7 +69,7 @@ _started: list = []  # GroupedVLLM instances lm-eval made in this process, until
 
 def release_engines() -> None:
     """Shut down the vLLM engines lm-eval started here: simple_evaluate returns no handle to its
-    model, and a dropped engine keeps its memory (irpo_data.sampling.shutdown_vllm says why)."""
+    model, and a dropped engine keeps its memory (irpo.engines.shutdown_vllm says why)."""
     while _started:
         lm = _started.pop()
         llm, lm.model = getattr(lm, "model", None), None  # lm-eval's VLLM holds LLM(...) as .model
@@ -84,7 +84,7 @@ class GroupedVLLM(VLLM):
     def __init__(
         self, pretrained: str, seed: int = 0, kv_cache_gb: float = 2, gpu_memory_utilization: float = 0.9, **kwargs
     ):
-        from irpo_data.sampling import vllm_device_settings
+        from irpo.engines import vllm_device_settings
 
         _, device_kwargs = vllm_device_settings(kv_cache_gb, gpu_memory_utilization)
         for key, value in device_kwargs.items():

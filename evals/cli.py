@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from irpo_data.card import BUNDLED_CARDS, load_card
-from irpo_data.command import (
+from irpo.card import BUNDLED_CARDS, load_card
+from irpo.command import (
     Command,
     card_option,
     dry_run_option,
@@ -17,7 +17,7 @@ from irpo_data.command import (
     setup_logging,
     show_dry_run,
 )
-from irpo_data.runs import RunFolder
+from irpo.runs import RunFolder
 from irpo_eval.evaluate import EvalError, EvalSettings
 
 
@@ -118,14 +118,14 @@ def main(
         raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
     settings = EvalSettings.from_card(resolved, maj_k=maj_k, limit=limit, backend=backend)
     if push_to_hub:
-        from irpo_data.publish import check_repo_id
+        from irpo.hub import check_repo_id
 
         check_repo_id(push_to_hub)  # before the evaluation, not after it
     if dry_run:
         root = RunFolder.for_card(resolved, runs_dir).root
         return show_dry_run(resolved, f"evaluate the models of {root} (greedy and maj@{settings.maj_k})")
-    from irpo_data.lock import run_lock
-    from irpo_data.reaper import start_reaper
+    from irpo.lock import run_lock
+    from irpo.reaper import start_reaper
 
     start_reaper()  # lm-eval's engine processes die with this command
     with run_lock(RunFolder.for_card(resolved, runs_dir).root):
@@ -137,11 +137,11 @@ def main(
 def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, overrides, dry_run):
     from pathlib import Path
 
-    from irpo_data.models import resolve_model
+    from irpo.models import resolve_model
 
     # Settings come from the bundled card of the same task when there is one (the paper's
     # maj@k temperature and answer length), else from the --card.
-    from irpo_data.tasks import get_task
+    from irpo.tasks import get_task
     from irpo_eval.evaluate import evaluate_model
 
     task = task or load_card(card).task.name
@@ -151,7 +151,7 @@ def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, 
     settings = EvalSettings.from_card(defaults, **flags)
     if dry_run:
         return show_dry_run(defaults, f"evaluate {model_spec} on {task} (greedy and maj@{settings.maj_k})")
-    from irpo_data.reaper import start_reaper
+    from irpo.reaper import start_reaper
 
     start_reaper()
     model = resolve_model(model_spec, trust_remote_code=settings.trust_remote_code)

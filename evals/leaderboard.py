@@ -11,9 +11,9 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from irpo_data.card import OBJECTIVE_NAMES
-from irpo_data.records import EvalRecord
-from irpo_data.runs import write_json_atomic, write_text_atomic
+from irpo.card import OBJECTIVE_NAMES
+from irpo.records import EvalRecord
+from irpo.runs import write_json_atomic, write_text_atomic
 from irpo_eval.paper import PAPER_ROWS, SOURCE, paper_greedy
 
 METRICS = ("greedy", "greedy_strict", "maj_at_k", "pass_at_k", "sample_accuracy")  # EvalRecord's names

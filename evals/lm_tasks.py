@@ -1,14 +1,14 @@
 """The functions our lm-eval task YAMLs (evals/irpo_*.yaml) call through `!function`.
 
 The YAMLs keep lm-eval's own machinery (requests, repeats, chat templates, logging of samples,
-aggregation) and hand it three things from irpo_data, so that evaluation sees exactly what the
+aggregation) and hand it three things from irpo, so that evaluation sees exactly what the
 builder sees:
-- `load_docs`: the task's test split through `irpo_data.tasks` (the Hub by default, local
+- `load_docs`: the task's test split through `irpo.tasks` (the Hub by default, local
   files when `data_dir` is given as lm-eval metadata: `--metadata '{"data_dir": "..."}'`);
 - `doc_to_text`: the builder's prompt (the task's user message; lm-eval applies the chat
   template with `--apply_chat_template`, as the builder does);
-- `greedy_results` / `majority_results`: grading by `irpo_data.grading`, the reward's grader,
-  and majority vote by `irpo_eval.majority`; `grade_all`, the filter, grades every response of
+- `greedy_results` / `majority_results`: grading by `irpo.grading`, the reward's grader,
+  and majority vote by `irpo.majority`; `grade_all`, the filter, grades every response of
   the task at once on every core first, so that these two read their verdicts from its caches.
 Each also reports `grading_timeouts`: answers whose verification ran out of time (counted wrong),
 summed over the task by `total`.
@@ -20,9 +20,9 @@ import functools
 import json
 import logging
 
-from irpo_data.grading import grade, grade_many
-from irpo_data.tasks import Question, get_task
-from irpo_eval.majority import score_samples
+from irpo.grading import grade, grade_many
+from irpo.majority import score_samples
+from irpo.tasks import Question, get_task
 
 log = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from irpo_data.card import Card
-from irpo_data.models import ResolvedModel, resolve_model
-from irpo_data.publish import push_files
-from irpo_data.records import TrainManifest
-from irpo_data.runs import RunFolder
+from irpo.card import Card
+from irpo.hub import push_files
+from irpo.models import ResolvedModel, resolve_model
+from irpo.records import TrainManifest
+from irpo.runs import RunFolder
 from irpo_eval.evaluate import EvalError, EvalSettings, evaluate_model
 from irpo_eval.leaderboard import Entry, build_leaderboard, write_leaderboard
 

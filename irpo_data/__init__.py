@@ -1,8 +1,3 @@
-"""irpo_data: build Iterative RPO preference pairs (sample -> grade -> pair -> publish)."""
+"""irpo_data: the build stage of Iterative RPO (sample -> grade -> pair -> publish), runs/NAME/iter_T/."""
 
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("irpo")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0.0.0+local"
+from irpo import __version__  # noqa: F401  (the build's records carry it; kept here for callers of 0.1)

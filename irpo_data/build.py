@@ -23,20 +23,20 @@ from pathlib import Path
 
 import polars as pl
 
-from irpo_data import __version__, timing
-from irpo_data.card import BUILD_SECTIONS, Card
+from irpo import __version__, timing
+from irpo.card import BUILD_SECTIONS, Card
+from irpo.grading import grade_many
+from irpo.hardware import describe
+from irpo.models import ResolvedModel, iteration_model, resolve_model
+from irpo.pairs import build_pairs
+from irpo.prompts import PromptFormat, Prompts, encode_answers, prompt_format
+from irpo.reading import load_dataset_dir, read_json, read_parquet
+from irpo.records import BuildManifest, IterationQuestions
+from irpo.runs import RunFolder, set_aside, write_parquet_atomic, write_text_atomic
+from irpo.tasks import Question, Task, TaskError, split_held_out, task_from_config
 from irpo_data.contamination import overlapping_questions
-from irpo_data.grading import grade_many
-from irpo_data.hardware import describe
-from irpo_data.models import ModelError, ResolvedModel, resolve_model
-from irpo_data.pairs import build_pairs
-from irpo_data.prompts import PromptFormat, encode_answers, encode_prompts, prompt_format, render_prompts
 from irpo_data.publish import dataset_card, fingerprint, save_pairs, write_card_and_manifest
-from irpo_data.reading import load_dataset_dir, read_json, read_parquet
-from irpo_data.records import BuildManifest
-from irpo_data.runs import RunFolder, set_aside, write_parquet_atomic, write_text_atomic
 from irpo_data.sampling import SamplingParams, make_engine, read_samples, sample_answers
-from irpo_data.tasks import Question, Task, TaskError, split_held_out, task_from_config
 
 log = logging.getLogger(__name__)
 
@@ -95,60 +95,30 @@ def _test_overlap(task: Task, card: Card, questions: list[Question]) -> list[str
 
 
 def sampling_model(card: Card, run: RunFolder, iteration: int, model: str | None) -> ResolvedModel:
+    """The model iteration `iteration` samples from: --model if given, else M_{t-1} (irpo.models)."""
     if model is not None:
         return resolve_model(model, trust_remote_code=card.model.trust_remote_code)
-    if iteration == 1:
-        return resolve_model(card.model.base, card.model.revision, card.model.trust_remote_code)
-    previous = run.model(iteration - 1)
-    if not (previous / "config.json").is_file():
-        raise ModelError(
-            f"iteration {iteration} samples from {previous}, which does not exist yet; train it with "
-            f"`irpo train --card ... --iter {iteration - 1}`, or pass --model PATH to sample from another model"
-        )
-    return resolve_model(str(previous))
+    return iteration_model(card, run, iteration)
 
 
-@dataclass
-class Prompts:
-    """Questions with their prompts as text (the samples' and pairs' `prompt` column) and as the token
-    ids every engine is given (irpo_data.prompts)."""
+def iteration_prompts(task: Task, sets: QuestionSets, tokenizer, style: str, max_model_len: int):
+    """(the prompts to sample, within the context; the ids of the questions left out; the questions table).
 
-    questions: list[Question]
-    texts: list[str]
-    ids: list[list[int]]
-
-    @classmethod
-    def of(cls, task: Task, questions: list[Question], tokenizer, style: str) -> "Prompts":
-        texts = render_prompts(task, questions, tokenizer, style)
-        return cls(list(questions), texts, encode_prompts(tokenizer, texts))
-
-    def fit_context(self, max_model_len: int, left_out: str = "not sampled") -> tuple["Prompts", list[str]]:
-        """(the prompts that leave room for an answer in the engine's context, sampling.max_model_len;
-        the ids of the questions left out). Such a prompt would stop the engine mid-build, and again on
-        every resume: it is never sent, and the dataset card counts it."""
-        kept = [i for i, ids in enumerate(self.ids) if len(ids) < max_model_len]
-        dropped = [self.questions[i].question_id for i, ids in enumerate(self.ids) if len(ids) >= max_model_len]
-        if dropped:
-            log.warning(
-                "%d question(s) have a prompt of sampling.max_model_len=%d tokens or more and are %s: %s",
-                len(dropped),
-                max_model_len,
-                left_out,
-                ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else ""),
-            )
-        pick = Prompts([self.questions[i] for i in kept], [self.texts[i] for i in kept], [self.ids[i] for i in kept])
-        return pick, dropped
-
-    def table(self) -> pl.DataFrame:
-        """iter_t/held_out.parquet: the held-out questions' prompts as the checks give them to the model."""
-        return pl.DataFrame(
-            {
-                "question_id": [q.question_id for q in self.questions],
-                "prompt": self.texts,
-                "prompt_token_ids": self.ids,
-            },
-            schema={"question_id": pl.String, "prompt": pl.String, "prompt_token_ids": pl.List(pl.Int32)},
-        )
+    The held-out questions get their prompts too, sampled or not (the demo, ARC's validation split):
+    the checks that choose the step give the model these very ids. iter_T/questions.parquet records the
+    build's choices (which questions, in which role, with which prompts) for the trainer to read rather
+    than make again."""
+    prompts, too_long = Prompts.of(task, sets.sampled, tokenizer, style).fit_context(max_model_len)
+    held_out, _ = Prompts.of(task, sets.held_out, tokenizer, style).fit_context(
+        max_model_len, "left out of the held-out checks"
+    )
+    fitting = {
+        q.question_id: (text, ids)
+        for part in (prompts, held_out)
+        for q, text, ids in zip(part.questions, part.texts, part.ids)
+    }
+    table = IterationQuestions.table(sets.train, sets.held_out, {q.question_id for q in sets.sampled}, fitting)
+    return prompts, too_long, table
 
 
 def questions_sha256(questions: list[Question], prompts: list[str]) -> str:
@@ -160,7 +130,7 @@ def questions_sha256(questions: list[Question], prompts: list[str]) -> str:
 
 def gold_table(task: Task, questions: list[Question], tokenizer, end_of_turn: int) -> pl.DataFrame:
     """One row per question with a gold solution: text, its token ids closed by the model's end-of-turn
-    token, length in tokens (without that token, as before ids were kept), grade (irpo_data.pairs.GOLD_COLUMNS)."""
+    token, length in tokens (without that token, as before ids were kept), grade (irpo.pairs.GOLD_COLUMNS)."""
     with_gold = [q for q in questions if q.solution is not None]
     texts = [q.solution for q in with_gold]
     grades = grade_many(task, texts, [q.gold for q in with_gold])
@@ -228,7 +198,7 @@ class _BuildJob:
     task: Task
     sets: QuestionSets
     too_long: list[str] = dataclasses.field(default_factory=list)  # question ids whose prompt overflows the context
-    format: PromptFormat | None = None  # the sampling model's (irpo_data.prompts)
+    format: PromptFormat | None = None  # the sampling model's (irpo.prompts)
 
 
 def _has_token_ids(pairs_dir: Path) -> bool:
@@ -275,16 +245,11 @@ def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob
 
 def _sample(job: _BuildJob, tokenizer, progress: bool):
     """samples/: N graded answers to every question to sample, shard by shard (resumable)."""
-    card, style = job.card, job.format.style
-    prompts, job.too_long = Prompts.of(job.task, job.sets.sampled, tokenizer, style).fit_context(
-        card.sampling.max_model_len
+    card = job.card
+    prompts, job.too_long, table = iteration_prompts(
+        job.task, job.sets, tokenizer, job.format.style, card.sampling.max_model_len
     )
-    # The held-out questions' prompts, sampled or not (the demo, ARC's validation split): the checks that
-    # choose the step give the model these very ids (irpo_train reads held_out.parquet).
-    held_out, _ = Prompts.of(job.task, job.sets.held_out, tokenizer, style).fit_context(
-        card.sampling.max_model_len, "left out of the held-out checks"
-    )
-    write_parquet_atomic(held_out.table(), job.dir / "held_out.parquet")
+    write_parquet_atomic(table, job.run.questions(job.iteration))
     data_sha256 = questions_sha256(prompts.questions, prompts.texts)
     params = SamplingParams(
         num_samples=card.sampling.num_samples,
@@ -403,7 +368,7 @@ def build_more_pairs(card: Card, iteration: int, factor: int, runs_dir: str | Pa
         pairs_per_question=factor * card.pairs.pairs_per_question,
         max_pairs=None if card.pairs.max_pairs is None else factor * card.pairs.max_pairs,
     )
-    out, record = iter_dir / f"pairs_{factor}x", iter_dir / f"pairs_{factor}x.json"
+    out, record = run.pairs(iteration, factor), run.pairs_record(iteration, factor)
     settings = {
         "pairs": dataclasses.asdict(config),
         "seed": card.seed,

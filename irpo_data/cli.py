@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from irpo_data.command import (
+from irpo.command import (
     Group,
     card_option,
     dry_run_option,
@@ -21,9 +21,9 @@ from irpo_data.command import (
     setup_logging,
     show_dry_run,
 )
-from irpo_data.errors import IrpoError
-from irpo_data.records import BuildManifest
-from irpo_data.runs import RunFolder
+from irpo.errors import IrpoError
+from irpo.records import BuildManifest
+from irpo.runs import RunFolder
 
 
 @click.group(cls=Group)
@@ -49,13 +49,34 @@ def main() -> None:
     type=click.Path(file_okay=False),
     help="Read the task's {split}.jsonl/.parquet from here (same as task.data_dir=...).",
 )
+@click.option(
+    "--pairs-factor",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Also pair the iteration's samples at this many times pairs.pairs_per_question (and pairs.max_pairs), "
+    "into iter_T/pairs_{N}x/: the paper's twice-the-data baselines (the _2x ablations). No new sampling.",
+)
 @ray_option
 @hub_option
 @private_option
 @dry_run_option
 @quiet_option
 @overrides_argument
-def build(card, iteration, runs_dir, model, data_dir, ray_address, push_to_hub, private, dry_run, quiet, overrides):
+def build(
+    card,
+    iteration,
+    runs_dir,
+    model,
+    data_dir,
+    pairs_factor,
+    ray_address,
+    push_to_hub,
+    private,
+    dry_run,
+    quiet,
+    overrides,
+):
     """Build runs/NAME/iter_T/: samples, pairs, dataset card and manifest.
 
     \b
@@ -65,6 +86,7 @@ def build(card, iteration, runs_dir, model, data_dir, ray_address, push_to_hub, 
       irpo data build --card cards/gsm8k.yaml --data-dir ../shared/data/gsm8k \\
           sampling.num_samples=8 task.max_questions=200
       irpo data build --card gsm8k --ray-address ray://head:10001 resources.ray_engines=8
+      irpo data build --iter 1 --pairs-factor 2             # + iter_1/pairs_2x for the _2x ablations
 
     Overrides are dotted card keys (sampling.num_samples=8). A killed build resumes from its
     last finished shard when run again with the same arguments.
@@ -72,7 +94,7 @@ def build(card, iteration, runs_dir, model, data_dir, ray_address, push_to_hub, 
     setup_logging(quiet)
     resolved = resolve_card(card, overrides, data_dir, ray_address)
     if push_to_hub:
-        from irpo_data.publish import check_repo_id
+        from irpo.hub import check_repo_id
 
         check_repo_id(push_to_hub)  # before the build, not after it
     if dry_run:
@@ -80,13 +102,16 @@ def build(card, iteration, runs_dir, model, data_dir, ray_address, push_to_hub, 
         return show_dry_run(
             resolved, f"build {RunFolder.for_card(resolved, runs_dir).iteration(iteration)} from {source}"
         )
-    from irpo_data.build import build_iteration
-    from irpo_data.lock import run_lock
-    from irpo_data.reaper import start_reaper
+    from irpo.lock import run_lock
+    from irpo.reaper import start_reaper
+    from irpo_data.build import build_iteration, build_more_pairs
 
     start_reaper()  # the engine's processes die with this command
     with run_lock(RunFolder.for_card(resolved, runs_dir).root):
         result = build_iteration(resolved, iteration, runs_dir, model=model, progress=not quiet)
+        if pairs_factor > 1:
+            folder, fingerprint = build_more_pairs(resolved, iteration, pairs_factor, runs_dir)
+            click.echo(f"{folder}: the samples paired at {pairs_factor}x K; fingerprint {fingerprint[:16]}")
     counts = result.manifest.counts
     click.echo(
         f"{result.iter_dir}: {counts['pairs']} pairs from {counts['questions_paired']} of "
@@ -115,7 +140,7 @@ def push(card, iteration, runs_dir, push_to_hub, private, dry_run, overrides):
     setup_logging(False)
     if not push_to_hub:
         raise click.UsageError("--push-to-hub ORG/NAME is required")
-    from irpo_data.publish import check_repo_id
+    from irpo.hub import check_repo_id
 
     check_repo_id(push_to_hub)
     resolved = resolve_card(card, overrides)
@@ -145,7 +170,7 @@ def list_tasks(card, dry_run, overrides):
     Example:
       irpo data tasks
     """
-    from irpo_data.tasks import get_task, task_names
+    from irpo.tasks import get_task, task_names
 
     resolved = resolve_card(card, overrides)
     if dry_run:

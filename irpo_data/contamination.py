@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import re
 
-from irpo_data.tasks import Question
+from irpo.tasks import Question
 
 NGRAM_WORDS = 13
 MIN_SHARE = 0.8  # of a question's n-grams found in the test set: most of the question, not a phrase

@@ -30,8 +30,8 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from irpo_data import timing
-from irpo_data.errors import IrpoError
+from irpo import timing
+from irpo.errors import IrpoError
 from irpo_data.sampling import Engine, SamplingError, ShardJob, make_engine
 
 log = logging.getLogger(__name__)
@@ -219,7 +219,7 @@ class ShardWorker:
 
 def _worker_view(engine_args: dict, marker: str) -> dict:
     """Runs on a worker: its engine's settings, its hardware, and whether it sees the driver's marker file."""
-    from irpo_data.hardware import describe
+    from irpo.hardware import describe
 
     engine = make_engine(**engine_args)  # builds the engine's settings; vLLM itself starts lazily
     return {

@@ -26,10 +26,10 @@ from pathlib import Path
 
 from transformers import TrainerCallback
 
-from irpo_data import timing
-from irpo_data.grading import grade
-from irpo_data.reading import read_json
-from irpo_data.runs import write_json_atomic
+from irpo import timing
+from irpo.grading import grade
+from irpo.reading import read_json
+from irpo.runs import write_json_atomic
 from irpo_train.trainer import best_step
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def choose_candidate(
     for comparison); keep the best as phase_dir/best.
 
     `held_out`: irpo_train.trainer.HeldOutQuestions; `engine_factory(path)`: a started-on-demand
-    engine (irpo_data.sampling.VLLMEngine). Returns the best trained step's record, as
+    engine (irpo.engines.VLLMEngine). Returns the best trained step's record, as
     HeldOutAccuracy.best() does (highest accuracy, earliest step among ties).
     """
     record_path = phase_dir / "checkpoint_choice.json"
@@ -94,7 +94,7 @@ def choose_candidate(
 
 def candidate_accuracy(engine, held_out) -> float:
     """Greedy accuracy of one engine's model on the held-out prompts, graded by the reward's grader."""
-    from irpo_data.sampling import SamplingParams
+    from irpo.engines import SamplingParams
 
     params = SamplingParams(
         num_samples=1,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from irpo_data.card import ABLATIONS, ablation_objective
-from irpo_data.command import (
+from irpo.card import ABLATIONS, ablation_objective
+from irpo.command import (
     Command,
     card_option,
     dry_run_option,
@@ -17,8 +17,8 @@ from irpo_data.command import (
     setup_logging,
     show_dry_run,
 )
-from irpo_data.records import TrainManifest
-from irpo_data.runs import RunFolder
+from irpo.records import TrainManifest
+from irpo.runs import RunFolder
 
 
 @click.command(cls=Command)
@@ -64,8 +64,8 @@ def main(card, iteration, runs_dir, ablation, dry_run, quiet, overrides):
     if dry_run:
         run = RunFolder.for_card(resolved, runs_dir)
         return show_dry_run(resolved, f"train {run.model(iteration, ablation)} from {run.pairs(iteration)}")
-    from irpo_data.lock import run_lock
-    from irpo_data.reaper import start_reaper
+    from irpo.lock import run_lock
+    from irpo.reaper import start_reaper
     from irpo_train import distributed
     from irpo_train.train import train_iteration
 

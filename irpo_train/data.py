@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from irpo_data.errors import IrpoError
+from irpo.errors import IrpoError
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def gold_solution_rows(
     import hashlib
     import json
 
-    from irpo_data.grading import grade
+    from irpo.grading import grade
 
     if not task.has_solutions:
         raise PairDataError(
@@ -108,7 +108,7 @@ def gold_solution_rows(
             "choose another train.objective"
         )
     digest = hashlib.sha256(json.dumps([[q.question_id, q.solution] for q, _ in kept]).encode()).hexdigest()
-    from irpo_data.prompts import encode_answers
+    from irpo.prompts import encode_answers
 
     answer_ids = encode_answers(tokenizer, [q.solution for q, _ in kept], end_of_turn)
     rows = [

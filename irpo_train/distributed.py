@@ -13,7 +13,7 @@ import os
 
 import torch
 
-from irpo_data.errors import IrpoError
+from irpo.errors import IrpoError
 
 
 class LaunchError(IrpoError, RuntimeError):

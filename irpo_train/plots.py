@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from irpo_data.reading import read_json, read_jsonl
+from irpo.reading import read_json, read_jsonl
 
 SERIES = (("chosen", "chosen (correct) answers", "tab:green"), ("rejected", "rejected (wrong) answers", "tab:red"))
 

@@ -22,8 +22,8 @@ from pathlib import Path
 
 import torch
 
-from irpo_data.reading import RecordError, read_json, read_parquet
-from irpo_data.runs import write_json_atomic, write_parquet_atomic
+from irpo.reading import RecordError, read_json, read_parquet
+from irpo.runs import write_json_atomic, write_parquet_atomic
 from irpo_train import distributed
 from irpo_train.data import collate
 from irpo_train.logprobs import completion_logps

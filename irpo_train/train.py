@@ -45,18 +45,17 @@ from pathlib import Path
 import polars as pl
 import torch
 
-from irpo_data import __version__, timing
-from irpo_data.build import Prompts, QuestionSets, build_more_pairs, question_sets, sampling_model
-from irpo_data.card import ABLATIONS, BUILD_SECTIONS, TRAIN_SECTIONS, Card, TrainConfig, ablation_objective
-from irpo_data.hardware import describe, release_memory, resolve_bf16
-from irpo_data.models import ResolvedModel
-from irpo_data.prompts import PromptFormat, prompt_format
-from irpo_data.publish import fingerprint as table_fingerprint
-from irpo_data.reading import RecordError, load_dataset_dir, read_json, read_parquet
-from irpo_data.records import BuildManifest, TrainManifest
-from irpo_data.runs import RunFolder, atomic_dir, set_aside, write_json_atomic
-from irpo_data.sampling import read_samples, vllm_available
-from irpo_data.tasks import task_from_config
+from irpo import __version__, timing
+from irpo.card import ABLATIONS, BUILD_SECTIONS, TRAIN_SECTIONS, Card, TrainConfig, ablation_objective
+from irpo.engines import vllm_available
+from irpo.hardware import describe, release_memory, resolve_bf16
+from irpo.models import ResolvedModel, iteration_model
+from irpo.pairs import fingerprint as table_fingerprint
+from irpo.prompts import PromptFormat, prompt_format
+from irpo.reading import RecordError, load_dataset_dir, read_json
+from irpo.records import BuildManifest, IterationQuestions, TrainManifest
+from irpo.runs import RunFolder, atomic_dir, set_aside, write_json_atomic
+from irpo.tasks import task_from_config
 from irpo_train import distributed
 from irpo_train.candidates import SaveCandidates, choose_candidate
 from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize_pairs
@@ -118,9 +117,9 @@ class TrainJob:
     fingerprint: str  # of the pairs
     identity: dict  # what the finished model is the result of
     bf16: bool
-    sets: QuestionSets
+    sets: IterationQuestions  # the build's questions (iter_T/questions.parquet)
     loaded: object = None  # M_{T-1} once loaded for the reference pass, until the first run takes it
-    format: PromptFormat | None = None  # M_{T-1}'s prompt format (irpo_data.prompts), set once its tokenizer loads
+    format: PromptFormat | None = None  # M_{T-1}'s prompt format (irpo.prompts), set once its tokenizer loads
     step_reference: StepReference | None = None  # train.reference_logps=per_step, pairwise objectives
 
     def take_model(self):
@@ -214,9 +213,8 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
         card = dataclasses.replace(card, train=dataclasses.replace(card.train, objective=ablation_objective(ablation)))
     dataset, fingerprint = load_pairs(run, iteration)
     if ablation is not None and ablation.endswith("_2x"):
-        folder, fingerprint = build_more_pairs(card, iteration, 2, run.root.parent)
-        dataset = load_dataset_dir(folder)["train"]
-    reference = sampling_model(card, run, iteration, None)  # M_{T-1}: the model iteration T sampled from
+        dataset, fingerprint = _more_pairs(run, iteration, 2)
+    reference = iteration_model(card, run, iteration)  # M_{T-1}: the model iteration T sampled from
     out_dir = run.model(iteration, ablation)
     # train.bf16=auto resolves per machine, and another precision is another model.
     identity = TrainManifest(
@@ -236,6 +234,13 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
             f"that were sampled: set the iteration aside and build it again (mv {folder} {folder}.old, then run "
             "the same command)"
         )
+    questions = run.questions(iteration)
+    if not questions.is_file():
+        raise PairDataError(
+            f"{run.iteration(iteration)} has no questions.parquet (it was built by an earlier irpo): set it aside "
+            f"and build it again (mv {run.iteration(iteration)} {run.iteration(iteration)}.old, then run the same "
+            "command)"
+        )
     work = out_dir.with_name(out_dir.name + ".work")
     if distributed.is_main():
         _start_or_resume(work, identity)
@@ -253,7 +258,7 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
         fingerprint,
         identity,
         identity["bf16"],
-        question_sets(card),
+        IterationQuestions.read(questions),
     )
 
 
@@ -485,32 +490,29 @@ def _training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: b
 
 
 def _sampled_prompt_ids(job: TrainJob, tokenizer) -> dict[str, list[int]]:
-    """Question id -> the prompt ids the build gave the engine (from the iteration's samples)."""
-    samples = read_samples(job.run.samples(job.iteration))
-    if "prompt_token_ids" not in samples.columns:  # an iteration built before ids were kept: the same rule
-        task = task_from_config(job.card.task)
-        prompts = Prompts.of(task, job.sets.sampled, tokenizer, job.format.style)
-        return {q.question_id: ids for q, ids in zip(prompts.questions, prompts.ids)}
-    first = samples.group_by("question_id").agg(pl.col("prompt_token_ids").first())
-    return {qid: list(ids) for qid, ids in first.iter_rows()}
+    """Question id -> the prompt ids the build gave the engine, for the questions it sampled."""
+    sampled = {q.question_id for q in job.sets.sampled}
+    return {qid: ids for qid, ids in job.sets.prompt_ids.items() if qid in sampled}
+
+
+def _more_pairs(run: RunFolder, iteration: int, factor: int):
+    """(dataset, fingerprint) of iter_T/pairs_{factor}x, which the build makes (irpo data build --pairs-factor)."""
+    folder, record = run.pairs(iteration, factor), run.pairs_record(iteration, factor)
+    if not (folder.is_dir() and record.is_file()):
+        raise PairDataError(
+            f"{folder} is not built; run `irpo data build --iter {iteration} --pairs-factor {factor}` first "
+            "(irpo run --ablations does)"
+        )
+    return load_dataset_dir(folder)["train"], read_json(record)["pairs_fingerprint"]
 
 
 def _held_out_questions(job: TrainJob, tokenizer) -> HeldOutQuestions:
     """The held-out questions a check scores (at most train.select_questions of them), with the prompt ids
-    the build recorded for them (iter_T/held_out.parquet; an older build's: rendered by the same rule)."""
+    the build recorded for them (iter_T/questions.parquet; a prompt that overflows the context has none)."""
     cfg, task = job.cfg, task_from_config(job.card.task)
     held_out = job.sets.held_out[: cfg.select_questions] if cfg.select_questions is not None else job.sets.held_out
-    recorded = job.run.iteration(job.iteration) / "held_out.parquet"
-    if recorded.is_file():
-        table = read_parquet(recorded, {"question_id": pl.String, "prompt_token_ids": pl.List(pl.Int32)})
-        ids = {qid: list(p) for qid, p in zip(table["question_id"], table["prompt_token_ids"])}
-        held_out = [q for q in held_out if q.question_id in ids]  # a prompt over the context was left out
-        prompt_ids = [ids[q.question_id] for q in held_out]
-    else:
-        prompts, _ = Prompts.of(task, held_out, tokenizer, job.format.style).fit_context(
-            job.card.sampling.max_model_len, "left out of the held-out checks"
-        )
-        held_out, prompt_ids = prompts.questions, prompts.ids
+    held_out = [q for q in held_out if q.question_id in job.sets.prompt_ids]
+    prompt_ids = [job.sets.prompt_ids[q.question_id] for q in held_out]
     return HeldOutQuestions(
         task,
         held_out,
@@ -543,8 +545,8 @@ def _choose_on_vllm(job: TrainJob, folder: Path, tokenizer) -> dict | None:
     """
     import gc
 
-    from irpo_data.hardware import resolve_dtype
-    from irpo_data.sampling import VLLMEngine
+    from irpo.engines import VLLMEngine
+    from irpo.hardware import resolve_dtype
 
     gc.collect()
     if torch.cuda.is_available():

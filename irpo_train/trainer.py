@@ -30,13 +30,13 @@ import torch
 from transformers import Trainer, TrainerCallback
 from transformers.trainer_callback import ProgressCallback
 
-from irpo_data import timing
-from irpo_data.grading import grade
-from irpo_data.hardware import trim_heap
-from irpo_data.prompts import context_left, left_padded, stopped
-from irpo_data.reading import read_json, read_jsonl
-from irpo_data.runs import atomic_dir, write_json_atomic, write_text_atomic
-from irpo_data.tasks import Task
+from irpo import timing
+from irpo.grading import grade
+from irpo.hardware import trim_heap
+from irpo.prompts import context_left, left_padded, stopped
+from irpo.reading import read_json, read_jsonl
+from irpo.runs import atomic_dir, write_json_atomic, write_text_atomic
+from irpo.tasks import Task
 from irpo_train import distributed
 from irpo_train.loss import objective_loss
 from irpo_train.reference import reference_logps
@@ -291,10 +291,10 @@ def probe_indices(pairs: int, count: int, seed: int) -> list[int]:
 @dataclass(frozen=True)
 class HeldOutQuestions:
     """What the checkpoint choice scores: the questions, their prompts as the build recorded their ids
-    (iter_T/held_out.parquet), and how to generate (the model's stop tokens, a plain prompt's stop strings)."""
+    (iter_T/questions.parquet), and how to generate (the model's stop tokens, a plain prompt's stop strings)."""
 
     task: Task
-    questions: list  # irpo_data.tasks.Question
+    questions: list  # irpo.tasks.Question
     prompt_ids: list[list[int]]
     tokenizer: object
     max_new_tokens: int | None  # None: up to the model's context
@@ -361,7 +361,7 @@ def best_step(history: list[dict]) -> dict | None:
 
 
 def held_out_accuracy(model, held_out: HeldOutQuestions) -> float:
-    """Greedy accuracy with the model in memory, graded by irpo_data.grading (the reward's grader).
+    """Greedy accuracy with the model in memory, graded by irpo.grading (the reward's grader).
 
     Under several processes (DDP: each holds the whole model) each answers every world_size-th
     batch of questions and the counts are summed.

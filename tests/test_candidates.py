@@ -10,11 +10,11 @@ import pytest
 from conftest import require_vllm
 from test_train import TINY, make_iteration
 
-from irpo_data.build import Prompts
-from irpo_data.card import load_card
-from irpo_data.records import TrainManifest
-from irpo_data.sampling import TransformersEngine
-from irpo_data.tasks import get_task
+from irpo.card import load_card
+from irpo.engines import TransformersEngine
+from irpo.prompts import Prompts
+from irpo.records import TrainManifest
+from irpo.tasks import get_task
 from irpo_train import train as train_module
 from irpo_train.candidates import choose_candidate
 from irpo_train.trainer import HeldOutQuestions

@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from irpo_data.card import BUNDLED_CARDS, Card, CardError, load_card
+from irpo.card import BUNDLED_CARDS, Card, CardError, load_card
 
 
 @pytest.mark.parametrize("name", BUNDLED_CARDS)
@@ -132,8 +132,8 @@ def test_a_renamed_card_key_still_loads_and_names_the_new_one(tmp_path, caplog):
 
 def test_resources_are_not_part_of_a_runs_identity(tmp_path, caplog):
     """A new KV-cache size or GPU memory share resumes the run (and says so); a new temperature does not."""
-    from irpo_data.card import BUILD_SECTIONS, TRAIN_SECTIONS
-    from irpo_data.runs import RunFolder
+    from irpo.card import BUILD_SECTIONS, TRAIN_SECTIONS
+    from irpo.runs import RunFolder
 
     card = load_card("demo")
     moved = load_card(
@@ -160,7 +160,7 @@ def test_resources_are_not_part_of_a_runs_identity(tmp_path, caplog):
         "resources.tensor_parallel_size: 1 -> 4)" in caplog.text
     )
     # Where they reach vLLM: every engine the project starts takes them from vllm_device_settings.
-    from irpo_data.models import ResolvedModel
+    from irpo.models import ResolvedModel
     from irpo_eval.evaluate import EvalSettings, result_key
 
     model = ResolvedModel("m", tmp_path, "sha")
@@ -172,18 +172,18 @@ def test_tensor_parallelism_without_gpus_is_refused_with_the_fix():
     """No GPU here: asking vLLM to split a model over GPUs fails before any engine starts, saying why."""
     import torch
 
-    from irpo_data.sampling import SamplingError, vllm_device_settings
+    from irpo.engines import EngineError, vllm_device_settings
 
     if torch.cuda.is_available():
         pytest.skip("this machine has GPUs")
-    with pytest.raises(SamplingError, match="set both to 1 on CPU"):
+    with pytest.raises(EngineError, match="set both to 1 on CPU"):
         vllm_device_settings(2, 0.9, tensor_parallel_size=2)
     assert vllm_device_settings(2, 0.9)[0] is True  # on CPU
 
 
 def test_ray_address_is_a_shorthand_and_the_backend_is_checked():
-    from irpo_data.card import CardError
-    from irpo_data.command import resolve_card
+    from irpo.card import CardError
+    from irpo.command import resolve_card
 
     card = resolve_card("demo", ["resources.ray_engines=4"], ray_address="ray://head:10001")
     assert (card.resources.sampling_backend, card.resources.ray_address, card.resources.ray_engines) == (

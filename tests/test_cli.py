@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from irpo.cli import main
 from irpo_data.cli import main as irpo_data
 from irpo_eval.cli import main as irpo_eval
+from irpo_run.cli import main
 from irpo_train.cli import main as irpo_train
 
 SUBCOMMANDS = [["data", "build"], ["data", "push"], ["data", "tasks"], ["train"], ["eval"], ["run"]]

@@ -14,11 +14,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import SHARED_DATA, needs_shared_data, require_vllm
 
-from irpo_data.card import load_card
-from irpo_data.models import resolve_model
-from irpo_data.prompts import render_prompts
-from irpo_data.records import EvalRecord
-from irpo_data.tasks import TaskError, get_task
+from irpo.card import load_card
+from irpo.models import resolve_model
+from irpo.prompts import render_prompts
+from irpo.records import EvalRecord
+from irpo.tasks import TaskError, get_task
 from irpo_eval.evaluate import TASKS_DIR, EvalError, EvalSettings
 from irpo_eval.leaderboard import Entry, build_leaderboard, leaderboard_markdown, plot_leaderboard
 
@@ -235,7 +235,7 @@ def test_irpo_eval_writes_results_and_leaderboard_and_resumes(demo_run, hub):
     assert not any(TOKEN.encode() in content for content in files.values())
     # Another setting or other weights are another result: the stored key no longer matches, so
     # evaluate_model computes it again instead of reusing it (without a fourth engine start here).
-    from irpo_data.runs import RunFolder
+    from irpo.runs import RunFolder
     from irpo_eval.evaluate import result_key
     from irpo_eval.run_eval import run_models
 

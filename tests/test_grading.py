@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from math_verify import parse, verify
 
-from irpo_data.grading import Grade, grade
-from irpo_data.tasks import get_task
+from irpo.grading import Grade, grade
+from irpo.tasks import get_task
 
 MINERVA = get_task("math", prompt="minerva")
 

@@ -21,10 +21,11 @@ import pytest
 from assets.hostile import HOSTILE
 from conftest import ASSETS
 
-from irpo_data import grading, verifier
-from irpo_data.grading import Grade, grade, grade_many
-from irpo_data.sampling import SAMPLE_SCHEMA, Generation, write_shard
-from irpo_data.tasks import get_task
+from irpo import grading, verifier
+from irpo.grading import Grade, grade, grade_many
+from irpo.prompts import Generation
+from irpo.tasks import get_task
+from irpo_data.sampling import SAMPLE_SCHEMA, write_shard
 
 
 def _grade_hostile(_=None) -> list[tuple[str, float, Grade]]:
@@ -124,7 +125,7 @@ def test_a_worker_stuck_in_sympy_dies_with_its_parent():
     """The parent is SIGKILLed while its worker computes 10^(10^(10^10)) (screen off, no deadline
     to speak of): the worker must not keep a core busy after it."""
     code = (
-        "from irpo_data import grading, verifier\n"
+        "from irpo import grading, verifier\n"
         "verifier.too_expensive = lambda text: False\n"
         "grading.GRADE_TIMEOUT_S = 600\n"
         "grading.grade('math', 'Final answer: $\\\\frac{1}{2}$', '0.5')\n"

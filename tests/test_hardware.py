@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from irpo_data import hardware
-from irpo_data.card import CardError, load_card
+from irpo import hardware
+from irpo.card import CardError, load_card
 
 
 @pytest.mark.parametrize(

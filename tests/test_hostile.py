@@ -29,10 +29,10 @@ import pytest
 from click.testing import CliRunner
 from conftest import ASSETS
 
-from irpo.cli import main
-from irpo_data.card import ADDED_KEYS, BUILD_SECTIONS, Card, flatten, load_card
-from irpo_data.card_values import RANGES
-from irpo_data.runs import RunFolder
+from irpo.card import ADDED_KEYS, BUILD_SECTIONS, Card, flatten, load_card
+from irpo.card_values import RANGES
+from irpo.runs import RunFolder
+from irpo_run.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 MICRO = ASSETS / "previous_run" / "base_model"
@@ -58,13 +58,13 @@ max_model_len trust_remote_code""".split()
 @pytest.fixture(autouse=True)
 def no_stage_or_engine(monkeypatch):
     """Anything that would start a stage's process or an engine fails the test."""
-    import irpo.loop
-    from irpo_data.sampling import VLLMEngine
+    import irpo_run.loop
+    from irpo.engines import VLLMEngine
 
     def refuse(*args, **kwargs):
         raise AssertionError("a stage process or an engine was started")
 
-    monkeypatch.setattr(irpo.loop, "run_stage", refuse)
+    monkeypatch.setattr(irpo_run.loop, "run_stage", refuse)
     monkeypatch.setattr(VLLMEngine, "llm", property(refuse))
 
 
@@ -247,8 +247,8 @@ def _trained_run(tmp_path: Path) -> tuple[RunFolder, list[str]]:
     from test_train import pair_table
     from transformers import AutoTokenizer
 
+    from irpo.tasks import get_task
     from irpo_data.publish import fingerprint, save_pairs, write_card_and_manifest
-    from irpo_data.tasks import get_task
 
     run, args = _run_folder(tmp_path)
     questions = get_task("demo").load("train").questions[:4]
@@ -336,7 +336,7 @@ def test_a_corrupt_parquet_data_file_is_one_line(tmp_path):
 
 
 def test_a_null_gold_is_skipped_and_counted_never_the_gold_none(tmp_path):
-    from irpo_data.tasks import get_task
+    from irpo.tasks import get_task
 
     folder = _data(tmp_path, [GSM8K, {**GSM8K, "answer": None}])
     loaded = get_task("gsm8k").load("train", str(folder))
@@ -346,8 +346,8 @@ def test_a_null_gold_is_skipped_and_counted_never_the_gold_none(tmp_path):
 def test_a_prompt_longer_than_the_context_is_never_sent_and_is_counted():
     from transformers import AutoTokenizer
 
-    from irpo_data.build import Prompts
-    from irpo_data.tasks import Question, get_task
+    from irpo.prompts import Prompts
+    from irpo.tasks import Question, get_task
 
     tokenizer = AutoTokenizer.from_pretrained(MICRO)  # no chat template: plain prompts
     questions = [Question("q/0", "What is 2 + 3?", "5"), Question("q/1", "Tom has " * 750_000, "5")]  # 6 MB
@@ -360,7 +360,7 @@ def test_a_prompt_longer_than_the_context_is_never_sent_and_is_counted():
 
 
 def _dataset_card(stats: dict) -> str:
-    from irpo_data.pairs import DROP_REASONS
+    from irpo.pairs import DROP_REASONS
     from irpo_data.publish import dataset_card
 
     fields = dict.fromkeys(
@@ -383,7 +383,7 @@ HOLDER = """
 import sys, time
 sys.path.insert(0, {root!r})
 from pathlib import Path
-from irpo_data.lock import run_lock
+from irpo.lock import run_lock
 with run_lock(Path({run!r}), "irpo run --card mine"):
     print("held", flush=True)
     time.sleep(120)
@@ -406,7 +406,7 @@ def test_a_second_command_on_a_held_run_folder_stops_at_once_naming_the_holder(t
 
 
 def test_a_lock_whose_holder_is_gone_is_taken_over_and_a_live_remote_one_is_not(tmp_path, caplog):
-    from irpo_data.lock import LEASE_S, RunLockedError, lock_file, run_lock
+    from irpo.lock import LEASE_S, RunLockedError, lock_file, run_lock
 
     root = tmp_path / "runs" / "demo"
     root.mkdir(parents=True)
@@ -429,7 +429,7 @@ def test_a_lock_whose_holder_is_gone_is_taken_over_and_a_live_remote_one_is_not(
 
 
 def test_three_recipe_changes_in_a_row_keep_every_older_run(tmp_path):
-    from irpo.loop import restart_if_recipe_changed
+    from irpo_run.loop import restart_if_recipe_changed
 
     run = RunFolder(tmp_path / "demo")
     for seed in (0, 1, 2, 3):
@@ -440,7 +440,7 @@ def test_three_recipe_changes_in_a_row_keep_every_older_run(tmp_path):
 
 
 def test_a_model_pairs_or_checkpoints_that_would_be_replaced_are_set_aside(tmp_path, caplog):
-    from irpo_data.runs import atomic_dir
+    from irpo.runs import atomic_dir
     from irpo_train.train import _start_or_resume
 
     model = tmp_path / "models" / "M_1"
@@ -461,16 +461,16 @@ def test_a_model_pairs_or_checkpoints_that_would_be_replaced_are_set_aside(tmp_p
 
 
 def test_fresh_is_the_one_way_to_delete_a_run_and_names_what_it_deletes(tmp_path, monkeypatch):
-    import irpo.loop
-    import irpo.summary
+    import irpo_run.loop
+    import irpo_run.summary
 
     run = RunFolder(tmp_path / "runs" / "demo")
     (run.root / "iter_1").mkdir(parents=True)
     (tmp_path / "runs" / "demo.stale-1").mkdir()
     dry = CliRunner().invoke(main, ["run", "--runs-dir", str(tmp_path / "runs"), "--fresh", "--dry-run"])
     assert f"# would delete {run.root}, then run" in dry.output and (run.root / "iter_1").is_dir()
-    monkeypatch.setattr(irpo.loop, "run_loop", lambda *a, **k: irpo.loop.StageTimes())  # the deletion alone
-    monkeypatch.setattr(irpo.summary, "write_summary", lambda *a, **k: "")
+    monkeypatch.setattr(irpo_run.loop, "run_loop", lambda *a, **k: irpo_run.loop.StageTimes())  # the deletion alone
+    monkeypatch.setattr(irpo_run.summary, "write_summary", lambda *a, **k: "")
     fresh = CliRunner().invoke(main, ["run", "--runs-dir", str(tmp_path / "runs"), "--fresh"])
     assert fresh.exit_code == 0 and f"--fresh: deleting {run.root} (iter_1)" in fresh.output
     assert not run.root.exists() and (tmp_path / "runs" / "demo.stale-1").is_dir()  # set-aside copies stay
@@ -485,8 +485,8 @@ INJECTED = [errno.EACCES, errno.EROFS, errno.EDQUOT, errno.EFBIG, errno.ENOSPC, 
 def test_a_write_error_is_one_line_naming_the_path_and_the_cause(tmp_path, monkeypatch, code):
     """CI runs as root, where permissions and read-only folders do not stop a write: the errno is
     raised where the write happens (the rename that puts the run's card.yaml in place)."""
-    from irpo_data import runs
-    from irpo_data.command import OS_ERRORS
+    from irpo import runs
+    from irpo.command import OS_ERRORS
 
     real_replace = os.replace
 
@@ -509,7 +509,7 @@ def test_a_run_folder_that_is_a_file_is_one_line(tmp_path):
 
 
 def test_a_training_log_cut_short_on_its_last_line_loses_only_that_line(tmp_path, caplog):
-    from irpo_data.reading import RecordError, read_jsonl
+    from irpo.reading import RecordError, read_jsonl
 
     log = tmp_path / "metrics.jsonl"
     log.write_text('{"step": 1, "loss": 0.7}\n{"step": 2, "loss": 0.6}\n{"step": 3, "lo')
@@ -522,7 +522,7 @@ def test_a_training_log_cut_short_on_its_last_line_loses_only_that_line(tmp_path
 
 
 def test_a_holder_that_was_taken_over_never_releases_the_new_holders_lock(tmp_path):
-    from irpo_data.lock import _holder, lock_file, run_lock
+    from irpo.lock import _holder, lock_file, run_lock
 
     root = tmp_path / "runs" / "demo"
     with run_lock(root, "irpo run"):
@@ -543,8 +543,8 @@ def test_a_name_too_long_and_a_file_in_the_path_are_real_errors_in_one_line(tmp_
 def test_a_polars_write_error_gets_its_errno_and_leaves_nothing_half_written(tmp_path, monkeypatch):
     from polars.exceptions import ComputeError
 
-    from irpo_data.command import _at_the_boundary
-    from irpo_data.runs import write_parquet_atomic
+    from irpo.command import _at_the_boundary
+    from irpo.runs import write_parquet_atomic
 
     def fail(self, path, *a, **k):
         Path(path).write_bytes(b"half a parquet file")

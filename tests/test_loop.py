@@ -21,11 +21,11 @@ import pytest
 from click.testing import CliRunner
 from conftest import require_vllm
 
-from irpo.cli import main
-from irpo.loop import restart_if_recipe_changed, set_aside_if_sampled_from_another_model
-from irpo_data.card import BUILD_SECTIONS, load_card
-from irpo_data.models import weights_sha256
-from irpo_data.runs import RunFolder
+from irpo.card import BUILD_SECTIONS, load_card
+from irpo.models import weights_sha256
+from irpo.runs import RunFolder
+from irpo_run.cli import main
+from irpo_run.loop import restart_if_recipe_changed, set_aside_if_sampled_from_another_model
 
 # Tiny, and the paper's loop all the same: 8 + 4 held-out questions sampled, cycled pairs with gold
 # winners, a selection run of 2 steps and the retrain, and an ablation (twice the pairs). One
@@ -251,7 +251,7 @@ def test_irpo_run_help_and_bad_card():
 
 
 def test_an_unreadable_run_card_is_an_error_not_a_restart(tmp_path):
-    from irpo_data.reading import RecordError
+    from irpo.reading import RecordError
 
     run = RunFolder(tmp_path / "demo")
     run.root.mkdir()

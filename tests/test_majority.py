@@ -1,8 +1,8 @@
-"""Majority vote (irpo_eval.majority) on real grading: math-verify decides equivalence."""
+"""Majority vote (irpo.majority) on real grading: math-verify decides equivalence."""
 
 from __future__ import annotations
 
-from irpo_eval.majority import majority_vote, score_samples
+from irpo.majority import majority_vote, score_samples
 
 
 def test_missing_answers_never_vote():

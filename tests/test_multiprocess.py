@@ -19,11 +19,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 import torch
-from test_train import pair_table
+from test_train import pair_table, write_questions
 
-from irpo_data.card import BUILD_SECTIONS, load_card
+from irpo.card import BUILD_SECTIONS, load_card
+from irpo.runs import RunFolder
 from irpo_data.publish import fingerprint, save_pairs, write_card_and_manifest
-from irpo_data.runs import RunFolder
 
 WORKER = Path(__file__).parent / "assets" / "train_worker.py"
 PAIRS = 8
@@ -47,8 +47,8 @@ def overrides(model: Path) -> list[str]:
 
 def prepare_run(runs: Path, model: Path, tokenizer) -> list[str]:
     """iter_1 with PAIRS real pairs of demo questions (no sampling); the card overrides for it."""
-    from irpo_data.prompts import render_prompts
-    from irpo_data.tasks import get_task
+    from irpo.prompts import render_prompts
+    from irpo.tasks import get_task
 
     cli = overrides(model)
     card = load_card("demo", cli)
@@ -59,6 +59,7 @@ def prepare_run(runs: Path, model: Path, tokenizer) -> list[str]:
     run.freeze_card(card, BUILD_SECTIONS)
     save_pairs(pairs, 1, run.pairs(1))
     write_card_and_manifest(run.iteration(1), "# card\n", {"pairs_fingerprint": fingerprint(pairs)})
+    write_questions(run, card, tokenizer)
     return cli
 
 

@@ -7,8 +7,8 @@ import itertools
 import polars as pl
 import pytest
 
-from irpo_data.card import PairsConfig
-from irpo_data.pairs import build_pairs
+from irpo.card import PairsConfig
+from irpo.pairs import build_pairs
 
 # irpo's rule before the paper's was adopted: distinct random pairs, off-format answers dropped.
 DISTINCT = dict(scheme="distinct", drop_off_format=True, gold_winner="never")

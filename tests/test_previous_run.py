@@ -3,7 +3,7 @@
 tests/assets/previous_run/ holds a whole `irpo run` made by irpo at commit 424aee5 (its README says
 how). Today's `irpo run` with the same card must skip every stage, keep every file the old run made
 byte for byte, and set nothing aside. This is what a card key added at its default (ADDED_KEYS in
-irpo_data/card.py) or a new record field must not break.
+irpo/card.py) or a new record field must not break.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from irpo.cli import main
+from irpo_run.cli import main
 
 PREVIOUS = Path(__file__).parent / "assets" / "previous_run"
 # Written again on every `irpo run`, from the records: the summary, the leaderboard, and the card file
@@ -31,7 +31,7 @@ def _contents(root: Path) -> dict[str, str]:
     }
 
 
-@pytest.mark.slow  # each stage runs in a process of its own (irpo.stages), as `irpo run` runs them
+@pytest.mark.slow  # each stage runs in a process of its own (irpo_run.stages), as `irpo run` runs them
 def test_a_run_made_by_the_previous_release_is_found_complete(tmp_path, monkeypatch, caplog):
     work = tmp_path / "previous"
     shutil.copytree(PREVIOUS, work)

@@ -1,4 +1,4 @@
-"""irpo_data.prompts on real tokenizers (the demo model's; the micro model of tests/assets/previous_run,
+"""irpo.prompts on real tokenizers (the demo model's; the micro model of tests/assets/previous_run,
 which has no chat template): the ids a build records are what the trainer scores, a stop string cuts
 ids and text alike, a base model's run-on is cut before it is graded. The families' own rules:
 tests/test_families.py."""
@@ -12,13 +12,13 @@ import pytest
 from conftest import ASSETS
 from transformers import AutoTokenizer
 
-from irpo_data.card import PairsConfig
-from irpo_data.grading import grade
-from irpo_data.pairs import build_pairs
-from irpo_data.prompts import cut_at_stop, encode_answers, encode_prompts, end_of_turn_id, prompt_format
+from irpo.card import PairsConfig
+from irpo.grading import grade
+from irpo.pairs import build_pairs
+from irpo.prompts import cut_at_stop, encode_answers, encode_prompts, end_of_turn_id, prompt_format, stopped
+from irpo.tasks import get_task
 from irpo_data.publish import fingerprint, save_pairs
-from irpo_data.sampling import SAMPLE_SCHEMA, stopped
-from irpo_data.tasks import get_task
+from irpo_data.sampling import SAMPLE_SCHEMA
 from irpo_train.data import tokenize_pairs
 
 MICRO = ASSETS / "previous_run" / "base_model"
@@ -127,7 +127,7 @@ def _sentencepiece_like():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from irpo_data.tasks.demo import generate_rows
+    from irpo.tasks.demo import generate_rows
 
     texts = [r["question"] + " " + r["solution"] + "\nQuestion: Solution:" for r in generate_rows("train")]
     backend = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -146,7 +146,7 @@ def test_a_vllm_answer_cut_at_a_stop_string_keeps_its_text_with_a_sentencepiece_
     tokenizer's own decoding: neither emptied nor cut elsewhere."""
     from types import SimpleNamespace
 
-    from irpo_data.sampling import _generation
+    from irpo.engines import _generation
 
     tokenizer = _sentencepiece_like()
     answer = "Tom has 4 boxes with 7 pencils in each, so 4 * 7 = 28. The answer is 28."
@@ -163,7 +163,7 @@ def test_generation_left_open_stops_at_the_cards_context_not_the_models():
 
     import torch
 
-    from irpo_data.prompts import context_left
+    from irpo.prompts import context_left
 
     model = SimpleNamespace(config=SimpleNamespace(max_position_embeddings=32768))  # Qwen2.5 reads 32k
     batch = torch.zeros((2, 300), dtype=torch.long)

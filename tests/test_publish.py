@@ -19,8 +19,8 @@ from datasets import load_from_disk
 from hub_stub import TOKEN
 from test_pairs import SPEC, samples_table
 
-from irpo_data.card import PairsConfig
-from irpo_data.pairs import build_pairs
+from irpo.card import PairsConfig
+from irpo.pairs import build_pairs
 from irpo_data.publish import (
     PublishError,
     dataset_card,
@@ -150,7 +150,7 @@ def test_pushed_files_carry_no_local_path_user_or_host_name(tmp_path, hub):
     import socket
     from pathlib import Path
 
-    from irpo_data.publish import push_files
+    from irpo.hub import push_files
 
     run_root = tmp_path / "runs" / "t"
     iter_dir, _, fp = built_iteration(run_root)
@@ -176,7 +176,7 @@ def test_pushed_files_carry_no_local_path_user_or_host_name(tmp_path, hub):
 
 
 def _run_with_iterations(tmp_path, count: int):
-    from irpo_data.runs import RunFolder
+    from irpo.runs import RunFolder
 
     run = RunFolder(tmp_path / "runs" / "t")
     fingerprints = [built_iteration(run.root, t)[2] for t in range(1, count + 1)]
@@ -186,8 +186,8 @@ def _run_with_iterations(tmp_path, count: int):
 def test_pushes_catch_up_on_a_rerun_and_push_nothing_twice(tmp_path, hub, monkeypatch, caplog):
     """Offline, nothing is pushed and the run says it will catch up; online, every finished iteration the
     repo has no tag for is pushed (also where the build was skipped), and a rerun pushes nothing again."""
-    from irpo.pushes import Pushes
-    from irpo_data.publish import iteration_tag
+    from irpo.hub import iteration_tag
+    from irpo_run.pushes import Pushes
 
     run, fingerprints = _run_with_iterations(tmp_path, 2)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -206,7 +206,7 @@ def test_pushes_catch_up_on_a_rerun_and_push_nothing_twice(tmp_path, hub, monkey
 
 
 def test_a_failed_push_is_a_warning_and_the_run_goes_on(tmp_path, hub, monkeypatch, caplog):
-    from irpo import pushes
+    from irpo_run import pushes
 
     run, _ = _run_with_iterations(tmp_path, 1)
 
@@ -221,7 +221,7 @@ def test_a_failed_push_is_a_warning_and_the_run_goes_on(tmp_path, hub, monkeypat
 
 
 def test_a_bad_repo_id_and_a_refused_token_are_found_before_any_work(hub, monkeypatch):
-    from irpo.pushes import Pushes
+    from irpo_run.pushes import Pushes
 
     for bad in ("no-slash", "a/b/c", "org/bad name", "org/--x"):
         with pytest.raises(PublishError, match="is not a Hub repo id"):
@@ -237,7 +237,7 @@ def test_an_owner_the_token_cannot_write_is_refused_and_an_unreachable_hub_only_
     import httpx2
     from huggingface_hub.utils._http import default_client_factory
 
-    from irpo.pushes import Pushes
+    from irpo_run.pushes import Pushes
 
     with pytest.raises(PublishError, match="account 'user' is not 'stranger' nor a member of it"):
         Pushes.start("stranger/irpo-test")

@@ -19,11 +19,11 @@ from pathlib import Path
 import pytest
 from conftest import require_vllm
 
-from irpo_data.build import Prompts
-from irpo_data.card import ResourcesConfig, SamplingConfig
+from irpo.card import ResourcesConfig, SamplingConfig
+from irpo.prompts import Prompts
+from irpo.tasks import get_task
 from irpo_data.ray_sampling import RayEngine, ShardWorker
 from irpo_data.sampling import SamplingError, SamplingParams, make_engine, sample_answers
-from irpo_data.tasks import get_task
 
 pytestmark = pytest.mark.slow
 
@@ -114,12 +114,12 @@ DRIVER = textwrap.dedent(
     import time
     from pathlib import Path
     from transformers import AutoTokenizer
-    from irpo_data.card import ModelConfig, ResourcesConfig, SamplingConfig
-    from irpo_data.models import resolve_model
+    from irpo.card import ModelConfig, ResourcesConfig, SamplingConfig
+    from irpo.models import resolve_model
     from irpo_data.ray_sampling import ShardWorker
-    from irpo_data.build import Prompts
+    from irpo.prompts import Prompts
     from irpo_data.sampling import SamplingParams, make_engine, sample_answers
-    from irpo_data.tasks import get_task
+    from irpo.tasks import get_task
 
     model = resolve_model(ModelConfig().base)
     task = get_task("demo")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from irpo_data.records import BuildManifest, EvalRecord, TrainManifest
+from irpo.records import BuildManifest, EvalRecord, TrainManifest
 
 
 def test_records_round_trip_and_keep_keys_they_do_not_know(tmp_path):

@@ -6,22 +6,13 @@ import polars as pl
 import pytest
 from conftest import require_vllm
 
-from irpo_data.build import Prompts
-from irpo_data.card import SamplingConfig
-from irpo_data.grading import grade
-from irpo_data.hardware import resolve_dtype
-from irpo_data.prompts import render_prompts
-from irpo_data.sampling import (
-    SAMPLE_SCHEMA,
-    Engine,
-    SamplingError,
-    SamplingParams,
-    TransformersEngine,
-    VLLMEngine,
-    read_samples,
-    sample_answers,
-)
-from irpo_data.tasks import get_task
+from irpo.card import SamplingConfig
+from irpo.engines import Engine, SamplingParams, TransformersEngine, VLLMEngine
+from irpo.grading import grade
+from irpo.hardware import resolve_dtype
+from irpo.prompts import Prompts, render_prompts
+from irpo.tasks import get_task
+from irpo_data.sampling import SAMPLE_SCHEMA, SamplingError, read_samples, sample_answers
 
 TASK = get_task("demo")
 QUESTIONS = TASK.load("train").questions[:5]
@@ -131,7 +122,7 @@ def test_vllm_samples_are_reproducible_and_seed_dependent(vllm_engine, demo_toke
 def test_a_closed_vllm_engine_gives_its_memory_back_and_starts_again(vllm_engine, demo_tokenizer, tmp_path):
     """vLLM gc.freeze()s what it allocates at start; close() shuts it down, so the stages after a
     build get the memory back, and the next generate starts a fresh engine with the same samples."""
-    from irpo_data.timing import resident_kb
+    from irpo.timing import resident_kb
 
     prompts = demo_prompts(demo_tokenizer)
     run(vllm_engine, tmp_path / "a", prompts)

@@ -1,4 +1,4 @@
-"""irpo.stages: `irpo run`'s stages each in a spawned process, with their logs, answers and
+"""irpo_run.stages: `irpo run`'s stages each in a spawned process, with their logs, answers and
 failures brought back. Real processes and signals; the stages here are small functions of this
 module (the real ones run in tests/test_loop.py)."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from irpo.stages import StageError, StageTraceback, run_stage
-from irpo_data.card import CardError
+from irpo.card import CardError
+from irpo_run.stages import StageError, StageTraceback, run_stage
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -76,7 +76,7 @@ def test_a_stage_killed_without_an_answer_is_a_clear_error():
 def _parent_running_a_sleeper(tmp_path: Path) -> tuple[subprocess.Popen, int]:
     """A Python process (as `irpo run` is) whose stage sleeps; (that process, the stage's pid)."""
     pid_file = tmp_path / "stage.pid"
-    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); from irpo.stages import run_stage; "
+    code = f"import sys; sys.path.insert(0, {str(HERE)!r}); from irpo_run.stages import run_stage; "
     code += f"run_stage('test_stages:sleep_and_tell', {str(pid_file)!r})"
     parent = subprocess.Popen(
         [sys.executable, "-c", code], cwd=ROOT, start_new_session=True, stderr=subprocess.PIPE, text=True
@@ -117,7 +117,7 @@ def test_ctrl_c_stops_the_stage_and_the_run(tmp_path):
     assert _gone(stage, 10)
 
 
-# --- engines: none outlives the command that started it (irpo_data.reaper) ---
+# --- engines: none outlives the command that started it (irpo.reaper) ---
 
 
 def _processes() -> dict[int, tuple[int, str]]:

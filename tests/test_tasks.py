@@ -7,8 +7,8 @@ import json
 import pytest
 from conftest import ASSETS, SHARED_DATA, needs_shared_data
 
-from irpo_data.tasks import TaskError, get_task, split_held_out, task_names
-from irpo_data.tasks.demo import generate_rows
+from irpo.tasks import TaskError, get_task, split_held_out, task_names
+from irpo.tasks.demo import generate_rows
 
 
 def test_registry_lists_the_four_tasks_and_rejects_unknown_names():
@@ -57,7 +57,7 @@ def test_arc_prompt_is_the_papers_byte_for_byte_with_lettered_options():
 
 
 def test_math_prompt_is_the_papers_with_four_fixed_training_exemplars():
-    from irpo_data.tasks.math import FEW_SHOT, FEW_SHOT_IDS
+    from irpo.tasks.math import FEW_SHOT, FEW_SHOT_IDS
 
     task = get_task("math")
     question = task.load("test", str(ASSETS / "math")).questions[0]
@@ -187,7 +187,7 @@ def test_gsm8k_gold_solution_drops_calculator_notes_and_ends_in_the_answer_phras
 @pytest.mark.parametrize("name,ungraded", [("demo", 0), ("gsm8k", 0), ("math", 1)])
 def test_gold_solutions_grade_as_correct_well_formed_answers(name, ungraded):
     """What sft_gold trains on must be what the reward calls right; real data, the real grader."""
-    from irpo_data import grading
+    from irpo import grading
 
     task = get_task(name)
     questions = task.load("train", None if name == "demo" else str(SHARED_DATA / name)).questions

@@ -1,8 +1,8 @@
-"""irpo_data.timing: the phases a stage's record keeps (the loop test checks them in a real run)."""
+"""irpo.timing: the phases a stage's record keeps (the loop test checks them in a real run)."""
 
 import time
 
-from irpo_data import timing
+from irpo import timing
 
 
 def test_nested_phases_are_named_under_their_parent_in_start_order_and_take_starts_afresh():

@@ -15,9 +15,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from irpo_data.card import BUILD_SECTIONS, load_card
+from irpo.card import BUILD_SECTIONS, load_card
+from irpo.runs import RunFolder
 from irpo_data.publish import fingerprint, save_pairs, write_card_and_manifest
-from irpo_data.runs import RunFolder
 from irpo_train import train as train_module
 from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize_pairs
 from irpo_train.reference import load_or_compute
@@ -38,9 +38,9 @@ TINY = [
 
 def pair_table(questions, prompts, wrong_by: int, tokenizer) -> pl.DataFrame:
     """One (right, wrong by `wrong_by`) pair per question, in the pair dataset's columns: the texts, and
-    the token ids a build would record (the prompt by irpo_data.prompts' one-BOS rule, the answers
+    the token ids a build would record (the prompt by irpo.prompts' one-BOS rule, the answers
     closed by the model's end-of-turn token, as if the engine had stopped on it)."""
-    from irpo_data.prompts import encode_answers, encode_prompts, end_of_turn_id
+    from irpo.prompts import encode_answers, encode_prompts, end_of_turn_id
 
     n = len(questions)
     chosen = [f"We count them. The answer is {q.gold}." for q in questions]
@@ -67,8 +67,8 @@ def pair_table(questions, prompts, wrong_by: int, tokenizer) -> pl.DataFrame:
 
 def make_iteration(runs, demo_tokenizer, card):
     """A real pair dataset in iter_1 (TRL format, chat-templated prompts), without sampling."""
-    from irpo_data.prompts import render_prompts
-    from irpo_data.tasks import get_task
+    from irpo.prompts import render_prompts
+    from irpo.tasks import get_task
 
     task = get_task("demo")
     questions = task.load("train").questions[:4]
@@ -78,14 +78,26 @@ def make_iteration(runs, demo_tokenizer, card):
     run.freeze_card(card, BUILD_SECTIONS)
     save_pairs(pairs, 1, run.pairs(1))
     write_card_and_manifest(run.iteration(1), "# card\n", {"pairs_fingerprint": fingerprint(pairs)})
+    write_questions(run, card, demo_tokenizer)
     return run, pairs
+
+
+def write_questions(run, card, tokenizer) -> None:
+    """iter_1/questions.parquet as the build writes it for this card (the trainer reads its split and prompts)."""
+    from irpo.runs import write_parquet_atomic
+    from irpo.tasks import task_from_config
+    from irpo_data.build import iteration_prompts, question_sets
+
+    sets = question_sets(card)
+    *_, table = iteration_prompts(task_from_config(card.task), sets, tokenizer, "auto", card.sampling.max_model_len)
+    write_parquet_atomic(table, run.questions(1))
 
 
 def _id_pairs(prompts, chosen, rejected, tokenizer):
     """A pair Dataset with the recorded token-id columns (answers closed by the end-of-turn token)."""
     from datasets import Dataset
 
-    from irpo_data.prompts import encode_answers, encode_prompts, end_of_turn_id
+    from irpo.prompts import encode_answers, encode_prompts, end_of_turn_id
 
     end = end_of_turn_id(tokenizer)
     return Dataset.from_dict(
@@ -237,8 +249,8 @@ def test_irpo_train_cli_has_help_and_names_the_missing_build(tmp_path):
 def test_gold_rows_are_graded_tokenised_and_batched_without_losers(demo_tokenizer):
     import dataclasses
 
-    from irpo_data.prompts import encode_prompts, render_prompts
-    from irpo_data.tasks import get_task
+    from irpo.prompts import encode_prompts, render_prompts
+    from irpo.tasks import get_task
 
     task = get_task("demo")
     questions = task.load("train").questions[:4]
@@ -343,8 +355,8 @@ def make_iteration_with_held_out(runs, demo_tokenizer, card):
     from irpo_data.build import question_sets
 
     run, pairs = make_iteration(runs, demo_tokenizer, card)
-    from irpo_data.prompts import render_prompts
-    from irpo_data.tasks import get_task
+    from irpo.prompts import render_prompts
+    from irpo.tasks import get_task
 
     held = question_sets(card).held_out[:2]
     prompts = render_prompts(get_task("demo"), held, demo_tokenizer)
@@ -451,7 +463,7 @@ def test_a_sigkill_mid_retrain_resumes_to_the_same_weights(tmp_path, retrained, 
 
     card = [*RETRAIN, f"model.base={tiny_model}"]
     code = (
-        "import logging, sys\nfrom irpo_data.card import load_card\nfrom irpo_train.train import train_iteration\n"
+        "import logging, sys\nfrom irpo.card import load_card\nfrom irpo_train.train import train_iteration\n"
         "logging.basicConfig(level=logging.INFO)\n"
         f"train_iteration(load_card('demo', {card!r}), 1, sys.argv[1], progress=False)\n"
     )
@@ -540,7 +552,7 @@ def test_the_cards_attention_kernel_trains_the_model_and_keys_the_reference_cach
     """train.attn_implementation reaches the model that trains (and so its per-step reference copy
     and the held-out checks), and keys the cached reference log-probs: another kernel rounds
     differently, so an sdpa cache must not serve an eager run. The loader is wrapped, not replaced."""
-    from irpo_data.card import CardError
+    from irpo.card import CardError
 
     with pytest.raises(CardError, match=r"train.attn_implementation must be sdpa or eager, got 'flash'"):
         load_card("demo", ["train.attn_implementation=flash"])

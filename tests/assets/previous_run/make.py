@@ -37,7 +37,7 @@ def micro_model(folder: Path) -> None:
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from irpo_data.tasks.demo import generate_rows
+    from irpo.tasks.demo import generate_rows
 
     texts = [r["question"] + " " + r["solution"] for split in ("train", "test") for r in generate_rows(split)]
     bpe = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -69,7 +69,7 @@ def main(out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     micro_model(out / "base_model")
     (out / "card.yaml").write_text(CARD)
-    irpo = [sys.executable, "-c", "from irpo.cli import main; main()"]
+    irpo = [sys.executable, "-c", "from irpo_run.cli import main; main()"]
     subprocess.run([*irpo, "run", "--card", "card.yaml", "--runs-dir", "runs"], cwd=out, check=True, env=os.environ)
 
 

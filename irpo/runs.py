@@ -27,8 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from irpo_data.card import Card, CardError, card_from_dict, flatten
-from irpo_data.reading import read_yaml
+from irpo.card import Card, CardError, card_from_dict, flatten
+from irpo.reading import read_yaml
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +47,17 @@ class RunFolder:
     def samples(self, t: int) -> Path:
         return self.iteration(t) / "samples"
 
-    def pairs(self, t: int) -> Path:
-        return self.iteration(t) / "pairs"
+    def pairs(self, t: int, factor: int = 1) -> Path:
+        """iter_t/pairs, or iter_t/pairs_{factor}x: the same samples paired with factor x K per question."""
+        return self.iteration(t) / ("pairs" if factor == 1 else f"pairs_{factor}x")
+
+    def pairs_record(self, t: int, factor: int) -> Path:
+        """iter_t/pairs_{factor}x.json: what the pairs at factor x K were built from, and their fingerprint."""
+        return self.iteration(t) / f"pairs_{factor}x.json"
+
+    def questions(self, t: int) -> Path:
+        """iter_t/questions.parquet: the questions the build used, their roles and prompt ids."""
+        return self.iteration(t) / "questions.parquet"
 
     def manifest(self, t: int) -> Path:
         return self.iteration(t) / "manifest.json"

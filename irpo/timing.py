@@ -12,7 +12,7 @@ process and its children (vLLM's engine processes), summed, sampled every half s
 is open and when it ends (Linux /proc; elsewhere none is recorded). Ray workers are not children
 of the driver and are not counted. Each stage (build, train, eval) calls `take()` when it starts and
 when it writes its record, so a record holds its own stage's phases only; the run summary reads
-them back (irpo.summary), so the table of a resumed run shows where each stage's last run spent
+them back (irpo_run.summary), so the table of a resumed run shows where each stage's last run spent
 its time.
 """
 

@@ -15,19 +15,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
-from irpo_data.publish import (
-    PublishError,
-    check_access,
-    check_repo_id,
-    iteration_tag,
-    offline,
-    push_files,
-    push_iteration,
-    pushed_tags,
-)
-from irpo_data.reading import RecordError
-from irpo_data.records import BuildManifest
-from irpo_data.runs import RunFolder
+from irpo.hub import HubError, check_access, check_repo_id, iteration_tag, offline, push_files, pushed_tags
+from irpo.reading import RecordError
+from irpo.records import BuildManifest
+from irpo.runs import RunFolder
+from irpo_data.publish import push_iteration
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +55,7 @@ class Pushes:
             return
         try:
             tags = pushed_tags(self.repo_id)
-        except PublishError as exc:
+        except HubError as exc:
             self._failed("the iterations", exc)
             return
         for t in range(1, upto + 1):
@@ -73,7 +65,7 @@ class Pushes:
                 fingerprint = BuildManifest.from_json(run.manifest(t)).pairs_fingerprint
                 if iteration_tag(t, fingerprint) not in tags:
                     push_iteration(run.iteration(t), self.repo_id, t, fingerprint, private=self.private)
-            except (PublishError, RecordError, OSError) as exc:  # never what stops the run
+            except (HubError, RecordError, OSError) as exc:  # never what stops the run
                 self._failed(f"iteration {t}", exc)
 
     def leaderboard(self, run: RunFolder, card_name: str) -> None:
@@ -93,7 +85,7 @@ class Pushes:
                 private=self.private,
                 run_root=run.root,
             )
-        except (PublishError, OSError) as exc:
+        except (HubError, OSError) as exc:
             self._failed("the leaderboard", exc)
 
     def _failed(self, what: str, exc: Exception) -> None:

@@ -37,8 +37,8 @@ import threading
 import time
 import traceback
 
-from irpo_data.errors import IrpoError
-from irpo_data.hardware import die_with_parent
+from irpo.errors import IrpoError
+from irpo.hardware import die_with_parent
 
 SIGINT_GRACE_S = 5.0  # after Ctrl-C, how long the stage has to end on its own before it gets a SIGINT
 KILL_GRACE_S = 30.0  # and after that SIGINT, before a SIGKILL

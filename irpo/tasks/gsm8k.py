@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from irpo_data.tasks import Question, Task, register
+from irpo.tasks import Question, Task, register
 
 INSTRUCTION = (
     "Your task is to answer the question below. Give step by step reasoning before you answer, "

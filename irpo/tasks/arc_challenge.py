@@ -25,8 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from irpo_data.tasks import Question, Task, TaskError, read_local, register
-from irpo_data.tasks.gsm8k import paper_prompt
+from irpo.tasks import Question, Task, TaskError, read_local, register
+from irpo.tasks.gsm8k import paper_prompt
 
 INSTRUCTION = (
     "Your task is to answer the question below. Give step by step reasoning before you answer, "

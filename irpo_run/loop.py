@@ -3,7 +3,7 @@
     card ─► irpo_data.build ─► iter_t/ ─► irpo_train.train ─► models/M_t/ ─► irpo_eval ─► evals/, leaderboard
             (t = 1, 2, …: iteration t samples from M_{t-1})
 
-Each stage runs in a fresh process of its own (irpo.stages), so that what one stage imported and
+Each stage runs in a fresh process of its own (irpo_run.stages), so that what one stage imported and
 freed does not sit under the next one's peak; the run folder is all they share.
 
 Every stage skips itself when its outputs exist and their manifest matches the card and its
@@ -28,18 +28,19 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from irpo.pushes import Pushes
-from irpo.stages import run_stage
-from irpo_data.build import sampling_model
-from irpo_data.card import BUILD_SECTIONS, OBJECTIVE_NAMES, Card, CardError
-from irpo_data.reading import read_json
-from irpo_data.runs import RunFolder, set_aside
+from irpo.card import BUILD_SECTIONS, OBJECTIVE_NAMES, Card, CardError
+from irpo.models import iteration_model
+from irpo.reading import read_json
+from irpo.runs import RunFolder, set_aside
+from irpo_run.pushes import Pushes
+from irpo_run.stages import run_stage
 from irpo_train.plots import plot_objectives
 
-# The stages, each run in a fresh process (irpo.stages): named, so that this process never imports them.
+# The stages, each run in a fresh process (irpo_run.stages): named, so that this process never imports them.
 BUILD = "irpo_data.build:build_iteration"
 TRAIN = "irpo_train.train:train_iteration"
 EVALUATE = "irpo_eval.run_eval:evaluate_run"
+MORE_PAIRS = "irpo_data.build:build_more_pairs"  # iteration 1's samples at factor x K, for the _2x ablations
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def set_aside_if_sampled_from_another_model(card: Card, run: RunFolder, t: int) 
     settings = run.samples(t) / "settings.json"
     if not settings.is_file():
         return
-    current = sampling_model(card, run, t, None).weights_sha256
+    current = iteration_model(card, run, t).weights_sha256
     if read_json(settings).get("weights_sha256") != current:
         set_aside(run.iteration(t), f"iteration {t} was sampled from an earlier M_{t - 1}; sampling it again")
 
@@ -85,7 +86,7 @@ def run_loop(
     pushes: Pushes | None = None,
 ) -> StageTimes:
     """Build, train and evaluate t = 1..iterations; with `push_to_hub` (or `pushes`, already checked), each
-    finished iteration and the leaderboard go to that dataset repo (irpo.pushes: a failed push is a
+    finished iteration and the leaderboard go to that dataset repo (irpo_run.pushes: a failed push is a
     warning, caught up later)."""
     if iterations < 1:
         raise ValueError(f"--iterations must be 1 or more, got {iterations}")
@@ -120,6 +121,10 @@ def run_loop(
 def train_ablations(card: Card, run: RunFolder, runs_dir: str | Path, times: StageTimes, progress: bool) -> None:
     """Train models/M_1-NAME for each of card.ablations from iteration 1's samples; draw their curves."""
     ablations = [a for a in dict.fromkeys(card.ablations) if a != card.train.objective]
+    if any(a.endswith("_2x") for a in ablations):  # the build pairs the same samples again, at 2K per question
+        start = time.perf_counter()
+        run_stage(MORE_PAIRS, card, 1, 2, runs_dir)
+        times.record("iter_1/pairs 2x", start)
     for name in ablations:
         start = time.perf_counter()
         log.info("ablation: training M_1-%s (%s) from iteration 1's samples", name, OBJECTIVE_NAMES[name])

@@ -17,9 +17,9 @@ import sys
 
 import click
 
-from irpo_data.card import BUNDLED_CARDS, Card, load_card
-from irpo_data.errors import IrpoError
-from irpo_data.runs import os_error_of
+from irpo.card import BUNDLED_CARDS, Card, load_card
+from irpo.errors import IrpoError
+from irpo.runs import os_error_of
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 

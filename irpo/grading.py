@@ -18,7 +18,7 @@ sample is off-format).
 
 How it is compared: option labels as strings; plain numbers ("18", "$1,000", "18.00") exactly,
 as decimals, in this process; anything else (fractions, LaTeX, "x = 5") with math-verify's
-`parse` / `verify`, run by `irpo_data.verifier` in a worker process under a deadline.
+`parse` / `verify`, run by `irpo.verifier` in a worker process under a deadline.
 
 Always returns, within GRADE_TIMEOUT_S, wherever it runs (main thread, thread, worker process),
 and raises nothing for any completion. An answer whose verification runs out of time, or that
@@ -36,8 +36,8 @@ import time
 from dataclasses import dataclass
 from decimal import Context, Decimal, InvalidOperation
 
-from irpo_data import verifier
-from irpo_data.tasks import Task, get_task
+from irpo import verifier
+from irpo.tasks import Task, get_task
 
 log = logging.getLogger(__name__)
 

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
-from irpo_data.reading import read_json, unreadable
-from irpo_data.runs import write_json_atomic
+from irpo.reading import read_json, read_parquet, unreadable
+from irpo.runs import write_json_atomic
 
 R = TypeVar("R", bound="Record")
 
@@ -113,9 +113,9 @@ class BuildManifest(Record):
     sampling: dict = field(default_factory=dict)  # samples/settings.json: engine, dtype, params
     sampling_seconds: float = 0.0
     sampling_tokens_per_s: float | None = None
-    timings: dict = field(default_factory=dict)  # irpo_data.timing: seconds per phase, vLLM starts
-    counts: dict = field(default_factory=dict)  # irpo_data.pairs.build_pairs's counts
-    hardware: dict = field(default_factory=dict)  # irpo_data.hardware.describe()
+    timings: dict = field(default_factory=dict)  # irpo.timing: seconds per phase, vLLM starts
+    counts: dict = field(default_factory=dict)  # irpo.pairs.build_pairs's counts
+    hardware: dict = field(default_factory=dict)  # irpo.hardware.describe()
     irpo_version: str = ""
 
     def __post_init__(self) -> None:
@@ -153,10 +153,10 @@ class TrainManifest(Record):
     # reference_tokens_per_s is the speed of the pass before training (all pairs, or the probe's)
     reference_logps: str | None = None
     reference_tokens_per_s: float | None = None
-    timings: dict = field(default_factory=dict)  # irpo_data.timing: seconds per phase, vLLM starts
+    timings: dict = field(default_factory=dict)  # irpo.timing: seconds per phase, vLLM starts
     selection: dict | None = None  # with the retrain: the selection run's pairs and their fingerprint
     gold: dict | None = None  # sft_gold: the gold solutions trained on
-    hardware: dict = field(default_factory=dict)  # irpo_data.hardware.describe(): weights differ across CPUs in bf16
+    hardware: dict = field(default_factory=dict)  # irpo.hardware.describe(): weights differ across CPUs in bf16
     irpo_version: str = ""
 
     def __post_init__(self) -> None:
@@ -193,6 +193,82 @@ class EvalRecord(Record):
     sample_accuracy: float = 0.0  # the share of the k samples that are right
     grading_timeouts: int = 0
     seconds: float = 0.0
-    timings: dict = field(default_factory=dict)  # irpo_data.timing: seconds per phase, vLLM starts
+    timings: dict = field(default_factory=dict)  # irpo.timing: seconds per phase, vLLM starts
     hardware: dict = field(default_factory=dict)  # where it ran (not in the key: a result is reused on any machine)
     lm_eval: dict = field(default_factory=dict)  # lm-eval's own results block
+
+
+# --- iter_t/questions.parquet: the questions an iteration was built from ---------------------------
+
+QUESTION_COLUMNS = (
+    "question_id",
+    "role",  # "train" or "held_out" (chooses the step: held-out training questions, or task.selection_split)
+    "sampled",  # sampled and paired in this iteration (held-out ones too, for the paper's retrain)
+    "text",
+    "gold",
+    "labels",
+    "solution",
+    "prompt",  # as the model sees it (text), and as the engines are given it:
+    "prompt_token_ids",  # null where the prompt overflows the context (never sent)
+)
+
+
+@dataclass
+class IterationQuestions:
+    """What the build chose for an iteration (the split, the prompts), as the trainer reads it back
+    instead of making those choices again."""
+
+    train: list  # irpo.tasks.Question
+    held_out: list
+    sampled: list
+    prompt_ids: dict[str, list[int]]  # question id -> the prompt's ids, for prompts within the context
+
+    @classmethod
+    def table(cls, train: list, held_out: list, sampled_ids: set[str], prompts: dict[str, tuple[str, list[int]]]):
+        """The polars table the build writes; `prompts`: question id -> (text, ids) for those within the context."""
+        import polars as pl  # here: the trainer reads records where polars may be absent (bench/gpu_train.py)
+
+        rows = [(q, "train") for q in train] + [(q, "held_out") for q in held_out]
+        return pl.DataFrame(
+            {
+                "question_id": [q.question_id for q, _ in rows],
+                "role": [role for _, role in rows],
+                "sampled": [q.question_id in sampled_ids for q, _ in rows],
+                "text": [q.text for q, _ in rows],
+                "gold": [q.gold for q, _ in rows],
+                "labels": [list(q.labels) for q, _ in rows],
+                "solution": [q.solution for q, _ in rows],
+                "prompt": [prompts.get(q.question_id, (None, None))[0] for q, _ in rows],
+                "prompt_token_ids": [prompts.get(q.question_id, (None, None))[1] for q, _ in rows],
+            },
+            schema={
+                "question_id": pl.String,
+                "role": pl.String,
+                "sampled": pl.Boolean,
+                "text": pl.String,
+                "gold": pl.String,
+                "labels": pl.List(pl.String),
+                "solution": pl.String,
+                "prompt": pl.String,
+                "prompt_token_ids": pl.List(pl.Int32),
+            },
+        )
+
+    @classmethod
+    def read(cls, path: Path) -> "IterationQuestions":
+        import polars as pl
+
+        from irpo.tasks import Question
+
+        frame = read_parquet(path, {"question_id": pl.String, "role": pl.String, "sampled": pl.Boolean})
+        train, held_out, sampled, ids = [], [], [], {}
+        for row in frame.iter_rows(named=True):
+            question = Question(
+                row["question_id"], row["text"], row["gold"], tuple(row["labels"] or ()), row["solution"]
+            )
+            (held_out if row["role"] == "held_out" else train).append(question)
+            if row["sampled"]:
+                sampled.append(question)
+            if row["prompt_token_ids"] is not None:
+                ids[question.question_id] = list(row["prompt_token_ids"])
+        return cls(train, held_out, sampled, ids)

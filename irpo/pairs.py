@@ -40,7 +40,7 @@ import hashlib
 import numpy as np
 import polars as pl
 
-from irpo_data.card import PairsConfig
+from irpo.card import PairsConfig
 
 REQUIRED_COLUMNS = (
     "question_id",
@@ -102,7 +102,7 @@ def build_pairs(
         "questions_no_usable_generation": n_questions - kept["question_id"].n_unique(),
         "questions_no_correct": per_question.filter(pl.col("n_winners") == 0).height,
         "questions_no_wrong": per_question.filter(pl.col("n_losers") == 0).height,
-        # Answers whose verification ran out of time (irpo_data.grading): graded wrong, counted here.
+        # Answers whose verification ran out of time (irpo.grading): graded wrong, counted here.
         "grading_timeouts": int(samples["grading_timed_out"].sum()) if "grading_timed_out" in samples.columns else 0,
     }
     picked = (
@@ -284,3 +284,20 @@ def _mix(seed: int, *columns: pl.Series) -> np.ndarray:
         x *= np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)
     return x
+
+
+def fingerprint(pairs: pl.DataFrame) -> str:
+    """sha256 of the pair table's content. datasets' own `_fingerprint` changes across a
+    save_to_disk/load_from_disk round trip, so the manifest hashes the rows itself.
+
+    The scalar columns as CSV (which is all a table held before the token-id columns, so earlier
+    fingerprints stay valid), then each list column (CSV has no lists): its name, each row's length
+    and the ids, as 64-bit integers."""
+    lists = [name for name, dtype in pairs.schema.items() if isinstance(dtype, pl.List)]
+    digest = hashlib.sha256(pairs.drop(lists).write_csv().encode())
+    for name in lists:
+        column = pairs[name]
+        digest.update(name.encode())
+        digest.update(column.list.len().fill_null(-1).to_numpy().astype("<i8").tobytes())
+        digest.update(column.explode().drop_nulls().to_numpy().astype("<i8").tobytes())
+    return digest.hexdigest()

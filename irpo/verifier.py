@@ -9,7 +9,7 @@ thread can interrupt. Two layers keep grading bounded:
 1. `too_expensive` (in this process, microseconds): numeric power towers, exponents and
    factorials whose value would have more than `MAX_DIGITS` digits are refused before sympy sees
    them, so a hostile answer costs nothing rather than the whole deadline;
-2. a deadline: the math-verify work runs in worker processes (`python -m irpo_data.verifier`,
+2. a deadline: the math-verify work runs in worker processes (`python -m irpo.verifier`,
    one JSON line per request and per answer). A worker that overruns is killed (SIGKILL) and
    replaced by a fresh one on the next call. On Linux a worker also dies with its parent
    (PR_SET_PDEATHSIG): a SIGKILLed build or evaluation leaves no process spinning in sympy.
@@ -44,7 +44,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from irpo_data.hardware import die_with_parent
+from irpo.hardware import die_with_parent
 
 MAX_DIGITS = 1_000_000  # refuse numbers larger than this many digits (10^(10^6) still takes sympy ~0.1 s)
 
@@ -132,7 +132,7 @@ def _atom_log10(tokens: list[str], i: int, end: int) -> tuple[float, int]:
     return 1.0, i + 1  # a symbol, a command or punctuation: treated as a small number
 
 
-# --- the worker side (runs in `python -m irpo_data.verifier`) -------------------------------
+# --- the worker side (runs in `python -m irpo.verifier`) -------------------------------
 
 
 def parse_answer(text: str, latex: bool) -> str | None:
@@ -270,9 +270,9 @@ class _Worker:
 _BROKEN = object()
 
 
-_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # so the worker imports this same irpo_data
+_PACKAGE_ROOT = str(Path(__file__).resolve().parents[1])  # so the worker imports this same irpo
 _WORKER_CODE = (
-    f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from irpo_data.verifier import serve; "
+    f"import sys; sys.path.insert(0, {_PACKAGE_ROOT!r}); from irpo.verifier import serve; "
     "serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])"
 )
 

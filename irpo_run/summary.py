@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from irpo_data.records import BuildManifest, EvalRecord, Record, TrainManifest
-from irpo_data.runs import RunFolder, write_text_atomic
+from irpo.records import BuildManifest, EvalRecord, Record, TrainManifest
+from irpo.runs import RunFolder, write_text_atomic
 
 
 def _read(kind: type[Record], path: Path):
@@ -110,7 +110,7 @@ def _stage_records(run: RunFolder, iterations: int) -> list[tuple[int, str, Reco
 
 
 def _timing_rows(run: RunFolder, iterations: int) -> list[str]:
-    """Where each stage's time went (irpo_data.timing, from its record), and the vLLM starts per iteration."""
+    """Where each stage's time went (irpo.timing, from its record), and the vLLM starts per iteration."""
     stages = _stage_records(run, iterations)
     if not stages:
         return []

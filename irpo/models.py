@@ -24,7 +24,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from irpo_data.errors import IrpoError
+from irpo.errors import IrpoError
 
 log = logging.getLogger(__name__)
 
@@ -152,3 +152,17 @@ def weights_sha256(folder: Path) -> str:
         digest.update(file.name.encode())
         digest.update(sha256_file(file).encode())
     return digest.hexdigest()
+
+
+def iteration_model(card, run, iteration: int) -> ResolvedModel:
+    """M_{t-1}, the model iteration t samples from and trains from: the card's base model at t = 1,
+    else runs/NAME/models/M_{t-1} (`card`: irpo.card.Card, `run`: irpo.runs.RunFolder)."""
+    if iteration == 1:
+        return resolve_model(card.model.base, card.model.revision, card.model.trust_remote_code)
+    previous = run.model(iteration - 1)
+    if not (previous / "config.json").is_file():
+        raise ModelError(
+            f"iteration {iteration} samples from {previous}, which does not exist yet; train it with "
+            f"`irpo train --card ... --iter {iteration - 1}`, or pass --model PATH to sample from another model"
+        )
+    return resolve_model(str(previous), trust_remote_code=card.model.trust_remote_code)

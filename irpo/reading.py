@@ -16,7 +16,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from irpo_data.errors import IrpoError
+from irpo.errors import IrpoError
 
 
 class RecordError(IrpoError, ValueError):

@@ -35,8 +35,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from irpo_data.errors import IrpoError
-from irpo_data.tasks import Question, Task
+from irpo.errors import IrpoError
+from irpo.tasks import Question, Task
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ class Generation:
     text: str
     n_tokens: int
     finish_reason: str  # "stop" (end of answer) or "length" (hit max_new_tokens)
-    token_ids: tuple[int, ...] = ()  # as the engine returned them (irpo_data.prompts.cut_at_stop for stop strings)
+    token_ids: tuple[int, ...] = ()  # as the engine returned them (irpo.prompts.cut_at_stop for stop strings)
 
 
 @dataclass(frozen=True)
@@ -146,6 +146,38 @@ def encode_prompts(tokenizer, texts: list[str]) -> list[list[int]]:
     own_ids = iter(tokenizer(own, add_special_tokens=False)["input_ids"] if own else [])
     added_ids = iter(tokenizer(added, add_special_tokens=True)["input_ids"] if added else [])
     return [list(next(own_ids) if b else next(added_ids)) for b in has_bos]
+
+
+@dataclass
+class Prompts:
+    """Questions with their prompts as text (the samples' and pairs' `prompt` column) and as the token
+    ids every engine is given (irpo.prompts)."""
+
+    questions: list[Question]
+    texts: list[str]
+    ids: list[list[int]]
+
+    @classmethod
+    def of(cls, task: Task, questions: list[Question], tokenizer, style: str) -> "Prompts":
+        texts = render_prompts(task, questions, tokenizer, style)
+        return cls(list(questions), texts, encode_prompts(tokenizer, texts))
+
+    def fit_context(self, max_model_len: int, left_out: str = "not sampled") -> tuple["Prompts", list[str]]:
+        """(the prompts that leave room for an answer in the engine's context, sampling.max_model_len;
+        the ids of the questions left out). Such a prompt would stop the engine mid-build, and again on
+        every resume: it is never sent, and the dataset card counts it."""
+        kept = [i for i, ids in enumerate(self.ids) if len(ids) < max_model_len]
+        dropped = [self.questions[i].question_id for i, ids in enumerate(self.ids) if len(ids) >= max_model_len]
+        if dropped:
+            log.warning(
+                "%d question(s) have a prompt of sampling.max_model_len=%d tokens or more and are %s: %s",
+                len(dropped),
+                max_model_len,
+                left_out,
+                ", ".join(dropped[:5]) + (", ..." if len(dropped) > 5 else ""),
+            )
+        pick = Prompts([self.questions[i] for i in kept], [self.texts[i] for i in kept], [self.ids[i] for i in kept])
+        return pick, dropped
 
 
 def encode_answers(tokenizer, texts: list[str], end_of_turn: int) -> list[list[int]]:

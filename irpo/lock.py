@@ -42,7 +42,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
-from irpo_data.errors import IrpoError
+from irpo.errors import IrpoError
 
 log = logging.getLogger(__name__)
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from irpo_data.tasks import Question, Task, TaskError, read_local, register
+from irpo.tasks import Question, Task, TaskError, read_local, register
 
 # The four exemplars of both prompts: Minerva's (Lewkowycz et al. 2022), MATH training problems
 # train/algebra/943, train/precalculus/372, train/algebra/256 and train/algebra/1951 (in this

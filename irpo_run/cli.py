@@ -6,7 +6,7 @@
     irpo run                     build -> train -> eval for t = 1..T, resumable (this package)
 
 Every subcommand takes --card, KEY=VALUE overrides and --dry-run; errors a user can fix cross one
-boundary (irpo_data.command) and print as one line.
+boundary (irpo.command) and print as one line.
 """
 
 from __future__ import annotations
@@ -15,9 +15,8 @@ import dataclasses
 
 import click
 
-from irpo_data.card import ABLATIONS, Card
-from irpo_data.cli import main as data_group
-from irpo_data.command import (
+from irpo.card import ABLATIONS, Card
+from irpo.command import (
     Group,
     card_option,
     dry_run_option,
@@ -30,6 +29,7 @@ from irpo_data.command import (
     setup_logging,
     show_dry_run,
 )
+from irpo_data.cli import main as data_group
 from irpo_eval.cli import main as eval_command
 from irpo_train.cli import main as train_command
 
@@ -102,12 +102,12 @@ def run(card, runs_dir, iterations, push_to_hub, private, ablations, fresh, ray_
     at a time per run folder. The summary is printed at the end and written to runs/NAME/README.md.
     """
     setup_logging(quiet)
-    from irpo.loop import run_loop
-    from irpo.pushes import Pushes
-    from irpo.summary import write_summary
-    from irpo_data.lock import run_lock
-    from irpo_data.reaper import start_reaper
-    from irpo_data.runs import RunFolder
+    from irpo.lock import run_lock
+    from irpo.reaper import start_reaper
+    from irpo.runs import RunFolder
+    from irpo_run.loop import run_loop
+    from irpo_run.pushes import Pushes
+    from irpo_run.summary import write_summary
 
     resolved = resolve_card(card, overrides, ray_address=ray_address)
     if ablations:
@@ -146,7 +146,7 @@ def _delete_run(root) -> None:
 def _all_ablations(card: Card) -> list[str]:
     """--ablations: every objective but the card's own, and the two twice-the-pairs baselines
     (sft_gold only where the task has gold solutions)."""
-    from irpo_data.tasks import task_from_config
+    from irpo.tasks import task_from_config
 
     chosen = [o for o in ABLATIONS if o != card.train.objective]
     if "sft_gold" in chosen and not task_from_config(card.task).has_solutions:

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from irpo_data.errors import IrpoError
+from irpo.errors import IrpoError
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ class Task:
     field_types: ClassVar[dict[str, type]] = {}
     has_solutions: ClassVar[bool] = False  # True when questions carry a gold worked `solution`
     # Where a base model prompted with plain text runs on into an exemplar of its own: generation stops
-    # there (irpo_data.prompts, plain style). "\nQuestion:", not "Question": the bare word occurs in
+    # there (irpo.prompts, plain style). "\nQuestion:", not "Question": the bare word occurs in
     # reasoning ("the question asks...") and would cut answers short (sglang PR 29264).
     run_on_markers: ClassVar[tuple[str, ...]] = ("\nQuestion:",)
 
@@ -92,7 +92,7 @@ class Task:
 
     def gold_problem(self, question: Question) -> str | None:
         """Why the task's grader cannot read `question.gold` (every answer would be graded wrong), or None."""
-        from irpo_data.grading import MAX_ANSWER_CHARS, PLAIN_NUMBER  # grading imports this module
+        from irpo.grading import MAX_ANSWER_CHARS, PLAIN_NUMBER  # grading imports this module
 
         if self.answer_kind == "number" and not PLAIN_NUMBER.fullmatch(question.gold):
             return f"its gold answer {question.gold[:80]!r} is not a number"
@@ -268,4 +268,4 @@ def task_names() -> list[str]:
 
 
 # Importing the modules registers them; they import this package, so these come last.
-from irpo_data.tasks import arc_challenge, demo, gsm8k, math  # noqa: E402,F401
+from irpo.tasks import arc_challenge, demo, gsm8k, math  # noqa: E402,F401

@@ -1,7 +1,7 @@
 """Majority vote over one question's sampled answers, and the metrics read off the same samples.
 
 `majority_vote(task, answers)` takes the extracted final answers of one question's k samples
-(`irpo_data.grading.grade(...).answer`; None where a sample gave no answer) and returns the
+(`irpo.grading.grade(...).answer`; None where a sample gave no answer) and returns the
 answer most samples agree on:
 - a missing answer never votes (lm-eval's stock filter counts "[invalid]" as an answer, so
   20 unparseable samples out of 32 would win the vote);
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from irpo_data.grading import grade, is_equivalent
-from irpo_data.tasks import Task, get_task
+from irpo.grading import grade, is_equivalent
+from irpo.tasks import Task, get_task
 
 
 def majority_vote(task: Task | str, answers: list[str | None]) -> str | None:

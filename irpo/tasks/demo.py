@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from irpo_data.tasks import Question, Task, register
+from irpo.tasks import Question, Task, register
 
 NAMES = ["Tom", "Anna", "Liam", "Mia", "Noah", "Emma", "Omar", "Sara", "Ben", "Lucy", "Ravi", "Zoe"]
 ITEMS = ["apples", "pencils", "marbles", "stickers", "books", "cookies", "coins", "shells", "cards", "toys"]
@@ -48,7 +48,7 @@ def _problem(rng: random.Random) -> tuple[str, int, str]:
 def generate_rows(split: str) -> list[dict[str, str]]:
     """The split's rows, identical on every machine; train and test never share a question."""
     if split not in SPLIT_SIZES:
-        from irpo_data.tasks import TaskError
+        from irpo.tasks import TaskError
 
         raise TaskError(f"the demo task has splits {', '.join(SPLIT_SIZES)}, not {split!r}")
     # Test questions are drawn after removing every training question.

@@ -29,8 +29,8 @@ from typing import Any
 
 import yaml
 
-from irpo_data.card_values import choice_problems, name_problem, range_problems, shown
-from irpo_data.errors import IrpoError
+from irpo.card_values import choice_problems, name_problem, range_problems, shown
+from irpo.errors import IrpoError
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class TaskConfig:
     drop_contaminated: bool = False
     # How the prompt reaches the model: chat (the task's messages in the model's chat template), plain
     # (the paper's prompt as plain text, for a base model; generation stops at the task's run-on
-    # markers, "\nQuestion:"), or auto (chat when the tokenizer has a chat template). irpo_data.prompts.
+    # markers, "\nQuestion:"), or auto (chat when the tokenizer has a chat template). irpo.prompts.
     prompt_style: str = "auto"
 
     def options(self) -> dict:
@@ -102,7 +102,7 @@ class SamplingConfig:
     # (max_model_len less the prompt), the paper's "overflowing the context length" (§3.1).
     max_new_tokens: int | None = 512
     # auto | bfloat16 | float32 | float16; auto = bfloat16 where it is native (GPU, CPU with AMX or
-    # AVX512-BF16), else float32 (irpo_data.hardware). The resolved dtype is recorded: it changes the samples.
+    # AVX512-BF16), else float32 (irpo.hardware). The resolved dtype is recorded: it changes the samples.
     dtype: str = "auto"
     questions_per_shard: int = 64  # questions per parquet shard: a kill loses at most one shard
     # Prompts per transformers `generate` call (batching changes bf16 numerics; vLLM schedules its own).
@@ -142,7 +142,7 @@ class ResourcesConfig:
 
 @dataclass(frozen=True)
 class PairsConfig:
-    # Defaults are the paper's (Pang et al. 2024, §2-3); irpo_data.pairs says what each does.
+    # Defaults are the paper's (Pang et al. 2024, §2-3); irpo.pairs says what each does.
     pairs_per_question: int = 10  # K (paper: 10 GSM8K, 20 ARC, 15 MATH)
     max_tokens: int | None = (
         512  # drop generations longer than this many tokens; null: only what overflowed the context
@@ -526,7 +526,7 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 
 def _check_values(card: Card) -> list[str]:
     """Range and existence checks that types alone cannot express."""
-    from irpo_data.tasks import TaskError, get_task, task_names  # here: tasks never import the card, so no cycle
+    from irpo.tasks import TaskError, get_task, task_names  # here: tasks never import the card, so no cycle
 
     problems = []
     task = None
