@@ -11,10 +11,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from irpo.card import OBJECTIVE_NAMES
+from irpo.objectives import ABLATIONS
 from irpo.records import EvalRecord
 from irpo.runs import write_json_atomic, write_text_atomic
 from irpo_eval.paper import PAPER_ROWS, SOURCE, paper_greedy
+
+LABELS = {name: ablation.label for name, ablation in ABLATIONS.items()}  # objective or ablation -> its label
 
 METRICS = ("greedy", "greedy_strict", "maj_at_k", "pass_at_k", "sample_accuracy")  # EvalRecord's names
 
@@ -87,7 +89,7 @@ def leaderboard_markdown(board: dict) -> str:
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in board["rows"]:
-        trained = OBJECTIVE_NAMES.get(
+        trained = LABELS.get(
             r.get("objective"), "base model (CoT prompt)" if r["iteration"] == 0 else r.get("objective") or ""
         )
         paper_value = r.get("paper_greedy")
@@ -118,20 +120,26 @@ def leaderboard_markdown(board: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _factor(row: dict) -> int:
+    """The pairs factor a row's model was trained at (1: the iteration's own pairs)."""
+    ablation = ABLATIONS.get(str(row.get("objective")))
+    return ablation.pairs_factor if ablation else 1
+
+
 def _same_pairs_note(rows: list[dict], ablations: list[dict]) -> str:
     """Whether M_t and its ablations were trained from one pair dataset (the _2x ones: from the same
     samples, paired again with twice the pairs, so their own dataset is expected)."""
     t = ablations[0]["iteration"]
-    same_pairs = [r for r in rows if r["iteration"] == t and not str(r.get("objective", "")).endswith("_2x")]
+    same_pairs = [r for r in rows if r["iteration"] == t and _factor(r) == 1]
     short = sorted({str(r.get("pairs_fingerprint"))[:16] for r in same_pairs})
     note = (
         f"all from the same pair dataset (fingerprint {short[0]})"
         if len(short) == 1
         else f"WARNING: from different pair datasets ({', '.join(short)})"
     )
-    if any(str(r.get("objective", "")).endswith("_2x") for r in ablations):
+    if any(_factor(r) > 1 for r in ablations):
         note += "; the twice-the-pairs ones from the same samples, paired again with 2K pairs per question"
-    if any(r.get("objective") == "sft_gold" for r in ablations):
+    if any(r.get("objective") in ABLATIONS and ABLATIONS[r["objective"]].objective.needs_gold for r in ablations):
         note += "; SFT on gold trains on the gold solutions of the questions those pairs were sampled for"
     return f"M_{t} and its ablations: {note}."
 
@@ -152,8 +160,7 @@ def plot_leaderboard(board: dict, out: Path) -> None:
         yerr=[100 * r["greedy_stderr"] for r in rows],
         marker="o",
         capsize=3,
-        label="ours, greedy"
-        + (f": {OBJECTIVE_NAMES[rows[-1]['objective']]}" if rows[-1].get("objective") in OBJECTIVE_NAMES else ""),
+        label="ours, greedy" + (f": {LABELS[rows[-1]['objective']]}" if rows[-1].get("objective") in LABELS else ""),
     )
     ax.plot(steps, [100 * r["maj_at_k"] for r in rows], marker="s", label=f"ours, maj@{k}")
     # Ablations: one point each beside their iteration, spread so that error bars do not overlap.
@@ -167,7 +174,7 @@ def plot_leaderboard(board: dict, out: Path) -> None:
             marker=marker,
             capsize=3,
             linestyle="none",
-            label=f"ours, greedy: {OBJECTIVE_NAMES.get(r['objective'], r['objective'])}",
+            label=f"ours, greedy: {LABELS.get(r['objective'], r['objective'])}",
         )
     paper = board["paper"]["rows"]
     curve = [p for p in paper if p["iteration"] is not None and p["objective"] in (None, "dpo_nll")]
@@ -184,7 +191,7 @@ def plot_leaderboard(board: dict, out: Path) -> None:
         if p["iteration"] is not None and p["objective"] not in (None, "dpo_nll"):
             ax.plot([p["iteration"]], [p["accuracy"]], "x", color="grey")
             ax.annotate(
-                OBJECTIVE_NAMES[p["objective"]],
+                LABELS[p["objective"]],
                 (p["iteration"], p["accuracy"]),
                 fontsize=7,
                 color="grey",

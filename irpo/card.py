@@ -29,6 +29,7 @@ from typing import Any
 
 import yaml
 
+from irpo import objectives
 from irpo.card_values import choice_problems, name_problem, range_problems, shown
 from irpo.errors import IrpoError
 
@@ -161,7 +162,7 @@ class PairsConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     # Read by irpo train; defaults are the paper's.
-    objective: str = "dpo_nll"  # one of OBJECTIVES: the paper's loss, or a baseline to compare with it
+    objective: str = "dpo_nll"  # one of irpo.objectives.OBJECTIVES: the paper's loss, or a baseline to compare with it
     beta: float = 0.1  # DPO temperature on the log-ratio margin
     alpha: float = 1.0  # weight of the winner's length-normalised NLL (objective dpo_nll)
     learning_rate: float = 7e-7
@@ -270,30 +271,6 @@ class Card:
 ADDED_KEYS: dict[str, Any] = {
     "task.prompt_style": "auto",  # issue 32: base models' plain prompts
 }
-
-# Training objectives (train.objective), all trained by irpo train from one iteration's pairs:
-# - dpo_nll: DPO on (winner, loser) + alpha x the winner's NLL / its length (Pang et al., 2024);
-# - dpo: the DPO term alone (alpha = 0);
-# - sft_winners: the NLL term alone, on the pairs' winners (STaR / rejection-sampling fine-tuning);
-# - sft_gold: the NLL term on the dataset's gold worked solutions of the iteration's questions.
-OBJECTIVES = ("dpo_nll", "dpo", "sft_winners", "sft_gold")
-# Ablations (card `ablations`, irpo run --ablations): every objective, and two "twice as much
-# data" baselines of the paper's §3.1: iteration 1's samples paired with 2K pairs per question.
-ABLATIONS = (*OBJECTIVES, "dpo_nll_2x", "sft_winners_2x")
-OBJECTIVE_NAMES = {  # as tables and figures name them
-    "dpo_nll": "DPO+NLL (iterative RPO)",
-    "dpo": "DPO",
-    "sft_winners": "SFT on winners (STaR)",
-    "sft_gold": "SFT on gold solutions",
-    "dpo_nll_2x": "DPO+NLL, twice the pairs",
-    "sft_winners_2x": "SFT on winners, twice the pairs",
-}
-
-
-def ablation_objective(ablation: str) -> str:
-    """The train.objective an ablation trains with: "dpo_nll_2x" trains dpo_nll (on 2K pairs)."""
-    return ablation.removesuffix("_2x")
-
 
 # The card sections (or single keys) each stage depends on: changing one re-runs that stage and the
 # ones after it. The builder samples the held-out questions when the trainer will retrain on them.
@@ -566,17 +543,22 @@ def _check_values(card: Card) -> list[str]:
 def _objective_problems(card: Card, task) -> list[str]:
     problems = []
     for key, name, valid in [
-        ("train.objective", card.train.objective, OBJECTIVES),
-        *(("ablations", a, ABLATIONS) for a in card.ablations),
+        ("train.objective", card.train.objective, list(objectives.OBJECTIVES)),
+        *(("ablations", a, list(objectives.ABLATIONS)) for a in card.ablations),
     ]:
         if name not in valid:
             near = difflib.get_close_matches(name, valid, n=1)
             hint = f"did you mean {near[0]!r}? " if near else ""
             problems.append(f"{key} has {name!r}; {hint}choose from {', '.join(valid)}")
-    if task is not None and "sft_gold" in (card.train.objective, *card.ablations) and not task.has_solutions:
+    gold = [
+        n
+        for n in (card.train.objective, *card.ablations)
+        if n in objectives.ABLATIONS and objectives.ABLATIONS[n].objective.needs_gold
+    ]
+    if task is not None and gold and not task.has_solutions:
+        others = [o.name for o in objectives.OBJECTIVES.values() if not o.needs_gold]
         problems.append(
-            f"objective sft_gold trains on gold worked solutions, and task {card.task.name} has none (only "
-            "answer keys); "
-            f"choose dpo_nll, dpo or sft_winners"
+            f"objective {gold[0]} trains on gold worked solutions, and task {card.task.name} has none (only "
+            f"answer keys); choose {', '.join(others[:-1])} or {others[-1]}"
         )
     return problems

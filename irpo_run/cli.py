@@ -15,7 +15,7 @@ import dataclasses
 
 import click
 
-from irpo.card import ABLATIONS, Card
+from irpo.card import Card
 from irpo.command import (
     Group,
     card_option,
@@ -29,6 +29,7 @@ from irpo.command import (
     setup_logging,
     show_dry_run,
 )
+from irpo.objectives import ABLATIONS
 from irpo_data.cli import main as data_group
 from irpo_eval.cli import main as eval_command
 from irpo_train.cli import main as train_command
@@ -148,8 +149,9 @@ def _all_ablations(card: Card) -> list[str]:
     (sft_gold only where the task has gold solutions)."""
     from irpo.tasks import task_from_config
 
-    chosen = [o for o in ABLATIONS if o != card.train.objective]
-    if "sft_gold" in chosen and not task_from_config(card.task).has_solutions:
-        click.echo(f"--ablations: skipping sft_gold, task {card.task.name} has no gold solutions", err=True)
-        chosen.remove("sft_gold")
+    chosen = [name for name in ABLATIONS if name != card.train.objective]
+    if not task_from_config(card.task).has_solutions:
+        for name in [n for n in chosen if ABLATIONS[n].objective.needs_gold]:
+            click.echo(f"--ablations: skipping {name}, task {card.task.name} has no gold solutions", err=True)
+            chosen.remove(name)
     return chosen

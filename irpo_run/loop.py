@@ -28,8 +28,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from irpo.card import BUILD_SECTIONS, OBJECTIVE_NAMES, Card, CardError
+from irpo.card import BUILD_SECTIONS, Card, CardError
 from irpo.models import iteration_model
+from irpo.objectives import ABLATIONS
 from irpo.reading import read_json
 from irpo.runs import RunFolder, set_aside
 from irpo_run.pushes import Pushes
@@ -121,19 +122,19 @@ def run_loop(
 def train_ablations(card: Card, run: RunFolder, runs_dir: str | Path, times: StageTimes, progress: bool) -> None:
     """Train models/M_1-NAME for each of card.ablations from iteration 1's samples; draw their curves."""
     ablations = [a for a in dict.fromkeys(card.ablations) if a != card.train.objective]
-    if any(a.endswith("_2x") for a in ablations):  # the build pairs the same samples again, at 2K per question
+    if any(ABLATIONS[a].pairs_factor == 2 for a in ablations):  # the build pairs the same samples again, at 2K
         start = time.perf_counter()
         run_stage(MORE_PAIRS, card, 1, 2, runs_dir)
         times.record("iter_1/pairs 2x", start)
     for name in ablations:
         start = time.perf_counter()
-        log.info("ablation: training M_1-%s (%s) from iteration 1's samples", name, OBJECTIVE_NAMES[name])
+        log.info("ablation: training M_1-%s (%s) from iteration 1's samples", name, ABLATIONS[name].label)
         run_stage(TRAIN, card, 1, runs_dir, progress=progress, ablation=name)
         times.record(f"iter_1/train {name}", start)
     if card.train.probe_pairs == 0:
         log.warning("train.probe_pairs=0: no log-prob curves to compare the objectives with")
         return
-    folders = {OBJECTIVE_NAMES[card.train.objective]: run.model(1)}
-    folders.update({OBJECTIVE_NAMES[a]: run.model(1, a) for a in ablations})
+    folders = {ABLATIONS[card.train.objective].label: run.model(1)}
+    folders.update({ABLATIONS[a].label: run.model(1, a) for a in ablations})
     figure = plot_objectives(folders, run.root / "ablations_logps.png")
     log.info("log-prob curves of M_1 and its ablations: %s", figure)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import click
 
-from irpo.card import ABLATIONS, ablation_objective
 from irpo.command import (
     Command,
     card_option,
@@ -17,6 +16,7 @@ from irpo.command import (
     setup_logging,
     show_dry_run,
 )
+from irpo.objectives import ABLATIONS
 from irpo.records import TrainManifest
 from irpo.runs import RunFolder
 
@@ -27,7 +27,7 @@ from irpo.runs import RunFolder
 @runs_option
 @click.option(
     "--ablation",
-    type=click.Choice(ABLATIONS),
+    type=click.Choice(list(ABLATIONS)),
     default=None,
     help="Train a side model models/M_T-NAME with this objective from the same samples; M_T is untouched.",
 )
@@ -60,7 +60,7 @@ def main(card, iteration, runs_dir, ablation, dry_run, quiet, overrides):
     setup_logging(quiet)
     resolved = resolve_card(card, overrides)
     if ablation:  # checked as a card value would be, so sft_gold on a task without solutions says why
-        resolve_card(card, [*overrides, f"train.objective={ablation_objective(ablation)}"])
+        resolve_card(card, [*overrides, f"train.objective={ABLATIONS[ablation].objective.name}"])
     if dry_run:
         run = RunFolder.for_card(resolved, runs_dir)
         return show_dry_run(resolved, f"train {run.model(iteration, ablation)} from {run.pairs(iteration)}")

