@@ -18,6 +18,7 @@ from irpo.command import (
     show_dry_run,
 )
 from irpo.runs import RunFolder
+from irpo.tasks import get_task, task_names
 from irpo_eval.evaluate import EvalError, EvalSettings
 
 
@@ -41,9 +42,7 @@ from irpo_eval.evaluate import EvalError, EvalSettings
     metavar="PATH",
     help="Evaluate this one model (folder, .gguf or Hub id) instead of a run's models.",
 )
-@click.option(
-    "--task", default=None, help="Task of --model (gsm8k, math, arc_challenge, demo)  [default: the card's task]"
-)
+@click.option("--task", default=None, help=f"Task of --model ({', '.join(task_names())})  [default: the card's task]")
 @click.option(
     "--data-dir",
     default=None,
@@ -138,14 +137,12 @@ def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, 
     from pathlib import Path
 
     from irpo.models import resolve_model
-
-    # Settings come from the bundled card of the same task when there is one (the paper's
-    # maj@k temperature and answer length), else from the --card.
-    from irpo.tasks import get_task
     from irpo_eval.evaluate import evaluate_model
 
     task = task or load_card(card).task.name
     get_task(task)  # an unknown --task is named as such, with the known ones
+    # Settings come from the bundled card of the same task when there is one (the paper's
+    # maj@k temperature and answer length), else from the --card.
     defaults = load_card(task if task in BUNDLED_CARDS else card, [f"task.name={task}", *overrides])
     flags = {"maj_k": maj_k, "limit": limit, "backend": backend, "data_dir": data_dir}
     settings = EvalSettings.from_card(defaults, **flags)

@@ -7,6 +7,7 @@ evals/MODEL.json (one per model) ─► leaderboard.json (for tools)
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from pathlib import Path
 from irpo.objectives import ABLATIONS
 from irpo.records import EvalRecord
 from irpo.runs import write_json_atomic, write_text_atomic
-from irpo_eval.paper import PAPER_ROWS, SOURCE, paper_greedy
+from irpo.tasks import PAPER, PaperResult, task_class
 
 LABELS = {name: ablation.label for name, ablation in ABLATIONS.items()}  # objective or ablation -> its label
 
@@ -33,11 +34,20 @@ class Entry:
     pairs_fingerprint: str | None = None  # the pair dataset it was trained from
 
 
+def paper_greedy(published: tuple[PaperResult, ...], iteration: int, objective: str | None) -> float | None:
+    """The paper's greedy accuracy for our row (M_t trained with `objective`), if it reports one."""
+    for result in published:
+        if result.metric == "greedy" and result.iteration == iteration and result.objective == objective:
+            return result.accuracy
+    return None
+
+
 def build_leaderboard(entries: list[Entry]) -> dict:
     """The leaderboard of every evaluated model: the main line by iteration, each ablation after its M_t."""
     entries = sorted(entries, key=lambda e: (e.iteration, e.ablation, e.model))
     base = entries[0].record if entries and entries[0].iteration == 0 else None
     first = entries[0].record
+    published = task_class(first.task).paper_results
     rows = []
     for e in entries:
         record = e.record
@@ -55,7 +65,7 @@ def build_leaderboard(entries: list[Entry]) -> dict:
         if base is not None:
             row["delta_greedy"] = record.greedy - base.greedy
             row["delta_maj_at_k"] = record.maj_at_k - base.maj_at_k
-        row["paper_greedy"] = paper_greedy(first.task, e.iteration, e.objective)
+        row["paper_greedy"] = paper_greedy(published, e.iteration, e.objective)
         rows.append(row)
     settings = first.key["settings"]
     return {
@@ -63,7 +73,7 @@ def build_leaderboard(entries: list[Entry]) -> dict:
         "maj_k": first.maj_k,
         "settings": settings,
         "rows": rows,
-        "paper": {"source": SOURCE, "rows": PAPER_ROWS.get(first.task, [])},
+        "paper": {"source": PAPER, "rows": [dataclasses.asdict(p) for p in published]},
     }
 
 

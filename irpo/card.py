@@ -54,7 +54,7 @@ class CardError(IrpoError, ValueError):
 
 @dataclass(frozen=True)
 class TaskConfig:
-    name: str = "demo"  # registered task: demo, gsm8k, math, arc_challenge
+    name: str = "demo"  # a registered task (irpo.tasks): demo, gsm8k, math, arc_challenge, or one you add
     data_dir: str | None = None  # folder of local {split}.jsonl/.parquet files; None = the task's Hub id
     hub_id: str | None = None  # override the task's default Hub dataset id
     train_split: str = "train"  # split the pairs are sampled from
@@ -278,7 +278,11 @@ BUILD_SECTIONS = ("name", "seed", "task", "model", "sampling", "pairs", "train.r
 TRAIN_SECTIONS = (*BUILD_SECTIONS, "train")
 
 
-BUNDLED_CARDS = ("demo", "demo_full", "gsm8k", "gsm8k_small", "math", "arc_challenge")
+# The cards shipped in cards/ (package irpo_cards): a task's paper card is named after the task.
+_CARD_FILES = [entry.name for entry in resources.files("irpo_cards").iterdir() if entry.name.endswith(".yaml")]
+BUNDLED_CARDS = tuple(
+    sorted((name.removesuffix(".yaml") for name in _CARD_FILES), key=lambda name: (not name.startswith("demo"), name))
+)  # the embedded demo's first
 
 
 def card_path(name_or_path: str) -> Path:

@@ -48,10 +48,13 @@ def test_lm_eval_tasks_load_local_data_and_use_the_builders_prompt(task, options
     doc = docs[0]
     assert (doc["question_id"], doc["gold"]) == (expected.question_id, expected.gold)
     assert greedy.doc_to_text(doc) == get_task(task, **options).user_message(expected)
-    assert maj.config.repeats == 32 and maj.config.generation_kwargs["do_sample"] is True
-    # The paper's maj@32 is at temperature 0.8 for all three tasks: what a plain lm-eval user gets too.
-    assert maj.config.generation_kwargs["temperature"] == 0.8
+    # A plain lm-eval user of these YAMLs generates with the settings of the task's card, as irpo eval does.
+    settings = load_card(task).eval
+    assert maj.config.repeats == settings.maj_k and maj.config.generation_kwargs["do_sample"] is True
+    assert maj.config.generation_kwargs["temperature"] == settings.temperature
     assert greedy.config.generation_kwargs["do_sample"] is False
+    for variant in (greedy, maj):
+        assert variant.config.generation_kwargs["max_gen_toks"] == settings.max_new_tokens
 
 
 def test_greedy_results_report_strict_and_flexible_accuracy():

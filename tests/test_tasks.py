@@ -244,3 +244,135 @@ def test_arc_without_easy_files_says_where_to_put_them(tmp_path):
     (tmp_path / "train.jsonl").write_text((ASSETS / "arc_challenge" / "train.jsonl").read_text())
     with pytest.raises(TaskError, match="no arc_easy/ folder .* task.train_subsets=\\[ARC-Challenge\\]"):
         get_task("arc_challenge").load("train", str(tmp_path))
+
+
+def test_every_task_has_its_card_its_lm_eval_yamls_and_says_what_the_paper_reports():
+    """What `irpo run --card TASK` and a plain lm-eval user need, for every registered task."""
+    from lm_eval.tasks import TaskManager
+
+    from irpo.card import BUNDLED_CARDS, load_card
+    from irpo.objectives import ABLATIONS
+    from irpo.tasks import PaperResult, task_class
+    from irpo_eval.task_yamls import TASKS_DIR, stale_yamls
+
+    assert stale_yamls() == [], "run python -m irpo_eval.task_yamls"
+    indexed = TaskManager(include_path=str(TASKS_DIR), include_defaults=False).all_tasks
+    for name in task_names():
+        assert name in BUNDLED_CARDS and load_card(name).task.name == name
+        assert {f"irpo_{name}", f"irpo_{name}_maj"} <= set(indexed)
+        results = task_class(name).paper_results
+        assert isinstance(results, tuple) and all(isinstance(r, PaperResult) for r in results)
+        assert {r.objective for r in results} - {None} <= set(ABLATIONS)  # each names a leaderboard row
+
+
+def test_a_task_class_registers_itself_and_must_set_what_grading_needs(monkeypatch):
+    import irpo.tasks as tasks
+
+    monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))  # the classes below vanish with the test
+
+    class Shared(tasks.Task):  # no name: a base of several tasks, not registered
+        answer_kind = "number"
+
+    class Sums(Shared):
+        name = "sums_here"
+        hub_id = "someone/sums"
+        license = "mit"
+        answer_phrase = "final answer:"
+        required_fields = ("q", "a")
+        gold_field = "a"
+        paper_results = ()
+
+    assert tasks.task_class("sums_here") is Sums and "Shared" not in str(task_names())
+    with pytest.raises(TaskError, match=r"task 'no_paper' \(.*NoPaper\) does not set license, paper_results; see"):
+
+        class NoPaper(Shared):  # forgot two of them: said when the module is imported, not at eval time
+            name = "no_paper"
+            hub_id = "someone/sums"
+            answer_phrase = "final answer:"
+            required_fields = ("q", "a")
+            gold_field = "a"
+
+    assert "no_paper" not in task_names()
+    with pytest.raises(TaskError, match=r"two tasks are named 'gsm8k': irpo\.tasks\.gsm8k\.GSM8K and .*Copy; rename"):
+
+        class Copy(Sums):
+            name = "gsm8k"
+
+
+TINY_TASK = '''
+"""Sums: "What is 3 + 4?", gold 7. A benchmark added as the tasks package's docstring says."""
+
+from irpo.tasks import Question, Task
+
+
+class Sums(Task):
+    name = "tiny_sums"
+    hub_id = "example/tiny-sums"
+    license = "mit"
+    answer_kind = "number"
+    answer_phrase = r"final answer\\s*:"
+    required_fields = ("question", "answer")
+    gold_field = "answer"
+    field_types = {"answer": int}
+    paper_results = ()  # not a benchmark of the paper
+
+    def parse_row(self, row, split, index):
+        return Question(f"tiny_sums/{split}/{index}", row["question"], str(row["answer"]))
+
+    def user_message(self, question):
+        return f"{question.text} Finish with \\"Final answer: N\\"."
+'''
+
+
+def test_adding_a_benchmark_is_one_module_one_card_and_two_written_yamls(tmp_path, monkeypatch):
+    """The walkthrough of docs/architecture.md, as a user follows it: drop a module in irpo/tasks/
+    (here a folder added to the package's path, so that the test writes nothing into the checkout),
+    write a card, generate the YAMLs; then the card loads, the build's prompts come from the task,
+    and lm-eval runs the task's docs through the builder's prompt and the reward's grader."""
+    import sys
+
+    from lm_eval.tasks import TaskManager
+
+    import irpo.tasks as tasks
+    from irpo.card import load_card
+    from irpo_eval.lm_tasks import greedy_results
+    from irpo_eval.task_yamls import task_yamls, write_yamls
+
+    monkeypatch.setattr(tasks, "_REGISTRY", dict(tasks._REGISTRY))
+    package = tmp_path / "package"
+    package.mkdir()
+    (package / "tiny_sums.py").write_text(TINY_TASK)
+    monkeypatch.setattr(tasks, "__path__", [*tasks.__path__, str(package)])
+    monkeypatch.delitem(sys.modules, "irpo.tasks.tiny_sums", raising=False)
+    tasks.discover_tasks()  # what `import irpo.tasks` does: no import line names the new module
+    monkeypatch.delitem(sys.modules, "irpo.tasks.tiny_sums")  # undone after the test
+    assert "tiny_sums" in task_names()
+
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [{"question": f"What is {a} + {b}?", "answer": a + b} for a, b in [(3, 4), (10, 5), (2, 2)]]
+    for split in ("train", "test"):
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    card_file = tmp_path / "tiny_sums.yaml"
+    card_file.write_text(
+        f"name: tiny\ntask:\n  name: tiny_sums\n  data_dir: {data}\n  held_out: 1\neval:\n  maj_k: 3\n  max_new_tokens: 64\n"
+    )
+    card = load_card(str(card_file))
+    assert card.task.name == "tiny_sums"
+
+    yamls = tmp_path / "yamls"
+    yamls.mkdir()
+    monkeypatch.setattr("irpo_eval.task_yamls.task_names", lambda: ["tiny_sums"])
+    monkeypatch.setattr(
+        "irpo_eval.task_yamls.task_yamls",
+        lambda task, folder: task_yamls(task, folder, card=str(card_file)),
+    )
+    assert sorted(p.name for p in write_yamls(yamls)) == ["irpo_tiny_sums.yaml", "irpo_tiny_sums_maj.yaml"]
+    manager = TaskManager(include_path=str(yamls), include_defaults=False, metadata={"data_dir": str(data)})
+    loaded = manager.load(["irpo_tiny_sums", "irpo_tiny_sums_maj"])["tasks"]
+    greedy, maj = loaded["irpo_tiny_sums"], loaded["irpo_tiny_sums_maj"]
+    assert maj.config.repeats == 3 and maj.config.generation_kwargs["max_gen_toks"] == 64
+    doc = list(greedy.test_docs())[1]
+    assert greedy.doc_to_text(doc) == 'What is 10 + 5? Finish with "Final answer: N".'
+    assert greedy_results(doc, ["10 + 5 = 15.\nFinal answer: 15"])["greedy_strict"] == 1.0
+    assert greedy_results(doc, ["Final answer: 14"])["greedy"] == 0.0

@@ -1,7 +1,7 @@
 """Benchmarks as tasks: load a split, render the prompt, give the gold final answer.
 
-One module per benchmark (`gsm8k`, `math`, `arc_challenge`, `demo`); each defines a `Task`
-subclass and registers it. A task turns raw rows into `Question`s, for example GSM8K's
+One module per benchmark (`gsm8k`, `math`, `arc_challenge`, `demo`), each one `Task` subclass. A
+task turns raw rows into `Question`s, for example GSM8K's
 
     {"question": "Natalia sold clips to 48 of her friends ...", "answer": "... #### 72"}
 
@@ -14,16 +14,30 @@ fix, raised when the split loads (before any model starts): a row that is not a 
 missing field or one of the wrong type, an empty question, a gold answer the task's grader cannot
 read (a GSM8K gold that is no number, an ARC answer key that is not one of the row's labels), two
 rows with one question id, and a file that is not UTF-8 or not parquet.
+
+Adding a benchmark (docs/architecture.md walks through one):
+1. `irpo/tasks/NAME.py`: a `Task` subclass with `name = "NAME"`, its class attributes (a missing
+   one is an error when the module is imported) and `parse_row` / `user_message`. Defining the
+   class registers it, and every module of this folder is imported with the package: no import
+   line to add anywhere.
+2. `cards/NAME.yaml`: the paper's settings for it (copy cards/gsm8k.yaml, change the task section).
+3. `python -m irpo_eval.task_yamls`: writes its two lm-eval YAMLs (greedy and maj@k) from the card.
+tests/test_tasks.py checks that every registered task has all three, and adds a small task to
+prove the steps.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
 import hashlib
+import importlib
 import json
 import logging
+import pkgutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from irpo.errors import IrpoError
 
@@ -32,6 +46,9 @@ log = logging.getLogger(__name__)
 
 class TaskError(IrpoError, ValueError):
     """A task name, split or data file that cannot be used."""
+
+
+_REGISTRY: dict[str, type[Task]] = {}  # name -> class, filled by Task.__init_subclass__
 
 
 @dataclass(frozen=True)
@@ -46,6 +63,30 @@ class Question:
     solution: str | None = None
 
 
+@dataclass(frozen=True)
+class PaperResult:
+    """One published number of Pang et al. (2024), and which of our leaderboard rows it belongs to.
+
+    `iteration`: the model M_t it compares with (0 = the base model's CoT prompt); None for rows not
+    on our greedy curve (maj@32, and baselines with no counterpart here). `objective`: the
+    train.objective, or the ablation (dpo_nll_2x: twice the pairs), that reproduces it; None for M_0
+    and for rows without one. `metric`: "greedy" or "maj@32"; `accuracy` in percent.
+
+    The paper's "DPO initialized from SFT trained on chosen seqs" rows have no objective here: our
+    `dpo` starts from M_0, as its "DPO initialized from Llama-2-70b-chat" does. (Summaries of the
+    paper that quote ARC-Challenge "DPO 83.5" quote that SFT-initialised row; from M_0 it is 82.8.)
+    """
+
+    label: str
+    accuracy: float
+    iteration: int | None = None
+    objective: str | None = None
+    metric: Literal["greedy", "maj@32"] = "greedy"
+
+
+PAPER = "Pang et al. 2024, Llama-2-70B-Chat"  # the model every PaperResult was measured on
+
+
 @dataclass
 class LoadedSplit:
     questions: list[Question]
@@ -57,15 +98,19 @@ class LoadedSplit:
 class Task:
     """One benchmark. Subclasses set the class attributes and implement `parse_row`/`user_message`.
 
-    A task's options (MATH's split and prompt, ARC's training sets) are its dataclass fields, set
-    from the card's task section by `task_from_config`; a task without options has none.
+    A subclass that sets `name` is registered when it is defined (`__init_subclass__`). A task's
+    options (MATH's split scheme and prompt, ARC's training sets) are its dataclass fields, set from
+    the card's task section by `task_from_config`; a task without options has none.
     """
 
     name: ClassVar[str]
     hub_id: ClassVar[str]
     hub_config: ClassVar[str | None] = None
     license: ClassVar[str]  # Hub licence id of the source data, copied into the dataset card
-    answer_kind: ClassVar[str]  # "number", "latex" or "choice": how grading compares answers
+    answer_kind: ClassVar[Literal["number", "latex", "choice"]]  # how grading compares answers
+    # The paper's published numbers on this benchmark, printed beside ours on the leaderboard; an
+    # empty tuple when the paper has none (a task must say so: there is no default).
+    paper_results: ClassVar[tuple[PaperResult, ...]]
     # Regex (case-insensitive) of the answer phrase this task's prompt asks for; an answer
     # found after another phrase is still graded but the sample is not well formed.
     answer_phrase: ClassVar[str]
@@ -78,6 +123,36 @@ class Task:
     # there (irpo.prompts, plain style). "\nQuestion:", not "Question": the bare word occurs in
     # reasoning ("the question asks...") and would cut answers short (sglang PR 29264).
     run_on_markers: ClassVar[tuple[str, ...]] = ("\nQuestion:",)
+
+    # What a registered task must set itself (the rest have defaults above).
+    REQUIRED: ClassVar[tuple[str, ...]] = (
+        "hub_id",
+        "license",
+        "answer_kind",
+        "answer_phrase",
+        "required_fields",
+        "gold_field",
+        "paper_results",
+    )
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            return  # a shared base of several tasks, not a task of its own
+        where = f"{cls.__module__}.{cls.__qualname__}"
+        missing = [attr for attr in cls.REQUIRED if not hasattr(cls, attr)]
+        if missing:
+            raise TaskError(f"task {cls.name!r} ({where}) does not set {', '.join(missing)}; see irpo.tasks.Task")
+        if cls.answer_kind not in ("number", "latex", "choice"):
+            raise TaskError(
+                f"task {cls.name!r} ({where}): answer_kind {cls.answer_kind!r} is not number, latex or choice"
+            )
+        known = _REGISTRY.get(cls.name)
+        if known is not None and (known.__module__, known.__qualname__) != (cls.__module__, cls.__qualname__):
+            raise TaskError(
+                f"two tasks are named {cls.name!r}: {known.__module__}.{known.__qualname__} and {where}; rename one"
+            )
+        _REGISTRY[cls.name] = cls  # a module imported again (a reload) replaces its own class
 
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
         """A `Question`, or None when the row's gold answer is empty (skipped, counted)."""
@@ -232,24 +307,18 @@ def split_held_out(questions: list[Question], held_out: int) -> tuple[list[Quest
     return train, held
 
 
-_REGISTRY: dict[str, type[Task]] = {}
-
-
-def register(cls: type[Task]) -> type[Task]:
-    _REGISTRY[cls.name] = cls
-    return cls
-
-
-def get_task(name: str, **options) -> Task:
-    """The registered task `name`, with its options (e.g. get_task("math", split="paper"))."""
-    import dataclasses
-    import difflib
-
+def task_class(name: str) -> type[Task]:
+    """The registered task class `name`, or a TaskError naming the known ones."""
     if name not in _REGISTRY:
         near = difflib.get_close_matches(name, list(_REGISTRY), n=1)
         hint = f" Did you mean {near[0]!r}?" if near else ""
         raise TaskError(f"unknown task {name!r}.{hint} Known tasks: {', '.join(sorted(_REGISTRY))}")
-    cls = _REGISTRY[name]
+    return _REGISTRY[name]
+
+
+def get_task(name: str, **options) -> Task:
+    """The registered task `name`, with its options (e.g. get_task("math", split_scheme="paper"))."""
+    cls = task_class(name)
     known = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(options) - set(known))
     if unknown:
@@ -267,5 +336,10 @@ def task_names() -> list[str]:
     return sorted(_REGISTRY)
 
 
-# Importing the modules registers them; they import this package, so these come last.
-from irpo.tasks import arc_challenge, demo, gsm8k, math  # noqa: E402,F401
+def discover_tasks() -> None:
+    """Import every module of this package (each registers its tasks); again, only new ones."""
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+
+
+discover_tasks()  # last: the task modules import this package's names above

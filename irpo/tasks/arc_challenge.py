@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from irpo.tasks import Question, Task, TaskError, read_local, register
+from irpo.tasks import PaperResult, Question, Task, TaskError, read_local
 from irpo.tasks.gsm8k import paper_prompt
 
 INSTRUCTION = (
@@ -35,7 +35,6 @@ INSTRUCTION = (
 SUBSETS = ("ARC-Easy", "ARC-Challenge")  # Hub configs of allenai/ai2_arc
 
 
-@register
 @dataclass(frozen=True)
 class ARCChallenge(Task):
     name = "arc_challenge"
@@ -47,6 +46,16 @@ class ARCChallenge(Task):
     required_fields = ("id", "question", "choices", "answerKey")
     gold_field = "answerKey"
     field_types = {"choices": dict}
+    # Table 2 of the paper (NeurIPS 2024 version).
+    paper_results = (
+        PaperResult("zero-shot CoT", 77.8, 0),
+        PaperResult("zero-shot CoT, maj@32", 82.9, metric="maj@32"),
+        *(PaperResult(f"iterative RPO, iteration {t}", a, t, "dpo_nll") for t, a in enumerate([84.8, 86.2, 86.7], 1)),
+        PaperResult("iterative RPO, iteration 3, maj@32", 87.9, metric="maj@32"),
+        PaperResult("SFT on chosen sequences", 79.8, 1, "sft_winners"),
+        PaperResult("DPO initialized from Llama-2-70b-chat", 82.8, 1, "dpo"),
+        PaperResult("DPO initialized from SFT on chosen sequences", 83.5),
+    )
     train_subsets: tuple[str, ...] = SUBSETS  # pooled for the train split; the paper uses both
 
     def __post_init__(self):

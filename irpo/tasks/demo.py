@@ -14,7 +14,7 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from irpo.tasks import Question, Task, register
+from irpo.tasks import Question, Task, TaskError
 
 NAMES = ["Tom", "Anna", "Liam", "Mia", "Noah", "Emma", "Omar", "Sara", "Ben", "Lucy", "Ravi", "Zoe"]
 ITEMS = ["apples", "pencils", "marbles", "stickers", "books", "cookies", "coins", "shells", "cards", "toys"]
@@ -48,8 +48,6 @@ def _problem(rng: random.Random) -> tuple[str, int, str]:
 def generate_rows(split: str) -> list[dict[str, str]]:
     """The split's rows, identical on every machine; train and test never share a question."""
     if split not in SPLIT_SIZES:
-        from irpo.tasks import TaskError
-
         raise TaskError(f"the demo task has splits {', '.join(SPLIT_SIZES)}, not {split!r}")
     # Test questions are drawn after removing every training question.
     taken = {row["question"] for row in generate_rows("train")} if split == "test" else set()
@@ -62,7 +60,6 @@ def generate_rows(split: str) -> list[dict[str, str]]:
     return rows
 
 
-@register
 class Demo(Task):
     name = "demo"
     hub_id = ""  # built in: rows are generated, never downloaded
@@ -72,6 +69,7 @@ class Demo(Task):
     required_fields = ("question", "answer")
     gold_field = "answer"
     has_solutions = True  # generated with each question; a local file may add a `solution` field
+    paper_results = ()  # the paper has no such benchmark
 
     def read_rows(self, split: str, data_dir: str | None, hub_id: str | None) -> tuple[list[Any], str]:
         if data_dir is not None or hub_id:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from irpo.tasks import Question, Task, register
+from irpo.tasks import PaperResult, Question, Task
 
 INSTRUCTION = (
     "Your task is to answer the question below. Give step by step reasoning before you answer, "
@@ -28,7 +28,6 @@ def paper_prompt(instruction: str, question: str) -> str:
     return f"{instruction}\nQuestion: {question}\nSolution:"
 
 
-@register
 class GSM8K(Task):
     name = "gsm8k"
     hub_id = "openai/gsm8k"
@@ -39,6 +38,25 @@ class GSM8K(Task):
     required_fields = ("question", "answer")
     gold_field = "answer"
     has_solutions = True
+    # Table 1 of the paper (NeurIPS 2024 version).
+    paper_results = (
+        PaperResult("zero-shot CoT", 55.6, 0),
+        PaperResult("zero-shot CoT, maj@32", 70.7, metric="maj@32"),
+        *(
+            PaperResult(f"iterative RPO, iteration {t}", a, t, "dpo_nll")
+            for t, a in enumerate([73.1, 78.0, 81.1, 81.6], 1)
+        ),
+        PaperResult("iterative RPO, iteration 3, maj@32", 88.2, metric="maj@32"),
+        PaperResult("iterative RPO, iteration 4, maj@32", 88.7, metric="maj@32"),
+        PaperResult("SFT on gold CoT examples", 63.5, 1, "sft_gold"),
+        PaperResult("STaR, 1 iteration (SFT on the winners)", 65.2, 1, "sft_winners"),
+        PaperResult("DPO initialized from Llama-2-70b-chat", 61.8, 1, "dpo"),
+        PaperResult("DPO initialized from SFT on iteration 1's winners", 60.3),
+        # §3.1: more pairs are not what helps; the iterations are.
+        PaperResult("STaR, 1 iteration, twice the data", 66.9, 1, "sft_winners_2x"),
+        PaperResult("iterative RPO, 1 iteration, twice the data", 74.8, 1, "dpo_nll_2x"),
+        PaperResult("iterative RPO, 1 iteration, initialised from SFT on the winners", 73.1),
+    )
 
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:
         worked, _, final = str(row["answer"]).rpartition("####")

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from irpo.tasks import Question, Task, TaskError, read_local, register
+from irpo.tasks import PaperResult, Question, Task, TaskError, read_local
 
 # The four exemplars of both prompts: Minerva's (Lewkowycz et al. 2022), MATH training problems
 # train/algebra/943, train/precalculus/372, train/algebra/256 and train/algebra/1951 (in this
@@ -103,7 +103,6 @@ SUBJECTS = (
 )
 
 
-@register
 @dataclass(frozen=True)
 class MATH(Task):
     name = "math"
@@ -113,6 +112,16 @@ class MATH(Task):
     required_fields = ("problem", "answer")
     gold_field = "answer"
     has_solutions = True  # in the `solution` field, when the file has it (MATH-500 and PRM800K do)
+    # Table 2 of the paper (NeurIPS 2024 version).
+    paper_results = (
+        PaperResult("4-shot CoT", 12.5, 0),
+        PaperResult("4-shot CoT, maj@32", 18.8, metric="maj@32"),
+        *(PaperResult(f"iterative RPO, iteration {t}", a, t, "dpo_nll") for t, a in enumerate([17.7, 19.9, 20.8], 1)),
+        PaperResult("iterative RPO, iteration 3, maj@32", 29.1, metric="maj@32"),
+        PaperResult("SFT on chosen sequences", 16.8, 1, "sft_winners"),
+        PaperResult("DPO initialized from Llama-2-70b-chat", 12.4, 1, "dpo"),
+        PaperResult("DPO initialized from SFT on chosen sequences", 10.5),
+    )
     split: str = "paper"
     prompt: str = "paper"
 
