@@ -21,20 +21,23 @@ import time
 
 
 def one(args) -> None:
-    from irpo.card import ModelConfig
+    from irpo.card import load_card
     from irpo.models import resolve_model
     from irpo_eval.evaluate import EvalSettings, evaluate_model
 
-    settings = EvalSettings(
-        task=args.task,
-        maj_k=args.k,
-        limit=args.limit,
-        max_new_tokens=args.max_new_tokens,
-        temperature=0.8,
-        data_dir=args.data_dir,
-        backend=args.one,
-    )
-    model = resolve_model(ModelConfig().base)
+    overrides = [
+        f"task.name={args.task}",
+        f"eval.maj_k={args.k}",
+        f"eval.limit={args.limit}",
+        f"eval.max_new_tokens={args.max_new_tokens}",
+        "eval.temperature=0.8",
+        f"eval.backend={args.one}",
+    ]
+    if args.data_dir:
+        overrides.append(f"task.data_dir={args.data_dir}")
+    card = load_card("demo", overrides)
+    settings = EvalSettings.from_card(card)
+    model = resolve_model(card.model.base)
     start = time.perf_counter()
     record = evaluate_model(model, settings).to_dict()
     record["wall_s"] = time.perf_counter() - start

@@ -52,9 +52,9 @@ from irpo_eval.evaluate import EvalError, EvalSettings
 @click.option(
     "--backend",
     type=click.Choice(["irpo-vllm", "vllm"]),
-    default="irpo-vllm",
-    show_default=True,
-    help="irpo-vllm sends a question's k samples as one request; vllm is lm-eval's own (k requests).",
+    default=None,
+    help="irpo-vllm sends a question's k samples as one request; vllm is lm-eval's own (k requests)  "
+    "[default: the card's eval.backend]",
 )
 @click.option(
     "--push-to-hub",
@@ -107,15 +107,18 @@ def main(
     too: python -m irpo_eval.lm_eval_cli --include_path evals/ --tasks irpo_gsm8k_maj ...
     """
     setup_logging(quiet)
+    # The flags are shorthands for card keys: each setting has one source, the card (checked there).
+    flags = {"eval.maj_k": maj_k, "eval.limit": limit, "eval.backend": backend}
+    overrides = (*overrides, *(f"{key}={value}" for key, value in flags.items() if value is not None))
     if model_spec is not None:
-        _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, overrides, dry_run)
+        _one_model(card, model_spec, task, data_dir, output, overrides, dry_run)
         return
     from irpo_eval.run_eval import evaluate_run
 
     resolved = resolve_card(card, overrides, data_dir)
     if task is not None and task != resolved.task.name:
         raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
-    settings = EvalSettings.from_card(resolved, maj_k=maj_k, limit=limit, backend=backend)
+    settings = EvalSettings.from_card(resolved)
     if push_to_hub:
         from irpo.hub import check_repo_id
 
@@ -133,7 +136,7 @@ def main(
     click.echo(f"written: {', '.join(str(p) for p in paths)}")
 
 
-def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, overrides, dry_run):
+def _one_model(card, model_spec, task, data_dir, output, overrides, dry_run):
     from pathlib import Path
 
     from irpo.models import resolve_model
@@ -143,9 +146,8 @@ def _one_model(card, model_spec, task, maj_k, limit, data_dir, backend, output, 
     get_task(task)  # an unknown --task is named as such, with the known ones
     # Settings come from the bundled card of the same task when there is one (the paper's
     # maj@k temperature and answer length), else from the --card.
-    defaults = load_card(task if task in BUNDLED_CARDS else card, [f"task.name={task}", *overrides])
-    flags = {"maj_k": maj_k, "limit": limit, "backend": backend, "data_dir": data_dir}
-    settings = EvalSettings.from_card(defaults, **flags)
+    defaults = resolve_card(task if task in BUNDLED_CARDS else card, [f"task.name={task}", *overrides], data_dir)
+    settings = EvalSettings.from_card(defaults)
     if dry_run:
         return show_dry_run(defaults, f"evaluate {model_spec} on {task} (greedy and maj@{settings.maj_k})")
     from irpo.reaper import start_reaper

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from irpo import timing
@@ -37,44 +37,38 @@ class EvalError(IrpoError, ValueError):
 
 @dataclass(frozen=True)
 class EvalSettings:
+    """What one evaluation computes with, all of it from the card (`from_card`): no defaults of its own,
+    so a setting has one source, the card's key (the CLI's flags are card overrides)."""
+
     task: str
-    task_options: dict = field(default_factory=dict)  # the card's task options (MATH split and prompt, ARC sets)
-    maj_k: int = 32  # samples per question for maj@k and pass@k
-    temperature: float = 0.8  # of the k samples; greedy is temperature 0
-    max_new_tokens: int = 512
-    limit: int | None = None  # first N test questions; None = all
-    split: str = "test"
-    data_dir: str | None = None  # local {split}.jsonl folder; None = the task's Hub dataset
-    hub_id: str | None = None
-    seed: int = 0
-    dtype: str = "bfloat16"  # resolved by from_card (sampling.dtype "auto" is machine-dependent)
-    backend: str = "irpo-vllm"  # or lm-eval's own "vllm" (k separate requests), for comparison
+    task_options: dict  # the card's task options (MATH's split scheme and prompt, ARC's sets)
+    maj_k: int  # samples per question for maj@k and pass@k
+    temperature: float  # of the k samples; greedy is temperature 0
+    max_new_tokens: int
+    limit: int | None  # first N test questions; None = all
+    split: str
+    data_dir: str | None  # local {split}.jsonl folder; None = the task's Hub dataset
+    hub_id: str | None
+    seed: int
+    dtype: str  # resolved (sampling.dtype "auto" is machine-dependent)
+    backend: str  # irpo-vllm, or lm-eval's own "vllm" (k separate requests), for comparison
     # Resources (the card's resources section): they fit the machine, so a result's key leaves them out.
-    kv_cache_gb: float = 2  # vLLM on CPU
-    gpu_memory_utilization: float = 0.9  # vLLM on GPU
-    tensor_parallel_size: int = 1  # GPUs per engine
-    pipeline_parallel_size: int = 1
+    kv_cache_gb: float  # vLLM on CPU
+    gpu_memory_utilization: float  # vLLM on GPU
+    tensor_parallel_size: int  # GPUs per engine
+    pipeline_parallel_size: int
     # Copies of the engine, each on its own GPUs, through lm-eval's data-parallel vLLM (on Ray);
     # it sends each request with its own seed, so the samples are one engine's.
-    data_parallel_size: int = 1
-    ray_address: str | None = None  # the cluster of those copies; None: RAY_ADDRESS or this node's
-    max_model_len: int = 2048
-    trust_remote_code: bool = False
-    prompt_style: str = "auto"  # the card's task.prompt_style: chat template, or plain text (irpo.prompts)
-
-    def __post_init__(self):
-        get_task(self.task, **self.task_options)  # unknown task or option: TaskError listing the known ones
-        if self.maj_k < 1:
-            raise EvalError(
-                f"maj_k={self.maj_k}: majority vote needs at least 1 sample per question; use --maj 32 as the "
-                "paper does"
-            )
-        if self.limit is not None and self.limit < 1:
-            raise EvalError(f"limit={self.limit}: give a positive number of test questions, or no limit for all")
+    data_parallel_size: int
+    ray_address: str | None  # the cluster of those copies; None: RAY_ADDRESS or this node's
+    max_model_len: int
+    trust_remote_code: bool
+    prompt_style: str  # the card's task.prompt_style: chat template, or plain text (irpo.prompts)
+    enforce_eager: bool  # the card's sampling.enforce_eager: vLLM without graph capture
 
     @classmethod
-    def from_card(cls, card, **overrides) -> "EvalSettings":
-        values = dict(
+    def from_card(cls, card) -> "EvalSettings":
+        return cls(
             task=card.task.name,
             task_options=card.task.options(),
             maj_k=card.eval.maj_k,
@@ -85,6 +79,7 @@ class EvalSettings:
             data_dir=card.task.data_dir,
             hub_id=card.task.hub_id,
             seed=card.seed,
+            backend=card.eval.backend,
             dtype=resolve_dtype(card.sampling.dtype),
             kv_cache_gb=card.resources.kv_cache_gb,
             gpu_memory_utilization=card.resources.gpu_memory_utilization,
@@ -95,9 +90,8 @@ class EvalSettings:
             max_model_len=card.sampling.max_model_len,
             trust_remote_code=card.model.trust_remote_code,
             prompt_style=card.task.prompt_style,
+            enforce_eager=card.sampling.enforce_eager,
         )
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values)
 
 
 def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = False) -> dict:
@@ -151,7 +145,7 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
         dtype=settings.dtype,
         seed=settings.seed,
         max_model_len=settings.max_model_len,
-        enforce_eager=True,
+        enforce_eager=settings.enforce_eager,
         trust_remote_code=settings.trust_remote_code,
         **device_kwargs,
     )
@@ -212,7 +206,8 @@ RESOURCE_SETTINGS = (
 # EvalSettings fields added after irpo 0.1.0, with the value each was added at: a result's key leaves
 # such a field out while it holds that value, so a release that adds a setting at its default
 # re-evaluates nothing (tests/test_hostile.py checks that every field is either of 0.1.0 or here).
-ADDED_SETTINGS: dict = {"prompt_style": "auto"}
+ADDED_SETTINGS: dict = {"prompt_style": "auto", "enforce_eager": True}
+HASHED_OPTIONS = {"split_scheme": "split"}  # task options renamed since 0.1.0 -> their names then
 
 
 def result_key(model: ResolvedModel, settings: EvalSettings) -> dict:
@@ -225,6 +220,8 @@ def result_key(model: ResolvedModel, settings: EvalSettings) -> dict:
         for k, v in asdict(settings).items()
         if k not in RESOURCE_SETTINGS and not (k in ADDED_SETTINGS and v == ADDED_SETTINGS[k])
     }
+    # A task option renamed since 0.1.0 keys under its old name (as card.HASHED_AS for the card).
+    values["task_options"] = {HASHED_OPTIONS.get(k, k): v for k, v in values["task_options"].items()}
     return json.loads(json.dumps({"model_weights_sha256": model.weights_sha256, "settings": values}))
 
 

@@ -37,7 +37,7 @@ def load_docs(
 ):
     """lm-eval's `custom_dataset`: {split: Dataset} of one row per question.
 
-    `task_options` are the task's own options (MATH: {"split": "paper", "prompt": "paper"}), as the
+    `task_options` are the task's own options (MATH: {"split_scheme": "paper", "prompt": "paper"}), as the
     card's task section sets them; each row carries them, so prompts and grading use the same task.
     lm-eval passes every metadata key (model arguments, version, ...) here too; unknown ones
     are ignored.

@@ -25,12 +25,12 @@ import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from irpo import objectives
-from irpo.card_values import choice_problems, name_problem, range_problems, shown
+from irpo.card_values import name_problem, range_problems, shown
 from irpo.errors import IrpoError
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,7 @@ class TaskConfig:
     # Choose the checkpoint on this split instead of held-out training questions (paper, ARC: the
     # ARC-Challenge validation split; then task.held_out is 0). None = the held-out questions.
     selection_split: str | None = None
-    split: str | None = None  # MATH: paper (original 7,500 train / 5,000 test) or prm800k (12,000 / MATH-500)
+    split_scheme: str | None = None  # MATH: paper (original 7,500 train / 5,000 test) or prm800k (12,000 / MATH-500)
     prompt: str | None = None  # MATH: paper (App. B.1, 4-shot) or minerva (Lewkowycz et al. 2022)
     train_subsets: list[str] | None = None  # ARC: sets pooled for training (paper: ARC-Easy and ARC-Challenge)
     # Training questions that share a 13-gram with the test set are counted in every build
@@ -75,11 +75,11 @@ class TaskConfig:
     # How the prompt reaches the model: chat (the task's messages in the model's chat template), plain
     # (the paper's prompt as plain text, for a base model; generation stops at the task's run-on
     # markers, "\nQuestion:"), or auto (chat when the tokenizer has a chat template). irpo.prompts.
-    prompt_style: str = "auto"
+    prompt_style: Literal["auto", "chat", "plain"] = "auto"
 
     def options(self) -> dict:
-        """The task's own options (split, prompt, train_subsets) that the card sets."""
-        values = {"split": self.split, "prompt": self.prompt, "train_subsets": self.train_subsets}
+        """The task's own options (split_scheme, prompt, train_subsets) that the card sets."""
+        values = {"split_scheme": self.split_scheme, "prompt": self.prompt, "train_subsets": self.train_subsets}
         return {k: (tuple(v) if isinstance(v, list) else v) for k, v in values.items() if v is not None}
 
 
@@ -94,7 +94,7 @@ class ModelConfig:
 
 @dataclass(frozen=True)
 class SamplingConfig:
-    engine: str = "auto"  # vllm | transformers | auto (vLLM when importable)
+    engine: Literal["auto", "vllm", "transformers"] = "auto"  # auto: vLLM when importable
     num_samples: int = 30  # N answers per question (paper: 30 GSM8K/ARC, 20 MATH)
     # Temperature of iteration t is temperatures[t-1]; later iterations reuse the last value.
     temperatures: list[float] = field(default_factory=lambda: [0.8, 0.8, 1.3, 1.3])
@@ -102,9 +102,9 @@ class SamplingConfig:
     # Generation cap in tokens; hitting it marks the sample truncated. null: up to the context
     # (max_model_len less the prompt), the paper's "overflowing the context length" (§3.1).
     max_new_tokens: int | None = 512
-    # auto | bfloat16 | float32 | float16; auto = bfloat16 where it is native (GPU, CPU with AMX or
-    # AVX512-BF16), else float32 (irpo.hardware). The resolved dtype is recorded: it changes the samples.
-    dtype: str = "auto"
+    # auto = bfloat16 where it is native (GPU, CPU with AMX or AVX512-BF16), else float32
+    # (irpo.hardware). The resolved dtype is recorded: it changes the samples.
+    dtype: Literal["auto", "bfloat16", "float32", "float16"] = "auto"
     questions_per_shard: int = 64  # questions per parquet shard: a kill loses at most one shard
     # Prompts per transformers `generate` call (batching changes bf16 numerics; vLLM schedules its own).
     batch_size: int = 16
@@ -133,7 +133,7 @@ class ResourcesConfig:
     pipeline_parallel_size: int = 1
     # Where the build's shards are sampled (irpo_data.ray_sampling): "local" in this process, "ray"
     # on a pool of engines on a Ray cluster; the same shards with the same seeds either way.
-    sampling_backend: str = "local"
+    sampling_backend: Literal["local", "ray"] = "local"
     ray_address: str | None = None  # None: RAY_ADDRESS, else a local cluster for the build
     ray_engines: int = 1  # engines (Ray actors) at once, each on tensor x pipeline parallel GPUs
     ray_cpus_per_engine: float = 1
@@ -148,11 +148,13 @@ class PairsConfig:
     max_tokens: int | None = (
         512  # drop generations longer than this many tokens; null: only what overflowed the context
     )
-    scheme: str = "cycle"  # cycle: the paper's K pairs cycling W and L together; distinct: K distinct random pairs
+    scheme: Literal["cycle", "distinct"] = (
+        "cycle"  # cycle: the paper's K pairs cycling W and L together; distinct: K distinct random pairs
+    )
     # The gold solution joins the winners: always (the paper's plain reading: "we include the gold
     # human written solution in the winning set so it is not empty"; it could also be read as
     # when_none_correct), when_none_correct, or never (ARC has no gold chain of thought).
-    gold_winner: str = "always"
+    gold_winner: Literal["always", "when_none_correct", "never"] = "always"
     # false (the paper): an answer not stated in the prompt's format has reward 0 and is a loser.
     # true: such answers are dropped from the pairs (irpo's behaviour before 2026-12).
     drop_off_format: bool = False
@@ -176,40 +178,41 @@ class TrainConfig:
     save_every: int | None = None  # steps between checkpoints a killed run resumes from; None = select_every
     # The paper's §3.1: choose the step on the held-out questions, then train again from M_{t-1}
     # on the pairs of all questions, held-out ones included, for that many steps: that is M_t.
-    # false: the chosen checkpoint of the first run is M_t, and held-out questions are never sampled.
+    # false: the selected checkpoint of the first run is M_t, and held-out questions are never sampled.
     retrain_with_held_out: bool = True
     max_length: int = 1024  # prompt + answer tokens; longer pairs are dropped (counted)
     gradient_accumulation_steps: int = 1  # micro-batches per optimiser step on each process
     warmup_steps: int = 0  # linear warm-up, then a constant learning rate
     select_questions: int | None = None  # held-out questions evaluated per check; None = all of task.held_out
-    # Also check M_{T-1} itself (step 0) on the held-out questions: the baseline the chosen step is
+    # Also check M_{T-1} itself (step 0) on the held-out questions: the baseline the selected step is
     # compared with in checkpoint_choice.json and logps.png, never a candidate. false saves one check
     # per training run (the weights are the same either way).
     select_baseline: bool = True
     # Where the held-out checks generate: vllm (save a candidate every select_every steps, score them
     # greedily on vLLM after the run: scales to FSDP and ZeRO-3, and to long answers) or trainer
     # (generate with the model in the training process: no engine start, right for small models on CPU).
-    select_with: str = "vllm"
+    select_with: Literal["vllm", "trainer"] = "vllm"
     # Reference log-probs of the pairs. precompute: one pass over every pair before training, cached
     # in the work folder, then the reference is freed (cheapest when the steps visit every pair, as
     # the paper's 5,000 x 16 do). per_step: the reference scores each batch as it is trained on, as
     # TRL does by default: only the pairs the steps visit, one more copy of the model in memory
     # (LoRA: none, the adapters are switched off instead), not under FSDP or ZeRO-3. Each is exact
     # (rewards are zero at step 1); their float noise differs, so the choice is part of the recipe.
-    reference_logps: str = "precompute"
+    reference_logps: Literal["precompute", "per_step"] = "precompute"
     probe_pairs: int = 64  # training pairs whose log-probs are followed through training (logps.png); 0 = off
     probe_every: int | None = None  # steps between those measurements; None = select_every
     # bf16 mixed precision: true, false, or auto (where bf16 is native: GPU, CPU with AMX or AVX512-BF16).
-    bf16: bool | str = False
+    bf16: bool | Literal["auto"] = False
     gradient_checkpointing: bool = False  # recompute decoder activations in backward: less memory, more time
     # The trainer's attention kernel (transformers' attn_implementation): sdpa, transformers' default,
     # or eager (plain matmuls and softmax). On 2 CPU cores, at the demo's ~200-token pairs, eager
     # trained M_1 9% faster (steps 6-10%, held-out checks 15%) and peaked 0.3 GB higher (it keeps each
     # layer's attention weights for the backward pass). Another kernel rounds differently, so the
     # choice is part of the recipe: it is in the trained model's identity and the reference cache's key.
-    attn_implementation: str = "sdpa"
+    attn_implementation: Literal["sdpa", "eager"] = "sdpa"
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into M_t at the end
     lora_r: int = 16
+    lora_alpha: int | None = None  # LoRA's scale numerator (scale = lora_alpha / lora_r); None = 2 x lora_r
     report_to: str = "none"  # transformers report_to: none, tensorboard, wandb, ...
 
 
@@ -220,6 +223,9 @@ class EvalConfig:
     temperature: float = 0.8  # sampling temperature of the maj@k samples
     max_new_tokens: int = 512
     limit: int | None = None  # test questions; None = all
+    # irpo-vllm sends a question's k samples as one request (n=k); vllm is lm-eval's own backend
+    # (k requests), for comparison: the same model and settings, other samples.
+    backend: Literal["irpo-vllm", "vllm"] = "irpo-vllm"
 
 
 @dataclass(frozen=True)
@@ -258,6 +264,9 @@ class Card:
                 node = node.get(part, {}) if isinstance(node, dict) else {}
             if isinstance(node, dict) and leaf in node and node[leaf] == value:
                 del node[leaf]
+        for new, old in HASHED_AS.items():
+            (section, new_leaf), old_leaf = new.split("."), old.split(".")[1]
+            tree[section] = {old_leaf if k == new_leaf else k: v for k, v in tree[section].items()}
         if sections:
             flat = flatten(tree)
             tree = {k: tree[k] if k in tree else flat[k] for k in sections}
@@ -270,6 +279,8 @@ class Card:
 # every key is either in KEYS_OF_0_1 or here.
 ADDED_KEYS: dict[str, Any] = {
     "task.prompt_style": "auto",  # issue 32: base models' plain prompts
+    "eval.backend": "irpo-vllm",  # issue 33: was irpo eval's --backend flag alone
+    "train.lora_alpha": None,  # issue 33: was 2 x lora_r, written in the trainer
 }
 
 # The card sections (or single keys) each stage depends on: changing one re-runs that stage and the
@@ -367,7 +378,12 @@ RENAMED = {
     "train.eval_questions": "train.select_questions",
     "sampling.kv_cache_gb": "resources.kv_cache_gb",  # machine settings left the run's identity
     "sampling.gpu_memory_utilization": "resources.gpu_memory_utilization",
+    "task.split": "task.split_scheme",  # issue 33: a split is train or test; MATH's option picks how to split
 }
+
+# Keys renamed since irpo 0.1.0 (new dotted key -> the name runs were made with): Card.sha256 hashes
+# them under their old names, so that a rename changes no run's identity.
+HASHED_AS = {"task.split_scheme": "task.split"}
 
 
 def _rename_keys(raw: dict, source: str) -> None:
@@ -469,6 +485,8 @@ def _as_number(value: Any, kind: Any) -> Any:
 
 def _fits(value: Any, kind: Any) -> bool:
     origin = typing.get_origin(kind)
+    if origin is Literal:  # one of a few words
+        return isinstance(value, str) and value in typing.get_args(kind)
     if origin in (typing.Union, types.UnionType):
         return any(_fits(value, arg) for arg in typing.get_args(kind))
     if origin is list:
@@ -484,14 +502,21 @@ def _fits(value: Any, kind: Any) -> bool:
 
 
 def _type_name(kind: Any) -> str:
-    args = typing.get_args(kind)
-    if typing.get_origin(kind) is list:
-        return f"a list of {_type_name(args[0])}"
+    """What a value of `kind` may be, as a card's error says it: "auto, vllm or transformers"."""
+    words = _type_words(kind)
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} or {words[-1]}"
+
+
+def _type_words(kind: Any) -> list[str]:
+    args, origin = typing.get_args(kind), typing.get_origin(kind)
+    if origin is Literal:
+        return list(args)
+    if origin is list:
+        return [f"a list of {_type_name(args[0])}"]
     if args:
-        return " or ".join(_type_name(a) for a in args)
-    return {type(None): "null", float: "a number", int: "an integer", str: "a string", bool: "true/false"}.get(
-        kind, kind.__name__
-    )
+        return [word for arg in args for word in _type_words(arg)]
+    names = {type(None): "null", float: "a number", int: "an integer", str: "a string", bool: "true, false"}
+    return [names.get(kind, kind.__name__)]
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
@@ -523,7 +548,6 @@ def _check_values(card: Card) -> list[str]:
     flat = flatten(card.to_dict())
     problems += [p for p in (name_problem(card.name),) if p]
     problems += range_problems(flat)
-    problems += choice_problems(flat)
     if card.train.gradient_accumulation_steps >= 1 and card.train.batch_size % card.train.gradient_accumulation_steps:
         problems.append(
             f"train.batch_size={card.train.batch_size} pairs per step cannot be split into "
@@ -533,8 +557,6 @@ def _check_values(card: Card) -> list[str]:
     if not card.sampling.temperatures:
         problems.append("sampling.temperatures must list at least one temperature")
     problems += _objective_problems(card, task)
-    if isinstance(card.train.bf16, str) and card.train.bf16 != "auto":
-        problems.append(f"train.bf16 must be true, false or auto, got {shown(card.train.bf16)}")
     # Relative to the working directory, as the loader reads it (not to the card's folder).
     if card.task.data_dir is not None and not Path(card.task.data_dir).expanduser().is_dir():
         problems.append(

@@ -1,8 +1,8 @@
-"""What a card's values may be, checked when the card loads: every number's range, every one-word
-choice, the run name. Everything here is a table a newcomer can read; `check_values` applies them.
+"""What a card's numbers may be, checked when the card loads: every number's range, and the run name.
+(A one-word choice is its key's `Literal` type in irpo.card.) The ranges are a table a newcomer can read.
 
-    check_values(load_card("demo", ["sampling.top_p=-3"]))
-    -> ["sampling.top_p must be above 0 and at most 1, got -3.0"]
+    load_card("demo", ["sampling.top_p=-3"])
+    -> CardError: card .../cards/demo.yaml: sampling.top_p must be above 0, got -3.0
 
 Why at load: a value that cannot work (a NaN learning rate, `train.select_every=0`, `eval.limit=0`)
 would otherwise pass and fail hours later, after sampling and training; a value that silently
@@ -89,6 +89,7 @@ RANGES: dict[str, Range] = {
     "train.probe_pairs": NONE_OK,
     "train.probe_every": COUNT,
     "train.lora_r": COUNT,
+    "train.lora_alpha": COUNT,
     "eval.maj_k": COUNT,
     "eval.temperature": Range(0, 100),
     "eval.max_new_tokens": COUNT,
@@ -100,19 +101,6 @@ RANGES: dict[str, Range] = {
     "resources.ray_engines": COUNT,
     "resources.ray_cpus_per_engine": POSITIVE,
     "resources.ray_engine_restarts": NONE_OK,
-}
-
-# Keys whose value is one of a few words, and those words.
-CHOICES = {
-    "sampling.engine": ("auto", "vllm", "transformers"),
-    "task.prompt_style": ("auto", "chat", "plain"),
-    "sampling.dtype": ("auto", "bfloat16", "float32", "float16"),
-    "pairs.scheme": ("cycle", "distinct"),
-    "pairs.gold_winner": ("always", "when_none_correct", "never"),
-    "train.select_with": ("vllm", "trainer"),
-    "train.reference_logps": ("precompute", "per_step"),
-    "train.attn_implementation": ("sdpa", "eager"),
-    "resources.sampling_backend": ("local", "ray"),
 }
 
 
@@ -133,11 +121,3 @@ def range_problems(flat: dict) -> list[str]:
         values = flat[key] if isinstance(flat[key], list) else [flat[key]]
         problems += [p for v in values if (p := limits.problem(key, v))]
     return problems
-
-
-def choice_problems(flat: dict) -> list[str]:
-    return [
-        f"{key} must be {', '.join(choices[:-1])} or {choices[-1]}, got {shown(flat[key])}"
-        for key, choices in CHOICES.items()
-        if flat[key] not in choices
-    ]

@@ -30,6 +30,7 @@ LEGACY_KEYS = {
     "maj": "maj_at_k",
     "pass": "pass_at_k",
     "sample_mean": "sample_accuracy",  # the share of sampled answers that are right
+    "selected_step": "selected_step",  # issue 33: "chosen" is the pairs' winner; the checkpoint is selected
 }
 LEGACY_COUNTS = {"train_accuracy": "sample_accuracy"}
 
@@ -140,7 +141,7 @@ class TrainManifest(Record):
     ablation: str | None = None  # the ablation's name (models/M_t-NAME); None on the main line
     trained_on: str = "the pairs"
     rows_trained: int = 0
-    chosen_step: int | None = None
+    selected_step: int | None = None  # the held-out checks' choice (checkpoint_choice.json)
     held_out_accuracy: float | None = None
     why: str = ""
     held_out_questions: int = 0

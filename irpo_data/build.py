@@ -73,7 +73,7 @@ def question_sets(card: Card, check_contamination: bool = False) -> QuestionSets
             log.info(
                 "task.drop_contaminated: %d training questions that repeat test questions are left out", len(flagged)
             )
-    if cfg.selection_split is not None:  # the paper's ARC: the checkpoint is chosen on the dev set
+    if cfg.selection_split is not None:  # the paper's ARC: the checkpoint is selected on the dev set
         train, held = questions, task.load(cfg.selection_split, cfg.data_dir, cfg.hub_id).questions
     else:
         train, held = split_held_out(questions, cfg.held_out)

@@ -32,7 +32,7 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
         f"# Run `{run.root.name}`",
         "",
         "| iteration | samples | sample accuracy | pairs (questions) | losers off-format / gold winners "
-        "| dropped: truncated / too long | steps (chosen) | held-out acc. | test greedy | test maj@k |",
+        "| dropped: truncated / too long | steps (selected) | held-out acc. | test greedy | test maj@k |",
         "| --- | ---: | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     if evals.get(0):
@@ -43,7 +43,7 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
         trained = _read(TrainManifest, run.model(t) / "train_manifest.json")
         counts = manifest.counts if manifest else {}
         result = evals.get(t)
-        steps = f"{trained.selection_steps} ({_cell(trained.chosen_step)})" if trained else ""
+        steps = f"{trained.selection_steps} ({_cell(trained.selected_step)})" if trained else ""
         lines.append(
             f"| {t} → M_{t} | {_cell(counts.get('generations'))} | {_pct(counts.get('sample_accuracy'))} "
             f"| {_cell(counts.get('pairs'))} ({_cell(counts.get('questions_paired'))}) "
@@ -78,7 +78,7 @@ def _ablation_rows(run: RunFolder) -> list[str]:
         "",
         "Iteration 1's samples under each objective:",
         "",
-        "| model | objective | trained on | pairs fingerprint | steps (chosen) | held-out acc. | test greedy "
+        "| model | objective | trained on | pairs fingerprint | steps (selected) | held-out acc. | test greedy "
         "| test maj@k |",
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
@@ -86,7 +86,7 @@ def _ablation_rows(run: RunFolder) -> list[str]:
         result = _read(EvalRecord, run.root / "evals" / f"{name}.json")
         lines.append(
             f"| {name} | {m.objective} | {m.trained_on} | {m.pairs_fingerprint[:16]} "
-            f"| {m.selection_steps} ({_cell(m.chosen_step)}) | {_pct(m.held_out_accuracy)} "
+            f"| {m.selection_steps} ({_cell(m.selected_step)}) | {_pct(m.held_out_accuracy)} "
             f"| {_pct(result and result.greedy)} | {_pct(result and result.maj_at_k)} |"
         )
     return lines

@@ -76,6 +76,6 @@ def main(card, iteration, runs_dir, ablation, dry_run, quiet, overrides):
         return
     manifest = TrainManifest.from_json(out / "train_manifest.json")
     click.echo(
-        f"{out} ({manifest.objective}): step {manifest.chosen_step} chosen, held-out accuracy "
+        f"{out} ({manifest.objective}): step {manifest.selected_step} selected, held-out accuracy "
         f"{100 * (manifest.held_out_accuracy or 0):.1f}%; curves in {out / 'logps.png'}"
     )

@@ -2,7 +2,7 @@
 
 Every process runs the whole of `irpo train`; the Trainer (through accelerate) does the
 gradient work. What irpo adds: only the main process writes into the run folder (card, caches,
-metrics, probe lines, the chosen model), the others wait for it at a barrier; the reference
+metrics, probe lines, the selected model), the others wait for it at a barrier; the reference
 pass is split over the processes and gathered once. With one process every function here is a
 no-op, so the single-process path is the same code.
 """

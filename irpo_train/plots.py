@@ -7,7 +7,7 @@ log M(y|x) - log M_ref(y|x) (the DPO reward divided by beta):
   (probe.jsonl), which is the paper's picture;
 - faint: each step's batch just before it is trained on (metrics.jsonl): pairs not yet seen,
   so how the change carries over to new pairs.
-Beneath: held-out greedy accuracy per check, the chosen step marked.
+Beneath: held-out greedy accuracy per check, the selected step marked.
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def plot_logps(folder: Path, beta: float, out: Path | None = None, title: str = 
     if history:
         bottom.plot([h["step"] for h in history], [100 * h["accuracy"] for h in history], "o-", color="tab:blue")
         if best is not None:
-            bottom.axvline(best, color="tab:blue", linestyle="--", linewidth=0.8, label=f"chosen: step {best}")
+            bottom.axvline(best, color="tab:blue", linestyle="--", linewidth=0.8, label=f"selected: step {best}")
             bottom.legend(fontsize=8)
     bottom.set_ylabel("held-out greedy accuracy (%)")
     bottom.set_xlabel("step")

@@ -7,10 +7,10 @@ As the paper (§3.1) runs it, with train.retrain_with_held_out:
 1. selection run: train on the pairs *without* the held-out questions for up to max_steps,
    scoring the model greedily on the held-out questions every select_every steps (in the
    trainer, or, with train.select_with=vllm, candidates saved then and scored on vLLM after);
-2. retrain: train again from M_{T-1} on the pairs of *all* questions for the chosen number of
+2. retrain: train again from M_{T-1} on the pairs of *all* questions for the selected number of
    steps; that model is M_T.
-Without it (or when the checkpoint is chosen on task.selection_split, as for ARC) the selection
-run trains on every pair and its chosen checkpoint is M_T.
+Without it (or when the checkpoint is selected on task.selection_split, as for ARC) the selection
+run trains on every pair and its selected checkpoint is M_T.
 
 M_T/ is a transformers folder with metrics.jsonl, probe.jsonl, logps.png (the run that made M_T),
 checkpoint_choice.json (which step won and why), select/ (the selection run's metrics, when it
@@ -348,7 +348,10 @@ def _load_model(job: TrainJob):
         from peft import LoraConfig, get_peft_model
 
         lora = LoraConfig(
-            r=job.cfg.lora_r, lora_alpha=2 * job.cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"
+            r=job.cfg.lora_r,
+            lora_alpha=job.cfg.lora_alpha or 2 * job.cfg.lora_r,
+            target_modules="all-linear",
+            task_type="CAUSAL_LM",
         )
         model = get_peft_model(model, lora)
     return model
@@ -644,7 +647,7 @@ def _write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: 
             ablation=job.ablation,
             trained_on=OBJECTIVES[job.cfg.objective].trained_on,
             rows_trained=rows_trained,
-            chosen_step=best and best["step"],
+            selected_step=best and best["step"],
             held_out_accuracy=best and best["accuracy"],
             why=why,
             held_out_questions=len(job.sets.held_out),
@@ -657,7 +660,7 @@ def _write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: 
         ).write(tmp / "train_manifest.json")
     shutil.rmtree(job.work)  # checkpoints are large; everything worth keeping is in M_T/
     log.info(
-        "%s (%s) written to %s (step %s chosen%s)",
+        "%s (%s) written to %s (step %s selected%s)",
         job.out_dir.name,
         job.cfg.objective,
         job.out_dir,

@@ -354,7 +354,7 @@ class HeldOutAccuracy(TrainerCallback):
 
 
 def best_step(history: list[dict]) -> dict | None:
-    """The chosen check: highest accuracy, among equals the earliest step (least drift from the
+    """The selected check: highest accuracy, among equals the earliest step (least drift from the
     reference); among trained steps only, as in the paper (step 0 is the reference, for comparison)."""
     trained = [h for h in history if h["step"] > 0]
     return max(trained, key=lambda h: (h["accuracy"], -h["step"])) if trained else None

@@ -254,7 +254,7 @@ def test_contamination_check_flags_prm800k_training_problems_and_can_drop_them()
 
     overrides = [f"task.data_dir={SHARED_DATA / 'math'}", "task.held_out=0"]
     prm800k = question_sets(
-        load_card("math", [*overrides, "task.split=prm800k", "task.test_split=test"]), check_contamination=True
+        load_card("math", [*overrides, "task.split_scheme=prm800k", "task.test_split=test"]), check_contamination=True
     )
     # Against its own MATH-500 test set it is nearly clean (MATH repeats a few problems across its sets)...
     assert len(prm800k.contaminated) < 0.001 * len(prm800k.train)

@@ -79,5 +79,5 @@ def test_candidates_are_scored_on_vllm_and_the_best_is_the_model(tmp_path, demo_
     assert [h["step"] for h in record["history"]] == [4] and record["complete"]
     assert record["questions"] == 2
     manifest = TrainManifest.from_json(out / "train_manifest.json")
-    assert manifest.chosen_step == record["best"]["step"] and manifest.held_out_accuracy == record["best"]["accuracy"]
+    assert manifest.selected_step == record["best"]["step"] and manifest.held_out_accuracy == record["best"]["accuracy"]
     assert (out / "model.safetensors").is_file() and not list(out.parent.glob("*.work"))

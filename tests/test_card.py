@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+from conftest import ASSETS
 
 from irpo.card import BUNDLED_CARDS, Card, CardError, load_card
 
@@ -42,7 +43,7 @@ def test_paper_cards_run_the_papers_method_by_default():
         assert card.eval.temperature == 0.8 and card.train.batch_size == 16 and card.train.beta == 0.1
     assert gsm8k.pairs.max_pairs == arc.pairs.max_pairs == 60000  # GSM8K's footnote 4: "around 60k"
     assert math.pairs.max_pairs == 75000  # §3.3: "around 75k example pairs"
-    assert (math.task.split, math.task.prompt) == ("paper", "paper")
+    assert (math.task.split_scheme, math.task.prompt) == ("paper", "paper")
     assert arc.task.train_subsets == ["ARC-Easy", "ARC-Challenge"] and arc.task.selection_split == "validation"
     assert arc.task.held_out == 0 and arc.train.max_steps == 4000 and arc.pairs.gold_winner == "never"
     assert gsm8k.train.max_steps == math.train.max_steps == 5000
@@ -195,3 +196,23 @@ def test_ray_address_is_a_shorthand_and_the_backend_is_checked():
         load_card("demo", ["resources.sampling_backend=dask"])
     with pytest.raises(CardError, match=r"resources.ray_engines must be at least 1, got 0"):
         load_card("demo", ["resources.ray_engines=0"])
+
+
+def test_a_renamed_key_loads_with_a_note_and_keeps_every_runs_identity(tmp_path, caplog):
+    """task.split became task.split_scheme (a split is train or test): a card or a run's frozen card.yaml
+    with the old name loads, says so in one line, and hashes as it did, so no run is redone."""
+    from irpo.card import BUILD_SECTIONS, TRAIN_SECTIONS
+    from irpo.records import BuildManifest, TrainManifest
+
+    old = tmp_path / "old.yaml"
+    old.write_text("name: m\ntask:\n  name: math\n  split: prm800k\n")
+    with caplog.at_level("WARNING"):
+        card = load_card(str(old))
+    assert card.task.split_scheme == "prm800k" and "card key task.split is now task.split_scheme" in caplog.text
+    assert card.sha256() != load_card(str(old), ["task.split_scheme=paper"]).sha256()  # still in the hash
+    # The previous release's run folder: its frozen card.yaml says task.split, its manifests hold its hashes.
+    run = ASSETS / "previous_run" / "run_folders" / "prev"
+    frozen = load_card(str(run / "card.yaml"))
+    assert frozen.sha256(BUILD_SECTIONS) == BuildManifest.from_json(run / "iter_1" / "manifest.json").build_card_sha256
+    trained = TrainManifest.from_json(run / "models" / "M_1" / "train_manifest.json")
+    assert frozen.sha256(TRAIN_SECTIONS) == trained.train_card_sha256

@@ -14,12 +14,12 @@ import pytest
 from click.testing import CliRunner
 from conftest import SHARED_DATA, needs_shared_data, require_vllm
 
-from irpo.card import load_card
+from irpo.card import CardError, load_card
 from irpo.models import resolve_model
 from irpo.prompts import render_prompts
 from irpo.records import EvalRecord
-from irpo.tasks import TaskError, get_task
-from irpo_eval.evaluate import TASKS_DIR, EvalError, EvalSettings
+from irpo.tasks import get_task
+from irpo_eval.evaluate import TASKS_DIR, EvalSettings
 from irpo_eval.leaderboard import Entry, build_leaderboard, leaderboard_markdown, plot_leaderboard
 
 
@@ -28,7 +28,7 @@ from irpo_eval.leaderboard import Entry, build_leaderboard, leaderboard_markdown
     [
         ("gsm8k", {}, 1319),
         ("math", {}, 5000),
-        ("math", {"split": "prm800k", "prompt": "minerva"}, 500),
+        ("math", {"split_scheme": "prm800k", "prompt": "minerva"}, 500),
         ("arc_challenge", {}, 1172),
         ("demo", {}, 300),
     ],
@@ -84,13 +84,20 @@ def test_lm_eval_task_names_an_unreadable_data_dir(tmp_path):
         manager.load(["irpo_gsm8k"])
 
 
-def test_bad_settings_are_refused_with_the_fix():
-    with pytest.raises(EvalError, match="at least 1 sample"):
-        EvalSettings(task="gsm8k", maj_k=0)
-    with pytest.raises(EvalError, match="positive number"):
-        EvalSettings(task="gsm8k", limit=-3)
-    with pytest.raises(TaskError, match="Known tasks: arc_challenge, demo, gsm8k, math"):
-        EvalSettings(task="gsm9k")
+def test_eval_settings_are_the_cards_and_bad_ones_are_refused_with_the_fix():
+    """EvalSettings has no defaults of its own: each setting is a card key, and the card checks it."""
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(EvalSettings))
+    card = load_card("demo", ["eval.maj_k=3", "eval.backend=vllm", "sampling.enforce_eager=false"])
+    settings = EvalSettings.from_card(card)
+    assert (settings.maj_k, settings.backend, settings.enforce_eager) == (3, "vllm", False)
+    with pytest.raises(CardError, match="eval.maj_k must be at least 1, got 0"):
+        load_card("demo", ["eval.maj_k=0"])
+    with pytest.raises(CardError, match="eval.limit must be at least 1, got -3"):
+        load_card("demo", ["eval.limit=-3"])
+    with pytest.raises(CardError, match="eval.backend must be irpo-vllm or vllm, got 'hf'"):
+        load_card("demo", ["eval.backend=hf"])
+    with pytest.raises(CardError, match="known tasks: arc_challenge, demo, gsm8k, math"):
+        load_card("demo", ["task.name=gsm9k"])
 
 
 def test_cli_errors_name_the_input(tmp_path):
@@ -111,7 +118,7 @@ def test_cli_errors_name_the_input(tmp_path):
     result = runner.invoke(main, ["--model", str(tmp_path), "--task", "gsm9k"])
     assert result.exit_code == 1 and "unknown task 'gsm9k'" in result.output
     result = runner.invoke(main, ["--runs-dir", str(tmp_path), "--maj", "0"])
-    assert result.exit_code == 1 and "at least 1 sample" in result.output
+    assert result.exit_code == 1 and "eval.maj_k must be at least 1, got 0" in result.output
 
 
 def _record(greedy, maj, questions=100, task="gsm8k"):
@@ -196,7 +203,7 @@ def test_irpo_eval_writes_results_and_leaderboard_and_resumes(demo_run, hub):
     from irpo_eval.run_eval import evaluate_run
 
     card = load_card("demo")
-    settings = EvalSettings.from_card(card, maj_k=3, limit=5, max_new_tokens=96)
+    settings = EvalSettings.from_card(load_card("demo", ["eval.maj_k=3", "eval.limit=5", "eval.max_new_tokens=96"]))
     paths = evaluate_run(card, demo_run, settings, log_samples=True)
     evals = demo_run / "demo" / "evals"
     m0, m1 = (json.loads((evals / f"M_{t}.json").read_text()) for t in (0, 1))

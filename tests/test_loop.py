@@ -109,7 +109,7 @@ def test_irpo_run_runs_the_papers_loop_and_prints_its_summary(straight_run):
     build = json.loads(run.manifest(1).read_text())
     assert build["held_out_sampled"] and build["counts"]["questions"] == 12 and build["counts"]["gold_winners"] > 0
     trained = json.loads((run.model(1) / "train_manifest.json").read_text())
-    assert trained["retrained"] and trained["steps"] == trained["chosen_step"]
+    assert trained["retrained"] and trained["steps"] == trained["selected_step"]
     assert (run.model(1) / "select" / "done.json").is_file()
     # Where the time went: each stage's phases in its record, and the table in the summary.
     assert build["timings"]["counts"] == {"vllm starts": 1}

@@ -131,7 +131,7 @@ def test_two_processes_write_one_record_per_step_and_the_same_reference(one_and_
     for column in ("ref_chosen_logps", "ref_rejected_logps"):
         torch.testing.assert_close(torch.tensor(ref_two[column]), torch.tensor(ref_one[column]))
     manifest = json.loads((two / "train_manifest.json").read_text())
-    assert manifest["chosen_step"] == STEPS and manifest["steps"] == STEPS
+    assert manifest["selected_step"] == STEPS and manifest["steps"] == STEPS
     # Losses logged are the mean over both processes' halves of the batch: close to one process's.
     loss_one = [json.loads(line)["loss"] for line in (one / "metrics.jsonl").read_text().splitlines()]
     assert [m["loss"] for m in metrics] == pytest.approx(loss_one, rel=1e-3)

@@ -71,7 +71,7 @@ def test_math_prompt_is_the_papers_with_four_fixed_training_exemplars():
 
 
 def test_math_skips_empty_gold_and_counts_it():
-    loaded = get_task("math", split="prm800k").load("train", str(ASSETS / "math"))
+    loaded = get_task("math", split_scheme="prm800k").load("train", str(ASSETS / "math"))
     assert loaded.skipped_empty_gold == 1  # train/number_theory/7115.json has an empty \boxed{}
     assert len(loaded.questions) == 30
     assert all(q.gold for q in loaded.questions)
@@ -102,7 +102,7 @@ def test_arc_lists_options_and_keeps_numeric_labels():
     [
         ("gsm8k", {}, 7473, 0),
         ("math", {}, 7500, 6),  # the paper's split: 2 empty golds + the 4 prompt exemplars
-        ("math", {"split": "prm800k"}, 12000, 6),
+        ("math", {"split_scheme": "prm800k"}, 12000, 6),
         ("arc_challenge", {}, 2251 + 1119, 0),  # ARC-Easy's and ARC-Challenge's training sets, as the paper
         ("arc_challenge", {"train_subsets": ("ARC-Challenge",)}, 1119, 0),
     ],
@@ -227,13 +227,13 @@ def test_math_paper_split_is_the_original_7500_5000_and_disjoint():
 
 def test_math_paper_split_needs_unique_ids(tmp_path):
     (tmp_path / "train.jsonl").write_text(json.dumps({"problem": "1+1?", "answer": "2"}) + "\n")
-    with pytest.raises(TaskError, match="has no unique_id, which the paper split needs.*task.split=prm800k"):
+    with pytest.raises(TaskError, match="has no unique_id, which the paper split needs.*task.split_scheme=prm800k"):
         get_task("math").load("train", str(tmp_path))
 
 
 def test_task_options_are_checked_with_the_valid_values():
-    with pytest.raises(TaskError, match="task.split has 'full'; MATH's splits are paper, prm800k"):
-        get_task("math", split="full")
+    with pytest.raises(TaskError, match="task.split_scheme has 'full'; MATH's split schemes are paper, prm800k"):
+        get_task("math", split_scheme="full")
     with pytest.raises(TaskError, match="task gsm8k has no option task.prompt; it takes no options"):
         get_task("gsm8k", prompt="paper")
     with pytest.raises(TaskError, match="task.train_subsets has \\['ARC-Hard'\\]; choose from ARC-Easy, ARC-Challenge"):

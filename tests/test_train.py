@@ -211,7 +211,7 @@ def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(
     manifest = json.loads((out / "train_manifest.json").read_text())
     choice = json.loads((out / "checkpoint_choice.json").read_text())
     # The demo card does not check M_0 (train.select_baseline: false), so step 0 is no candidate.
-    assert [h["step"] for h in choice["history"]] == [2, 4] and manifest["chosen_step"] in (2, 4)
+    assert [h["step"] for h in choice["history"]] == [2, 4] and manifest["selected_step"] in (2, 4)
     assert manifest["pairs_trained"] == 4 and not work.exists()
     # The probe follows the same pairs from step 0 (policy = reference: no change) on; training
     # on them with the NLL term lifts the winners and pushes the losers down.
@@ -388,7 +388,7 @@ def retrained(tmp_path_factory, tiny_model, demo_tokenizer):
 def test_retrain_chooses_the_step_without_the_held_out_questions_then_trains_on_all(retrained):
     out, pairs, held_ids = retrained
     manifest = json.loads((out / "train_manifest.json").read_text())
-    assert manifest["retrained"] and manifest["chosen_step"] == 4 and manifest["steps"] == 4
+    assert manifest["retrained"] and manifest["selected_step"] == 4 and manifest["steps"] == 4
     assert manifest["selection"]["pairs"] == 2 and manifest["rows_trained"] == 4  # held-out pairs only in the retrain
     assert manifest["selection"]["pairs_fingerprint"] == fingerprint(
         pairs.filter(~pl.col("question_id").is_in(sorted(held_ids)))

@@ -3,13 +3,13 @@
 Row: {"problem": "Find the domain ...", "solution": "...", "answer": "[2,5)",
       "subject": "Algebra", "level": 5, "unique_id": "train/algebra/1.json"}
 
-Options (card `task.split`, `task.prompt`):
-- split `paper` (default): the original MATH split of Hendrycks et al. (2021) that the paper uses,
+Options (card `task.split_scheme`, `task.prompt`):
+- split scheme `paper` (default): the original MATH split of Hendrycks et al. (2021) that the paper uses,
   7,500 train / 5,000 test problems, told apart by `unique_id` ("train/..." or "test/...").
   Offline, ../shared/data/math holds all 12,500 (PRM800K's train.jsonl has the 7,500 plus 4,500 of
   the test problems; test.jsonl the other 500): the rows of both files are pooled and split by id.
   Online: `EleutherAI/hendrycks_math`, all seven subjects.
-- split `prm800k`: PRM800K's 12,000 train / MATH-500 test (`HuggingFaceH4/MATH-500` online). Its
+- split scheme `prm800k`: PRM800K's 12,000 train / MATH-500 test (`HuggingFaceH4/MATH-500` online). Its
   training problems hold 4,500 of the paper's test problems: its numbers are not the paper's.
 - prompt `paper` (default): App. B.1, word for word, with four fixed training problems (below):
 
@@ -122,14 +122,16 @@ class MATH(Task):
         PaperResult("DPO initialized from Llama-2-70b-chat", 12.4, 1, "dpo"),
         PaperResult("DPO initialized from SFT on chosen sequences", 10.5),
     )
-    split: str = "paper"
+    # How MATH's problems are split into train and test (a split, as everywhere else, is one of
+    # them: task.train_split, task.test_split).
+    split_scheme: str = "paper"
     prompt: str = "paper"
 
     def __post_init__(self):
-        if self.split not in SPLITS:
+        if self.split_scheme not in SPLITS:
             raise TaskError(
-                f"task.split has {self.split!r}; MATH's splits are {', '.join(SPLITS)} (paper: the original "
-                "7,500 / 5,000)"
+                f"task.split_scheme has {self.split_scheme!r}; MATH's split schemes are {', '.join(SPLITS)} "
+                "(paper: the original 7,500 / 5,000)"
             )
         if self.prompt not in PROMPTS:
             raise TaskError(f"task.prompt has {self.prompt!r}; MATH's prompts are {', '.join(PROMPTS)}")
@@ -143,7 +145,7 @@ class MATH(Task):
         return r"final answer\s*:" if self.prompt == "paper" else r"final answer is|\\boxed\s*\{"
 
     def read_rows(self, split: str, data_dir: str | None, hub_id: str | None) -> tuple[list[Any], str]:
-        if self.split == "prm800k":
+        if self.split_scheme == "prm800k":
             if data_dir is None and not hub_id and split != "test":
                 raise TaskError(
                     "the PRM800K train split is not on the Hub; set task.data_dir to a folder with train.jsonl"
@@ -201,7 +203,7 @@ def _paper_split_from_files(folder: Path, split: str) -> tuple[list[dict], str]:
                 raise TaskError(
                     f"{source} row {number} has no unique_id, which the paper split needs to tell MATH's "
                     "train and test "
-                    "problems apart; add it, or set task.split=prm800k to use the files' own split"
+                    "problems apart; add it, or set task.split_scheme=prm800k to use the files' own split"
                 )
             if uid.startswith(f"{split}/") and uid not in seen:
                 seen.add(uid)
