@@ -17,9 +17,10 @@ from irpo.command import (
     setup_logging,
     show_dry_run,
 )
+from irpo.errors import SettingError
 from irpo.runs import RunFolder
 from irpo.tasks import get_task, task_names
-from irpo_eval.evaluate import EvalError, EvalSettings
+from irpo_eval.evaluate import EvalSettings
 
 
 @click.command(cls=Command)
@@ -117,7 +118,7 @@ def main(
 
     resolved = resolve_card(card, overrides, data_dir)
     if task is not None and task != resolved.task.name:
-        raise EvalError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
+        raise SettingError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
     settings = EvalSettings.from_card(resolved)
     if push_to_hub:
         from irpo.hub import check_repo_id

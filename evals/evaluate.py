@@ -19,7 +19,6 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from irpo import timing
-from irpo.errors import IrpoError
 from irpo.hardware import describe, resolve_dtype
 from irpo.models import ResolvedModel
 from irpo.records import EvalRecord
@@ -29,10 +28,6 @@ from irpo.tasks import get_task
 log = logging.getLogger(__name__)
 
 TASKS_DIR = Path(__file__).parent  # the lm-eval task YAMLs ship beside this module
-
-
-class EvalError(IrpoError, ValueError):
-    """Settings or a model that cannot be evaluated; the message names the fix."""
 
 
 @dataclass(frozen=True)

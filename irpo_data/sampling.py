@@ -33,7 +33,7 @@ import polars as pl
 
 from irpo import timing
 from irpo.engines import Engine, SamplingParams, local_engine, question_seed
-from irpo.errors import IrpoError
+from irpo.errors import RunFolderError
 from irpo.grading import GRADE_TIMEOUT_S, grade_many
 from irpo.prompts import Generation
 from irpo.reading import RecordError, read_json, read_parquet
@@ -60,10 +60,6 @@ SAMPLE_SCHEMA = {
     "completion_token_ids": pl.List(pl.Int32),
 }
 ID_COLUMNS = ("prompt_token_ids", "completion_token_ids")
-
-
-class SamplingError(IrpoError, RuntimeError):
-    """Samples that cannot be made or resumed."""
 
 
 @dataclass(frozen=True)
@@ -261,7 +257,7 @@ def _pin_settings(out_dir: Path, settings: dict) -> None:
         before = read_json(path)
         changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if changed and any(out_dir.glob("part-*.parquet")):
-            raise SamplingError(
+            raise RunFolderError(
                 f"{out_dir} holds samples made with other settings ({', '.join(changed)} differ); "
                 "delete that folder to resample, or run with the settings it was made with"
             )
@@ -306,7 +302,7 @@ def _finished(path: Path, questions: list[Question], params: SamplingParams) -> 
 def read_samples(out_dir: Path) -> pl.DataFrame:
     files = sorted(out_dir.glob("part-*.parquet"))
     if not files:
-        raise SamplingError(f"no sample shards in {out_dir}")
+        raise RunFolderError(f"no sample shards in {out_dir}")
     frames = [read_parquet(f, {"question_id": pl.String, "completion": pl.String}) for f in files]
     # Shards written before grading had a deadline have no timeout column: none of theirs timed out.
     frames = [

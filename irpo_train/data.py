@@ -17,18 +17,18 @@ solutions of `gold_solution_rows`, tokenised the same way.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from dataclasses import dataclass
 
 import torch
 
-from irpo.errors import IrpoError
+from irpo.errors import RunFolderError, SettingError
+from irpo.grading import grade
+from irpo.prompts import encode_answers
 
 log = logging.getLogger(__name__)
-
-
-class PairDataError(IrpoError, ValueError):
-    """A pair dataset that cannot be trained on."""
 
 
 @dataclass
@@ -44,7 +44,7 @@ def tokenize_pairs(dataset, max_length: int) -> TokenizedPairs:
     """The pairs' recorded token ids as training rows (a name kept from when they were tokenized here)."""
     missing = [c for c in ID_COLUMNS if c not in dataset.column_names]
     if missing:
-        raise PairDataError(
+        raise RunFolderError(
             f"the pair dataset has no {', '.join(missing)}: it was built by an irpo that kept only text, and the "
             "trainer scores the ids that were sampled; build the iteration again (move its iter_T folder aside and "
             "rerun: it is sampled again with token ids)"
@@ -83,13 +83,8 @@ def gold_solution_rows(
     left out (a handful of MATH's, e.g. "6, 8\\text{, and }10"): training towards an answer
     the reward calls wrong would compare the objectives on different targets.
     """
-    import hashlib
-    import json
-
-    from irpo.grading import grade
-
     if not task.has_solutions:
-        raise PairDataError(
+        raise SettingError(
             f"task {task.name} has no gold solutions to train on; choose train.objective dpo_nll, dpo or sft_winners"
         )
     kept, ungraded = [], 0
@@ -102,14 +97,12 @@ def gold_solution_rows(
         else:
             ungraded += 1
     if not kept:
-        raise PairDataError(
+        raise SettingError(
             f"none of the {len(questions)} questions has a usable gold solution (the data file needs a "
             "solution field); "
             "choose another train.objective"
         )
     digest = hashlib.sha256(json.dumps([[q.question_id, q.solution] for q, _ in kept]).encode()).hexdigest()
-    from irpo.prompts import encode_answers
-
     answer_ids = encode_answers(tokenizer, [q.solution for q, _ in kept], end_of_turn)
     rows = [
         {"question_id": q.question_id, "prompt_ids": list(p), "chosen_ids": a} for (q, p), a in zip(kept, answer_ids)

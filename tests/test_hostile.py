@@ -444,7 +444,7 @@ def test_three_recipe_changes_in_a_row_keep_every_older_run(tmp_path):
 
 def test_a_model_pairs_or_checkpoints_that_would_be_replaced_are_set_aside(tmp_path, caplog):
     from irpo.runs import atomic_dir
-    from irpo_train.train import _start_or_resume
+    from irpo_train.job import start_or_resume
 
     model = tmp_path / "models" / "M_1"
     model.mkdir(parents=True)
@@ -458,7 +458,7 @@ def test_a_model_pairs_or_checkpoints_that_would_be_replaced_are_set_aside(tmp_p
     (work / "select" / "checkpoints" / "checkpoint-400").mkdir(parents=True)
     (work / "ref_logps.json").write_text("{}")
     (work / "identity.json").write_text(json.dumps({"train_card_sha256": "another recipe"}))
-    _start_or_resume(work, {"train_card_sha256": "this recipe"})
+    start_or_resume(work, {"train_card_sha256": "this recipe"})
     assert (tmp_path / "models" / "M_2.work.stale-1" / "select" / "checkpoints" / "checkpoint-400").is_dir()
     assert (work / "ref_logps.json").is_file() and not (work / "select").exists()
 

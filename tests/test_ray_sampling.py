@@ -20,10 +20,11 @@ import pytest
 from conftest import require_vllm
 
 from irpo.card import ResourcesConfig, SamplingConfig
+from irpo.errors import ClusterError
 from irpo.prompts import Prompts
 from irpo.tasks import get_task
 from irpo_data.ray_sampling import RayEngine, ShardWorker
-from irpo_data.sampling import SamplingError, SamplingParams, make_engine, sample_answers
+from irpo_data.sampling import SamplingParams, make_engine, sample_answers
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +104,7 @@ def test_ray_samples_equal_in_process_and_a_dead_engine_is_restarted(
 def test_an_engine_that_dies_with_no_restarts_left_fails_clearly(ray_cluster, demo_model, prompts, tmp_path):
     resources = ResourcesConfig(sampling_backend="ray", ray_engine_restarts=0)
     engine = RayEngine(demo_model.path, CONFIG, 0, False, resources, DiesOnce)
-    with pytest.raises(SamplingError, match="Finished shards are kept in .*; run the same command again"):
+    with pytest.raises(ClusterError, match="Finished shards are kept in .*; run the same command again"):
         sample(engine, prompts, tmp_path)
     assert not digests(tmp_path) and not list(tmp_path.glob(".tmp-*"))
 
@@ -180,7 +181,7 @@ def test_driver_killed_mid_build_then_rerun_samples_only_the_missing_shards(
 def test_more_engines_than_the_cluster_holds_is_refused(ray_cluster, demo_model, prompts, tmp_path):
     resources = ResourcesConfig(sampling_backend="ray", ray_engines=3)  # 3 x 1 CPU on a 2-CPU cluster
     engine = RayEngine(demo_model.path, CONFIG, 0, False, resources)
-    with pytest.raises(SamplingError, match=r"ray_engines=3 engines .* more CPUs than the Ray cluster has \(2\)"):
+    with pytest.raises(ClusterError, match=r"ray_engines=3 engines .* more CPUs than the Ray cluster has \(2\)"):
         sample(engine, prompts, tmp_path)
 
 
@@ -194,6 +195,6 @@ class FolderNotMountedHere(ShardWorker):
 def test_a_worker_that_cannot_see_the_run_folder_stops_with_its_own_message(ray_cluster, demo_model, prompts, tmp_path):
     """The actor's check runs before its engine starts, and its message reaches the user through Ray."""
     engine = RayEngine(demo_model.path, CONFIG, 0, False, ResourcesConfig(sampling_backend="ray"), FolderNotMountedHere)
-    with pytest.raises(SamplingError, match=r"the Ray worker on .* cannot see the run folder .*not-mounted-here") as e:
+    with pytest.raises(ClusterError, match=r"the Ray worker on .* cannot see the run folder .*not-mounted-here") as e:
         sample(engine, prompts, tmp_path)
     assert "every node mounts at the same path" in str(e.value) and "Traceback" not in str(e.value)

@@ -8,11 +8,12 @@ from conftest import require_vllm
 
 from irpo.card import SamplingConfig
 from irpo.engines import Engine, SamplingParams, TransformersEngine, VLLMEngine
+from irpo.errors import RunFolderError
 from irpo.grading import grade
 from irpo.hardware import resolve_dtype
 from irpo.prompts import Prompts, render_prompts
 from irpo.tasks import get_task
-from irpo_data.sampling import SAMPLE_SCHEMA, SamplingError, read_samples, sample_answers
+from irpo_data.sampling import SAMPLE_SCHEMA, read_samples, sample_answers
 
 TASK = get_task("demo")
 QUESTIONS = TASK.load("train").questions[:5]
@@ -137,6 +138,6 @@ def test_rerun_with_other_settings_is_refused(hf_engine, demo_tokenizer, tmp_pat
     prompts = demo_prompts(demo_tokenizer)
     run(hf_engine, tmp_path, prompts, params=SamplingParams(1, 0.8, 1.0, 8, 0))
     with pytest.raises(
-        SamplingError, match=r"holds samples made with other settings \(params differ\); delete that folder"
+        RunFolderError, match=r"holds samples made with other settings \(params differ\); delete that folder"
     ):
         run(hf_engine, tmp_path, prompts, params=SamplingParams(2, 0.8, 1.0, 8, 0))

@@ -16,10 +16,13 @@ import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
 from irpo.card import BUILD_SECTIONS, load_card
+from irpo.errors import RunFolderError, SettingError
 from irpo.runs import RunFolder
 from irpo_data.publish import fingerprint, save_pairs, write_card_and_manifest
+from irpo_train import fit as fit_module
+from irpo_train import job as job_module
 from irpo_train import train as train_module
-from irpo_train.data import PairDataError, collate, gold_solution_rows, tokenize_pairs
+from irpo_train.data import collate, gold_solution_rows, tokenize_pairs
 from irpo_train.reference import load_or_compute
 
 # Small enough for a few CPU steps: 4 pairs, batch 2, 2 held-out questions, 24 answer tokens.
@@ -133,7 +136,7 @@ def test_pairs_longer_than_max_length_are_dropped_and_counted(demo_tokenizer):
     data = _id_pairs(["Q?"] * 2, ["short", "long " * 50], ["no", "no"], demo_tokenizer)
     result = tokenize_pairs(data, max_length=20)
     assert len(result.rows) == 1 and result.dropped_too_long == 1
-    with pytest.raises(PairDataError, match="has no prompt_token_ids, chosen_token_ids.*build the iteration again"):
+    with pytest.raises(RunFolderError, match="has no prompt_token_ids, chosen_token_ids.*build the iteration again"):
         tokenize_pairs(data.remove_columns(["prompt_token_ids", "chosen_token_ids", "rejected_token_ids"]), 20)
 
 
@@ -154,7 +157,7 @@ def test_reference_cache_is_reused_for_its_key_and_refused_when_stale(tmp_path):
 
 def test_missing_pairs_and_missing_previous_model_say_what_to_run(tmp_path):
     card = load_card("demo", TINY)
-    with pytest.raises(PairDataError, match=r"run `irpo data build --iter 1` first"):
+    with pytest.raises(RunFolderError, match=r"run `irpo data build --iter 1` first"):
         train_module.train_iteration(card, 1, tmp_path, progress=False)
     run = RunFolder.for_card(card, tmp_path)
     run.iteration(2).mkdir(parents=True)
@@ -181,9 +184,9 @@ def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(
     card = load_card("demo", [*TINY, "train.retrain_with_held_out=false"])  # one run: its chosen checkpoint is M_1
     run, _ = make_iteration(tmp_path, demo_tokenizer, card)
 
-    real_trainer = train_module.DPONLLTrainer
+    real_trainer = fit_module.DPONLLTrainer
     monkeypatch.setattr(
-        train_module,
+        fit_module,
         "DPONLLTrainer",
         lambda *a, **k: real_trainer(*a, **{**k, "callbacks": k["callbacks"] + [StopAfter(3)]}),
     )
@@ -267,7 +270,7 @@ def test_gold_rows_are_graded_tokenised_and_batched_without_losers(demo_tokenize
     worse = gold_solution_rows(task, wrong, prompts, demo_tokenizer, 512, end)
     assert worse.dropped_ungraded == 1 and len(worse.rows) == 3 and worse.fingerprint != gold.fingerprint
     assert gold_solution_rows(task, questions, prompts, demo_tokenizer, 60, end).dropped_too_long > 0
-    with pytest.raises(PairDataError, match="arc_challenge has no gold solutions"):
+    with pytest.raises(SettingError, match="arc_challenge has no gold solutions"):
         gold_solution_rows(get_task("arc_challenge"), questions, prompts, demo_tokenizer, 512, end)
 
 
@@ -333,19 +336,19 @@ def test_a_checkpoint_killed_while_saving_is_not_resumed_from(tmp_path):
         (folder / f"checkpoint-{step}").mkdir(parents=True)
     (folder / "checkpoint-1" / "trainer_state.json").write_text('{"global_step": 1}')
     (folder / "checkpoint-2" / "model.safetensors").write_text("half")  # killed before trainer_state.json
-    assert train_module.last_complete_checkpoint(folder) == str(folder / "checkpoint-1")
+    assert fit_module.last_complete_checkpoint(folder) == str(folder / "checkpoint-1")
     assert not (folder / "checkpoint-2").exists()
-    assert train_module.last_complete_checkpoint(tmp_path / "none") is None
+    assert fit_module.last_complete_checkpoint(tmp_path / "none") is None
 
 
 def test_work_of_a_killed_run_is_resumed_only_with_the_same_recipe(tmp_path):
     work = tmp_path / "M_1.work"
-    train_module._start_or_resume(work, {"card_sha256": "a"})  # a new run records its recipe
+    job_module.start_or_resume(work, {"card_sha256": "a"})  # a new run records its recipe
     (work / "checkpoints" / "checkpoint-2").mkdir(parents=True)  # ... trains, and is killed
     (work / "ref_logps.json").write_text("{}")
-    train_module._start_or_resume(work, {"card_sha256": "a"})  # same recipe: the checkpoint stays
+    job_module.start_or_resume(work, {"card_sha256": "a"})  # same recipe: the checkpoint stays
     assert (work / "checkpoints" / "checkpoint-2").is_dir()
-    train_module._start_or_resume(work, {"card_sha256": "b"})  # e.g. another learning rate
+    job_module.start_or_resume(work, {"card_sha256": "b"})  # e.g. another learning rate
     assert not (work / "checkpoints").exists() and (work / "ref_logps.json").is_file()
     assert json.loads((work / "identity.json").read_text()) == {"card_sha256": "b"}
 
@@ -421,9 +424,9 @@ def test_without_the_baseline_check_the_choice_skips_step_0_and_the_weights_are_
         def on_save(self, args, state, control, **kwargs):
             saved.append((Path(args.output_dir).parent.name, state.global_step))
 
-    real_trainer = train_module.DPONLLTrainer
+    real_trainer = fit_module.DPONLLTrainer
     monkeypatch.setattr(
-        train_module,
+        fit_module,
         "DPONLLTrainer",
         lambda *a, **k: real_trainer(*a, **{**k, "callbacks": k["callbacks"] + [RecordSaves()]}),
     )
@@ -442,13 +445,13 @@ def test_without_the_baseline_check_the_choice_skips_step_0_and_the_weights_are_
 PAUSE_AFTER_RETRAIN_STEP_2 = """
 import time
 from transformers import TrainerCallback
-import irpo_train.train as train_module
+import irpo_train.fit as fit_module
 class Pause(TrainerCallback):
     def on_save(self, args, state, control, **kwargs):
         if state.global_step == 2 and args.output_dir.endswith("/retrain/checkpoints"):
             time.sleep(300)
-trainer = train_module.DPONLLTrainer
-train_module.DPONLLTrainer = lambda *a, **k: trainer(*a, **{**k, "callbacks": k["callbacks"] + [Pause()]})
+trainer = fit_module.DPONLLTrainer
+fit_module.DPONLLTrainer = lambda *a, **k: trainer(*a, **{**k, "callbacks": k["callbacks"] + [Pause()]})
 """
 
 
@@ -493,9 +496,9 @@ def test_a_sigkill_mid_retrain_resumes_to_the_same_weights(tmp_path, retrained, 
 
 def test_the_global_batch_is_the_cards_whatever_the_number_of_processes():
     card = load_card("demo", ["train.batch_size=16", "train.gradient_accumulation_steps=2"])
-    assert [train_module.per_device_batch(card.train, world) for world in (1, 2, 4, 8)] == [8, 4, 2, 1]
-    with pytest.raises(PairDataError, match=r"batch_size=16 pairs per step cannot be split over 16 process\(es\)"):
-        train_module.per_device_batch(card.train, 16)
+    assert [fit_module.per_device_batch(card.train, world) for world in (1, 2, 4, 8)] == [8, 4, 2, 1]
+    with pytest.raises(SettingError, match=r"batch_size=16 pairs per step cannot be split over 16 process\(es\)"):
+        fit_module.per_device_batch(card.train, 16)
 
 
 def test_per_step_reference_trains_like_the_precomputed_one(tmp_path, tiny_model, demo_tokenizer):
