@@ -71,3 +71,31 @@ def test_the_command_and_the_loop_never_import_torch():
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.strip() == "[]"
+
+
+def test_what_the_readme_cites_is_in_the_repository():
+    """Nothing the README or the architecture doc points to lies outside the checkout (a user who
+    clones it has no ../shared), and every file or folder they name exists."""
+    import re
+
+    for doc in ("README.md", "docs/architecture.md"):
+        text = (ROOT / doc).read_text()
+        assert "../" not in text, f"{doc} points outside the repository"
+        links = re.findall(r"\]\(([^)#]+)\)", text)
+        # Source paths (evals/M_t.json and the like are run-folder paths, not the repository's).
+        named = re.findall(r"`((?:cards|bench|docs|scripts|tests|irpo\w*)/[\w./-]*|evals/\w+\.(?:py|yaml))`", text)
+        named += re.findall(r"\b((?:tests|bench|docs|scripts)/[\w/-]+\.(?:py|sh|md))\b", text)
+        placeholders = ("NAME", "M_t", "*")  # irpo/tasks/NAME.py: what a user adds
+        cited = [t for t in links if "://" not in t] + [t for t in named if not any(p in t for p in placeholders)]
+        for target in cited:
+            assert (ROOT / target.split(" ")[0]).exists(), f"{doc} names {target}, which is not in the repository"
+
+
+def test_the_readme_opens_with_the_two_commands_ci_runs():
+    """A newcomer's two commands: set up and run the demo, set up and run the tests (the latter is CI's)."""
+    import re
+
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    assert blocks[0].strip() == "bash scripts/setup && .venv/bin/irpo run"
+    assert blocks[1].strip() == "bash scripts/setup && IRPO_REQUIRE_VLLM=1 .venv/bin/python -m pytest"
+    assert blocks[1].strip() in (ROOT / ".ci" / "run").read_text()

@@ -197,7 +197,7 @@ def test_tiny_run_writes_m1_changes_every_weight_and_resumes_after_a_kill(
     # The Trainer logs a step after on_step_end, so the interrupted step 3 was never logged.
     assert [json.loads(l)["step"] for l in (work / "select" / "metrics.jsonl").read_text().splitlines()] == [1, 2]
 
-    monkeypatch.setattr(train_module, "DPONLLTrainer", real_trainer)
+    monkeypatch.setattr(fit_module, "DPONLLTrainer", real_trainer)
     with caplog.at_level("INFO"):
         out = train_module.train_iteration(card, 1, tmp_path, progress=False)
     assert "reference log-probs: reusing" in caplog.text and "resuming the select run from" in caplog.text
