@@ -14,7 +14,7 @@ from pathlib import Path
 
 from irpo.objectives import ABLATIONS
 from irpo.records import EvalRecord
-from irpo.runs import write_json_atomic, write_text_atomic
+from irpo.runs import LEADERBOARD, write_json_atomic, write_text_atomic
 from irpo.tasks import PAPER, PaperResult, task_class
 
 LABELS = {name: ablation.label for name, ablation in ABLATIONS.items()}  # objective or ablation -> its label
@@ -221,7 +221,7 @@ def plot_leaderboard(board: dict, out: Path) -> None:
 
 
 def write_leaderboard(board: dict, folder: Path) -> list[Path]:
-    paths = [folder / "leaderboard.json", folder / "leaderboard.md", folder / "leaderboard.png"]
+    paths = [folder / name for name in LEADERBOARD]
     write_json_atomic(paths[0], board)
     write_text_atomic(paths[1], leaderboard_markdown(board))
     plot_leaderboard(board, paths[2])

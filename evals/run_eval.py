@@ -20,7 +20,7 @@ from irpo.errors import RunFolderError
 from irpo.hub import push_files
 from irpo.models import ResolvedModel, resolve_model
 from irpo.records import TrainManifest
-from irpo.runs import RunFolder
+from irpo.runs import TRAIN_MANIFEST, RunFolder
 from irpo_eval.evaluate import EvalSettings, evaluate_model
 from irpo_eval.leaderboard import Entry, build_leaderboard, write_leaderboard
 
@@ -44,9 +44,9 @@ def run_models(card: Card, run: RunFolder, max_iteration: int | None = None) -> 
             f"no run folder {run.root}; run `irpo data build` and `irpo train` first, or pass --model PATH"
         )
     trained = []
-    for folder in sorted((run.root / "models").glob("M_*")):
+    for folder in sorted(run.models.glob("M_*")):
         match = re.fullmatch(r"M_(\d+)(?:-(\w+))?", folder.name)
-        manifest = folder / "train_manifest.json"
+        manifest = folder / TRAIN_MANIFEST
         if not match or not manifest.is_file() or (max_iteration is not None and int(match.group(1)) > max_iteration):
             continue
         info = TrainManifest.from_json(manifest)
@@ -85,7 +85,7 @@ def evaluate_run(
     run = RunFolder.for_card(card, runs_dir)
     settings = settings or EvalSettings.from_card(card)
     models = run_models(card, run, max_iteration)
-    evals, entries = run.root / "evals", []
+    evals, entries = run.evals, []
     for m in models:
         log.info("evaluating %s (%s) on %s", m.name, m.model.spec, settings.task)
         record = evaluate_model(

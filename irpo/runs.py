@@ -33,8 +33,18 @@ from irpo.reading import read_yaml
 log = logging.getLogger(__name__)
 
 
+# The records a stage writes last (their presence means the stage is done), by name: a folder that
+# is not a RunFolder method's (a phase of training, an ablation's model) holds them under these names.
+MANIFEST = "manifest.json"  # iter_t/: the build's
+TRAIN_MANIFEST = "train_manifest.json"  # models/M_t/: the trainer's
+CHECKPOINT_CHOICE = "checkpoint_choice.json"  # models/M_t/ and each training run: the held-out checks' choice
+LEADERBOARD = ("leaderboard.json", "leaderboard.md", "leaderboard.png")
+
+
 @dataclass(frozen=True)
 class RunFolder:
+    """Every path of a run, by what it holds (docs/architecture.md lists them)."""
+
     root: Path
 
     @classmethod
@@ -60,17 +70,45 @@ class RunFolder:
         return self.iteration(t) / "questions.parquet"
 
     def manifest(self, t: int) -> Path:
-        return self.iteration(t) / "manifest.json"
+        return self.iteration(t) / MANIFEST
 
     def model(self, t: int, ablation: str | None = None) -> Path:
         """models/M_t, or models/M_t-OBJECTIVE: the side model an ablation trains from the same pairs."""
-        return self.root / "models" / (f"M_{t}-{ablation}" if ablation else f"M_{t}")
+        return self.models / (f"M_{t}-{ablation}" if ablation else f"M_{t}")
+
+    def train_manifest(self, t: int, ablation: str | None = None) -> Path:
+        return self.model(t, ablation) / TRAIN_MANIFEST
+
+    @property
+    def models(self) -> Path:
+        return self.root / "models"
 
     def ablation_models(self, t: int) -> list[Path]:
         """models/M_t-NAME folders (not their .work or set-aside .stale-N siblings), by name."""
-        folder = self.root / "models"
-        found = folder.glob(f"M_{t}-*") if folder.is_dir() else []
+        found = self.models.glob(f"M_{t}-*") if self.models.is_dir() else []
         return sorted(p for p in found if re.fullmatch(rf"M_{t}-\w+", p.name))
+
+    @property
+    def evals(self) -> Path:
+        return self.root / "evals"
+
+    def eval_record(self, model: str) -> Path:
+        """evals/MODEL.json for models/MODEL (M_0 is the card's base model)."""
+        return self.evals / f"{model}.json"
+
+    @property
+    def ablations_figure(self) -> Path:
+        """ablations_logps.png: the log-prob curves of M_1 and its ablations, side by side."""
+        return self.root / "ablations_logps.png"
+
+    @property
+    def summary(self) -> Path:
+        """README.md: the run summary irpo run writes."""
+        return self.root / "README.md"
+
+    def leaderboard(self) -> list[Path]:
+        """leaderboard.json (for tools), .md (for people), .png."""
+        return [self.root / name for name in LEADERBOARD]
 
     def freeze_card(self, card: Card, sections: tuple[str, ...]) -> None:
         """Record the card in card.yaml; refuse one whose `sections` differ from the run's.

@@ -218,7 +218,7 @@ def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob
         manifest = BuildManifest.from_json(path)
         same = (manifest.build_card_sha256, manifest.weights_sha256) == tuple(identity.values())
         if same and run.pairs(iteration).is_dir():
-            if _has_token_ids(run.pairs(iteration)) or (run.model(iteration) / "train_manifest.json").is_file():
+            if _has_token_ids(run.pairs(iteration)) or run.train_manifest(iteration).is_file():
                 log.info(
                     "iteration %d already built in %s (same card and model); nothing to do", iteration, path.parent
                 )

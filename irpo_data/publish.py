@@ -23,7 +23,7 @@ import polars as pl
 from irpo.hub import HubError, iteration_tag, public_text, require_online, resolve_token
 from irpo.pairs import DROP_REASONS, fingerprint  # noqa: F401  (fingerprint: its callers import it here too)
 from irpo.reading import load_dataset_dir, read_text
-from irpo.runs import atomic_dir, write_json_atomic, write_text_atomic
+from irpo.runs import MANIFEST, atomic_dir, write_json_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def dataset_card(**fields) -> str:
 
 def write_card_and_manifest(iter_dir: Path, card_text: str, manifest: dict) -> None:
     write_text_atomic(iter_dir / "README.md", card_text)
-    write_json_atomic(iter_dir / "manifest.json", manifest)  # last: its presence means "complete"
+    write_json_atomic(iter_dir / MANIFEST, manifest)  # last: its presence means "complete"
 
 
 def push_iteration(
@@ -88,7 +88,7 @@ def push_iteration(
     tag = iteration_tag(iteration, fingerprint_hex)
     run_root = iter_dir.parent
     card_text = public_text(read_text(iter_dir / "README.md"), run_root)
-    manifest_text = public_text(read_text(iter_dir / "manifest.json"), run_root)
+    manifest_text = public_text(read_text(iter_dir / MANIFEST), run_root)
     dataset = load_dataset_dir(iter_dir / "pairs")  # an unreadable dataset is no failed push: said as itself
     try:
         dataset.push_to_hub(

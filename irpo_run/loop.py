@@ -136,5 +136,5 @@ def train_ablations(card: Card, run: RunFolder, runs_dir: str | Path, times: Sta
         return
     folders = {ABLATIONS[card.train.objective].label: run.model(1)}
     folders.update({ABLATIONS[a].label: run.model(1, a) for a in ablations})
-    figure = plot_objectives(folders, run.root / "ablations_logps.png")
+    figure = plot_objectives(folders, run.ablations_figure)
     log.info("log-prob curves of M_1 and its ablations: %s", figure)

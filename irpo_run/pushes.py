@@ -72,8 +72,8 @@ class Pushes:
         """evals/*.json and the leaderboard files, in one commit."""
         if not (self.repo_id and self.online):
             return
-        files = {f"evals/{p.name}": p for p in sorted((run.root / "evals").glob("M_*.json"))}
-        files.update({p.name: p for p in sorted(run.root.glob("leaderboard.*"))})
+        files = {f"evals/{p.name}": p for p in sorted(run.evals.glob("M_*.json"))}
+        files.update({p.name: p for p in run.leaderboard() if p.is_file()})
         if not files:
             return
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from irpo.records import BuildManifest, EvalRecord, Record, TrainManifest
-from irpo.runs import RunFolder, write_text_atomic
+from irpo.runs import TRAIN_MANIFEST, RunFolder, write_text_atomic
 
 
 def _read(kind: type[Record], path: Path):
@@ -26,7 +26,7 @@ def _cell(value) -> str:
 
 
 def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None = None) -> str:
-    evals = {t: _read(EvalRecord, run.root / "evals" / f"M_{t}.json") for t in range(iterations + 1)}
+    evals = {t: _read(EvalRecord, run.eval_record(f"M_{t}")) for t in range(iterations + 1)}
     k = next((e.maj_k for e in evals.values() if e), None)
     lines = [
         f"# Run `{run.root.name}`",
@@ -40,7 +40,7 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
         lines.append(f"| M_0 (base) | | | | | | | | {_pct(base.greedy)} | {_pct(base.maj_at_k)} |")
     for t in range(1, iterations + 1):
         manifest = _read(BuildManifest, run.manifest(t))
-        trained = _read(TrainManifest, run.model(t) / "train_manifest.json")
+        trained = _read(TrainManifest, run.train_manifest(t))
         counts = manifest.counts if manifest else {}
         result = evals.get(t)
         steps = f"{trained.selection_steps} ({_cell(trained.selected_step)})" if trained else ""
@@ -57,7 +57,7 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
     for t in range(1, iterations + 1):
         lines.append(f"- iteration {t}: [dataset card](iter_{t}/README.md), [log-prob curves](models/M_{t}/logps.png)")
     lines.append("- [leaderboard](leaderboard.md) and its [plot](leaderboard.png)")
-    if (run.root / "ablations_logps.png").is_file():
+    if run.ablations_figure.is_file():
         lines.append("- [log-prob curves of M_1 and its ablations](ablations_logps.png)")
     lines += _timing_rows(run, iterations)
     if times:
@@ -71,7 +71,7 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
 def _ablation_rows(run: RunFolder) -> list[str]:
     """M_1 beside its ablations: objective, pairs fingerprint, checkpoint, held-out and test accuracy."""
     folders = [run.model(1), *run.ablation_models(1)]
-    trained = [(f.name, m) for f in folders if (m := _read(TrainManifest, f / "train_manifest.json"))]
+    trained = [(f.name, m) for f in folders if (m := _read(TrainManifest, f / TRAIN_MANIFEST))]
     if len(trained) < 2:
         return []
     lines = [
@@ -83,7 +83,7 @@ def _ablation_rows(run: RunFolder) -> list[str]:
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for name, m in trained:
-        result = _read(EvalRecord, run.root / "evals" / f"{name}.json")
+        result = _read(EvalRecord, run.eval_record(name))
         lines.append(
             f"| {name} | {m.objective} | {m.trained_on} | {m.pairs_fingerprint[:16]} "
             f"| {m.selection_steps} ({_cell(m.selected_step)}) | {_pct(m.held_out_accuracy)} "
@@ -97,14 +97,14 @@ def _stage_records(run: RunFolder, iterations: int) -> list[tuple[int, str, Reco
     stages = []
     for t in range(1, iterations + 1):
         stages.append((t, "build", _read(BuildManifest, run.manifest(t))))
-        stages.append((t, f"train M_{t}", _read(TrainManifest, run.model(t) / "train_manifest.json")))
+        stages.append((t, f"train M_{t}", _read(TrainManifest, run.train_manifest(t))))
         if t == 1:
             for folder in run.ablation_models(1):
-                stages.append((1, f"train {folder.name}", _read(TrainManifest, folder / "train_manifest.json")))
+                stages.append((1, f"train {folder.name}", _read(TrainManifest, folder / TRAIN_MANIFEST)))
         for name in ([f"M_{t - 1}"] if t == 1 else []) + [f"M_{t}"]:
-            stages.append((t, f"eval {name}", _read(EvalRecord, run.root / "evals" / f"{name}.json")))
-    if (run.root / "evals").is_dir():
-        for path in sorted((run.root / "evals").glob("M_1-*.json")):
+            stages.append((t, f"eval {name}", _read(EvalRecord, run.eval_record(name))))
+    if run.evals.is_dir():
+        for path in sorted(run.evals.glob("M_1-*.json")):
             stages.append((1, f"eval {path.stem}", _read(EvalRecord, path)))
     return [(t, stage, record) for t, stage, record in stages if record is not None and record.timings]
 
@@ -136,5 +136,5 @@ def _timing_rows(run: RunFolder, iterations: int) -> list[str]:
 
 def write_summary(run: RunFolder, iterations: int, times: dict[str, float] | None = None) -> str:
     text = run_summary(run, iterations, times)
-    write_text_atomic(run.root / "README.md", text)
+    write_text_atomic(run.summary, text)
     return text

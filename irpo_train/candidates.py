@@ -29,7 +29,7 @@ from transformers import TrainerCallback
 from irpo import timing
 from irpo.grading import grade
 from irpo.reading import read_json
-from irpo.runs import write_json_atomic
+from irpo.runs import CHECKPOINT_CHOICE, write_json_atomic
 from irpo_train.trainer import best_step
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def choose_candidate(
     engine (irpo.engines.VLLMEngine). Returns the best trained step's record, as
     HeldOutAccuracy.best() does (highest accuracy, earliest step among ties).
     """
-    record_path = phase_dir / "checkpoint_choice.json"
+    record_path = phase_dir / CHECKPOINT_CHOICE
     history = read_json(record_path).get("history", []) if record_path.is_file() else []
     candidates = sorted(
         (int(p.name.removeprefix("step-")), p) for p in (phase_dir / "candidates").glob("step-*") if p.is_dir()

@@ -18,7 +18,7 @@ from irpo.command import (
 )
 from irpo.objectives import ABLATIONS
 from irpo.records import TrainManifest
-from irpo.runs import RunFolder
+from irpo.runs import TRAIN_MANIFEST, RunFolder
 
 
 @click.command(cls=Command)
@@ -74,7 +74,7 @@ def main(card, iteration, runs_dir, ablation, dry_run, quiet, overrides):
         out = train_iteration(resolved, iteration, runs_dir, progress=not quiet, ablation=ablation)
     if not distributed.is_main():
         return
-    manifest = TrainManifest.from_json(out / "train_manifest.json")
+    manifest = TrainManifest.from_json(out / TRAIN_MANIFEST)
     click.echo(
         f"{out} ({manifest.objective}): step {manifest.selected_step} selected, held-out accuracy "
         f"{100 * (manifest.held_out_accuracy or 0):.1f}%; curves in {out / 'logps.png'}"

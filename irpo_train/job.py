@@ -28,7 +28,7 @@ from irpo.objectives import ABLATIONS, OBJECTIVES
 from irpo.prompts import PromptFormat, prompt_format
 from irpo.reading import RecordError, load_dataset_dir, read_json
 from irpo.records import BuildManifest, IterationQuestions, TrainManifest
-from irpo.runs import RunFolder, set_aside, write_json_atomic
+from irpo.runs import TRAIN_MANIFEST, RunFolder, set_aside, write_json_atomic
 from irpo.tasks import task_from_config
 from irpo_train import distributed
 from irpo_train.reference import StepReference
@@ -95,7 +95,7 @@ def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> T
         reference_weights_sha256=reference.weights_sha256,
         bf16=resolve_bf16(card.train.bf16),
     ).identity()
-    done = out_dir / "train_manifest.json"
+    done = out_dir / TRAIN_MANIFEST
     if done.is_file() and TrainManifest.from_json(done).identity() == identity:
         log.info("%s is already trained from these pairs and this reference; nothing to do", out_dir)
         return None

@@ -15,6 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from irpo.reading import read_json, read_jsonl
+from irpo.runs import CHECKPOINT_CHOICE
 
 SERIES = (("chosen", "chosen (correct) answers", "tab:green"), ("rejected", "rejected (wrong) answers", "tab:red"))
 
@@ -35,7 +36,7 @@ def plot_logps(folder: Path, beta: float, out: Path | None = None, title: str = 
     import matplotlib.pyplot as plt
 
     rows, probe = _read_jsonl(folder / "metrics.jsonl"), _read_jsonl(folder / "probe.jsonl")
-    choice = read_json(folder / "checkpoint_choice.json") if (folder / "checkpoint_choice.json").is_file() else {}
+    choice = read_json(folder / CHECKPOINT_CHOICE) if (folder / CHECKPOINT_CHOICE).is_file() else {}
     history, best = choice.get("history", []), (choice.get("best") or {}).get("step")
     out = out or folder / "logps.png"
     window = max(1, len(rows) // 8)

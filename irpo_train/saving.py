@@ -14,7 +14,7 @@ from irpo import __version__, timing
 from irpo.hardware import describe
 from irpo.objectives import OBJECTIVES
 from irpo.records import TrainManifest
-from irpo.runs import atomic_dir
+from irpo.runs import CHECKPOINT_CHOICE, TRAIN_MANIFEST, atomic_dir
 from irpo_train.job import TrainJob
 from irpo_train.plots import plot_logps
 
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 def final_model(job: TrainJob, phase_dir: Path):
     """The phase's model (its best step, else its last), merged to plain weights if trained with LoRA."""
     folder = phase_dir / "best" if (phase_dir / "best").is_dir() else phase_dir / "last"
-    if folder.name == "last" and (phase_dir / "checkpoint_choice.json").is_file():
+    if folder.name == "last" and (phase_dir / CHECKPOINT_CHOICE).is_file():
         log.warning("no held-out evaluation picked a step; keeping the last step's model")
     trust = job.card.model.trust_remote_code
     if job.cfg.lora:
@@ -46,7 +46,7 @@ def write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: d
         for name in ("metrics.jsonl", "probe.jsonl"):
             if (final_dir / name).is_file():
                 shutil.copy2(final_dir / name, tmp / name)
-        for name in ("checkpoint_choice.json",):
+        for name in (CHECKPOINT_CHOICE,):
             if (select_dir / name).is_file():
                 shutil.copy2(select_dir / name, tmp / name)
         for name in ("ref_logps.parquet", "ref_logps.json"):
@@ -54,7 +54,7 @@ def write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: d
                 shutil.copy2(job.work / name, tmp / name)
         if final is not selection and final["phase"] != "select":
             (tmp / "select").mkdir()
-            for name in ("metrics.jsonl", "checkpoint_choice.json", "done.json"):
+            for name in ("metrics.jsonl", CHECKPOINT_CHOICE, "done.json"):
                 if (select_dir / name).is_file():
                     shutil.copy2(select_dir / name, tmp / "select" / name)
         retrained = final["phase"] == "retrain"
@@ -84,7 +84,7 @@ def write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: d
             hardware=describe(),
             timings=timing.take(),
             **notes,
-        ).write(tmp / "train_manifest.json")
+        ).write(tmp / TRAIN_MANIFEST)
     shutil.rmtree(job.work)  # checkpoints are large; everything worth keeping is in M_T/
     log.info(
         "%s (%s) written to %s (step %s selected%s)",

@@ -15,6 +15,7 @@ import torch
 
 from irpo.engines import VLLMEngine
 from irpo.hardware import resolve_dtype
+from irpo.runs import CHECKPOINT_CHOICE
 from irpo.tasks import task_from_config
 from irpo_train import distributed
 from irpo_train.candidates import choose_candidate
@@ -48,7 +49,7 @@ def selection_callback(job: TrainJob, folder: Path, tokenizer) -> HeldOutAccurac
         held_out_questions(job, tokenizer),
         every=job.cfg.select_every,
         best_dir=folder / "best",
-        record=folder / "checkpoint_choice.json",
+        record=folder / CHECKPOINT_CHOICE,
         baseline=job.cfg.select_baseline,
     )
 
@@ -62,7 +63,7 @@ def choose_on_vllm(job: TrainJob, folder: Path, tokenizer) -> dict | None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-    record = folder / "checkpoint_choice.json"
+    record = folder / CHECKPOINT_CHOICE
     if not distributed.is_main():
         return distributed.wait_for_record(record, "complete")["best"]
     card = job.card
