@@ -21,7 +21,7 @@ import time
 
 
 def one(args) -> None:
-    from irpo.card import load_card
+    from irpo.card_loader import load_card
     from irpo.models import resolve_model
     from irpo_eval.evaluate import EvalSettings, evaluate_model
 

@@ -35,7 +35,7 @@ def one_mode(mode: str, runs_dir: str, overrides: list[str]) -> dict:
 
     import irpo_train.train as train
     import irpo_train.trainer as trainer
-    from irpo.card import load_card
+    from irpo.card_loader import load_card
 
     if mode == "baseline":
         import gc

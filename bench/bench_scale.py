@@ -167,7 +167,7 @@ def held_out_checks() -> tuple[float, float, float, float, float]:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from irpo.card import load_card
+    from irpo.card_loader import load_card
     from irpo.engines import VLLMEngine
     from irpo.hardware import resolve_dtype
     from irpo.models import resolve_model
@@ -207,7 +207,8 @@ def ray_against_local(questions: int = 32, per_shard: int = 4) -> dict:
 
     from transformers import AutoTokenizer
 
-    from irpo.card import ResourcesConfig, load_card
+    from irpo.card import ResourcesConfig
+    from irpo.card_loader import load_card
     from irpo.models import resolve_model
     from irpo.prompts import Prompts
     from irpo.tasks import task_from_config

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from irpo.card import BUNDLED_CARDS, load_card
+from irpo.card_loader import BUNDLED_CARDS, load_card
 from irpo.command import (
     Command,
     card_option,

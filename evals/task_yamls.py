@@ -18,7 +18,7 @@ from pathlib import Path
 
 import click
 
-from irpo.card import load_card
+from irpo.card_loader import load_card
 from irpo.tasks import task_names
 
 TASKS_DIR = Path(__file__).parent  # the YAMLs and templates ship beside lm_tasks.py, whose functions they call

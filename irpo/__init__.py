@@ -1,6 +1,6 @@
 """irpo: what every stage of Iterative RPO stands on, and what a library user imports.
 
-    from irpo.card import load_card          # the recipe card, validated
+    from irpo.card_loader import load_card  # the recipe card, validated
     from irpo.tasks import get_task          # GSM8K, MATH, ARC, the demo: questions, prompts, gold answers
     from irpo.grading import grade           # the reward's grader, which also scores the evaluation
 

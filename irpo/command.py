@@ -17,7 +17,8 @@ import sys
 
 import click
 
-from irpo.card import BUNDLED_CARDS, Card, load_card
+from irpo.card import Card
+from irpo.card_loader import BUNDLED_CARDS, load_card
 from irpo.errors import IrpoError
 from irpo.runs import os_error_of
 

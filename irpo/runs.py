@@ -27,7 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
-from irpo.card import Card, CardError, card_from_dict, flatten
+from irpo.card import Card, flatten
+from irpo.card_loader import CardError, card_from_dict
 from irpo.reading import read_yaml
 
 log = logging.getLogger(__name__)

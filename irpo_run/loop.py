@@ -28,7 +28,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from irpo.card import BUILD_SECTIONS, Card, CardError
+from irpo.card import BUILD_SECTIONS, Card
+from irpo.card_loader import CardError
 from irpo.models import iteration_model
 from irpo.objectives import ABLATIONS
 from irpo.reading import read_json

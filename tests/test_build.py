@@ -225,7 +225,7 @@ def test_vllm_build_killed_mid_sampling_resumes_to_the_same_dataset(tmp_path):
 
 @needs_shared_data
 def test_arc_samples_both_training_sets_and_chooses_on_the_validation_split():
-    from irpo.card import load_card
+    from irpo.card_loader import load_card
     from irpo_data.build import question_sets
 
     sets = question_sets(load_card("arc_challenge", [f"task.data_dir={SHARED_DATA}"]))
@@ -236,7 +236,7 @@ def test_arc_samples_both_training_sets_and_chooses_on_the_validation_split():
 
 @needs_shared_data
 def test_gsm8k_samples_its_held_out_questions_when_it_retrains_on_them():
-    from irpo.card import load_card
+    from irpo.card_loader import load_card
     from irpo_data.build import question_sets
 
     paper = question_sets(load_card("gsm8k", [f"task.data_dir={SHARED_DATA / 'gsm8k'}"]))
@@ -249,7 +249,7 @@ def test_gsm8k_samples_its_held_out_questions_when_it_retrains_on_them():
 
 @needs_shared_data
 def test_contamination_check_flags_prm800k_training_problems_and_can_drop_them():
-    from irpo.card import load_card
+    from irpo.card_loader import load_card
     from irpo_data.build import question_sets
 
     overrides = [f"task.data_dir={SHARED_DATA / 'math'}", "task.held_out=0"]
@@ -275,7 +275,7 @@ def test_build_more_pairs_doubles_k_from_the_same_samples(tmp_path):
     """The twice-the-data baselines: no new sampling, 2K pairs per question from iteration 1's samples."""
     import polars as pl
 
-    from irpo.card import load_card
+    from irpo.card_loader import load_card
     from irpo.runs import RunFolder
     from irpo_data.build import build_more_pairs
     from irpo_data.sampling import SAMPLE_SCHEMA

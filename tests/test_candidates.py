@@ -10,7 +10,7 @@ import pytest
 from conftest import require_vllm
 from test_train import TINY, make_iteration
 
-from irpo.card import load_card
+from irpo.card_loader import load_card
 from irpo.engines import TransformersEngine
 from irpo.prompts import Prompts
 from irpo.records import TrainManifest

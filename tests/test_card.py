@@ -7,7 +7,8 @@ import dataclasses
 import pytest
 from conftest import ASSETS
 
-from irpo.card import BUNDLED_CARDS, Card, CardError, load_card
+from irpo.card import Card
+from irpo.card_loader import BUNDLED_CARDS, CardError, load_card
 
 
 @pytest.mark.parametrize("name", BUNDLED_CARDS)
@@ -183,7 +184,7 @@ def test_tensor_parallelism_without_gpus_is_refused_with_the_fix():
 
 
 def test_ray_address_is_a_shorthand_and_the_backend_is_checked():
-    from irpo.card import CardError
+    from irpo.card_loader import CardError
     from irpo.command import resolve_card
 
     card = resolve_card("demo", ["resources.ray_engines=4"], ray_address="ray://head:10001")

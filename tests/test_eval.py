@@ -14,7 +14,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import SHARED_DATA, needs_shared_data, require_vllm
 
-from irpo.card import CardError, load_card
+from irpo.card_loader import CardError, load_card
 from irpo.models import resolve_model
 from irpo.prompts import render_prompts
 from irpo.records import EvalRecord

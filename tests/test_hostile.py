@@ -29,7 +29,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import ASSETS
 
-from irpo.card import ADDED_KEYS, BUILD_SECTIONS, HASHED_AS, Card, flatten, load_card
+from irpo.card import ADDED_KEYS, BUILD_SECTIONS, HASHED_AS, Card, flatten
+from irpo.card_loader import load_card
 from irpo.card_values import RANGES
 from irpo.runs import RunFolder
 from irpo_run.cli import main

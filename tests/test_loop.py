@@ -21,7 +21,8 @@ import pytest
 from click.testing import CliRunner
 from conftest import require_vllm
 
-from irpo.card import BUILD_SECTIONS, load_card
+from irpo.card import BUILD_SECTIONS
+from irpo.card_loader import load_card
 from irpo.models import weights_sha256
 from irpo.runs import RunFolder
 from irpo_run.cli import main

@@ -116,7 +116,7 @@ def test_an_objective_is_one_entry_checked_at_load_and_trained_by_its_fields(mon
     another name). The card takes it, the loss follows its fields, a task without gold solutions
     refuses only the objectives that need them."""
     from irpo import objectives
-    from irpo.card import CardError, load_card
+    from irpo.card_loader import CardError, load_card
     from irpo.objectives import OBJECTIVES, Objective
     from irpo_train.loss import objective_loss
 

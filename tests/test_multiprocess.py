@@ -21,7 +21,8 @@ import pytest
 import torch
 from test_train import pair_table, write_questions
 
-from irpo.card import BUILD_SECTIONS, load_card
+from irpo.card import BUILD_SECTIONS
+from irpo.card_loader import load_card
 from irpo.runs import RunFolder
 from irpo_data.publish import fingerprint, save_pairs, write_card_and_manifest
 

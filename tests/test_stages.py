@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from irpo.card import CardError
+from irpo.card_loader import CardError
 from irpo_run.stages import StageError, StageTraceback, run_stage
 
 HERE = Path(__file__).resolve().parent

@@ -250,7 +250,7 @@ def test_every_task_has_its_card_its_lm_eval_yamls_and_says_what_the_paper_repor
     """What `irpo run --card TASK` and a plain lm-eval user need, for every registered task."""
     from lm_eval.tasks import TaskManager
 
-    from irpo.card import BUNDLED_CARDS, load_card
+    from irpo.card_loader import BUNDLED_CARDS, load_card
     from irpo.objectives import ABLATIONS
     from irpo.tasks import PaperResult, task_class
     from irpo_eval.task_yamls import TASKS_DIR, stale_yamls
@@ -334,7 +334,7 @@ def test_adding_a_benchmark_is_one_module_one_card_and_two_written_yamls(tmp_pat
     from lm_eval.tasks import TaskManager
 
     import irpo.tasks as tasks
-    from irpo.card import load_card
+    from irpo.card_loader import load_card
     from irpo_eval.lm_tasks import greedy_results
     from irpo_eval.task_yamls import task_yamls, write_yamls
 

@@ -15,7 +15,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, TrainerCallback
 
-from irpo.card import BUILD_SECTIONS, load_card
+from irpo.card import BUILD_SECTIONS
+from irpo.card_loader import load_card
 from irpo.errors import RunFolderError, SettingError
 from irpo.runs import RunFolder
 from irpo_data.publish import fingerprint, save_pairs, write_card_and_manifest
@@ -466,7 +467,7 @@ def test_a_sigkill_mid_retrain_resumes_to_the_same_weights(tmp_path, retrained, 
 
     card = [*RETRAIN, f"model.base={tiny_model}"]
     code = (
-        "import logging, sys\nfrom irpo.card import load_card\nfrom irpo_train.train import train_iteration\n"
+        "import logging, sys\nfrom irpo.card_loader import load_card\nfrom irpo_train.train import train_iteration\n"
         "logging.basicConfig(level=logging.INFO)\n"
         f"train_iteration(load_card('demo', {card!r}), 1, sys.argv[1], progress=False)\n"
     )
@@ -555,7 +556,7 @@ def test_the_cards_attention_kernel_trains_the_model_and_keys_the_reference_cach
     """train.attn_implementation reaches the model that trains (and so its per-step reference copy
     and the held-out checks), and keys the cached reference log-probs: another kernel rounds
     differently, so an sdpa cache must not serve an eager run. The loader is wrapped, not replaced."""
-    from irpo.card import CardError
+    from irpo.card_loader import CardError
 
     with pytest.raises(CardError, match=r"train.attn_implementation must be sdpa or eager, got 'flash'"):
         load_card("demo", ["train.attn_implementation=flash"])

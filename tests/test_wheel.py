@@ -27,7 +27,7 @@ for package in ("irpo", "irpo_run", "irpo_data", "irpo_train", "irpo_eval", "irp
         if info.name != "irpo_eval.lm_eval_cli":  # runs lm-eval's command line on import
             modules.append(importlib.import_module(info.name))
 outside = [m.__name__ for m in modules if not Path(m.__file__).resolve().is_relative_to(wheel.resolve())]
-from irpo.card import BUNDLED_CARDS, load_card
+from irpo.card_loader import BUNDLED_CARDS, load_card
 from irpo_eval.task_yamls import TASKS_DIR, stale_yamls
 from lm_eval.tasks import TaskManager
 indexed = TaskManager(include_path=str(TASKS_DIR), include_defaults=False).all_tasks
