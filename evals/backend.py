@@ -53,13 +53,13 @@ from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.utils import postprocess_generated_text  # noqa: E402
 
 from irpo import timing  # noqa: E402
-from irpo.engines import question_seed, shutdown_vllm  # noqa: E402
+from irpo.engines import question_seed, shutdown_vllm, vllm_device_settings  # noqa: E402
+from irpo.prompts import end_of_turn_id, generation_eos_ids  # noqa: E402
 
 
 def stop_token_ids(model_path, tokenizer) -> tuple[int, ...]:
     """What ends an answer, as in the build: the chat template's end-of-turn token and the model's
     generation_config EOS ids (irpo.prompts); lm-eval alone would stop on the EOS only."""
-    from irpo.prompts import end_of_turn_id, generation_eos_ids
 
     return tuple(dict.fromkeys([end_of_turn_id(tokenizer), *generation_eos_ids(model_path)]))
 
@@ -84,7 +84,6 @@ class GroupedVLLM(VLLM):
     def __init__(
         self, pretrained: str, seed: int = 0, kv_cache_gb: float = 2, gpu_memory_utilization: float = 0.9, **kwargs
     ):
-        from irpo.engines import vllm_device_settings
 
         _, device_kwargs = vllm_device_settings(kv_cache_gb, gpu_memory_utilization)
         for key, value in device_kwargs.items():

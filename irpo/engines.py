@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import logging
 import os
 from collections.abc import Iterator
@@ -23,8 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from irpo import timing
+from irpo.card import ResourcesConfig
 from irpo.errors import IrpoError
-from irpo.hardware import describe, resolve_dtype
+from irpo.hardware import describe, release_memory, resolve_dtype
 from irpo.prompts import Generation, context_left, cut_at_stop, left_padded, stopped
 
 log = logging.getLogger(__name__)
@@ -117,7 +119,6 @@ def shutdown_vllm(llm) -> None:
     reference to an `LLM` therefore kept its ~5 GB on CPU alive through the stages after it (the
     demo's training ran at 10.6 GB beside the build's dead engine).
     """
-    from irpo.hardware import release_memory
 
     core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
     if core is not None:
@@ -131,7 +132,6 @@ class VLLMEngine(Engine):
     def __init__(
         self, model_path: Path, dtype: str, seed: int, config, resources=None, trust_remote_code: bool = False
     ):
-        from irpo.card import ResourcesConfig
 
         resources = resources or ResourcesConfig()
         self.on_cpu, device_kwargs = vllm_device_settings(
@@ -289,7 +289,6 @@ class TransformersEngine(Engine):
 
 
 def vllm_available() -> bool:
-    import importlib.util
 
     return importlib.util.find_spec("vllm") is not None
 

@@ -16,9 +16,12 @@ machine that resolves differently is refused or retrained rather than mixed.
 
 from __future__ import annotations
 
+import ctypes
 import functools
+import gc
 import os
 import platform
+import signal
 import sys
 from importlib import metadata
 
@@ -94,7 +97,6 @@ def trim_heap() -> None:
 @functools.lru_cache(maxsize=1)
 def _malloc_trim():
     """glibc's malloc_trim, looked up once (trim_heap runs after every training step), or None."""
-    import ctypes
 
     try:
         return ctypes.CDLL("libc.so.6").malloc_trim
@@ -110,7 +112,6 @@ def release_memory() -> None:
     lengths, 2 + 2 steps): the process held 5.5 GB it no longer used, 0.8 GB after this call,
     and `irpo run`'s next stage (a vLLM engine, ~4 GB) ran on top of it.
     """
-    import gc
 
     gc.collect()
     trim_heap()
@@ -124,9 +125,6 @@ def die_with_parent(parent_pid: int) -> None:
     the parent *thread* that started the process, so start such processes from a long-lived one.
     """
     if sys.platform.startswith("linux"):
-        import ctypes
-        import signal
-
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent_pid:  # the parent died before the line above took effect

@@ -16,6 +16,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from irpo.errors import IrpoError
 
 
@@ -102,7 +104,6 @@ def read_jsonl(path: Path) -> list[dict]:
 
 def read_yaml(path: Path) -> dict:
     """The YAML mapping in `path`."""
-    import yaml
 
     text = read_text(path)
     if not text.strip():

@@ -21,6 +21,7 @@ from typing import Any, ClassVar, TypeVar
 
 from irpo.reading import read_json, read_parquet, unreadable
 from irpo.runs import write_json_atomic
+from irpo.tasks import Question
 
 R = TypeVar("R", bound="Record")
 
@@ -258,8 +259,6 @@ class IterationQuestions:
     @classmethod
     def read(cls, path: Path) -> "IterationQuestions":
         import polars as pl
-
-        from irpo.tasks import Question
 
         frame = read_parquet(path, {"question_id": pl.String, "role": pl.String, "sampled": pl.Boolean})
         train, held_out, sampled, ids = [], [], [], {}

@@ -31,6 +31,7 @@ from __future__ import annotations
 import atexit
 import functools
 import json
+import logging
 import math
 import os
 import queue
@@ -171,7 +172,6 @@ def serve(parent_pid: int, reply_fd: int, token: str) -> None:
     """The worker loop: one JSON request per line on stdin, one answer per line on `reply_fd`
     ("<token> <JSON>"); its stdout is /dev/null, so nothing else reaches the answers."""
     die_with_parent(parent_pid)
-    import logging
 
     out = os.fdopen(reply_fd, "w", encoding="utf-8")
     logging.getLogger("math_verify").setLevel(logging.CRITICAL)  # it logs whole hostile inputs

@@ -22,8 +22,14 @@ from irpo.command import (
     show_dry_run,
 )
 from irpo.errors import IrpoError
+from irpo.hub import check_repo_id
+from irpo.lock import run_lock
+from irpo.reaper import start_reaper
 from irpo.records import BuildManifest
 from irpo.runs import RunFolder
+from irpo.tasks import get_task, task_names
+from irpo_data.build import build_iteration, build_more_pairs
+from irpo_data.publish import push_iteration
 
 
 @click.group(cls=Group)
@@ -94,17 +100,12 @@ def build(
     setup_logging(quiet)
     resolved = resolve_card(card, overrides, data_dir, ray_address)
     if push_to_hub:
-        from irpo.hub import check_repo_id
-
         check_repo_id(push_to_hub)  # before the build, not after it
     if dry_run:
         source = model or ("the card's base model" if iteration == 1 else f"models/M_{iteration - 1}")
         return show_dry_run(
             resolved, f"build {RunFolder.for_card(resolved, runs_dir).iteration(iteration)} from {source}"
         )
-    from irpo.lock import run_lock
-    from irpo.reaper import start_reaper
-    from irpo_data.build import build_iteration, build_more_pairs
 
     start_reaper()  # the engine's processes die with this command
     with run_lock(RunFolder.for_card(resolved, runs_dir).root):
@@ -140,7 +141,6 @@ def push(card, iteration, runs_dir, push_to_hub, private, dry_run, overrides):
     setup_logging(False)
     if not push_to_hub:
         raise click.UsageError("--push-to-hub ORG/NAME is required")
-    from irpo.hub import check_repo_id
 
     check_repo_id(push_to_hub)
     resolved = resolve_card(card, overrides)
@@ -153,7 +153,6 @@ def push(card, iteration, runs_dir, push_to_hub, private, dry_run, overrides):
 
 
 def _push(iter_dir: Path, repo_id: str, iteration: int, manifest: BuildManifest, private: bool | None) -> None:
-    from irpo_data.publish import push_iteration
 
     tag = push_iteration(iter_dir, repo_id, iteration, manifest.pairs_fingerprint, private=private)
     click.echo(f"pushed to https://huggingface.co/datasets/{repo_id} as config iter_{iteration}, tag {tag}")
@@ -170,7 +169,6 @@ def list_tasks(card, dry_run, overrides):
     Example:
       irpo data tasks
     """
-    from irpo.tasks import get_task, task_names
 
     resolved = resolve_card(card, overrides)
     if dry_run:

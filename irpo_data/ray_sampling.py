@@ -21,9 +21,11 @@ for the build and stopped after it (`ray.init`'s own rules). Install with `pip i
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import re
+import socket
 import tempfile
 import warnings
 from collections.abc import Iterator
@@ -32,6 +34,7 @@ from pathlib import Path
 
 from irpo import timing
 from irpo.errors import ClusterError, IrpoError, NotInstalledError
+from irpo.hardware import describe
 from irpo_data.sampling import Engine, ShardJob, make_engine
 
 log = logging.getLogger(__name__)
@@ -219,7 +222,6 @@ class ShardWorker:
 
 def _worker_view(engine_args: dict, marker: str) -> dict:
     """Runs on a worker: its engine's settings, its hardware, and whether it sees the driver's marker file."""
-    from irpo.hardware import describe
 
     engine = make_engine(**engine_args)  # builds the engine's settings; vLLM itself starts lazily
     return {
@@ -232,7 +234,6 @@ def _worker_view(engine_args: dict, marker: str) -> dict:
 
 
 def _node() -> str:
-    import socket
 
     return socket.gethostname()
 
@@ -276,7 +277,6 @@ def _first_line(exc: BaseException) -> str:
 
 
 def ray_engine(model_path: Path, config, seed: int, trust_remote_code: bool, resources) -> RayEngine:
-    import importlib.util
 
     if importlib.util.find_spec("ray") is None:
         raise NotInstalledError(

@@ -88,7 +88,7 @@ def make_engine(model_path: Path, config, seed: int, trust_remote_code: bool = F
     """The build's engine: irpo.engines.local_engine, or with `resources.sampling_backend: ray` a pool of
     them on a Ray cluster."""
     if resources is not None and resources.sampling_backend == "ray":
-        from irpo_data.ray_sampling import ray_engine  # here: Ray is an optional install
+        from irpo_data.ray_sampling import ray_engine  # here: it builds on this module (a circle at the top)
 
         return ray_engine(model_path, config, seed, trust_remote_code, resources)
     return local_engine(model_path, config, seed, trust_remote_code, resources)

@@ -12,6 +12,7 @@ boundary (irpo.command) and print as one line.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 
 import click
 
@@ -29,9 +30,16 @@ from irpo.command import (
     setup_logging,
     show_dry_run,
 )
+from irpo.lock import run_lock
 from irpo.objectives import ABLATIONS
+from irpo.reaper import start_reaper
+from irpo.runs import RunFolder
+from irpo.tasks import task_from_config
 from irpo_data.cli import main as data_group
 from irpo_eval.cli import main as eval_command
+from irpo_run.loop import run_loop
+from irpo_run.pushes import Pushes
+from irpo_run.summary import write_summary
 from irpo_train.cli import main as train_command
 
 
@@ -103,12 +111,6 @@ def run(card, runs_dir, iterations, push_to_hub, private, ablations, fresh, ray_
     at a time per run folder. The summary is printed at the end and written to runs/NAME/README.md.
     """
     setup_logging(quiet)
-    from irpo.lock import run_lock
-    from irpo.reaper import start_reaper
-    from irpo.runs import RunFolder
-    from irpo_run.loop import run_loop
-    from irpo_run.pushes import Pushes
-    from irpo_run.summary import write_summary
 
     resolved = resolve_card(card, overrides, ray_address=ray_address)
     if ablations:
@@ -131,7 +133,6 @@ def run(card, runs_dir, iterations, push_to_hub, private, ablations, fresh, ray_
 
 def _delete_run(root) -> None:
     """--fresh: the one place irpo deletes a run folder, because the user asked; it says what goes."""
-    import shutil
 
     if root.is_symlink():  # the link goes, never what it points at
         click.echo(f"--fresh: removing the link {root} (its target {root.resolve()} is kept)", err=True)
@@ -147,7 +148,6 @@ def _delete_run(root) -> None:
 def _all_ablations(card: Card) -> list[str]:
     """--ablations: every objective but the card's own, and the two twice-the-pairs baselines
     (sft_gold only where the task has gold solutions)."""
-    from irpo.tasks import task_from_config
 
     chosen = [name for name in ABLATIONS if name != card.train.objective]
     if not task_from_config(card.task).has_solutions:

@@ -27,6 +27,7 @@ from pathlib import Path
 from transformers import TrainerCallback
 
 from irpo import timing
+from irpo.engines import SamplingParams
 from irpo.grading import grade
 from irpo.reading import read_json
 from irpo.runs import CHECKPOINT_CHOICE, write_json_atomic
@@ -94,7 +95,6 @@ def choose_candidate(
 
 def candidate_accuracy(engine, held_out) -> float:
     """Greedy accuracy of one engine's model on the held-out prompts, graded by the reward's grader."""
-    from irpo.engines import SamplingParams
 
     params = SamplingParams(
         num_samples=1,

@@ -16,7 +16,9 @@ from irpo.command import (
     setup_logging,
     show_dry_run,
 )
+from irpo.lock import run_lock
 from irpo.objectives import ABLATIONS
+from irpo.reaper import start_reaper
 from irpo.records import TrainManifest
 from irpo.runs import TRAIN_MANIFEST, RunFolder
 
@@ -64,8 +66,8 @@ def main(card, iteration, runs_dir, ablation, dry_run, quiet, overrides):
     if dry_run:
         run = RunFolder.for_card(resolved, runs_dir)
         return show_dry_run(resolved, f"train {run.model(iteration, ablation)} from {run.pairs(iteration)}")
-    from irpo.lock import run_lock
-    from irpo.reaper import start_reaper
+    # Here, not at the top: both import torch, which `irpo --help` and `irpo run`'s parent never load
+    # (each stage's memory is its own process's).
     from irpo_train import distributed
     from irpo_train.train import train_iteration
 

@@ -9,7 +9,9 @@ no-op, so the single-process path is the same code.
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
 import torch
 
@@ -80,8 +82,6 @@ def init() -> None:
 
 def wait_for_record(path, flag: str, poll_s: float = 5.0) -> dict:
     """The JSON record at `path` once the main process has set `flag` in it (a non-main process waits)."""
-    import json
-    import time
 
     while True:
         try:

@@ -465,16 +465,16 @@ def test_a_model_pairs_or_checkpoints_that_would_be_replaced_are_set_aside(tmp_p
 
 
 def test_fresh_is_the_one_way_to_delete_a_run_and_names_what_it_deletes(tmp_path, monkeypatch):
+    import irpo_run.cli
     import irpo_run.loop
-    import irpo_run.summary
 
     run = RunFolder(tmp_path / "runs" / "demo")
     (run.root / "iter_1").mkdir(parents=True)
     (tmp_path / "runs" / "demo.stale-1").mkdir()
     dry = CliRunner().invoke(main, ["run", "--runs-dir", str(tmp_path / "runs"), "--fresh", "--dry-run"])
     assert f"# would delete {run.root}, then run" in dry.output and (run.root / "iter_1").is_dir()
-    monkeypatch.setattr(irpo_run.loop, "run_loop", lambda *a, **k: irpo_run.loop.StageTimes())  # the deletion alone
-    monkeypatch.setattr(irpo_run.summary, "write_summary", lambda *a, **k: "")
+    monkeypatch.setattr(irpo_run.cli, "run_loop", lambda *a, **k: irpo_run.loop.StageTimes())  # the deletion alone
+    monkeypatch.setattr(irpo_run.cli, "write_summary", lambda *a, **k: "")
     fresh = CliRunner().invoke(main, ["run", "--runs-dir", str(tmp_path / "runs"), "--fresh"])
     assert fresh.exit_code == 0 and f"--fresh: deleting {run.root} (iter_1)" in fresh.output
     assert not run.root.exists() and (tmp_path / "runs" / "demo.stale-1").is_dir()  # set-aside copies stay
