@@ -51,6 +51,7 @@ VLLM = _vllm_module.VLLM
 
 from lm_eval.api.registry import register_model  # noqa: E402
 from lm_eval.models.utils import postprocess_generated_text  # noqa: E402
+from vllm import SamplingParams  # noqa: E402  (lm-eval's vLLM module above has loaded vllm)
 
 from irpo import timing  # noqa: E402
 from irpo.engines import question_seed, shutdown_vllm, vllm_device_settings  # noqa: E402
@@ -97,8 +98,6 @@ class GroupedVLLM(VLLM):
         _started.append(self)
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
-        from vllm import SamplingParams
-
         groups: dict[tuple[str, str], list[int]] = {}
         for index, request in enumerate(requests):
             context, gen_kwargs = request.args

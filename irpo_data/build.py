@@ -164,7 +164,7 @@ def build_iteration(
         job = _start(card, iteration, runs_dir, model)
     if isinstance(job, BuildResult):
         return job
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # here: `irpo data --help` and `irpo run`'s parent import this module
 
     tokenizer = AutoTokenizer.from_pretrained(job.model.path, trust_remote_code=card.model.trust_remote_code)
     job.format = prompt_format(job.model.path, tokenizer, job.task, card.task.prompt_style)

@@ -69,7 +69,7 @@ class RayEngine(Engine):
     # -- the cluster ------------------------------------------------------------------------
 
     def _connect(self):
-        import ray
+        import ray  # here: Ray is an optional install, and only a cluster run needs it
 
         if not ray.is_initialized():
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no usage report leaves the machine
@@ -209,7 +209,7 @@ class ShardWorker:
         self.engine = make_engine(**engine_args)  # vLLM starts on the first shard
 
     def __call__(self, batch: dict) -> dict:
-        import numpy as np
+        import numpy as np  # here: this runs on a Ray worker, which imports the module anew
 
         shards, generations, tokens = [], [], []
         for k in batch["shard"]:

@@ -75,7 +75,7 @@ def check_launch() -> None:
 def init() -> None:
     """Join the process group torchrun or accelerate launch set up (accelerate's shared state)."""
     if world_size() > 1:
-        from accelerate import PartialState
+        from accelerate import PartialState  # here: only a launch of several processes needs it
 
         PartialState()
 

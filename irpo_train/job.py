@@ -205,7 +205,7 @@ def load_model(job: TrainJob):
 
 def lora_config(cfg: TrainConfig):
     """Adapters on every linear layer, rank train.lora_r, scale train.lora_alpha / lora_r (alpha None: 2r)."""
-    from peft import LoraConfig
+    from peft import LoraConfig  # here: only LoRA runs pay for importing peft
 
     return LoraConfig(
         r=cfg.lora_r, lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r, target_modules="all-linear", task_type="CAUSAL_LM"

@@ -30,7 +30,7 @@ def _smooth(values: list[float], window: int) -> list[float]:
 
 def plot_logps(folder: Path, beta: float, out: Path | None = None, title: str = "") -> Path:
     """Draw folder/logps.png (or `out`) from the folder's metrics.jsonl, probe.jsonl and checkpoint_choice.json."""
-    import matplotlib
+    import matplotlib  # here: training imports this module; only drawing needs matplotlib
 
     matplotlib.use("Agg")  # files only; no display needed
     import matplotlib.pyplot as plt

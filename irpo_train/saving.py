@@ -28,7 +28,7 @@ def final_model(job: TrainJob, phase_dir: Path):
         log.warning("no held-out evaluation picked a step; keeping the last step's model")
     trust = job.card.model.trust_remote_code
     if job.cfg.lora:
-        from peft import PeftModel
+        from peft import PeftModel  # here: only LoRA runs pay for importing peft
 
         base = AutoModelForCausalLM.from_pretrained(job.reference.path, dtype=torch.float32, trust_remote_code=trust)
         return PeftModel.from_pretrained(base, folder).merge_and_unload()
