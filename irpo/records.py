@@ -31,7 +31,7 @@ LEGACY_KEYS = {
     "maj": "maj_at_k",
     "pass": "pass_at_k",
     "sample_mean": "sample_accuracy",  # the share of sampled answers that are right
-    "selected_step": "selected_step",  # issue 33: "chosen" is the pairs' winner; the checkpoint is selected
+    "chosen_step": "selected_step",  # issue 33: "chosen" is the pairs' winner; the checkpoint is selected
 }
 LEGACY_COUNTS = {"train_accuracy": "sample_accuracy"}
 

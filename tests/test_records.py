@@ -40,3 +40,15 @@ def test_an_old_run_folders_records_load_under_todays_names(tmp_path):
     record = EvalRecord.from_json(tmp_path / "M_1.json")
     assert (record.maj_at_k, record.pass_at_k, record.sample_accuracy, record.greedy_strict) == (0.4, 0.6, 0.2, None)
     assert "sample_mean" not in record.to_dict() and record.to_dict()["sample_accuracy"] == 0.2
+
+
+def test_the_previous_releases_records_load_under_todays_names():
+    """The run folder made by the previous release (tests/assets/previous_run) names the selected checkpoint
+    chosen_step; read today it is selected_step, with the same value, and nothing is left over in `extra`."""
+    from pathlib import Path
+
+    folder = Path(__file__).parent / "assets" / "previous_run" / "run_folders" / "prev" / "models" / "M_1"
+    raw = json.loads((folder / "train_manifest.json").read_text())
+    manifest = TrainManifest.from_json(folder / "train_manifest.json")
+    assert "chosen_step" in raw and manifest.selected_step == raw["chosen_step"]
+    assert "chosen_step" not in manifest.extra
