@@ -18,14 +18,17 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import polars as pl
+
 from irpo import timing
 from irpo.engines import vllm_device_settings
 from irpo.grading import grade
 from irpo.hardware import describe, resolve_dtype
+from irpo.majority import score_samples
 from irpo.models import ResolvedModel
 from irpo.prompts import resolve_style
 from irpo.records import EvalRecord
-from irpo.runs import set_aside, write_text_atomic
+from irpo.runs import set_aside, write_parquet_atomic, write_text_atomic
 from irpo.tasks import get_task
 
 log = logging.getLogger(__name__)
@@ -221,12 +224,17 @@ def result_key(model: ResolvedModel, settings: EvalSettings) -> dict:
 
 
 def evaluate_model(
-    model: ResolvedModel, settings: EvalSettings, out: Path | None = None, samples_out: Path | None = None
+    model: ResolvedModel,
+    settings: EvalSettings,
+    out: Path | None = None,
+    samples_out: Path | None = None,
+    verdicts_out: Path | None = None,
 ) -> EvalRecord:
     """Evaluate `model`; with `out`, reuse a result there with the same key, else write one.
 
-    With `samples_out`, every question's prompt, completions and graded answers also go there
-    as JSON lines (as lm-eval's --log_samples, in our terms).
+    With `verdicts_out`, each test question's verdicts go there (question_verdicts: what the report's
+    "now right / now wrong" section compares between models). With `samples_out`, every question's
+    prompt, completions and graded answers also go there as JSON lines (as lm-eval's --log_samples).
     """
     key = result_key(model, settings)
     if out is not None and out.is_file():
@@ -238,7 +246,7 @@ def evaluate_model(
     start = time.perf_counter()
     timing.take()  # this evaluation's phases only
     with timing.phase("evaluation"):
-        raw = run_lm_eval(model.path, settings, log_samples=samples_out is not None)
+        raw = run_lm_eval(model.path, settings, log_samples=True)  # the verdicts are read from the samples
     record = EvalRecord(
         key=key,
         model=model.spec,
@@ -253,9 +261,40 @@ def evaluate_model(
     )
     if samples_out is not None:
         write_samples(raw["samples"], settings, samples_out)
+    if verdicts_out is not None:
+        write_parquet_atomic(pl.DataFrame(question_verdicts(raw["samples"], settings)), verdicts_out)
     if out is not None:
         record.write(out)  # last: its presence means the model is done
     return record
+
+
+def question_verdicts(samples: dict, settings: EvalSettings) -> list[dict]:
+    """One row per test question: the greedy answer (right? in the prompt's format? the answer and the
+    completion) and the vote over the k samples (right? the answer voted for). Grading again here is
+    free: the grader's caches hold every verdict lm-eval's pass asked for."""
+    task = get_task(settings.task, **settings.task_options)
+    votes = {s["doc"]["question_id"]: s for s in samples[f"irpo_{settings.task}_maj"]}
+    rows = []
+    for sample in samples[f"irpo_{settings.task}"]:
+        doc = sample["doc"]
+        completion = sample["filtered_resps"][0][0]
+        voted = votes.get(doc["question_id"])
+        rows.append(
+            {
+                "question_id": doc["question_id"],
+                "question": doc["text"],
+                "gold": doc["gold"],
+                "greedy_correct": bool(sample["greedy"]),
+                "greedy_strict": bool(sample["greedy_strict"]),
+                "greedy_answer": grade(task, completion, doc["gold"]).answer,
+                "greedy_completion": completion,
+                "maj_correct": None if voted is None else bool(voted["maj_at_k"]),
+                "maj_answer": None
+                if voted is None
+                else score_samples(task, voted["filtered_resps"][0], doc["gold"]).majority_answer,
+            }
+        )
+    return rows
 
 
 def write_samples(samples: dict, settings: EvalSettings, out: Path) -> None:

@@ -21,6 +21,7 @@ from irpo.hub import push_files
 from irpo.models import ResolvedModel, resolve_model
 from irpo.records import TrainManifest
 from irpo.runs import TRAIN_MANIFEST, RunFolder
+from irpo.tracking import Tracker, open_tracker
 from irpo_eval.evaluate import EvalSettings, evaluate_model
 from irpo_eval.leaderboard import Entry, build_leaderboard, write_leaderboard
 
@@ -86,22 +87,9 @@ def evaluate_run(
     settings = settings or EvalSettings.from_card(card)
     models = run_models(card, run, max_iteration)
     evals, entries = run.evals, []
-    for m in models:
-        log.info("evaluating %s (%s) on %s", m.name, m.model.spec, settings.task)
-        record = evaluate_model(
-            m.model, settings, evals / f"{m.name}.json", evals / f"{m.name}.samples.jsonl" if log_samples else None
-        )
-        log.info(
-            "%s: greedy %.1f%%, maj@%d %.1f%%, pass@%d %.1f%% on %d questions",
-            m.name,
-            100 * record.greedy,
-            settings.maj_k,
-            100 * record.maj_at_k,
-            settings.maj_k,
-            100 * record.pass_at_k,
-            record.questions,
-        )
-        entries.append(Entry(m.name, m.iteration, record, m.objective, m.ablation, m.pairs_fingerprint))
+    with open_tracker(card, run, "eval") as tracker:
+        for m in models:
+            entries.append(_evaluate(m, run, settings, log_samples, tracker))
     paths = write_leaderboard(build_leaderboard(entries), run.root)
     if push_to_hub:
         files = {f"evals/{p.name}": p for p in sorted(evals.glob("M_*.json"))}
@@ -115,3 +103,24 @@ def evaluate_run(
             run_root=run.root,
         )
     return paths
+
+
+def _evaluate(m: RunModel, run: RunFolder, settings: EvalSettings, log_samples: bool, tracker: Tracker) -> Entry:
+    log.info("evaluating %s (%s) on %s", m.name, m.model.spec, settings.task)
+    samples = run.evals / f"{m.name}.samples.jsonl" if log_samples else None
+    record = evaluate_model(m.model, settings, run.eval_record(m.name), samples, run.eval_verdicts(m.name))
+    log.info(
+        "%s: greedy %.1f%%, maj@%d %.1f%%, pass@%d %.1f%% on %d questions",
+        m.name,
+        100 * record.greedy,
+        settings.maj_k,
+        100 * record.maj_at_k,
+        settings.maj_k,
+        100 * record.pass_at_k,
+        record.questions,
+    )
+    # The main line is one curve over iterations (M_0 at step 0); an ablation is a point of its own.
+    prefix = f"eval/{m.name}" if m.ablation else "eval"
+    results = {"greedy": record.greedy, "greedy_strict": record.greedy_strict, "maj_at_k": record.maj_at_k}
+    tracker.log({f"{prefix}/{k}": v for k, v in results.items()}, m.iteration)
+    return Entry(m.name, m.iteration, record, m.objective, m.ablation, m.pairs_fingerprint)

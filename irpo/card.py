@@ -1,7 +1,8 @@
 """The recipe card's schema: one frozen dataclass per section, the defaults, and what a run's identity is.
 
 A card is plain YAML with one section per stage (`task`, `model`, `sampling`, `pairs`,
-`train`, `eval`) and one for what only fits the machine (`resources`, never hashed). Every key
+`train`, `eval`), one for what only fits the machine (`resources`) and one for where a run is followed
+(`tracking`); those two are never hashed, so changing them re-runs nothing. Every key
 has a default here, so a card only says what differs:
 
     name: gsm8k
@@ -184,7 +185,6 @@ class TrainConfig:
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; merged into M_t at the end
     lora_r: int = 16
     lora_alpha: int | None = None  # LoRA's scale numerator (scale = lora_alpha / lora_r); None = 2 x lora_r
-    report_to: str = "none"  # transformers report_to: none, tensorboard, wandb, ...
 
 
 @dataclass(frozen=True)
@@ -197,6 +197,25 @@ class EvalConfig:
     # irpo-vllm sends a question's k samples as one request (n=k); vllm is lm-eval's own backend
     # (k requests), for comparison: the same model and settings, other samples.
     backend: Literal["irpo-vllm", "vllm"] = "irpo-vllm"
+
+
+Tracker = Literal["tensorboard", "wandb"]
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    # Where every stage (build, train, eval) logs what it did: one tracker run per irpo run, kept in
+    # runs/NAME/tracking/. Never hashed: changing it re-runs nothing. (Was train.report_to, the Trainer's alone.)
+    report_to: Tracker | Literal["none"] | list[Tracker] = "none"  # tensorboard, wandb, or a list of both
+    project: str = "irpo"  # the wandb project
+    # wandb sends nothing unless this is true: it writes offline files (`wandb sync runs/NAME/tracking/wandb/*`).
+    online: bool = False
+
+    @property
+    def trackers(self) -> tuple[str, ...]:
+        if isinstance(self.report_to, list):
+            return tuple(dict.fromkeys(self.report_to))
+        return () if self.report_to == "none" else (self.report_to,)
 
 
 @dataclass(frozen=True)
@@ -214,6 +233,7 @@ class Card:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -228,6 +248,11 @@ class Card:
         that adds a key at its default finds every run made before it complete.
         """
         tree = self.to_dict()
+        for key in NEVER_HASHED:
+            tree.pop(key)
+        for key, value in REMOVED_KEYS.items():
+            section, leaf = key.split(".")
+            tree[section][leaf] = value
         for key, value in ADDED_KEYS.items():
             *path, leaf = key.split(".")
             node = tree
@@ -253,6 +278,15 @@ ADDED_KEYS: dict[str, Any] = {
     "eval.backend": "irpo-vllm",  # issue 33: was irpo eval's --backend flag alone
     "train.lora_alpha": None,  # issue 33: was 2 x lora_r, written in the trainer
 }
+
+
+# Sections no stage depends on: where the machine runs it and where the run is followed.
+NEVER_HASHED = ("resources", "tracking")
+
+
+# Keys of 0.1.0 that left their section, with the value every hash still holds for them, so that a
+# run made before finds its identity unchanged (a run made with another value is retrained once).
+REMOVED_KEYS: dict[str, Any] = {"train.report_to": "none"}  # issue 34: now tracking.report_to, never hashed
 
 
 # The card sections (or single keys) each stage depends on: changing one re-runs that stage and the

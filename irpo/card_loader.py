@@ -142,6 +142,7 @@ RENAMED = {
     "sampling.kv_cache_gb": "resources.kv_cache_gb",  # machine settings left the run's identity
     "sampling.gpu_memory_utilization": "resources.gpu_memory_utilization",
     "task.split": "task.split_scheme",  # issue 33: a split is train or test; MATH's option picks how to split
+    "train.report_to": "tracking.report_to",  # issue 34: every stage logs to the tracker, not the Trainer alone
 }
 
 

@@ -301,3 +301,17 @@ def fingerprint(pairs: pl.DataFrame) -> str:
         digest.update(column.list.len().fill_null(-1).to_numpy().astype("<i8").tobytes())
         digest.update(column.explode().drop_nulls().to_numpy().astype("<i8").tobytes())
     return digest.hexdigest()
+
+
+EXAMPLE_COLUMNS = ("question_id", "prompt", "gold", "chosen", "chosen_answer", "rejected", "rejected_answer")
+
+
+def example_pairs(pairs: pl.DataFrame, k: int = 4) -> list[dict]:
+    """k pairs to look at (the report, the trackers): one per question, the questions ranked by a hash of
+    their id, so the same run shows the same pairs every time and a question's place does not depend on
+    which others were paired."""
+    if pairs.is_empty():
+        return []
+    first = pairs.unique("question_id", keep="first", maintain_order=True)
+    ranked = sorted(first.iter_rows(named=True), key=lambda row: hashlib.sha256(row["question_id"].encode()).digest())
+    return [{c: row.get(c) for c in EXAMPLE_COLUMNS} for row in ranked[:k]]

@@ -52,6 +52,11 @@ class RunFolder:
     def for_card(cls, card: Card, runs_dir: str | Path = "runs") -> "RunFolder":
         return cls(Path(runs_dir) / card.name)
 
+    @property
+    def card_file(self) -> Path:
+        """card.yaml: the resolved card, frozen at the first command (`freeze_card`)."""
+        return self.root / "card.yaml"
+
     def iteration(self, t: int) -> Path:
         return self.root / f"iter_{t}"
 
@@ -97,6 +102,10 @@ class RunFolder:
         """evals/MODEL.json for models/MODEL (M_0 is the card's base model)."""
         return self.evals / f"{model}.json"
 
+    def eval_verdicts(self, model: str) -> Path:
+        """evals/MODEL.verdicts.parquet: each test question's verdicts (irpo_eval.evaluate.question_verdicts)."""
+        return self.evals / f"{model}.verdicts.parquet"
+
     @property
     def ablations_figure(self) -> Path:
         """ablations_logps.png: the log-prob curves of M_1 and its ablations, side by side."""
@@ -106,6 +115,16 @@ class RunFolder:
     def summary(self) -> Path:
         """README.md: the run summary irpo run writes."""
         return self.root / "README.md"
+
+    @property
+    def report(self) -> Path:
+        """report.html: the run on one page (irpo_run.report), written after each stage and by `irpo report`."""
+        return self.root / "report.html"
+
+    @property
+    def tracking(self) -> Path:
+        """tracking/: the trackers' files (tensorboard/, wandb/ and wandb's run id), when tracking.report_to names one."""
+        return self.root / "tracking"
 
     def leaderboard(self) -> list[Path]:
         """leaderboard.json (for tools), .md (for people), .png."""
@@ -117,7 +136,7 @@ class RunFolder:
         A stage passes the sections it depends on: the builder cannot reuse a run whose
         sampling changed, while a new `train.*` value is fine for it and recorded for the trainer.
         """
-        path = self.root / "card.yaml"
+        path = self.card_file
         if path.is_file():
             frozen = card_from_dict(read_yaml(path), str(path))
             before = {

@@ -28,12 +28,13 @@ from irpo.card import BUILD_SECTIONS, Card
 from irpo.grading import grade_many
 from irpo.hardware import describe
 from irpo.models import ResolvedModel, iteration_model, resolve_model
-from irpo.pairs import build_pairs
+from irpo.pairs import build_pairs, example_pairs
 from irpo.prompts import PromptFormat, Prompts, encode_answers, prompt_format
 from irpo.reading import load_dataset_dir, read_json, read_parquet
 from irpo.records import BuildManifest, IterationQuestions
 from irpo.runs import RunFolder, set_aside, write_parquet_atomic, write_text_atomic
 from irpo.tasks import Question, Task, TaskError, split_held_out, task_from_config
+from irpo.tracking import open_tracker
 from irpo_data.contamination import overlapping_questions
 from irpo_data.publish import dataset_card, fingerprint, save_pairs, write_card_and_manifest
 from irpo_data.sampling import SamplingParams, make_engine, read_samples, sample_answers
@@ -181,6 +182,9 @@ def build_iteration(
     with timing.phase("pairs"):
         pairs, stats = _pair(job, tokenizer)
     manifest = _publish(job, pairs, stats, report, params, data_sha256)
+    with open_tracker(card, job.run, f"build-{iteration}") as tracker:
+        tracker.log({f"build/{k}": v for k, v in manifest.counts.items()}, iteration)
+        tracker.table(f"build/example_pairs_{iteration}", example_pairs(pairs), iteration)
     log.info(
         "iteration %d: %d pairs from %d questions -> %s", iteration, stats["pairs"], stats["questions_paired"], job.dir
     )

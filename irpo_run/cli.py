@@ -4,6 +4,7 @@
     irpo train                   M_t from iteration t's pairs (irpo_train; alias irpo-train)
     irpo eval                    test accuracy and the leaderboard (irpo_eval; alias irpo-eval)
     irpo run                     build -> train -> eval for t = 1..T, resumable (this package)
+    irpo report RUN              the run on one page: runs/NAME/report.html
 
 Every subcommand takes --card, KEY=VALUE overrides and --dry-run; errors a user can fix cross one
 boundary (irpo.command) and print as one line.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from pathlib import Path
 
 import click
 
@@ -30,6 +32,7 @@ from irpo.command import (
     setup_logging,
     show_dry_run,
 )
+from irpo.errors import RunFolderError
 from irpo.lock import run_lock
 from irpo.objectives import ABLATIONS
 from irpo.reaper import start_reaper
@@ -37,8 +40,9 @@ from irpo.runs import RunFolder
 from irpo.tasks import task_from_config
 from irpo_data.cli import main as data_group
 from irpo_eval.cli import main as eval_command
-from irpo_run.loop import run_loop
+from irpo_run.loop import refresh_report, run_loop
 from irpo_run.pushes import Pushes
+from irpo_run.report import write_report
 from irpo_run.summary import write_summary
 from irpo_train.cli import main as train_command
 
@@ -74,6 +78,14 @@ main.add_command(eval_command, "eval")
     help="Push each iteration's pairs (config iter_t) and the leaderboard to this dataset repo; iterations it "
     "does not have yet (built earlier, or a failed push) are pushed too.",
 )
+@click.option(
+    "--push-models-to-hub",
+    "push_models_to_hub",
+    metavar="ORG/NAME",
+    default=None,
+    help="Push each M_t, after its evaluation, to this model repo: branch iter_t, and main the latest; models it "
+    "does not have yet, or has without their test results, are pushed too.",
+)
 @private_option
 @click.option(
     "--ablations",
@@ -91,7 +103,20 @@ main.add_command(eval_command, "eval")
 @dry_run_option
 @quiet_option
 @overrides_argument
-def run(card, runs_dir, iterations, push_to_hub, private, ablations, fresh, ray_address, dry_run, quiet, overrides):
+def run(
+    card,
+    runs_dir,
+    iterations,
+    push_to_hub,
+    push_models_to_hub,
+    private,
+    ablations,
+    fresh,
+    ray_address,
+    dry_run,
+    quiet,
+    overrides,
+):
     """Run the loop: for t = 1..T build iteration t's pairs from M_{t-1}, train M_t, evaluate.
 
     \b
@@ -121,14 +146,38 @@ def run(card, runs_dir, iterations, push_to_hub, private, ablations, fresh, ray_
         extra = f", then the ablations {', '.join(resolved.ablations)}" if resolved.ablations else ""
         fresh_first = f"delete {run_folder.root}, then " if fresh and run_folder.root.exists() else ""
         would = f"{fresh_first}run iterations 1..{iterations} (build, train, eval) in {run_folder.root}{extra}"
+        would += f"; push each M_t to model repo {push_models_to_hub}" if push_models_to_hub else ""
         return show_dry_run(resolved, would)
-    pushes = Pushes.start(push_to_hub, private)  # the repo id, and access when online: before anything is touched
+    # the repo ids, and access when online: before anything is touched
+    pushes = Pushes.start(push_to_hub, private, push_models_to_hub)
     start_reaper()  # the stages' processes and the engines they start die with irpo run
     with run_lock(run_folder.root):
         if fresh:
             _delete_run(run_folder.root)
         times = run_loop(resolved, iterations, runs_dir, progress=not quiet, pushes=pushes)
         click.echo(write_summary(run_folder, iterations, times.seconds))
+    click.echo(f"The run on one page: {refresh_report(run_folder)}  (open it in a browser; `irpo report` rewrites it)")
+
+
+@main.command()
+@click.argument("run_folder", metavar="RUN", type=click.Path(path_type=Path), default=Path("runs/demo"))
+@click.option("--open", "open_it", is_flag=True, help="Open it in the default browser afterwards.")
+def report(run_folder: Path, open_it: bool) -> None:
+    """Write RUN/report.html: the run on one page (accuracy against the paper, pairs, drops, checkpoints,
+    log-prob curves, what the model now answers). Any run folder: finished, partial, or made by an older irpo.
+
+    \b
+    Examples:
+      irpo report                   # runs/demo
+      irpo report runs/gsm8k --open
+    """
+    setup_logging(quiet=False)
+    if not (run_folder / "card.yaml").is_file():
+        raise RunFolderError(f"{run_folder} is not a run folder (no card.yaml); give the folder `irpo run` made")
+    path = write_report(RunFolder(run_folder))
+    click.echo(f"report: {path} ({path.stat().st_size / 1e3:.0f} kB)")
+    if open_it:
+        click.launch(str(path))
 
 
 def _delete_run(root) -> None:

@@ -35,6 +35,7 @@ from irpo.objectives import ABLATIONS
 from irpo.reading import read_json
 from irpo.runs import RunFolder, set_aside
 from irpo_run.pushes import Pushes
+from irpo_run.report import write_report
 from irpo_run.stages import run_stage
 from irpo_train.plots import plot_objectives
 
@@ -49,12 +50,28 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class StageTimes:
-    """Wall seconds per (iteration, stage) of this invocation; skipped stages take ~0."""
+    """Wall seconds per (iteration, stage) of this invocation; skipped stages take ~0.
+
+    With `run`, each finished stage also rewrites the run's report.html and says so in one line.
+    """
 
     seconds: dict[str, float] = field(default_factory=dict)
+    run: RunFolder | None = None
 
     def record(self, name: str, start: float) -> None:
         self.seconds[name] = round(time.perf_counter() - start, 1)
+        if self.run is not None:
+            log.info("finished %s in %.0f s; report: %s", name, self.seconds[name], refresh_report(self.run))
+
+
+def refresh_report(run: RunFolder) -> Path | str:
+    """report.html from what the run folder holds now. A report that cannot be written is a warning:
+    the run's own files are complete, and `irpo report` writes it later."""
+    try:
+        return write_report(run)
+    except Exception as exc:  # never what stops days of work
+        log.warning("report.html not written (%s: %s); the run goes on", type(exc).__name__, exc)
+        return "not written"
 
 
 def restart_if_recipe_changed(card: Card, run: RunFolder) -> None:
@@ -95,7 +112,7 @@ def run_loop(
     pushes = pushes or Pushes.start(push_to_hub)  # the repo id (and access, online) before any work
     run = RunFolder.for_card(card, runs_dir)
     restart_if_recipe_changed(card, run)
-    times = StageTimes()
+    times = StageTimes(run=run)
     for t in range(1, iterations + 1):
         start = time.perf_counter()
         if t > 1:
@@ -114,6 +131,7 @@ def run_loop(
         # The stage resolves its settings itself: resolving the dtype imports torch, which this process never does.
         run_stage(EVALUATE, card, runs_dir, max_iteration=t)
         times.record(f"iter_{t}/eval", start)
+        pushes.models(run, t)  # M_t after its evaluation (its card has the results), and any M_1..M_t the repo lacks
     pushes.leaderboard(run, card.name)  # once, with the last iteration's evaluation
     if pushes.failed:
         log.warning("not pushed in this run: %s; run it again with --push-to-hub to catch up", ", ".join(pushes.failed))

@@ -54,6 +54,7 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
         )
     lines += _ablation_rows(run)
     lines += ["", f"maj@k: k = {k}." if k else "", "", "Files:", ""]
+    lines.append("- [the report](report.html): the run on one page, charts and example pairs")
     for t in range(1, iterations + 1):
         lines.append(f"- iteration {t}: [dataset card](iter_{t}/README.md), [log-prob curves](models/M_{t}/logps.png)")
     lines.append("- [leaderboard](leaderboard.md) and its [plot](leaderboard.png)")
@@ -92,7 +93,7 @@ def _ablation_rows(run: RunFolder) -> list[str]:
     return lines
 
 
-def _stage_records(run: RunFolder, iterations: int) -> list[tuple[int, str, Record]]:
+def stage_records(run: RunFolder, iterations: int) -> list[tuple[int, str, Record]]:
     """(iteration, stage, record) of every stage that wrote one, in the loop's order."""
     stages = []
     for t in range(1, iterations + 1):
@@ -111,7 +112,7 @@ def _stage_records(run: RunFolder, iterations: int) -> list[tuple[int, str, Reco
 
 def _timing_rows(run: RunFolder, iterations: int) -> list[str]:
     """Where each stage's time went (irpo.timing, from its record), and the vLLM starts per iteration."""
-    stages = _stage_records(run, iterations)
+    stages = stage_records(run, iterations)
     if not stages:
         return []
     lines = [

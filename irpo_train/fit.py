@@ -28,7 +28,15 @@ from irpo_train.data import collate
 from irpo_train.job import TrainJob
 from irpo_train.scorer import CompletionScorer
 from irpo_train.selection import choose_on_vllm, selection_callback
-from irpo_train.trainer import DPONLLTrainer, MetricsFile, NoFinalCheckpoint, ProbeLogps, ProgressWithLoss, TrimHeap
+from irpo_train.trainer import (
+    DPONLLTrainer,
+    MetricsFile,
+    NoFinalCheckpoint,
+    ProbeLogps,
+    ProgressWithLoss,
+    TrackerLogs,
+    TrimHeap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +72,7 @@ def fit(
         SaveCandidates(folder / "candidates", cfg.select_every, tokenizer) if selecting and not accuracy else None
     )
     callbacks = [MetricsFile(folder / "metrics.jsonl"), *[c for c in (accuracy, candidates) if c]]
+    callbacks.append(TrackerLogs(job.tracker, f"train/{job.out_dir.name}/{phase}"))
     if probe_rows:
         every = cfg.probe_every or cfg.select_every
         callbacks.append(
@@ -140,7 +149,7 @@ def training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: bo
         bf16=job.bf16,
         gradient_checkpointing=cfg.gradient_checkpointing,
         use_cpu=not torch.cuda.is_available(),
-        report_to=cfg.report_to,
+        report_to="none",  # irpo.tracking logs every stage, the Trainer's curves through TrackerLogs
         remove_unused_columns=False,
         disable_tqdm=not progress,
         dataloader_num_workers=0,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -30,6 +30,7 @@ from irpo.reading import RecordError, load_dataset_dir, read_json
 from irpo.records import BuildManifest, IterationQuestions, TrainManifest
 from irpo.runs import TRAIN_MANIFEST, RunFolder, set_aside, write_json_atomic
 from irpo.tasks import task_from_config
+from irpo.tracking import Tracker
 from irpo_train import distributed
 from irpo_train.reference import StepReference
 
@@ -56,6 +57,7 @@ class TrainJob:
     loaded: object = None  # M_{T-1} once loaded for the reference pass, until the first run takes it
     format: PromptFormat | None = None  # M_{T-1}'s prompt format (irpo.prompts), set once its tokenizer loads
     step_reference: StepReference | None = None  # train.reference_logps=per_step, pairwise objectives
+    tracker: Tracker = field(default_factory=Tracker)  # the run's trackers (tracking.report_to); none: a no-op
 
     def take_model(self):
         """M_{T-1}: the one the reference pass loaded (handed over once, so no other reference keeps

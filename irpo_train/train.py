@@ -40,10 +40,13 @@ from irpo import timing
 from irpo.card import Card
 from irpo.errors import SettingError
 from irpo.hardware import release_memory
-from irpo.runs import RunFolder
+from irpo.reading import read_json
+from irpo.records import TrainManifest
+from irpo.runs import CHECKPOINT_CHOICE, TRAIN_MANIFEST, RunFolder
+from irpo.tracking import Tracker, open_tracker
 from irpo_train import distributed
 from irpo_train.fit import fit, training_arguments
-from irpo_train.job import load_tokenizer, prepare_job
+from irpo_train.job import TrainJob, load_tokenizer, prepare_job
 from irpo_train.rows import selection_fingerprint, training_rows
 from irpo_train.saving import write_model
 
@@ -65,6 +68,14 @@ def _train_iteration(card: Card, iteration: int, runs_dir: str | Path, progress:
     job = prepare_job(card, iteration, runs_dir, ablation)
     if job is None:  # already trained from these pairs and this reference
         return RunFolder.for_card(card, runs_dir).model(iteration, ablation)
+    with open_tracker(card, job.run, f"train-{job.out_dir.name}") as job.tracker:
+        _fit_and_save(job, iteration, progress)
+        if distributed.is_main():
+            log_training(job.tracker, job.out_dir, iteration)
+    return job.out_dir
+
+
+def _fit_and_save(job: TrainJob, iteration: int, progress: bool) -> None:
     tokenizer = load_tokenizer(job)
     # Before any model is loaded: ZeRO-3 and FSDP's low-memory loading read the arguments then.
     first_args = training_arguments(job, job.work / "select", job.cfg.max_steps, progress)
@@ -94,4 +105,24 @@ def _train_iteration(card: Card, iteration: int, runs_dir: str | Path, progress:
     if distributed.is_main():  # the others are done: nothing below is collective
         with timing.phase("save"):
             write_model(job, tokenizer, selection, final, notes, len(rows))
-    return job.out_dir
+
+
+def log_training(tracker: Tracker, model_dir: Path, iteration: int) -> None:
+    """The held-out checks (a curve on the selection run's axis) and the trained model's record, at step t."""
+    name = model_dir.name
+    choice = model_dir / CHECKPOINT_CHOICE
+    if choice.is_file():
+        for check in read_json(choice).get("history", []):
+            tracker.log(
+                {f"train/{name}/held_out_accuracy": check["accuracy"]}, check["step"], axis=f"train/{name}/select/step"
+            )
+    manifest = TrainManifest.from_json(model_dir / TRAIN_MANIFEST)
+    tracker.log(
+        {
+            f"train/{name}/selected_step": manifest.selected_step,
+            f"train/{name}/held_out_accuracy_selected": manifest.held_out_accuracy,
+            f"train/{name}/pairs_trained": manifest.pairs_trained,
+            f"train/{name}/steps": manifest.steps,
+        },
+        iteration,
+    )

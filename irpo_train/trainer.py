@@ -37,6 +37,7 @@ from irpo.prompts import context_left, left_padded, stopped
 from irpo.reading import read_json, read_jsonl
 from irpo.runs import atomic_dir, write_json_atomic, write_text_atomic
 from irpo.tasks import Task
+from irpo.tracking import Tracker
 from irpo_train import distributed
 from irpo_train.loss import objective_loss
 from irpo_train.reference import reference_logps
@@ -165,6 +166,18 @@ class MetricsFile(TrainerCallback):
         if state.is_world_process_zero and logs and "loss" in logs:
             with self.path.open("a") as handle:
                 handle.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+
+class TrackerLogs(TrainerCallback):
+    """Each training log into the run's trackers (irpo.tracking), on this run's own step axis."""
+
+    def __init__(self, tracker: Tracker, prefix: str):
+        self.tracker, self.prefix = tracker, prefix  # e.g. train/M_1/select
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if state.is_world_process_zero and logs:
+            metrics = {f"{self.prefix}/{k}": v for k, v in logs.items()}
+            self.tracker.log(metrics, state.global_step, axis=f"{self.prefix}/step")
 
 
 class TrimHeap(TrainerCallback):

@@ -97,6 +97,35 @@ def require_vllm():
         pytest.skip("vLLM is not installed")
 
 
+def browser() -> str:
+    """Headless Chromium's path, for the report tests. Missing: a failure under CI (.ci/run installs it, as
+    it installs vLLM), else a skip that says how to install it."""
+    import shutil
+
+    found = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if found is None:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true but no Chromium: apt-get install chromium (.ci/run does)")
+        pytest.skip("no Chromium for the report tests: apt-get install chromium")
+    return found
+
+
+def open_in_browser(html: Path, screenshot: Path) -> str:
+    """Open `html` from disk in headless Chromium (no network); take a screenshot; return the DOM it built."""
+    import subprocess
+
+    exe = browser()
+    flags = [exe, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--no-first-run"]
+    page = html.resolve().as_uri()
+    shot = subprocess.run(
+        [*flags, "--window-size=1200,2400", f"--screenshot={screenshot}", page], capture_output=True, timeout=120
+    )
+    assert shot.returncode == 0 and screenshot.stat().st_size > 10_000, shot.stderr[-2000:]
+    dom = subprocess.run([*flags, "--dump-dom", page], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    return dom.stdout
+
+
 @pytest.fixture
 def hub(monkeypatch):
     """A stand-in for the Hub's HTTP API (tests/hub_stub.py): its servers cannot be reached here."""

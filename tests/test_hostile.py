@@ -29,7 +29,7 @@ import pytest
 from click.testing import CliRunner
 from conftest import ASSETS
 
-from irpo.card import ADDED_KEYS, BUILD_SECTIONS, HASHED_AS, Card, flatten
+from irpo.card import ADDED_KEYS, BUILD_SECTIONS, HASHED_AS, NEVER_HASHED, REMOVED_KEYS, Card, flatten
 from irpo.card_loader import load_card
 from irpo.card_values import RANGES
 from irpo.runs import RunFolder
@@ -147,7 +147,10 @@ def test_every_number_of_the_card_has_a_range_and_every_key_an_identity_rule():
     keys = set(flatten(Card().to_dict()))
     # A renamed key is hashed under the name runs were made with (card.HASHED_AS).
     assert set(HASHED_AS.values()) <= set(KEYS_OF_0_1) and set(HASHED_AS) <= keys
-    new = keys - set(KEYS_OF_0_1) - set(ADDED_KEYS) - set(HASHED_AS)
+    # A key that left its section is hashed at the value runs were made with (card.REMOVED_KEYS).
+    assert set(REMOVED_KEYS) <= set(KEYS_OF_0_1) and not set(REMOVED_KEYS) & keys
+    unhashed = {k for k in keys if k.split(".")[0] in NEVER_HASHED}
+    new = keys - set(KEYS_OF_0_1) - set(ADDED_KEYS) - set(HASHED_AS) - set(REMOVED_KEYS) - unhashed
     assert sorted(new) == [], "a new card key needs an ADDED_KEYS entry, a renamed one a HASHED_AS entry"
     assert all(flatten(Card().to_dict())[k] == v for k, v in ADDED_KEYS.items())  # added at its default
     # The same for what an evaluation result's key holds.

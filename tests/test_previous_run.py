@@ -46,7 +46,8 @@ def test_a_run_made_by_the_previous_release_is_found_complete(tmp_path, monkeypa
     changed = sorted(k for k in before if before[k] != after.get(k) and Path(k).name not in DERIVED)
     assert not changed, f"the previous release's files were rewritten: {changed}"
     new = sorted(set(after) - set(before))
-    assert new == [".prev.lock"], f"files the rerun added: {new}"  # the run folder's lock, released
+    # The run folder's lock, released, and the report every `irpo run` writes from the records.
+    assert new == [".prev.lock", "prev/report.html"], f"files the rerun added: {new}"
     assert sorted(p.name for p in (work / "run_folders").iterdir()) == [".prev.lock", "prev"]  # nothing set aside
     assert "iteration 1 already built" in caplog.text
     assert "already trained from these pairs and this reference" in caplog.text
