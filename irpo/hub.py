@@ -4,13 +4,18 @@
     check_access("me/irpo-gsm8k")            # online: the token works and may write the owner's repos
     push_files("me/irpo-gsm8k", {"leaderboard.md": path}, "irpo: leaderboard", retry="irpo eval ...")
     pushed_tags("me/irpo-gsm8k")             # {"iter_1-3f2a...", ...}: what the catch-up skips
+    push_files("me/irpo-gsm8k-models", files, "irpo: M_1", retry=..., repo_type="model", revision="iter_1",
+               replace=True)                 # branch iter_1 holds exactly `files` (irpo.model_repo)
+    pushed_branches("me/irpo-gsm8k-models")  # {"main", "iter_1", ...}
+    read_repo_text("me/irpo-gsm8k-models", "README.md", revision="iter_1")   # None where it is not
 
 What the user did not choose is never published: a new repo's visibility is the Hub's default for the
 user or org unless `private` is True or False (the commands' --private/--public), and every text file
 pushed goes through `public_text`, which replaces local absolute paths (they name users and machines)
 by paths relative to the run folder, or by their last parts. The token comes from `HF_TOKEN` or `hf
 auth login`, is passed to the Hub client and nowhere else. The build's dataset push (its DatasetDict,
-card and tag) is irpo_data.publish.push_iteration.
+card and tag) is irpo_data.publish.push_iteration; a run's models, one branch per iteration, are
+irpo.model_repo's.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import logging
 import os
 import re
 import socket
+import tempfile
 from pathlib import Path
 
 from irpo.errors import IrpoError
@@ -32,8 +38,8 @@ class HubError(IrpoError, RuntimeError):
     """The Hub refused, could not be reached, or has no token to push with; local files are complete."""
 
 
-def check_repo_id(repo_id: str) -> None:
-    """Refuse, before any work, a repo id the Hub would refuse after hours of it."""
+def check_repo_id(repo_id: str, option: str = "--push-to-hub") -> None:
+    """Refuse, before any work, a repo id the Hub would refuse after hours of it (`option`: where it was given)."""
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     problem = None if repo_id.count("/") == 1 else "it must be ORG/NAME (your user name or an org, a slash, a name)"
@@ -43,7 +49,7 @@ def check_repo_id(repo_id: str) -> None:
         except HFValidationError as exc:
             problem = str(exc).splitlines()[0][:200]
     if problem:
-        raise HubError(f"--push-to-hub {repo_id[:200]!r} is not a Hub repo id: {problem}")
+        raise HubError(f"{option} {repo_id[:200]!r} is not a Hub repo id: {problem}")
 
 
 def offline() -> bool:
@@ -79,16 +85,46 @@ def check_access(repo_id: str, token: str | None = None) -> bool:
 
 def pushed_tags(repo_id: str, token: str | None = None) -> set[str]:
     """The tags of dataset repo `repo_id` (none if it does not exist yet)."""
+    refs = _refs(repo_id, "dataset", token)
+    return {tag.name for tag in refs.tags} if refs else set()
+
+
+def pushed_branches(repo_id: str, token: str | None = None) -> set[str]:
+    """The branches of model repo `repo_id` (none if it does not exist yet)."""
+    refs = _refs(repo_id, "model", token)
+    return {branch.name for branch in refs.branches} if refs else set()
+
+
+def _refs(repo_id: str, repo_type: str, token: str | None):
     from huggingface_hub import HfApi
     from huggingface_hub.errors import RepositoryNotFoundError
 
     try:
-        refs = HfApi(token=resolve_token(token)).list_repo_refs(repo_id, repo_type="dataset")
+        return HfApi(token=resolve_token(token)).list_repo_refs(repo_id, repo_type=repo_type)
     except RepositoryNotFoundError:
-        return set()
+        return None
     except Exception as exc:  # noqa: BLE001
-        raise HubError(f"could not list the tags of {repo_id} ({type(exc).__name__}: {str(exc)[:200]})") from None
-    return {tag.name for tag in refs.tags}
+        raise HubError(f"could not list the refs of {repo_id} ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
+def read_repo_text(repo_id: str, path: str, revision: str, repo_type: str = "model", token: str | None = None):
+    """The text of `path` at `revision` of `repo_id`, or None where the repo, the revision or the file is not."""
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
+    # A folder of its own, not the shared cache: a card read to compare is thrown away.
+    with tempfile.TemporaryDirectory(prefix="irpo-hub-") as cache:
+        try:
+            local = hf_hub_download(
+                repo_id, path, revision=revision, repo_type=repo_type, cache_dir=cache, token=resolve_token(token)
+            )
+        except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError):
+            return None
+        except Exception as exc:  # noqa: BLE001
+            raise HubError(
+                f"could not read {path} at {revision} of {repo_id} ({type(exc).__name__}: {str(exc)[:200]})"
+            ) from None
+        return Path(local).read_text(encoding="utf-8")
 
 
 def iteration_tag(iteration: int, fingerprint_hex: str) -> str:
@@ -153,42 +189,84 @@ def require_online(repo_id: str, what_is_kept: str) -> None:
 
 
 TEXT_SUFFIXES = (".json", ".jsonl", ".md", ".yaml", ".txt")
+# A tokenizer's vocabulary and merges are the model's data, not text irpo wrote: a token such as "/usr/x"
+# would be taken for a path and rewritten, which breaks the tokenizer; they name no local path.
+VERBATIM = frozenset(
+    {"tokenizer.json", "vocab.json", "merges.txt", "vocab.txt", "added_tokens.json", "special_tokens_map.json"}
+)
 
 
-def _upload(path: Path, run_root: Path | None) -> bytes | str:
-    """What is uploaded for a local file: text files through public_text, others as they are."""
-    if path.suffix in TEXT_SUFFIXES:
+def _upload(path: Path | bytes, run_root: Path | None) -> bytes | str:
+    """What is uploaded for a local file: text files through public_text, others as they are; bytes
+    (text the caller made public) as they are."""
+    if isinstance(path, bytes):
+        return path
+    if path.suffix in TEXT_SUFFIXES and path.name not in VERBATIM:
         return public_text(path.read_text(encoding="utf-8"), run_root).encode()
     return str(path)
 
 
+def repo_url(repo_id: str, repo_type: str = "dataset", revision: str | None = None) -> str:
+    url = f"https://huggingface.co/{'datasets/' if repo_type == 'dataset' else ''}{repo_id}"
+    return f"{url}/tree/{revision}" if revision else url
+
+
 def push_files(
     repo_id: str,
-    files: dict[str, Path],
+    files: dict[str, Path | bytes],
     message: str,
     retry: str,
     token: str | None = None,
     private: bool | None = None,
     run_root: Path | None = None,
-) -> None:
-    """Upload local `files` ({path in repo: local path}) to dataset repo `repo_id` in one commit.
+    *,
+    repo_type: str = "dataset",
+    revision: str | None = None,
+    replace: bool = False,
+) -> str:
+    """Upload `files` ({path in repo: local path, or bytes}) to `repo_id` in one commit; return its id.
 
     `retry` is the command that pushes again; it ends every error message, since the local
     files are complete whether or not the push worked. `private`: None leaves a new repo's
     visibility to the Hub's default. Text files go through public_text (`run_root`: the run folder).
+    `revision`: the branch to commit to (made from main when it does not exist yet); None: main.
+    `replace`: also delete what the branch holds beyond `files`, so that it holds exactly them.
     """
-    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete, HfApi
 
     require_online(repo_id, f"the local files are complete; push later with `{retry}`")
     token = resolve_token(token)
     try:
         api = HfApi(token=token)
-        api.create_repo(repo_id, repo_type="dataset", exist_ok=True, private=private)
+        api.create_repo(repo_id, repo_type=repo_type, exist_ok=True, private=private)
+        if revision not in (None, "main"):
+            api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
         operations = [CommitOperationAdd(name, _upload(path, run_root)) for name, path in sorted(files.items())]
-        api.create_commit(repo_id, repo_type="dataset", operations=operations, commit_message=message)
+        if replace:
+            remote = api.list_repo_files(repo_id, repo_type=repo_type, revision=revision)
+            kept = set(files) | {".gitattributes"}  # the Hub's own file, which says what LFS stores
+            operations += [CommitOperationDelete(name) for name in sorted(set(remote) - kept)]
+        commit = api.create_commit(
+            repo_id, repo_type=repo_type, operations=operations, commit_message=message, revision=revision
+        )
     except Exception as exc:  # network, auth: the local files stay complete either way
         raise HubError(
             f"push to {repo_id} failed ({type(exc).__name__}: {exc}); the local files are complete; retry "
             f"with `{retry}`"
         ) from None
-    log.info("pushed %d files to https://huggingface.co/datasets/%s", len(files), repo_id)
+    log.info("pushed %d files to %s", len(files), repo_url(repo_id, repo_type, revision))
+    return commit.oid
+
+
+def create_branch(repo_id: str, branch: str, start: str, retry: str, token: str | None = None) -> None:
+    """Make branch `branch` of model repo `repo_id` at commit `start` (what another branch has just received)."""
+    from huggingface_hub import HfApi
+
+    try:
+        HfApi(token=resolve_token(token)).create_branch(repo_id, branch=branch, revision=start)
+    except Exception as exc:  # noqa: BLE001
+        raise HubError(
+            f"could not make branch {branch} of {repo_id} ({type(exc).__name__}: {str(exc)[:200]}); retry with "
+            f"`{retry}`"
+        ) from None
+    log.info("branch %s of %s made at %s", branch, repo_url(repo_id, "model"), start[:12])
