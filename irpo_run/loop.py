@@ -134,7 +134,9 @@ def run_loop(
         pushes.models(run, t)  # M_t after its evaluation (its card has the results), and any M_1..M_t the repo lacks
     pushes.leaderboard(run, card.name)  # once, with the last iteration's evaluation
     if pushes.failed:
-        log.warning("not pushed in this run: %s; run it again with --push-to-hub to catch up", ", ".join(pushes.failed))
+        log.warning(
+            "not pushed in this run: %s; run it again with the same push options to catch up", ", ".join(pushes.failed)
+        )
     return times
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -17,9 +18,11 @@ import sys
 import time
 from pathlib import Path
 
+import polars as pl
 import pytest
 from click.testing import CliRunner
-from conftest import require_vllm
+from conftest import open_in_browser, require_vllm
+from test_tracking import tensorboard_scalars, tensorboard_texts
 
 from irpo.card import BUILD_SECTIONS
 from irpo.card_loader import load_card
@@ -69,7 +72,7 @@ def straight_run(tmp_path_factory):
     """
     require_vllm()
     runs = tmp_path_factory.mktemp("straight")
-    cmd, env = _irpo_run(runs, 1)
+    cmd, env = _irpo_run(runs, 1, "tracking.report_to=tensorboard")  # never hashed: the same run as without
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     return RunFolder(runs / "demo"), done.stdout
@@ -133,6 +136,39 @@ def test_irpo_run_runs_the_papers_loop_and_prints_its_summary(straight_run):
     assert "| stage | phase | seconds | peak memory (GB) |" in summary
     assert "| iteration 1: build | model and questions |" in summary and "| &nbsp;&nbsp;engine start |" in summary
     assert "vLLM engine starts: iteration 1 3." in summary  # the build's, then M_0's and M_1's evaluation
+
+
+def test_the_report_shows_the_finished_run_in_a_browser(straight_run, tmp_path):
+    run, output = straight_run
+    assert f"The run on one page: {run.report}" in output and "[the report](report.html)" in run.summary.read_text()
+    dom = open_in_browser(run.report, tmp_path / "report.png")
+    for section in ("header", "accuracy", "iteration-1", "changed"):
+        assert f'id="{section}"' in dom
+    assert dom.count('class="chip done"') == 3  # iteration 1 built, trained, evaluated
+    assert "Example pairs" in dom and "held-out accuracy per step" in dom and "data:image/png;base64," in dom
+    # Per-question verdicts, kept by every evaluation now: the changes between M_0 and M_1 are counted.
+    verdicts = pl.read_parquet(run.eval_verdicts("M_1"))
+    greedy = json.loads(run.eval_record("M_1").read_text())["greedy"]
+    assert verdicts.height == 4 and verdicts["greedy_correct"].mean() == pytest.approx(greedy)
+    assert re.search(r"\d+ questions M_0 got wrong and M_1 gets right;\s+\d+ the other way round", dom)
+
+
+def test_every_stage_of_the_run_is_in_tensorboard(straight_run):
+    """Build, train (two Trainers: the selection run and the retrain) and eval, each in its process, log into one
+    tensorboard folder; the values are those of the run's records."""
+    run, _ = straight_run
+    scalars = tensorboard_scalars(run.tracking / "tensorboard")
+    build = json.loads(run.manifest(1).read_text())["counts"]
+    assert scalars["build/pairs"] == {1: build["pairs"]} and scalars["build/sample_accuracy"][1] == pytest.approx(
+        build["sample_accuracy"]
+    )
+    assert set(scalars["train/M_1/select/loss"]) == {1, 2} and set(scalars["train/M_1/retrain/loss"]) == {1, 2}
+    trained = json.loads(run.train_manifest(1).read_text())
+    assert scalars["train/M_1/held_out_accuracy"] == {2: pytest.approx(trained["held_out_accuracy"])}
+    assert scalars["train/M_1/selected_step"] == {1: trained["selected_step"]}
+    evaluated = {t: json.loads(run.eval_record(f"M_{t}").read_text())["greedy"] for t in (0, 1)}
+    assert scalars["eval/greedy"] == pytest.approx(evaluated)
+    assert "build/example_pairs_1/text_summary" in tensorboard_texts(run.tracking / "tensorboard")
 
 
 def test_a_second_iteration_samples_from_m1_and_a_rerun_does_nothing(straight_run, tmp_path, caplog):
