@@ -106,7 +106,7 @@ def render_report(run: RunFolder) -> str:
         models=models,
         maj_k=next((m.record.maj_k for m in models if m.record), None),
         accuracy_chart=_accuracy_chart(models, card),
-        paper_rows=task_class(card.task.name).paper_results if card.task.name else (),
+        paper_rows=task_class(card.task.name).paper_results,
         paper_source=PAPER,
         iterations=[_iteration(run, t) for t in iterations],
         changed=_changed(main_line),
@@ -226,12 +226,7 @@ def _accuracy_chart(models: list[Model], card: Card) -> Markup | None:
     evaluated = [m for m in models if m.record]
     if not evaluated:
         return None
-    paper = {}
-    if card.task.name:
-        for p in task_class(card.task.name).paper_results:
-            if p.metric == "greedy" and p.iteration is not None:
-                objective = p.objective or None
-                paper.setdefault((p.iteration, objective), p.accuracy / 100)
+    paper = _paper_greedy(card)
     k = evaluated[0].record.maj_k
     series = [*SERIES, ("maj_at_k", f"maj@{k}", MAJ_COLOR)]
     if paper:  # the benchmark has published numbers (the demo task has none)
@@ -268,12 +263,27 @@ def _accuracy_chart(models: list[Model], card: Card) -> Markup | None:
         parts.append(
             f'<text x="{x0 + bar * len(series) / 2}" y="{top + height + 16}" text-anchor="middle">{escape(m.name)}</text>'
         )
-    for j, (_, label, color) in enumerate(series):
-        x = left + j * legend
-        parts.append(f'<rect x="{x}" y="{top + height + 36}" width="10" height="10" fill="{color}"/>')
-        parts.append(f'<text x="{x + 14}" y="{top + height + 45}">{escape(label)}</text>')
+    parts += _legend(series, left, top + height + 36, legend)
     parts.append("</svg>")
     return Markup("".join(parts))
+
+
+def _paper_greedy(card: Card) -> dict[tuple[int, str | None], float]:
+    """The paper's greedy numbers for the card's benchmark, by (iteration, objective or ablation) as our models are."""
+    paper = {}
+    for p in task_class(card.task.name).paper_results:
+        if p.metric == "greedy" and p.iteration is not None:
+            paper.setdefault((p.iteration, p.objective or None), p.accuracy / 100)
+    return paper
+
+
+def _legend(series, x0: float, y: float, step: float) -> list[str]:
+    parts = []
+    for j, (_, label, color) in enumerate(series):
+        x = x0 + j * step
+        parts.append(f'<rect x="{x}" y="{y}" width="10" height="10" fill="{color}"/>')
+        parts.append(f'<text x="{x + 14}" y="{y + 9}">{escape(label)}</text>')
+    return parts
 
 
 def _line_chart(points: list[tuple[int, float]], best: int | None) -> Markup | None:
