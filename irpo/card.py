@@ -208,7 +208,7 @@ class TrackingConfig:
     # runs/NAME/tracking/. Never hashed: changing it re-runs nothing. (Was train.report_to, the Trainer's alone.)
     report_to: Tracker | Literal["none"] | list[Tracker] = "none"  # tensorboard, wandb, or a list of both
     project: str = "irpo"  # the wandb project
-    # wandb sends nothing unless this is true: it writes offline files (`wandb sync runs/NAME/tracking/wandb/*`).
+    # wandb sends nothing unless this is true: offline files (`wandb sync runs/NAME/tracking/wandb/offline-run-*`).
     online: bool = False
 
     @property

@@ -12,11 +12,12 @@ iteration are logged at step t (M_0's results at 0); a trainer's curves on their
 Why not transformers' `report_to`: its integrations see the Trainer only, and each would start a
 tracker run of its own in every stage process. Here every stage process (and every Trainer in it)
 resumes the same one: wandb by the run id kept in runs/NAME/tracking/wandb_run_id
-(`resume="allow"`), tensorboard as one folder, runs/NAME/tracking/tensorboard, in which each
+(`resume="allow"`; its files in runs/NAME/tracking/wandb/), tensorboard as one folder, runs/NAME/tracking/tensorboard, in which each
 process writes its own event file. Only the main process logs (under torchrun: rank 0).
 
 Nothing leaves the machine unless the user asks: wandb runs offline (files under
-runs/NAME/tracking/wandb; `wandb sync` sends them later) unless tracking.online is true.
+runs/NAME/tracking/wandb/; `wandb sync runs/NAME/tracking/wandb/offline-run-*` sends them later)
+unless tracking.online is true.
 """
 
 from __future__ import annotations
@@ -149,7 +150,7 @@ def open_tracker(card: Card, run: RunFolder, stage: str) -> Iterator[Tracker]:
             if name == "tensorboard":
                 opened[name] = TensorBoardTracker(run.tracking / "tensorboard", stage)
             elif name == "wandb":
-                opened[name] = WandbTracker(run.tracking / "wandb", card, card.tracking)
+                opened[name] = WandbTracker(run.tracking, card, card.tracking)
         except ImportError:
             raise NotInstalledError(
                 f"tracking.report_to names {name}, which is not installed here: pip install {name} "

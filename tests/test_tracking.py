@@ -76,12 +76,12 @@ def test_two_stage_processes_log_into_one_tracker_run(tmp_path, offline_wandb):
         table.splitlines()[0] == "| question_id | chosen | rejected |" and "| q1 |" in table
     )  # TensorBoard sanitises it
     # wandb: one run id, stored once and resumed by the second process; offline files, one folder per process.
-    run_id = (run.tracking / "wandb" / "wandb_run_id").read_text().strip()
-    offline = sorted((run.tracking / "wandb" / "wandb").glob("offline-run-*"))
+    run_id = (run.tracking / "wandb_run_id").read_text().strip()
+    offline = sorted((run.tracking / "wandb").glob("offline-run-*"))
     assert len(offline) == 2 and all(p.name.endswith(f"-{run_id}") for p in offline)
     logged = b"".join(p.joinpath(f"run-{run_id}.wandb").read_bytes() for p in offline)
     assert b"build/pairs" in logged and b"train/M_1/select/loss" in logged and b"eval/greedy" in logged
-    assert not list((run.tracking / "wandb" / "wandb").glob("run-*"))  # "run-*" folders are online runs
+    assert not list((run.tracking / "wandb").glob("run-*"))  # "run-*" folders are online runs
 
 
 def test_no_tracker_by_default_and_none_but_on_rank_0(tmp_path, monkeypatch):
