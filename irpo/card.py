@@ -136,7 +136,10 @@ class PairsConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     # Read by irpo train; defaults are the paper's.
-    objective: str = "dpo_nll"  # one of irpo.objectives.OBJECTIVES: the paper's loss, or a baseline to compare with it
+    # One of irpo.objectives.OBJECTIVES: the paper's loss (dpo_nll), or one to compare it with: dpo (alpha = 0),
+    # sft_winners, sft_gold, or dpo_norm_nll (Tülu 3's length-normalised DPO term, the NLL unchanged):
+    #   -log sigmoid(beta [(log M(w) - log M_ref(w)) / |w| - (log M(l) - log M_ref(l)) / |l|]) + alpha (-log M(w) / |w|)
+    objective: str = "dpo_nll"
     beta: float = 0.1  # DPO temperature on the log-ratio margin
     alpha: float = 1.0  # weight of the winner's length-normalised NLL (objective dpo_nll)
     learning_rate: float = 7e-7

@@ -23,6 +23,8 @@ class Objective:
     nll: bool  # the winner's NLL / its length, weighted by train.alpha (without the DPO term: alone)
     rows: str  # what one training row is: "pairs" (winner and loser), "winners", or "gold" (gold solutions)
     trained_on: str  # as models/M_t/train_manifest.json says it
+    # The DPO term on log-ratios divided by each answer's length (Tülu 3's length-normalised DPO).
+    length_normalised: bool = False
 
     @property
     def needs_gold(self) -> bool:
@@ -36,6 +38,11 @@ OBJECTIVES: dict[str, Objective] = {
         # Pang et al. (2024): DPO on (winner, loser) + alpha x the winner's NLL / its length.
         Objective("dpo_nll", "DPO+NLL (iterative RPO)", True, True, "pairs", "the pairs"),
         Objective("dpo", "DPO", True, False, "pairs", "the pairs"),  # alpha = 0
+        # Beyond the paper: the DPO term on per-token log-ratios (Lambert et al. 2024, Tülu 3; TRL's
+        # loss_type="sigmoid_norm"), reference-based; the NLL term unchanged.
+        Objective(
+            "dpo_norm_nll", "length-normalised DPO+NLL", True, True, "pairs", "the pairs", length_normalised=True
+        ),
         # STaR / rejection-sampling fine-tuning: the NLL term alone, on the pairs' winners.
         Objective(
             "sft_winners", "SFT on winners (STaR)", False, True, "winners", "the pairs' winners (chosen answers)"

@@ -90,7 +90,7 @@ main.add_command(eval_command, "eval")
 @click.option(
     "--ablations",
     is_flag=True,
-    help="Also train iteration 1's samples with every other objective (dpo, sft_winners, sft_gold) and on twice "
+    help="Also train iteration 1's samples with every other objective (dpo, dpo_norm_nll, sft_winners, sft_gold) and on twice "
     "the pairs (dpo_nll_2x, sft_winners_2x), and put them on the leaderboard; for some of them set the card key "
     "instead: ablations=[dpo,sft_winners].",
 )

@@ -13,6 +13,9 @@ winners more; that difference is why this loss is ours. alpha = 0 is plain DPO.
 The baselines the paper compares with are this loss's parts (train.objective):
     dpo_nll      the loss above
     dpo          alpha = 0: the DPO term alone
+    dpo_norm_nll the DPO term on length-normalised log-ratios (Tülu 3's; beyond the paper), + the NLL:
+                 -log sigmoid(beta [(log M(w|x) - log M_ref(w|x)) / |w| - (log M(l|x) - log M_ref(l|x)) / |l|])
+                 + alpha (-log M(w|x) / |w|)
     sft_winners  the NLL term alone, on the winners (STaR / rejection-sampling fine-tuning)
     sft_gold     the NLL term alone, on the dataset's gold solutions
 so that a comparison between them changes the objective and nothing else.
@@ -35,13 +38,16 @@ def dpo_nll_loss(
     *,
     beta: float = 0.1,
     alpha: float = 1.0,
+    rejected_lengths: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Batch-mean loss and its parts, from 1-D tensors of per-pair summed log-probs.
 
-    parts: dpo, nll (batch means), reward_chosen / reward_rejected (beta x log-ratio),
-    reward_margin, reward_accuracy (share of pairs whose margin is positive), all detached.
+    With `rejected_lengths`, each log-ratio is divided by its answer's length (dpo_norm_nll); the
+    rewards are then per token. parts: dpo, nll (batch means), reward_chosen / reward_rejected
+    (beta x log-ratio), reward_margin, reward_accuracy (share of pairs whose margin is positive), all detached.
     """
     tensors = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_lengths)
+    tensors += () if rejected_lengths is None else (rejected_lengths,)
     if any(t.dim() != 1 or t.shape != chosen_logps.shape for t in tensors):
         raise ValueError(
             f"dpo_nll_loss wants 1-D tensors of one length, got shapes {[tuple(t.shape) for t in tensors]}"
@@ -50,6 +56,13 @@ def dpo_nll_loss(
         raise ValueError("chosen_lengths must be positive: a winner with no completion tokens cannot be normalised")
     reward_chosen = beta * (chosen_logps - ref_chosen_logps)
     reward_rejected = beta * (rejected_logps - ref_rejected_logps)
+    if rejected_lengths is not None:
+        if bool((rejected_lengths <= 0).any()):
+            raise ValueError(
+                "rejected_lengths must be positive: a loser with no completion tokens cannot be normalised"
+            )
+        reward_chosen = reward_chosen / chosen_lengths.to(chosen_logps.dtype)
+        reward_rejected = reward_rejected / rejected_lengths.to(chosen_logps.dtype)
     margin = reward_chosen - reward_rejected
     # logsigmoid is computed stably: a margin of +-1e4 gives 0 and 1e4, never inf or NaN.
     dpo = -F.logsigmoid(margin)
@@ -101,4 +114,5 @@ def objective_loss(
         lengths[:half],
         beta=beta,
         alpha=alpha if spec.nll else 0.0,
+        rejected_lengths=lengths[half:] if spec.length_normalised else None,
     )

@@ -116,9 +116,11 @@ def test_objective_and_ablations_are_checked_and_sft_gold_needs_gold_solutions()
     with pytest.raises(CardError) as error:
         load_card("demo", ["train.objective=sft", "ablations=[dpo,star]"])
     assert "train.objective has 'sft'" in str(error.value) and "ablations has 'star'" in str(error.value)
-    assert "dpo_nll, dpo, sft_winners, sft_gold" in str(error.value)
+    assert "dpo_nll, dpo, dpo_norm_nll, sft_winners, sft_gold" in str(error.value)
     for overrides in (["train.objective=sft_gold"], ["ablations=[sft_gold]"]):
-        with pytest.raises(CardError, match="task arc_challenge has none .* choose dpo_nll, dpo or sft_winners"):
+        with pytest.raises(
+            CardError, match="task arc_challenge has none .* choose dpo_nll, dpo, dpo_norm_nll or sft_winners"
+        ):
             load_card("arc_challenge", overrides)
 
 

@@ -135,3 +135,21 @@ def test_an_objective_is_one_entry_checked_at_load_and_trained_by_its_fields(mon
         load_card("demo", ["train.objective=sft"])
     needs_gold = sorted(name for name, o in OBJECTIVES.items() if o.needs_gold)
     assert needs_gold == ["sft_gold"]
+
+
+def test_the_length_normalised_dpo_term_by_hand():
+    # dpo_norm_nll (Tülu 3's length-normalised DPO term, the NLL unchanged). Winner: -10 over 5 tokens,
+    # reference -11; loser: -12 over 4 tokens, reference -10.
+    # per-token log-ratios: (-10 + 11) / 5 = 0.2 and (-12 + 10) / 4 = -0.5; margin = 0.1 * (0.2 + 0.5) = 0.07
+    # dpo = -log sigmoid(0.07) = log(1 + e^-0.07) = 0.65831...; nll = 10 / 5 = 2 (as dpo_nll's)
+    lengths = t(5, 4)
+    batch = {"ref_chosen_logps": t(-11), "ref_rejected_logps": t(-10)}
+    loss, parts = objective_loss("dpo_norm_nll", t(-10, -12), lengths, batch, beta=0.1, alpha=1.0)
+    dpo = math.log1p(math.exp(-0.07))
+    assert loss.item() == pytest.approx(dpo + 2.0, abs=1e-12)
+    assert parts["reward_chosen"].item() == pytest.approx(0.02) and parts["reward_rejected"].item() == pytest.approx(
+        -0.05
+    )
+    # The paper's term on the same pair: margin 0.1 * (1 + 2) = 0.3, another loss.
+    paper, _ = objective_loss("dpo_nll", t(-10, -12), lengths, batch, beta=0.1, alpha=1.0)
+    assert paper.item() == pytest.approx(math.log1p(math.exp(-0.3)) + 2.0, abs=1e-12)
