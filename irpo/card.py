@@ -174,6 +174,11 @@ class TrainConfig:
     # (LoRA: none, the adapters are switched off instead), not under FSDP or ZeRO-3. Each is exact
     # (rewards are zero at step 1); their float noise differs, so the choice is part of the recipe.
     reference_logps: Literal["precompute", "per_step"] = "precompute"
+    # Which model DPO compares the policy with: previous, the paper's (M_{t-1}, also the policy's start),
+    # or initial: M_0 at every iteration (fixed, as RLHFlow's online DPO; beyond the paper). With initial
+    # at t >= 2 the rewards do not start at zero. LoRA with per_step and initial cannot run (switching the
+    # adapters off gives M_{t-1}, not M_0).
+    reference: Literal["previous", "initial"] = "previous"
     probe_pairs: int = 64  # training pairs whose log-probs are followed through training (logps.png); 0 = off
     probe_every: int | None = None  # steps between those measurements; None = select_every
     # bf16 mixed precision: true, false, or auto (where bf16 is native: GPU, CPU with AMX or AVX512-BF16).
@@ -280,6 +285,7 @@ ADDED_KEYS: dict[str, Any] = {
     "task.prompt_style": "auto",  # issue 32: base models' plain prompts
     "eval.backend": "irpo-vllm",  # issue 33: was irpo eval's --backend flag alone
     "train.lora_alpha": None,  # issue 33: was 2 x lora_r, written in the trainer
+    "train.reference": "previous",  # issue 35: the reference was always M_{t-1}
 }
 
 

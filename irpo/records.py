@@ -134,10 +134,12 @@ class TrainManifest(Record):
 
     train_card_sha256: str = ""  # hash of the card sections training depends on (card.TRAIN_SECTIONS)
     pairs_fingerprint: str = ""
-    reference_weights_sha256: str = ""  # M_{t-1}: the reference and the starting point
+    reference_weights_sha256: str = ""  # M_{t-1}: the starting point (and the reference, train.reference=previous)
     bf16: bool = False  # as train.bf16 resolved on the machine that trained
     iteration: int = 0
-    reference: str = ""
+    reference: str = ""  # the model DPO compared the policy with
+    # train.reference=initial at t >= 2: M_0's weights, the reference; None where it is M_{t-1}
+    fixed_reference_weights_sha256: str | None = None
     objective: str = "dpo_nll"
     ablation: str | None = None  # the ablation's name (models/M_t-NAME); None on the main line
     trained_on: str = "the pairs"

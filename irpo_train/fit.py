@@ -82,7 +82,8 @@ def fit(
                 pad_token_id=tokenizer.pad_token_id,
                 path=folder / "probe.jsonl",
                 bf16=job.bf16,
-                zero_at_start=job.step_reference is not None,
+                # per_step scored the probe with the policy's own start: step 0 is zero (not so from M_0)
+                zero_at_start=job.step_reference is not None and not job.fixed_reference,
             )
         )
     if not candidates:

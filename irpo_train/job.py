@@ -48,7 +48,7 @@ class TrainJob:
     run: RunFolder
     out_dir: Path  # models/M_T or models/M_T-ABLATION
     work: Path  # models/M_T.work: checkpoints and caches while training
-    reference: ResolvedModel  # M_{T-1}
+    start: ResolvedModel  # M_{T-1}: the model iteration T sampled from, where the policy starts
     dataset: object  # the pair Dataset
     fingerprint: str  # of the pairs
     identity: dict  # what the finished model is the result of
@@ -58,6 +58,15 @@ class TrainJob:
     format: PromptFormat | None = None  # M_{T-1}'s prompt format (irpo.prompts), set once its tokenizer loads
     step_reference: StepReference | None = None  # train.reference_logps=per_step, pairwise objectives
     tracker: Tracker = field(default_factory=Tracker)  # the run's trackers (tracking.report_to); none: a no-op
+    reference: ResolvedModel | None = None  # DPO's: `start` (train.reference=previous), or M_0 (initial)
+
+    def __post_init__(self):
+        self.reference = self.reference or self.start
+
+    @property
+    def fixed_reference(self) -> bool:
+        """The reference is another model than the policy's start (train.reference=initial at T >= 2)."""
+        return self.reference.weights_sha256 != self.start.weights_sha256
 
     def take_model(self):
         """M_{T-1}: the one the reference pass loaded (handed over once, so no other reference keeps
@@ -88,13 +97,15 @@ def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> T
     factor = ABLATIONS[ablation].pairs_factor if ablation is not None else 1
     if factor > 1:
         dataset, fingerprint = more_pairs(run, iteration, factor)
-    reference = iteration_model(card, run, iteration)  # M_{T-1}: the model iteration T sampled from
+    start = iteration_model(card, run, iteration)  # M_{T-1}: the model iteration T sampled from
+    fixed = card.train.reference == "initial" and iteration > 1
+    reference = iteration_model(card, run, 1) if fixed else start  # M_0, or M_{T-1}
     out_dir = run.model(iteration, ablation)
     # train.bf16=auto resolves per machine, and another precision is another model.
     identity = TrainManifest(
         train_card_sha256=card.sha256(TRAIN_SECTIONS),
         pairs_fingerprint=fingerprint,
-        reference_weights_sha256=reference.weights_sha256,
+        reference_weights_sha256=start.weights_sha256,
         bf16=resolve_bf16(card.train.bf16),
     ).identity()
     done = out_dir / TRAIN_MANIFEST
@@ -116,7 +127,7 @@ def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> T
             "command)"
         )
     sets = IterationQuestions.read(questions)
-    _refuse_what_cannot_run(card, checks=bool(sets.held_out))
+    _refuse_what_cannot_run(card, checks=bool(sets.held_out), fixed_reference=reference is not start)
     work = out_dir.with_name(out_dir.name + ".work")
     if distributed.is_main():
         start_or_resume(work, identity)
@@ -129,18 +140,26 @@ def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> T
         run,
         out_dir,
         work,
-        reference,
+        start,
         dataset,
         fingerprint,
         identity,
         identity["bf16"],
         sets,
+        reference=reference,
     )
 
 
-def _refuse_what_cannot_run(card: Card, checks: bool) -> None:
+def _refuse_what_cannot_run(card: Card, checks: bool, fixed_reference: bool = False) -> None:
     """Settings this machine or launch cannot run, said before hours of training rather than after.
-    `checks`: whether held-out checks will choose the step (there are held-out questions)."""
+    `checks`: whether held-out checks will choose the step (there are held-out questions);
+    `fixed_reference`: the reference is M_0, not the policy's start (train.reference=initial, T >= 2)."""
+    pairwise = OBJECTIVES[card.train.objective].pairwise
+    if fixed_reference and pairwise and card.train.lora and card.train.reference_logps == "per_step":
+        raise SettingError(
+            "train.reference=initial with LoRA and train.reference_logps=per_step cannot run: switching the "
+            "adapters off gives M_{t-1}, not M_0; set train.reference_logps=precompute"
+        )
     if card.train.select_with == "vllm" and checks and not vllm_available():
         raise NotInstalledError(
             "train.select_with=vllm scores the held-out checks on vLLM, which is not installed: "
@@ -156,11 +175,11 @@ def _refuse_what_cannot_run(card: Card, checks: bool) -> None:
 
 def load_tokenizer(job: TrainJob):
     """M_{T-1}'s tokenizer (padding with EOS where it has no pad token); sets job.format, its prompt format."""
-    tokenizer = AutoTokenizer.from_pretrained(job.reference.path, trust_remote_code=job.card.model.trust_remote_code)
+    tokenizer = AutoTokenizer.from_pretrained(job.start.path, trust_remote_code=job.card.model.trust_remote_code)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     task = task_from_config(job.card.task)
-    job.format = prompt_format(job.reference.path, tokenizer, task, job.card.task.prompt_style)
+    job.format = prompt_format(job.start.path, tokenizer, task, job.card.task.prompt_style)
     return tokenizer
 
 
@@ -190,15 +209,16 @@ def more_pairs(run: RunFolder, iteration: int, factor: int):
     return load_dataset_dir(folder)["train"], read_json(record)["pairs_fingerprint"]
 
 
-def load_model(job: TrainJob):
-    """M_{T-1} in float32 (bf16 is autocast, train.bf16), with fresh LoRA adapters under train.lora."""
+def load_model(job: TrainJob, reference: bool = False):
+    """M_{T-1} in float32 (bf16 is autocast, train.bf16), with fresh LoRA adapters under train.lora; with
+    `reference`, the reference model instead (M_0 under train.reference=initial), without adapters."""
     model = AutoModelForCausalLM.from_pretrained(
-        job.reference.path,
+        (job.reference if reference else job.start).path,
         dtype=torch.float32,
         attn_implementation=job.cfg.attn_implementation,
         trust_remote_code=job.card.model.trust_remote_code,
     )
-    if job.cfg.lora:
+    if job.cfg.lora and not reference:
         from peft import get_peft_model  # here: only LoRA runs pay for importing peft
 
         model = get_peft_model(model, lora_config(job.cfg))

@@ -72,9 +72,12 @@ def training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict],
         **({} if everything else {"probe_only": probe_only}),
     }
     with timing.phase("model load"):
-        model = job.loaded = load_model(job)  # M_{T-1}: the reference, and the first run's starting point
+        model = job.loaded = load_model(job)  # M_{T-1}: the first run's starting point, and by default the reference
+        # train.reference=initial at T >= 2: M_0 scores the pairs, a model of its own (LoRA with per_step is refused).
+        reference = load_model(job, reference=True) if job.fixed_reference and (scored or per_step) else model
         if per_step:  # a frozen copy, before training touches the weights; LoRA switches its adapters off instead
-            job.step_reference = StepReference(None if cfg.lora else copy.deepcopy(model), job.bf16)
+            frozen = reference if reference is not model else None if cfg.lora else copy.deepcopy(model)
+            job.step_reference = StepReference(frozen, job.bf16)
     notes["reference_logps"] = cfg.reference_logps if pairwise else "probe pairs only"
     if scored:
         siblings = [job.run.model(job.iteration, a) for a in (None, *ABLATIONS)]  # their cache's key decides
@@ -82,7 +85,7 @@ def training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict],
             chosen, rejected, meta = load_or_compute(
                 job.work,
                 key,
-                lambda: reference_logps(model, scored, tokenizer.pad_token_id, batch_size, progress, job.bf16),
+                lambda: reference_logps(reference, scored, tokenizer.pad_token_id, batch_size, progress, job.bf16),
                 elsewhere=siblings,
             )
         notes["reference_tokens_per_s"] = meta.get("tokens_per_s")

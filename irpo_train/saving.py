@@ -30,7 +30,7 @@ def final_model(job: TrainJob, phase_dir: Path):
     if job.cfg.lora:
         from peft import PeftModel  # here: only LoRA runs pay for importing peft
 
-        base = AutoModelForCausalLM.from_pretrained(job.reference.path, dtype=torch.float32, trust_remote_code=trust)
+        base = AutoModelForCausalLM.from_pretrained(job.start.path, dtype=torch.float32, trust_remote_code=trust)
         return PeftModel.from_pretrained(base, folder).merge_and_unload()
     return AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, trust_remote_code=trust)
 
@@ -64,12 +64,13 @@ def write_model(job: TrainJob, tokenizer, selection: dict, final: dict, notes: d
         plot_logps(tmp, job.cfg.beta, title=title)
         why = "highest greedy accuracy on the held-out questions; earliest step among ties"
         if retrained:
-            why += f", then retrained from {job.reference.spec} on all pairs for that many steps"
+            why += f", then retrained from {job.start.spec} on all pairs for that many steps"
         TrainManifest(
             **job.identity,
             irpo_version=__version__,
             iteration=job.iteration,
             reference=job.reference.spec,
+            fixed_reference_weights_sha256=job.reference.weights_sha256 if job.fixed_reference else None,
             objective=job.cfg.objective,
             ablation=job.ablation,
             trained_on=OBJECTIVES[job.cfg.objective].trained_on,

@@ -79,5 +79,5 @@ def choose_on_vllm(job: TrainJob, folder: Path, tokenizer) -> dict | None:
         )
 
     return choose_candidate(
-        folder, job.reference.path, held_out_questions(job, tokenizer), engine, baseline=job.cfg.select_baseline
+        folder, job.start.path, held_out_questions(job, tokenizer), engine, baseline=job.cfg.select_baseline
     )

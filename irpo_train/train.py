@@ -23,7 +23,8 @@ rebuilt from the same samples); M_T and the run's later iterations are untouched
 Under torchrun / accelerate launch every process runs this module; irpo_train.distributed says
 what only the main process does (it alone writes into the run folder).
 
-The policy starts as M_{T-1}, which is also the reference. With train.reference_logps=precompute
+The policy starts as M_{T-1}, which is also the reference (train.reference=initial: M_0 is, from
+T = 2 on, scored as a model of its own). With train.reference_logps=precompute
 the reference log-probs of every pair are computed with the policy's own weights before the
 first step, and no second model is loaded; with per_step a frozen copy (LoRA: the policy with its
 adapters off) scores each batch as it is trained on (irpo_train.reference).

@@ -8,6 +8,7 @@ conftest.tiny_model trains instead: same tokenizer and code, checkpoints of mega
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import polars as pl
@@ -660,3 +661,37 @@ def test_per_step_reference_is_refused_under_fsdp(tmp_path, demo_tokenizer, monk
     make_iteration(tmp_path, demo_tokenizer, card)
     with pytest.raises(LaunchError, match="FSDP cannot shard; set train.reference_logps=precompute"):
         train_module.train_iteration(card, 1, tmp_path, progress=False)
+
+
+def test_a_fixed_reference_scores_iteration_2_with_m0_and_keys_its_cache(tmp_path, tiny_model, demo_tokenizer):
+    """train.reference=initial (M_0 at every iteration, beyond the paper) against the paper's previous
+    (M_{t-1}): at t = 2 the cached reference log-probs are M_0's (the very numbers M_1's own pass computed
+    on the same pairs), keyed by M_0's weights; the rewards no longer start at zero; the manifest says
+    which reference; LoRA with per_step cannot switch to M_0 and is refused before any training."""
+    from irpo.models import weights_sha256
+
+    base = [*TINY, "train.retrain_with_held_out=false", "train.max_steps=2", f"model.base={tiny_model}"]
+    card = load_card("demo", base)
+    run, _ = make_iteration(tmp_path / "m1", demo_tokenizer, card)
+    m1 = train_module.train_iteration(card, 1, tmp_path / "m1", progress=False)
+    shutil.copytree(run.iteration(1), run.iteration(2))  # iteration 2's pairs: the same pairs, sampled "from M_1"
+    caches, manifests, first_steps = {}, {}, {}
+    for mode in ("previous", "initial"):
+        shutil.copytree(tmp_path / "m1", tmp_path / mode)
+        out = train_module.train_iteration(
+            load_card("demo", [*base, f"train.reference={mode}"]), 2, tmp_path / mode, progress=False
+        )
+        caches[mode] = pl.read_parquet(out / "ref_logps.parquet")
+        manifests[mode] = json.loads((out / "train_manifest.json").read_text())
+        first_steps[mode] = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+        key = json.loads((out / "ref_logps.json").read_text())["key"]
+        assert key["reference_weights_sha256"] == weights_sha256(tiny_model if mode == "initial" else m1)
+    assert caches["initial"].equals(pl.read_parquet(m1 / "ref_logps.parquet"))  # M_0's numbers, bit for bit
+    assert not caches["previous"].equals(caches["initial"])
+    assert first_steps["previous"]["reward_chosen"] == 0.0 and first_steps["initial"]["reward_chosen"] != 0.0
+    assert manifests["initial"]["fixed_reference_weights_sha256"] == weights_sha256(tiny_model)
+    assert manifests["previous"]["fixed_reference_weights_sha256"] is None
+    assert manifests["initial"]["reference_weights_sha256"] == manifests["previous"]["reference_weights_sha256"]
+    lora = load_card("demo", [*base, "train.reference=initial", "train.lora=true", "train.reference_logps=per_step"])
+    with pytest.raises(SettingError, match="switching the adapters off gives M_{t-1}, not M_0"):
+        train_module.train_iteration(lora, 2, tmp_path / "initial", progress=False)
