@@ -66,10 +66,15 @@ class Ablation:
     name: str
     objective: Objective
     pairs_factor: int = 1  # the samples paired at this many times K (the paper's "twice as much data", §3.1)
+    # Another ablation whose model this one starts from (and takes as DPO's reference): the paper's rows
+    # "initialized from SFT" start from the model SFT on iteration 1's winners made (models/M_1-sft_winners).
+    start_from: str | None = None
 
     @property
     def label(self) -> str:
-        return self.objective.label + (", twice the pairs" if self.pairs_factor == 2 else "")
+        twice = ", twice the pairs" if self.pairs_factor == 2 else ""
+        start = f", from M_1-{self.start_from}" if self.start_from else ""
+        return self.objective.label + twice + start
 
 
 ABLATIONS: dict[str, Ablation] = {
@@ -78,5 +83,18 @@ ABLATIONS: dict[str, Ablation] = {
         *(Ablation(name, objective) for name, objective in OBJECTIVES.items()),
         Ablation("dpo_nll_2x", OBJECTIVES["dpo_nll"], 2),
         Ablation("sft_winners_2x", OBJECTIVES["sft_winners"], 2),
+        # Table 1's "DPO initialized from SFT training" and "Iterative RPO (1 iteration) initialized from
+        # SFT": the same pairs, from the SFT-on-winners model, which is also the reference (DPO's reference
+        # is the model it starts from, as every DPO model of the paper is trained).
+        Ablation("dpo_from_sft", OBJECTIVES["dpo"], start_from="sft_winners"),
+        Ablation("dpo_nll_from_sft", OBJECTIVES["dpo_nll"], start_from="sft_winners"),
     )
 }
+
+
+def training_order(ablations: list[str], objective: str) -> list[str]:
+    """The ablations `irpo run` trains beside M_1, in the order they can be trained: each once, the main
+    line's objective left out (M_1 is it), and a model an ablation starts from before that ablation."""
+    names = [a for a in dict.fromkeys(ablations) if a != objective]
+    starts = [ABLATIONS[a].start_from for a in names if ABLATIONS[a].start_from]
+    return list(dict.fromkeys([*starts, *names]))

@@ -31,7 +31,7 @@ from pathlib import Path
 from irpo.card import BUILD_SECTIONS, Card
 from irpo.card_loader import CardError
 from irpo.models import iteration_model
-from irpo.objectives import ABLATIONS
+from irpo.objectives import ABLATIONS, training_order
 from irpo.reading import read_json
 from irpo.runs import RunFolder, set_aside
 from irpo_run.pushes import Pushes
@@ -142,7 +142,7 @@ def run_loop(
 
 def train_ablations(card: Card, run: RunFolder, runs_dir: str | Path, times: StageTimes, progress: bool) -> None:
     """Train models/M_1-NAME for each of card.ablations from iteration 1's samples; draw their curves."""
-    ablations = [a for a in dict.fromkeys(card.ablations) if a != card.train.objective]
+    ablations = training_order(card.ablations, card.train.objective)
     if any(ABLATIONS[a].pairs_factor == 2 for a in ablations):  # the build pairs the same samples again, at 2K
         start = time.perf_counter()
         run_stage(MORE_PAIRS, card, 1, 2, runs_dir)

@@ -23,7 +23,7 @@ from irpo.card import BUILD_SECTIONS, TRAIN_SECTIONS, Card, TrainConfig
 from irpo.engines import vllm_available
 from irpo.errors import NotInstalledError, RunFolderError, SettingError
 from irpo.hardware import resolve_bf16
-from irpo.models import ResolvedModel, iteration_model
+from irpo.models import ResolvedModel, iteration_model, resolve_model
 from irpo.objectives import ABLATIONS, OBJECTIVES
 from irpo.prompts import PromptFormat, prompt_format
 from irpo.reading import RecordError, load_dataset_dir, read_json
@@ -97,7 +97,7 @@ def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> T
     factor = ABLATIONS[ablation].pairs_factor if ablation is not None else 1
     if factor > 1:
         dataset, fingerprint = more_pairs(run, iteration, factor)
-    start = iteration_model(card, run, iteration)  # M_{T-1}: the model iteration T sampled from
+    start = _starting_model(card, run, iteration, ablation)  # M_{T-1}, or the model an ablation starts from
     fixed = card.train.reference == "initial" and iteration > 1
     reference = iteration_model(card, run, 1) if fixed else start  # M_0, or M_{T-1}
     out_dir = run.model(iteration, ablation)
@@ -148,6 +148,20 @@ def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> T
         sets,
         reference=reference,
     )
+
+
+def _starting_model(card: Card, run: RunFolder, iteration: int, ablation: str | None) -> ResolvedModel:
+    """M_{T-1}, the model iteration T sampled from; for an ablation "from SFT", the side model it starts from."""
+    first = ABLATIONS[ablation].start_from if ablation else None
+    if first is None:
+        return iteration_model(card, run, iteration)
+    folder = run.model(iteration, first)
+    if not (folder / TRAIN_MANIFEST).is_file():
+        raise RunFolderError(
+            f"ablation {ablation} starts from {folder}, which is not trained yet; train it first with "
+            f"`irpo train --iter {iteration} --ablation {first}` (irpo run --ablations does)"
+        )
+    return resolve_model(str(folder), trust_remote_code=card.model.trust_remote_code)
 
 
 def _refuse_what_cannot_run(card: Card, checks: bool, fixed_reference: bool = False) -> None:

@@ -219,3 +219,19 @@ def test_a_renamed_key_loads_with_a_note_and_keeps_every_runs_identity(tmp_path,
     assert frozen.sha256(BUILD_SECTIONS) == BuildManifest.from_json(run / "iter_1" / "manifest.json").build_card_sha256
     trained = TrainManifest.from_json(run / "models" / "M_1" / "train_manifest.json")
     assert frozen.sha256(TRAIN_SECTIONS) == trained.train_card_sha256
+
+
+def test_an_ablation_from_sft_is_trained_after_the_model_it_starts_from():
+    from irpo.objectives import ABLATIONS, training_order
+
+    assert training_order(["dpo_nll_from_sft", "dpo", "dpo_from_sft", "dpo"], "dpo_nll") == [
+        "sft_winners",
+        "dpo_nll_from_sft",
+        "dpo",
+        "dpo_from_sft",
+    ]
+    assert training_order(["sft_winners", "dpo_from_sft"], "dpo_nll") == ["sft_winners", "dpo_from_sft"]
+    assert training_order(["dpo_nll", "dpo"], "dpo_nll") == ["dpo"]
+    assert ABLATIONS["dpo_from_sft"].label == "DPO, from M_1-sft_winners"
+    card = load_card("gsm8k", ["ablations=[dpo_from_sft, dpo_nll_from_sft]"])
+    assert card.ablations == ["dpo_from_sft", "dpo_nll_from_sft"]

@@ -695,3 +695,26 @@ def test_a_fixed_reference_scores_iteration_2_with_m0_and_keys_its_cache(tmp_pat
     lora = load_card("demo", [*base, "train.reference=initial", "train.lora=true", "train.reference_logps=per_step"])
     with pytest.raises(SettingError, match="switching the adapters off gives M_{t-1}, not M_0"):
         train_module.train_iteration(lora, 2, tmp_path / "initial", progress=False)
+
+
+def test_an_ablation_from_sft_starts_from_the_sft_model_and_says_so(tmp_path, tiny_model, demo_tokenizer):
+    """dpo_from_sft (the paper's "DPO initialized from SFT"): trained from models/M_1-sft_winners, which is
+    also its reference, on the same pairs; refused, naming the command, before that model exists."""
+    from irpo.models import weights_sha256
+
+    card = load_card(
+        "demo", [*TINY, "train.retrain_with_held_out=false", "train.max_steps=2", f"model.base={tiny_model}"]
+    )
+    run, pairs = make_iteration(tmp_path, demo_tokenizer, card)
+    with pytest.raises(RunFolderError, match=r"irpo train --iter 1 --ablation sft_winners"):
+        train_module.train_iteration(card, 1, tmp_path, progress=False, ablation="dpo_from_sft")
+    sft = train_module.train_iteration(card, 1, tmp_path, progress=False, ablation="sft_winners")
+    out = train_module.train_iteration(card, 1, tmp_path, progress=False, ablation="dpo_from_sft")
+    manifest = json.loads((out / "train_manifest.json").read_text())
+    assert manifest["reference_weights_sha256"] == weights_sha256(sft) != weights_sha256(tiny_model)
+    assert manifest["reference"].endswith("M_1-sft_winners") and manifest["objective"] == "dpo"
+    assert manifest["pairs_fingerprint"] == fingerprint(pairs) and manifest["fixed_reference_weights_sha256"] is None
+    key = json.loads((out / "ref_logps.json").read_text())["key"]
+    assert key["reference_weights_sha256"] == weights_sha256(sft)  # the SFT model scored the pairs
+    first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["reward_chosen"] == 0.0  # it starts from its reference: rewards start at zero

@@ -72,9 +72,10 @@ class PaperResult:
     train.objective, or the ablation (dpo_nll_2x: twice the pairs), that reproduces it; None for M_0
     and for rows without one. `metric`: "greedy" or "maj@32"; `accuracy` in percent.
 
-    The paper's "DPO initialized from SFT trained on chosen seqs" rows have no objective here: our
-    `dpo` starts from M_0, as its "DPO initialized from Llama-2-70b-chat" does. (Summaries of the
-    paper that quote ARC-Challenge "DPO 83.5" quote that SFT-initialised row; from M_0 it is 82.8.)
+    The paper's "DPO initialized from SFT trained on chosen seqs" rows are the ablations dpo_from_sft
+    and dpo_nll_from_sft (from models/M_1-sft_winners); our `dpo` starts from M_0, as its "DPO
+    initialized from Llama-2-70b-chat" does. (Summaries of the paper that quote ARC-Challenge "DPO
+    83.5" quote that SFT-initialised row; from M_0 it is 82.8.)
     """
 
     label: str

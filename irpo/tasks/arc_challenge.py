@@ -54,7 +54,7 @@ class ARCChallenge(Task):
         PaperResult("iterative RPO, iteration 3, maj@32", 87.9, metric="maj@32"),
         PaperResult("SFT on chosen sequences", 79.8, 1, "sft_winners"),
         PaperResult("DPO initialized from Llama-2-70b-chat", 82.8, 1, "dpo"),
-        PaperResult("DPO initialized from SFT on chosen sequences", 83.5),
+        PaperResult("DPO initialized from SFT on chosen sequences", 83.5, 1, "dpo_from_sft"),
     )
     train_subsets: tuple[str, ...] = SUBSETS  # pooled for the train split; the paper uses both
 

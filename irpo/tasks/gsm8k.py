@@ -51,11 +51,11 @@ class GSM8K(Task):
         PaperResult("SFT on gold CoT examples", 63.5, 1, "sft_gold"),
         PaperResult("STaR, 1 iteration (SFT on the winners)", 65.2, 1, "sft_winners"),
         PaperResult("DPO initialized from Llama-2-70b-chat", 61.8, 1, "dpo"),
-        PaperResult("DPO initialized from SFT on iteration 1's winners", 60.3),
+        PaperResult("DPO initialized from SFT on iteration 1's winners", 60.3, 1, "dpo_from_sft"),
         # §3.1: more pairs are not what helps; the iterations are.
         PaperResult("STaR, 1 iteration, twice the data", 66.9, 1, "sft_winners_2x"),
         PaperResult("iterative RPO, 1 iteration, twice the data", 74.8, 1, "dpo_nll_2x"),
-        PaperResult("iterative RPO, 1 iteration, initialised from SFT on the winners", 73.1),
+        PaperResult("iterative RPO, 1 iteration, initialised from SFT on the winners", 73.1, 1, "dpo_nll_from_sft"),
     )
 
     def parse_row(self, row: dict[str, Any], split: str, index: int) -> Question | None:

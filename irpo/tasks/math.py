@@ -120,7 +120,7 @@ class MATH(Task):
         PaperResult("iterative RPO, iteration 3, maj@32", 29.1, metric="maj@32"),
         PaperResult("SFT on chosen sequences", 16.8, 1, "sft_winners"),
         PaperResult("DPO initialized from Llama-2-70b-chat", 12.4, 1, "dpo"),
-        PaperResult("DPO initialized from SFT on chosen sequences", 10.5),
+        PaperResult("DPO initialized from SFT on chosen sequences", 10.5, 1, "dpo_from_sft"),
     )
     # How MATH's problems are split into train and test (a split, as everywhere else, is one of
     # them: task.train_split, task.test_split).
