@@ -172,9 +172,10 @@ def report(run_folder: Path, open_it: bool) -> None:
       irpo report runs/gsm8k --open
     """
     setup_logging(quiet=False)
-    if not (run_folder / "card.yaml").is_file():
+    run = RunFolder(run_folder)
+    if not run.card_file.is_file():
         raise RunFolderError(f"{run_folder} is not a run folder (no card.yaml); give the folder `irpo run` made")
-    path = write_report(RunFolder(run_folder))
+    path = write_report(run)
     click.echo(f"report: {path} ({path.stat().st_size / 1e3:.0f} kB)")
     if open_it:
         click.launch(str(path))

@@ -29,7 +29,7 @@ from irpo.card import TRAIN_SECTIONS, Card
 from irpo.card_loader import card_from_dict
 from irpo.objectives import ABLATIONS
 from irpo.pairs import example_pairs
-from irpo.reading import RecordError, read_json, read_yaml
+from irpo.reading import RecordError, read_json, read_parquet, read_yaml
 from irpo.records import BuildManifest, EvalRecord, TrainManifest
 from irpo.runs import CHECKPOINT_CHOICE, TRAIN_MANIFEST, RunFolder, write_text_atomic
 from irpo.tasks import PAPER, task_class
@@ -82,7 +82,7 @@ def write_report(run: RunFolder) -> Path:
 
 
 def render_report(run: RunFolder) -> str:
-    card_path = run.root / "card.yaml"
+    card_path = run.card_file
     if not card_path.is_file():
         raise RecordError(f"{run.root} is not a run folder (no card.yaml); give the folder `irpo run` made")
     loader = logging.getLogger("irpo.card_loader")
@@ -139,10 +139,18 @@ def _models(run: RunFolder, iterations: list[int]) -> list[Model]:
         trained = _read(TrainManifest, run.model(t).parent / name / TRAIN_MANIFEST) if t else None
         record = _read(EvalRecord, run.eval_record(name))
         verdicts_path = run.eval_verdicts(name)
-        verdicts = pl.read_parquet(verdicts_path) if record and verdicts_path.is_file() else None
+        verdicts = _read_verdicts(verdicts_path) if record and verdicts_path.is_file() else None
         if record or trained or t == 0:
             models.append(Model(name, t, record, trained, verdicts))
     return models
+
+
+def _read_verdicts(path: Path) -> pl.DataFrame | None:
+    try:
+        return read_parquet(path, {"question_id": pl.String, "greedy_correct": pl.Boolean})
+    except RecordError as exc:  # the report says these verdicts are missing; the run's records are untouched
+        log.warning("report: %s", exc)
+        return None
 
 
 def _status(run: RunFolder, iterations: list[int], models: list[Model]) -> list[dict]:
@@ -182,9 +190,11 @@ def _iteration(run: RunFolder, t: int) -> Iteration:
 def _pairs(folder: Path) -> pl.DataFrame:
     """The pairs' train split as saved by datasets (Arrow stream files), read without importing datasets."""
     files = sorted((folder / "train").glob("data-*.arrow"))
-    if not files:
+    try:
+        return pl.concat([pl.read_ipc_stream(f) for f in files], how="vertical_relaxed") if files else pl.DataFrame()
+    except Exception as exc:  # noqa: BLE001  (a damaged file: the report shows no examples, says why in the log)
+        log.warning("report: %s is not readable (%s); no example pairs", folder, type(exc).__name__)
         return pl.DataFrame()
-    return pl.concat([pl.read_ipc_stream(f) for f in files], how="vertical_relaxed")
 
 
 def _changed(main_line: list[Model]) -> dict:

@@ -101,3 +101,14 @@ def test_a_folder_that_is_not_a_run_is_one_line(tmp_path):
     result = CliRunner().invoke(main, ["report", str(tmp_path)])
     assert result.exit_code != 0 and "is not a run folder (no card.yaml)" in result.output
     assert "Traceback" not in result.output
+
+
+def test_damaged_pairs_or_verdicts_leave_a_report_without_them(tmp_path, caplog):
+    run = RunFolder(tmp_path / "prev")
+    shutil.copytree(PREVIOUS, run.root)
+    next((run.pairs(1) / "train").glob("data-*.arrow")).write_bytes(b"\x00not arrow")
+    for name in ("M_0", "M_1"):
+        run.eval_verdicts(name).write_bytes(b"PAR1 truncated")
+    html = _report(run.root).read_text()
+    assert "Example pairs" not in html and "were evaluated before irpo kept per-question verdicts" in html
+    assert "no example pairs" in caplog.text and "M_0.verdicts.parquet" in caplog.text
