@@ -206,8 +206,8 @@ def _changed(main_line: list[Model]) -> dict:
     missing = [m.name for m in (first, last) if m.verdicts is None]
     if missing:
         return {
-            "note": f"{' and '.join(missing)} were evaluated before irpo kept per-question verdicts "
-            "(evals/M_t.verdicts.parquet); models evaluated from now on have them",
+            "note": f"{' and '.join(missing)} have no per-question verdicts (evals/M_t.verdicts.parquet): evaluated "
+            "before irpo kept them, or the file is unreadable; models evaluated from now on have them",
             "first": first.name,
             "last": last.name,
         }

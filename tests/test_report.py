@@ -38,7 +38,7 @@ def test_the_report_of_an_old_run_folder_opens_offline_and_says_what_it_lacks(tm
         assert f'id="{section}"' in dom
     assert "irpo run <code>prev</code>" in dom and "M_0" in dom and "M_1" in dom
     assert "<svg" in dom and 'src="data:image/png;base64,' in dom  # the accuracy chart, the log-prob figure
-    assert "were evaluated before irpo kept per-question verdicts" in dom
+    assert "have no per-question verdicts" in dom
     assert "generations cut off at the token limit" in dom  # the drop table, from the build's counts
     assert "http://" not in dom.replace("http://www.w3.org/2000/svg", "")  # nothing fetched from elsewhere
 
@@ -110,5 +110,5 @@ def test_damaged_pairs_or_verdicts_leave_a_report_without_them(tmp_path, caplog)
     for name in ("M_0", "M_1"):
         run.eval_verdicts(name).write_bytes(b"PAR1 truncated")
     html = _report(run.root).read_text()
-    assert "Example pairs" not in html and "were evaluated before irpo kept per-question verdicts" in html
+    assert "Example pairs" not in html and "have no per-question verdicts" in html
     assert "no example pairs" in caplog.text and "M_0.verdicts.parquet" in caplog.text
