@@ -244,8 +244,11 @@ def _accuracy_chart(models: list[Model], card: Card) -> Markup | None:
     bar, gap, height, top, left, legend = 20, 26, 220, 20, 40, 140
     group = bar * len(series) + gap
     width = max(left + group * len(evaluated) + 10, left + legend * len(series))  # room for the legend
+    # Names wider than their group of bars (the ablations: M_1-dpo_nll_from_sft) are slanted, below the axis.
+    slant = max(len(m.name) for m in evaluated) * 6 > group
+    below = max(len(m.name) for m in evaluated) * 4 if slant else 0
     parts = [
-        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 70}" role="img" '
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height + 70 + below}" role="img" '
         f'aria-label="test accuracy per model" font-family="sans-serif" font-size="11">'
     ]
     for tick in range(0, 101, 25):
@@ -270,10 +273,10 @@ def _accuracy_chart(models: list[Model], card: Card) -> Markup | None:
                 f'<rect x="{x0 + j * bar}" y="{top + height - h:.1f}" width="{bar - 2}" height="{h:.1f}" fill="{color}">'
                 f"<title>{escape(m.name)}: {escape(label)} {100 * value:.1f}%</title></rect>"
             )
-        parts.append(
-            f'<text x="{x0 + bar * len(series) / 2}" y="{top + height + 16}" text-anchor="middle">{escape(m.name)}</text>'
-        )
-    parts += _legend(series, left, top + height + 36, legend)
+        x, y = x0 + bar * len(series) / 2, top + height + 16
+        turn = f' transform="rotate(-35 {x} {y})" text-anchor="end"' if slant else ' text-anchor="middle"'
+        parts.append(f'<text x="{x}" y="{y}"{turn}>{escape(m.name)}</text>')
+    parts += _legend(series, left, top + height + 36 + below, legend)
     parts.append("</svg>")
     return Markup("".join(parts))
 
