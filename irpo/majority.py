@@ -20,25 +20,65 @@ from irpo.grading import grade, is_equivalent
 from irpo.tasks import Task, get_task
 
 
-def majority_vote(task: Task | str, answers: list[str | None]) -> str | None:
-    """The winning answer of one question's samples (its first-seen spelling), or None."""
+@dataclass(frozen=True)
+class Vote:
+    """One answer of a question's samples and who voted for it."""
+
+    answer: str  # its first-seen spelling
+    samples: tuple[int, ...]  # the indices of the samples that gave it (or an equivalent), in order
+
+    @property
+    def votes(self) -> int:
+        return len(self.samples)
+
+
+def vote_counts(task: Task | str, answers: list[str | None]) -> list[Vote]:
+    """The answers of one question's samples, equivalent ones together, in the order of their first vote."""
     kind = (get_task(task) if isinstance(task, str) else task).answer_kind
-    clusters: list[list[str]] = []  # each: the answers judged equal, in sample order
-    for answer in answers:
+    clusters: list[tuple[str, list[int]]] = []
+    for index, answer in enumerate(answers):
         if answer is None or not answer.strip():
             continue
-        for cluster in clusters:
+        for first, members in clusters:
             # Compare with the first member only: equivalence is checked against one spelling,
             # so a chain a~b~c cannot merge answers that are not equal to each other.
-            if answer == cluster[0] or is_equivalent(kind, cluster[0], answer):
-                cluster.append(answer)
+            if answer == first or is_equivalent(kind, first, answer):
+                members.append(index)
                 break
         else:
-            clusters.append([answer])
-    if not clusters:
+            clusters.append((answer, [index]))
+    return [Vote(first, tuple(members)) for first, members in clusters]
+
+
+def majority_vote(task: Task | str, answers: list[str | None]) -> str | None:
+    """The winning answer of one question's samples (its first-seen spelling), or None."""
+    votes = vote_counts(task, answers)
+    # max() keeps the first of equal keys, and the votes are in order of their first vote.
+    return max(votes, key=lambda v: v.votes).answer if votes else None
+
+
+@dataclass(frozen=True)
+class VoteLabels:
+    """Self-consistency labels of one question without gold (ScPO, Prasad et al. 2024)."""
+
+    winner: Vote  # the most-voted answer: its samples are the winners
+    loser: Vote  # the least-voted: its samples are the losers
+    margin: float  # (winner's votes - loser's votes) / samples: the pairs' weight
+
+
+def vote_labels(task: Task | str, answers: list[str | None]) -> VoteLabels | None:
+    """Winners and losers of one question by vote, counted as maj@k counts; None with fewer than two answers.
+
+    Ties: the most-voted answer whose first vote came earliest wins (as majority_vote); among the
+    least-voted, the one whose first vote came latest loses. A building block of pairs.label=vote
+    (issue 35), not yet used by the build.
+    """
+    votes = vote_counts(task, answers)
+    if len(votes) < 2:
         return None
-    # max() keeps the first of equal keys, and clusters are in order of their first vote.
-    return max(clusters, key=len)[0]
+    winner = max(votes, key=lambda v: v.votes)
+    loser = min(reversed(votes), key=lambda v: v.votes)
+    return VoteLabels(winner, loser, (winner.votes - loser.votes) / len(answers))
 
 
 @dataclass(frozen=True)

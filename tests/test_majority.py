@@ -47,3 +47,26 @@ def test_score_samples_reads_maj_pass_and_mean_from_the_same_samples():
     assert not wrong.majority_correct and wrong.any_correct and abs(wrong.sample_accuracy - 1 / 3) < 1e-9
     none = score_samples("gsm8k", ["garbage", "<script>", "}}}}{{{{"], "12")
     assert none.majority_answer is None and not none.majority_correct and not none.any_correct
+
+
+def test_vote_labels_by_hand():
+    """ScPO's labels on tables worked out by hand: equivalent answers vote together, a missing answer never
+    votes, ties at the top go to the earliest first vote and at the bottom to the latest."""
+    from irpo.majority import vote_counts, vote_labels
+
+    # 6 samples: "4" x2 and "4.0" (one answer, 3 votes), "5" x1, "7" x1, one without an answer.
+    answers = ["4", "5", "4.0", None, "7", "4"]
+    assert [(v.answer, v.samples) for v in vote_counts("gsm8k", answers)] == [
+        ("4", (0, 2, 5)),
+        ("5", (1,)),
+        ("7", (4,)),
+    ]
+    labels = vote_labels("gsm8k", answers)
+    # The top: "4" with 3 votes. The bottom: "5" and "7" tie at 1; "7" was voted last, so it loses.
+    assert labels.winner.answer == "4" and labels.loser.answer == "7" and labels.loser.samples == (4,)
+    assert labels.margin == (3 - 1) / 6
+    # "2" and "3" have 2 votes each: "2" was voted first and wins, "3" loses, and the margin is 0.
+    tie = vote_labels("gsm8k", ["2", "3", "3", "2"])
+    assert (tie.winner.answer, tie.loser.answer, tie.margin) == ("2", "3", 0.0)
+    # All equal, or no answers at all: no loser, no pairs.
+    assert vote_labels("gsm8k", ["9", "9.0", "9"]) is None and vote_labels("gsm8k", [None, "", None]) is None
