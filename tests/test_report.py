@@ -112,3 +112,12 @@ def test_damaged_pairs_or_verdicts_leave_a_report_without_them(tmp_path, caplog)
     html = _report(run.root).read_text()
     assert "Example pairs" not in html and "have no per-question verdicts" in html
     assert "no example pairs" in caplog.text and "M_0.verdicts.parquet" in caplog.text
+
+
+def test_the_header_names_a_reference_other_than_the_papers(tmp_path):
+    run = RunFolder(tmp_path / "prev")
+    shutil.copytree(PREVIOUS, run.root)
+    assert "DPO's reference M_{t-1} (the paper's)" in _report(run.root).read_text()
+    card = run.card_file.read_text().replace("train:\n", "train:\n  reference: initial\n", 1)
+    run.card_file.write_text(card)
+    assert "<b>M_0 at every iteration</b>" in _report(run.root).read_text()
