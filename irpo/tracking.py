@@ -12,8 +12,9 @@ iteration are logged at step t (M_0's results at 0); a trainer's curves on their
 Why not transformers' `report_to`: its integrations see the Trainer only, and each would start a
 tracker run of its own in every stage process. Here every stage process (and every Trainer in it)
 resumes the same one: wandb by the run id kept in runs/NAME/tracking/wandb_run_id
-(`resume="allow"`; its files in runs/NAME/tracking/wandb/), tensorboard as one folder, runs/NAME/tracking/tensorboard, in which each
-process writes its own event file. Only the main process logs (under torchrun: rank 0).
+(`resume="allow"`; its files in runs/NAME/tracking/wandb/), tensorboard as one folder,
+runs/NAME/tracking/tensorboard, in which each process writes its own event file. Only the main
+process logs (under torchrun: rank 0).
 
 Nothing leaves the machine unless the user asks: wandb runs offline (files under
 runs/NAME/tracking/wandb/; `wandb sync runs/NAME/tracking/wandb/offline-run-*` sends them later)
