@@ -1,6 +1,7 @@
 """What a model can be trained with, one record each: the paper's loss and the baselines it is compared with.
 
-    OBJECTIVES["dpo_nll"]  -> Objective(name="dpo_nll", label="DPO+NLL (iterative RPO)", pairwise=True, nll=True, rows="pairs", ...)
+    OBJECTIVES["dpo_nll"]  -> Objective(name="dpo_nll", label="DPO+NLL (iterative RPO)", pairwise=True,
+                                        nll=True, rows="pairs", ...)
     ABLATIONS["dpo_nll_2x"] -> Ablation(objective=OBJECTIVES["dpo_nll"], pairs_factor=2, ...)
 
 Everything that depends on the objective reads it here: the card's check (`train.objective`,

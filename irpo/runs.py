@@ -123,7 +123,7 @@ class RunFolder:
 
     @property
     def tracking(self) -> Path:
-        """tracking/: the trackers' files (tensorboard/, wandb/ and wandb's run id), when tracking.report_to names one."""
+        """tracking/: the trackers' files (tensorboard/, wandb/, wandb's run id) when tracking.report_to names one."""
         return self.root / "tracking"
 
     def leaderboard(self) -> list[Path]:

@@ -90,9 +90,9 @@ main.add_command(eval_command, "eval")
 @click.option(
     "--ablations",
     is_flag=True,
-    help="Also train iteration 1's samples with every other objective (dpo, dpo_norm_nll, sft_winners, sft_gold) and on twice "
-    "the pairs (dpo_nll_2x, sft_winners_2x), and put them on the leaderboard; for some of them set the card key "
-    "instead: ablations=[dpo,sft_winners].",
+    help="Also train iteration 1's samples with every other objective (dpo, dpo_norm_nll, sft_winners, sft_gold), "
+    "on twice the pairs (dpo_nll_2x, sft_winners_2x) and from the SFT model (dpo_from_sft, dpo_nll_from_sft), and "
+    "put them on the leaderboard; for some of them set the card key instead: ablations=[dpo,sft_winners].",
 )
 @click.option(
     "--fresh",

@@ -33,7 +33,8 @@ from irpo.reading import RecordError, read_json, read_parquet, read_yaml
 from irpo.records import BuildManifest, EvalRecord, TrainManifest
 from irpo.runs import CHECKPOINT_CHOICE, TRAIN_MANIFEST, RunFolder, write_text_atomic
 from irpo.tasks import PAPER, task_class
-from irpo_run.summary import stage_records
+from irpo_eval.leaderboard import paper_greedy
+from irpo_run.summary import read_record, stage_records
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def render_report(run: RunFolder) -> str:
         loader.setLevel(level)
     iterations = _iterations_present(run)
     models = _models(run, iterations)
+    stages = stage_records(run, iterations[-1])
     env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters["pct"] = lambda v: "" if v is None else f"{100 * v:.1f}%"
     template = env.from_string(resources.files("irpo_run").joinpath("report.html.j2").read_text(encoding="utf-8"))
@@ -108,7 +110,7 @@ def render_report(run: RunFolder) -> str:
         accuracy_chart=_accuracy_chart(models, card),
         paper_rows=task_class(card.task.name).paper_results,
         paper_source=PAPER,
-        iterations=[_iteration(run, t) for t in iterations],
+        iterations=[_iteration(run, t, stages) for t in iterations],
         changed=_changed(main_line),
         ablations=[m for m in models if m.iteration == 1 and m.trained] if any("-" in m.name for m in models) else [],
         labels={name: a.label for name, a in ABLATIONS.items()},
@@ -123,20 +125,18 @@ def _iterations_present(run: RunFolder) -> list[int]:
 
 def _read(kind, path: Path):
     try:
-        return kind.from_json(path) if path.is_file() else None
+        return read_record(kind, path)
     except RecordError as exc:  # a damaged record is a line in the log, never a missing report
         log.warning("report: %s", exc)
         return None
 
 
 def _models(run: RunFolder, iterations: list[int]) -> list[Model]:
-    names = ["M_0"] + [f"M_{t}" for t in iterations]
-    if run.root.joinpath("models").is_dir():
-        names += sorted(p.name for p in run.model(1).parent.glob("M_1-*") if p.is_dir() and "." not in p.name)
+    names = ["M_0"] + [f"M_{t}" for t in iterations] + [p.name for p in run.ablation_models(1)]
     models = []
     for name in names:
         t = int(name[2:].split("-")[0])
-        trained = _read(TrainManifest, run.model(t).parent / name / TRAIN_MANIFEST) if t else None
+        trained = _read(TrainManifest, run.models / name / TRAIN_MANIFEST) if t else None
         record = _read(EvalRecord, run.eval_record(name))
         verdicts_path = run.eval_verdicts(name)
         verdicts = _read_verdicts(verdicts_path) if record and verdicts_path.is_file() else None
@@ -166,25 +166,33 @@ def _status(run: RunFolder, iterations: list[int], models: list[Model]) -> list[
     ]
 
 
-def _iteration(run: RunFolder, t: int) -> Iteration:
+def _iteration(run: RunFolder, t: int, stages: list) -> Iteration:
+    """Iteration t's section; `stages`: every stage's record (irpo_run.summary.stage_records), read once."""
     it = Iteration(t, _read(BuildManifest, run.manifest(t)), _read(TrainManifest, run.train_manifest(t)))
     counts = it.manifest.counts if it.manifest else {}
     it.drops = [(label, counts[key]) for key, label in DROPS if counts.get(key) is not None]
     it.examples = example_pairs(_pairs(run.pairs(t)), EXAMPLES) if it.manifest else []
-    choice = run.model(t) / CHECKPOINT_CHOICE
-    if choice.is_file():
-        history = read_json(choice).get("history", [])
-        best = (read_json(choice).get("best") or {}).get("step")
-        it.held_out_chart = _line_chart([(h["step"], h["accuracy"]) for h in history], best)
+    choice = _checkpoint_choice(run.model(t) / CHECKPOINT_CHOICE)
+    if choice:
+        best = (choice.get("best") or {}).get("step")
+        it.held_out_chart = _line_chart([(h["step"], h["accuracy"]) for h in choice.get("history", [])], best)
     png = run.model(t) / "logps.png"
     if png.is_file():
         it.logps_png = base64.b64encode(png.read_bytes()).decode()
-    for stage_t, stage, record in stage_records(run, t):
+    for stage_t, stage, record in stages:
         if stage_t == t:
             for i, (phase, seconds) in enumerate(record.timings.get("seconds", {}).items()):
                 peak = record.timings.get("peak_gb", {}).get(phase)
                 it.timings.append({"stage": stage if i == 0 else "", "phase": phase, "seconds": seconds, "peak": peak})
     return it
+
+
+def _checkpoint_choice(path: Path) -> dict | None:
+    try:
+        return read_json(path) if path.is_file() else None
+    except RecordError as exc:  # the section goes without its curve
+        log.warning("report: %s", exc)
+        return None
 
 
 def _pairs(folder: Path) -> pl.DataFrame:
@@ -236,7 +244,8 @@ def _accuracy_chart(models: list[Model], card: Card) -> Markup | None:
     evaluated = [m for m in models if m.record]
     if not evaluated:
         return None
-    paper = _paper_greedy(card)
+    published = task_class(card.task.name).paper_results
+    paper = any(p.metric == "greedy" and p.iteration is not None for p in published)
     k = evaluated[0].record.maj_k
     series = [*SERIES, ("maj_at_k", f"maj@{k}", MAJ_COLOR)]
     if paper:  # the benchmark has published numbers (the demo task has none)
@@ -262,7 +271,7 @@ def _accuracy_chart(models: list[Model], card: Card) -> Markup | None:
             "greedy": m.record.greedy,
             "greedy_strict": m.record.greedy_strict,
             "maj_at_k": m.record.maj_at_k,
-            "paper": paper.get((m.iteration, objective if m.iteration else None)) if paper else None,
+            "paper": _percent(paper_greedy(published, m.iteration, objective if m.iteration else None)),
         }
         for j, (key, label, color) in enumerate(series):
             value = values[key]
@@ -270,7 +279,8 @@ def _accuracy_chart(models: list[Model], card: Card) -> Markup | None:
                 continue
             h = height * value
             parts.append(
-                f'<rect x="{x0 + j * bar}" y="{top + height - h:.1f}" width="{bar - 2}" height="{h:.1f}" fill="{color}">'
+                f'<rect x="{x0 + j * bar}" y="{top + height - h:.1f}" width="{bar - 2}" height="{h:.1f}" '
+                f'fill="{color}">'
                 f"<title>{escape(m.name)}: {escape(label)} {100 * value:.1f}%</title></rect>"
             )
         x, y = x0 + bar * len(series) / 2, top + height + 16
@@ -281,13 +291,9 @@ def _accuracy_chart(models: list[Model], card: Card) -> Markup | None:
     return Markup("".join(parts))
 
 
-def _paper_greedy(card: Card) -> dict[tuple[int, str | None], float]:
-    """The paper's greedy numbers for the card's benchmark, by (iteration, objective or ablation) as our models are."""
-    paper = {}
-    for p in task_class(card.task.name).paper_results:
-        if p.metric == "greedy" and p.iteration is not None:
-            paper.setdefault((p.iteration, p.objective or None), p.accuracy / 100)
-    return paper
+def _percent(value: float | None) -> float | None:
+    """A paper number (percent) as our accuracies are (a fraction)."""
+    return None if value is None else value / 100
 
 
 def _legend(series, x0: float, y: float, step: float) -> list[str]:

@@ -13,7 +13,8 @@ from irpo.records import BuildManifest, EvalRecord, Record, TrainManifest
 from irpo.runs import TRAIN_MANIFEST, RunFolder, write_text_atomic
 
 
-def _read(kind: type[Record], path: Path):
+def read_record(kind: type[Record], path: Path):
+    """The record in `path`, or None where the stage has not written it (a damaged one: RecordError)."""
     return kind.from_json(path) if path.is_file() else None
 
 
@@ -26,7 +27,7 @@ def _cell(value) -> str:
 
 
 def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None = None) -> str:
-    evals = {t: _read(EvalRecord, run.eval_record(f"M_{t}")) for t in range(iterations + 1)}
+    evals = {t: read_record(EvalRecord, run.eval_record(f"M_{t}")) for t in range(iterations + 1)}
     k = next((e.maj_k for e in evals.values() if e), None)
     lines = [
         f"# Run `{run.root.name}`",
@@ -39,8 +40,8 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
         base = evals[0]
         lines.append(f"| M_0 (base) | | | | | | | | {_pct(base.greedy)} | {_pct(base.maj_at_k)} |")
     for t in range(1, iterations + 1):
-        manifest = _read(BuildManifest, run.manifest(t))
-        trained = _read(TrainManifest, run.train_manifest(t))
+        manifest = read_record(BuildManifest, run.manifest(t))
+        trained = read_record(TrainManifest, run.train_manifest(t))
         counts = manifest.counts if manifest else {}
         result = evals.get(t)
         steps = f"{trained.selection_steps} ({_cell(trained.selected_step)})" if trained else ""
@@ -72,7 +73,7 @@ def run_summary(run: RunFolder, iterations: int, times: dict[str, float] | None 
 def _ablation_rows(run: RunFolder) -> list[str]:
     """M_1 beside its ablations: objective, pairs fingerprint, checkpoint, held-out and test accuracy."""
     folders = [run.model(1), *run.ablation_models(1)]
-    trained = [(f.name, m) for f in folders if (m := _read(TrainManifest, f / TRAIN_MANIFEST))]
+    trained = [(f.name, m) for f in folders if (m := read_record(TrainManifest, f / TRAIN_MANIFEST))]
     if len(trained) < 2:
         return []
     lines = [
@@ -84,7 +85,7 @@ def _ablation_rows(run: RunFolder) -> list[str]:
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for name, m in trained:
-        result = _read(EvalRecord, run.eval_record(name))
+        result = read_record(EvalRecord, run.eval_record(name))
         lines.append(
             f"| {name} | {m.objective} | {m.trained_on} | {m.pairs_fingerprint[:16]} "
             f"| {m.selection_steps} ({_cell(m.selected_step)}) | {_pct(m.held_out_accuracy)} "
@@ -97,16 +98,16 @@ def stage_records(run: RunFolder, iterations: int) -> list[tuple[int, str, Recor
     """(iteration, stage, record) of every stage that wrote one, in the loop's order."""
     stages = []
     for t in range(1, iterations + 1):
-        stages.append((t, "build", _read(BuildManifest, run.manifest(t))))
-        stages.append((t, f"train M_{t}", _read(TrainManifest, run.train_manifest(t))))
+        stages.append((t, "build", read_record(BuildManifest, run.manifest(t))))
+        stages.append((t, f"train M_{t}", read_record(TrainManifest, run.train_manifest(t))))
         if t == 1:
             for folder in run.ablation_models(1):
-                stages.append((1, f"train {folder.name}", _read(TrainManifest, folder / TRAIN_MANIFEST)))
+                stages.append((1, f"train {folder.name}", read_record(TrainManifest, folder / TRAIN_MANIFEST)))
         for name in ([f"M_{t - 1}"] if t == 1 else []) + [f"M_{t}"]:
-            stages.append((t, f"eval {name}", _read(EvalRecord, run.eval_record(name))))
+            stages.append((t, f"eval {name}", read_record(EvalRecord, run.eval_record(name))))
     if run.evals.is_dir():
         for path in sorted(run.evals.glob("M_1-*.json")):
-            stages.append((1, f"eval {path.stem}", _read(EvalRecord, path)))
+            stages.append((1, f"eval {path.stem}", read_record(EvalRecord, path)))
     return [(t, stage, record) for t, stage, record in stages if record is not None and record.timings]
 
 

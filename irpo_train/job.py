@@ -127,7 +127,7 @@ def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> T
             "command)"
         )
     sets = IterationQuestions.read(questions)
-    _refuse_what_cannot_run(card, checks=bool(sets.held_out), fixed_reference=reference is not start)
+    _refuse_what_cannot_run(card, checks=bool(sets.held_out), fixed_reference=fixed)
     work = out_dir.with_name(out_dir.name + ".work")
     if distributed.is_main():
         start_or_resume(work, identity)

@@ -355,7 +355,8 @@ def test_adding_a_benchmark_is_one_module_one_card_and_two_written_yamls(tmp_pat
         (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     card_file = tmp_path / "tiny_sums.yaml"
     card_file.write_text(
-        f"name: tiny\ntask:\n  name: tiny_sums\n  data_dir: {data}\n  held_out: 1\neval:\n  maj_k: 3\n  max_new_tokens: 64\n"
+        f"name: tiny\ntask:\n  name: tiny_sums\n  data_dir: {data}\n  held_out: 1\n"
+        "eval:\n  maj_k: 3\n  max_new_tokens: 64\n"
     )
     card = load_card(str(card_file))
     assert card.task.name == "tiny_sums"
