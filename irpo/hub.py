@@ -127,6 +127,16 @@ def read_repo_text(repo_id: str, path: str, revision: str, repo_type: str = "mod
         return Path(local).read_text(encoding="utf-8")
 
 
+def repo_files(repo_id: str, revision: str, repo_type: str = "model", token: str | None = None) -> list[str]:
+    """The paths at `revision` of `repo_id`."""
+    from huggingface_hub import HfApi
+
+    try:
+        return HfApi(token=resolve_token(token)).list_repo_files(repo_id, repo_type=repo_type, revision=revision)
+    except Exception as exc:  # noqa: BLE001
+        raise HubError(f"could not list {revision} of {repo_id} ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+
 def iteration_tag(iteration: int, fingerprint_hex: str) -> str:
     return f"iter_{iteration}-{fingerprint_hex[:12]}"
 

@@ -10,7 +10,8 @@ curves; not the reference log-probs, a training cache of the pairs) and the mode
 with this card is left alone (no upload, no commit); one with these weights and another card (test
 results that came after the push, a dataset repo pushed since) gets the card alone; one with other
 weights (M_t retrained), or no branch, gets the folder, and loses the files it has beyond it (a branch
-whose README.md irpo did not write keeps them: a repo that held a card of its own loses no file). Finding
+whose README.md irpo did not write, or that has none, keeps them: a repo that held files of its own
+loses none). Finding
 that out costs the repo's refs and one small README.md per branch; hashing the weights reads them once
 per process (irpo.models.sha256_file). `main` moves forward only: it is left alone when it holds a
 later iteration. Visibility, local paths and the token are irpo.hub's.
@@ -21,7 +22,15 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from irpo.hub import create_branch, push_files, pushed_branches, read_repo_text, require_online, resolve_token
+from irpo.hub import (
+    create_branch,
+    push_files,
+    pushed_branches,
+    read_repo_text,
+    repo_files,
+    require_online,
+    resolve_token,
+)
 from irpo.model_card import model_card, pushed_model
 from irpo.models import weights_sha256
 from irpo.runs import RunFolder
@@ -68,9 +77,13 @@ def push_model(
     for revision in [branch, "main"] if to_main else [branch]:
         remote = read_repo_text(repo_id, "README.md", revision, token=token) if revision in branches else None
         plan[revision] = _needed(remote, card, weights=weights, t=t, main=revision == "main")
-        # A branch irpo made (or a new repo's main) holds exactly M_t's files; one with a card of someone
-        # else's (a repo that had other files) keeps them.
-        ours[revision] = remote is None or pushed_model(remote) is not None
+        # A branch irpo made (or a new repo's main) holds exactly M_t's files; one with someone else's card,
+        # or with files of its own and no card, keeps them.
+        ours[revision] = (
+            revision not in branches
+            or pushed_model(remote) is not None
+            or (remote is None and set(repo_files(repo_id, revision, token=token)) <= {".gitattributes"})
+        )
     files = {**model_files(folder), "README.md": card}
     send = dict(repo_id=repo_id, retry=retry, token=token, private=private, run_root=run.root, repo_type="model")
     if plan[branch] == "all" and branch not in branches and plan.get("main") == "all" and ours["main"]:

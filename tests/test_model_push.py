@@ -239,6 +239,18 @@ def test_a_repo_that_held_other_files_keeps_them_on_main(tmp_path, hub):
     assert "notes.txt" not in branches(hub)["iter_1"]  # the branch holds M_1 alone
 
 
+def test_a_repo_with_files_and_no_card_keeps_them_on_main(tmp_path, hub):
+    """No README.md is no sign that irpo made the repo: a user's files on main stay."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+
+    api = HfApi()
+    api.create_repo(REPO)
+    api.create_commit(REPO, operations=[CommitOperationAdd("notes.txt", b"mine")], commit_message="m")
+    Pushes.start(None, models_repo=REPO).models(fake_run(tmp_path), 1)
+    assert branches(hub)["main"]["notes.txt"] == b"mine"
+    assert pushed_model(branches(hub)["main"]["README.md"].decode()).iteration == 1
+
+
 def test_main_moves_forward_only(tmp_path, hub):
     """A rerun's first iteration pushes M_1 again if it must, but main keeps the later M_2."""
     run = fake_run(tmp_path, iterations=(1, 2))
