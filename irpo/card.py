@@ -131,6 +131,11 @@ class PairsConfig:
     # true: such answers are dropped from the pairs (irpo's behaviour before 2026-12).
     drop_off_format: bool = False
     max_pairs: int | None = 60000  # a seeded random subset of this many pairs at most (paper: "around 60k"); None = all
+    # Who says which answer wins (beyond the paper). gold (the paper's): the gold answer. vote (ScPO, Prasad et
+    # al. 2024): the most-voted answer's samples win, the least-voted's lose, each pair weighted by the vote
+    # margin; the training questions need no gold (held-out and test questions still do). mixed: gold where a
+    # question has one, the vote where it has none.
+    label: Literal["gold", "vote", "mixed"] = "gold"
 
 
 @dataclass(frozen=True)
@@ -286,6 +291,7 @@ ADDED_KEYS: dict[str, Any] = {
     "eval.backend": "irpo-vllm",  # issue 33: was irpo eval's --backend flag alone
     "train.lora_alpha": None,  # issue 33: was 2 x lora_r, written in the trainer
     "train.reference": "previous",  # issue 35: the reference was always M_{t-1}
+    "pairs.label": "gold",  # issue 35: winners were always those that match the gold answer
 }
 
 

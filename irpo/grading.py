@@ -94,6 +94,8 @@ def _grade(task: Task, extracted: tuple[str | None, str], gold: str, deadline: f
         return Grade(None, False, well_formed, timed_out=True)
     if answer is None:
         return Grade(None, False, False)
+    if not gold:  # a training question without gold (pairs.label vote or mixed): the answer is read, never judged
+        return Grade(answer, False, well_formed)
     correct = _equivalent(task.answer_kind, gold, answer, deadline)
     if verifier.is_timeout(correct):
         return Grade(answer, False, well_formed, timed_out=True)
@@ -122,7 +124,7 @@ def grade_many(task: Task | str, completions: list[str], golds: list[str], worke
     # Step 2: its verdict against the gold, for answers the number fast path cannot decide.
     needed: dict[tuple, float] = {}
     for (span, _), gold in zip(extracted, golds):
-        if span is None or kind == "choice":
+        if span is None or kind == "choice" or not gold:
             continue
         answer = normalise(kind, span, _deadline())
         if isinstance(answer, str) and _needs_verify(kind, gold, answer):

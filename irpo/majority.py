@@ -70,8 +70,7 @@ def vote_labels(task: Task | str, answers: list[str | None]) -> VoteLabels | Non
     """Winners and losers of one question by vote, counted as maj@k counts; None with fewer than two answers.
 
     Ties: the most-voted answer whose first vote came earliest wins (as majority_vote); among the
-    least-voted, the one whose first vote came latest loses. A building block of pairs.label=vote
-    (issue 35), not yet used by the build.
+    least-voted, the one whose first vote came latest loses (irpo.pairs, pairs.label vote or mixed).
     """
     votes = vote_counts(task, answers)
     if len(votes) < 2:

@@ -19,6 +19,15 @@ Steps, as Pang et al. (2024) §2-3 prescribe (each departure is a PairsConfig sw
    - distinct: min(K, |W| x |L|) distinct (winner, loser) combinations, uniformly at random.
 6. At most `max_pairs` pairs in all (paper: "around 60k"), a seeded uniform subset.
 
+Labels by vote (`label`: vote, or mixed for the questions without gold; beyond the paper: ScPO,
+Prasad et al. 2024): a question's answers are counted as maj@k counts them (irpo.majority.vote_labels:
+equivalent answers together, no answer never votes, over all its samples); step 2 then takes as
+winners the finished, well-formed samples of the most-voted answer and as losers the finished samples
+of the least-voted one (the other answers sit out; so do the most-voted's off-format samples, which would
+otherwise be paired against their own answer); a question with fewer than two answers, or whose answers
+all tie, has no pairs (their weight would be 0); no gold solution joins a question labelled by vote. Such a table has two more columns: `label` ("gold" or
+"vote") and `weight` (the vote margin, (votes of the winner - votes of the loser) / samples; 1 for gold).
+
 With token ids (samples from irpo_data.sampling carry `prompt_token_ids` and `completion_token_ids`,
 the gold table `completion_token_ids`), each pair also carries `prompt_token_ids`,
 `chosen_token_ids` and `rejected_token_ids`: the very ids the engine was given and returned, which
@@ -41,6 +50,8 @@ import numpy as np
 import polars as pl
 
 from irpo.card import PairsConfig
+from irpo.majority import vote_labels
+from irpo.tasks import Task
 
 REQUIRED_COLUMNS = (
     "question_id",
@@ -62,13 +73,20 @@ DROP_REASONS = ("truncated", "too_long", "not_well_formed")
 
 
 def build_pairs(
-    samples: pl.DataFrame, config: PairsConfig, seed: int = 0, gold: pl.DataFrame | None = None
+    samples: pl.DataFrame,
+    config: PairsConfig,
+    seed: int = 0,
+    gold: pl.DataFrame | None = None,
+    task: Task | None = None,
 ) -> tuple[pl.DataFrame, dict]:
     """(pairs table, counts) from a samples table and, optionally, the questions' gold solutions
-    (GOLD_COLUMNS: one graded row per question, as irpo_data.build writes them)."""
+    (GOLD_COLUMNS: one graded row per question, as irpo_data.build writes them). `task` judges which
+    answers are one answer when questions are labelled by vote (config.label vote or mixed)."""
     _check(samples, REQUIRED_COLUMNS, "samples table")
     if config.pairs_per_question < 1:
         raise ValueError(f"pairs.pairs_per_question must be at least 1, got {config.pairs_per_question}")
+    if config.label != "gold" and task is None:
+        raise ValueError(f"pairs.label={config.label} counts votes: build_pairs needs the task (task=...)")
     reason = (
         pl.when(pl.col("finish_reason") == "length")
         .then(pl.lit("truncated"))
@@ -84,6 +102,13 @@ def build_pairs(
         pl.lit("sample").alias("source"),
     )
     columns = _pool_columns(samples)
+    labels, vote_stats = None, {}
+    if config.label != "gold":
+        labels, vote_stats = _vote(samples, config, task)
+        kept = _label_by_vote(kept, labels)
+        if gold is not None:  # a question labelled by vote never has a gold winner
+            by_vote = labels.filter(pl.col("label") == "vote")["question_id"].implode()
+            gold = gold.filter(~pl.col("question_id").is_in(by_vote))
     golds, gold_stats = _gold_winners(kept, samples, gold, config, columns)
     pool = pl.concat([kept.select(columns), golds.select(columns)]) if golds.height else kept.select(columns)
     pool = pool.join(_question_hashes(samples), on="question_id")
@@ -104,6 +129,7 @@ def build_pairs(
         "questions_no_wrong": per_question.filter(pl.col("n_losers") == 0).height,
         # Answers whose verification ran out of time (irpo.grading): graded wrong, counted here.
         "grading_timeouts": int(samples["grading_timed_out"].sum()) if "grading_timed_out" in samples.columns else 0,
+        **vote_stats,
     }
     picked = (
         _cycle(pool, per_question, config.pairs_per_question, seed)
@@ -112,11 +138,73 @@ def build_pairs(
     )
     picked, over = _cap(picked, config.max_pairs, seed)
     pairs = _with_text(picked, pool, samples)
+    if labels is not None:
+        pairs = pairs.join(labels.drop("vote_samples"), on="question_id", how="left", maintain_order="left")
+        stats["pairs_labelled_by_vote"] = pairs.filter(pl.col("label") == "vote").height
     stats["dropped_over_max_pairs"] = over
     stats["questions_paired"] = pairs["question_id"].n_unique()
     stats["pairs"] = pairs.height
-    stats["sample_accuracy"] = float(samples["correct"].fill_null(False).mean() or 0.0)  # type: ignore[arg-type]
+    # Of the samples with a gold answer to judge them by (a question labelled by vote may have none).
+    stats["sample_accuracy"] = float(samples["correct"].drop_nulls().mean() or 0.0)  # type: ignore[arg-type]
     return pairs, stats
+
+
+def _vote(samples: pl.DataFrame, config: PairsConfig, task: Task) -> tuple[pl.DataFrame, dict]:
+    """Each question's label ("gold" or "vote"), its pairs' weight, and which samples the vote made winners or
+    losers (`vote_samples`: (sample_idx, won) structs), with counts for the dataset card."""
+    ordered = samples.sort("question_id", "sample_idx")
+    rows, unanimous, tied, judged, right = [], 0, 0, 0, 0
+    for (question_id,), group in ordered.group_by("question_id", maintain_order=True):
+        if config.label == "mixed" and (group["gold"][0] or ""):
+            rows.append((question_id, "gold", 1.0, []))
+            continue
+        labels = vote_labels(task, group["answer"].to_list())
+        if labels is None or labels.margin == 0:  # fewer than two answers, or all tied: no pair would weigh anything
+            unanimous, tied = unanimous + (labels is None), tied + (labels is not None)
+            rows.append((question_id, "vote", 0.0, []))
+            continue
+        index = group["sample_idx"].to_list()
+        members = [{"sample_idx": index[i], "won": True} for i in labels.winner.samples]
+        members += [{"sample_idx": index[i], "won": False} for i in labels.loser.samples]
+        rows.append((question_id, "vote", labels.margin, members))
+        verdict = group["correct"][labels.winner.samples[0]]
+        if verdict is not None:  # the question has gold all the same: was the vote right?
+            judged, right = judged + 1, right + bool(verdict)
+    table = pl.DataFrame(
+        dict(zip(("question_id", "label", "weight", "vote_samples"), map(list, zip(*rows)))) if rows else None,
+        schema={
+            "question_id": pl.String,
+            "label": pl.String,
+            "weight": pl.Float64,
+            "vote_samples": pl.List(pl.Struct({"sample_idx": samples.schema["sample_idx"], "won": pl.Boolean})),
+        },
+    )
+    by_vote = table.filter(pl.col("label") == "vote").height
+    stats = {
+        "questions_labelled_by_vote": by_vote,
+        "questions_labelled_by_gold": table.height - by_vote,
+        "questions_vote_unanimous": unanimous,
+        "questions_vote_tied": tied,  # every answer has as many votes: a margin of 0, so no pairs
+        # Of the questions labelled by vote that have a gold answer all the same: how often the vote was right.
+        "vote_winner_correct": right,
+        "vote_winner_judged": judged,
+    }
+    return table, stats
+
+
+def _label_by_vote(kept: pl.DataFrame, labels: pl.DataFrame) -> pl.DataFrame:
+    """The kept samples with `winner` set by the vote for the questions labelled by it; the samples of the
+    answers in between, and the most-voted's off-format ones, leave the pool."""
+    voted = labels.filter(pl.col("label") == "vote")
+    members = voted.select("question_id", "vote_samples").explode("vote_samples").unnest("vote_samples").drop_nulls()
+    by_gold = kept.filter(~pl.col("question_id").is_in(voted["question_id"].implode()))
+    by_vote = (
+        kept.join(members, on=["question_id", "sample_idx"], how="inner")
+        .filter(~pl.col("won") | pl.col("well_formed").fill_null(False))
+        .with_columns(pl.col("won").alias("winner"))
+        .drop("won")
+    )
+    return pl.concat([by_gold, by_vote]).sort("question_id", "sample_idx")
 
 
 def _max_tokens(config: PairsConfig) -> int:

@@ -64,7 +64,9 @@ class QuestionSets:
 def question_sets(card: Card, check_contamination: bool = False) -> QuestionSets:
     """The card's question sets; `check_contamination` (or task.drop_contaminated) loads the test split too."""
     task, cfg = task_from_config(card.task), card.task
-    loaded = task.load(cfg.train_split, cfg.data_dir, cfg.hub_id)
+    # pairs.label vote or mixed: training questions without a gold answer are kept (labelled by vote); the
+    # held-out ones are drawn from those with gold (split_held_out), and the test split always needs it.
+    loaded = task.load(cfg.train_split, cfg.data_dir, cfg.hub_id, keep_without_gold=card.pairs.label != "gold")
     questions, contaminated = loaded.questions, None
     if check_contamination or cfg.drop_contaminated:
         contaminated = _test_overlap(task, card, questions)
@@ -289,7 +291,8 @@ def _pair(job: _BuildJob, tokenizer):
     sampled = [q for q in job.sets.sampled if q.question_id not in left_out]
     gold = gold_table(job.task, sampled, tokenizer, job.format.end_of_turn_id)
     write_parquet_atomic(gold, job.dir / "gold.parquet")
-    pairs, stats = build_pairs(read_samples(job.run.samples(job.iteration)), job.card.pairs, job.card.seed, gold)
+    samples = read_samples(job.run.samples(job.iteration))
+    pairs, stats = build_pairs(samples, job.card.pairs, job.card.seed, gold, job.task)
     stats["contaminated"] = None if job.sets.contaminated is None else len(job.sets.contaminated)
     stats["questions_prompt_too_long"] = len(job.too_long)
     if job.sets.contaminated is not None:
@@ -343,6 +346,7 @@ def _publish(job: _BuildJob, pairs, stats: dict, report, params, data_sha256: st
         pairs_per_question=card.pairs.pairs_per_question,
         stats=stats,
         pair_scheme=card.pairs.scheme,
+        label=card.pairs.label,
         weights_sha256=job.model.weights_sha256[:16],
         previous=f"iter_{iteration - 1}" if iteration > 1 else "none (base model)",
         build_card_sha256=manifest.build_card_sha256[:16],
@@ -383,7 +387,9 @@ def build_more_pairs(card: Card, iteration: int, factor: int, runs_dir: str | Pa
         if done.get("settings") == settings and isinstance(done.get("pairs_fingerprint"), str):
             return out, done["pairs_fingerprint"]
     gold = read_parquet(iter_dir / "gold.parquet") if (iter_dir / "gold.parquet").is_file() else None
-    pairs, stats = build_pairs(read_samples(run.samples(iteration)), config, card.seed, gold)
+    pairs, stats = build_pairs(
+        read_samples(run.samples(iteration)), config, card.seed, gold, task_from_config(card.task)
+    )
     save_pairs(pairs, iteration, out)
     fp = fingerprint(pairs)
     write_text_atomic(

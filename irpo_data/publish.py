@@ -55,8 +55,42 @@ def dataset_card(**fields) -> str:
         f"| question: no wrong generation | {stats['questions_no_wrong']} |",
         f"| pair: over pairs.max_pairs (a random subset kept) | {stats.get('dropped_over_max_pairs', 0)} |",
     ]
-    values = {**stats, **fields, "drop_table": "\n".join(rows), "sample_accuracy": f"{stats['sample_accuracy']:.1%}"}
+    label = fields.pop("label", "gold")
+    values = {
+        **stats,
+        **fields,
+        "drop_table": "\n".join(rows),
+        "sample_accuracy": f"{stats['sample_accuracy']:.1%}",
+        "labelling": labelling(label, stats),
+    }
     return string.Template(template).substitute(values)
+
+
+def labelling(label: str, stats: dict) -> str:
+    """How the card's pairs were labelled (pairs.label), in words and counts."""
+    if label == "gold":
+        return (
+            "By the gold answer (`pairs.label: gold`, the paper's): a chosen answer matches the question's gold "
+            "final answer, a rejected one does not. Every pair weighs 1."
+        )
+    judged = stats.get("vote_winner_judged", 0)
+    right = f"{stats.get('vote_winner_correct', 0) / judged:.1%}" if judged else "n/a"
+    return (
+        f"`pairs.label: {label}`. By self-consistency vote (ScPO, Prasad et al. 2024) for "
+        f"{stats.get('questions_labelled_by_vote', 0)} questions"
+        + (f", by the gold answer for {stats.get('questions_labelled_by_gold', 0)}" if label == "mixed" else "")
+        + ": the chosen answer is the most-voted of the question's samples, the rejected one the least-voted "
+        "(answers counted as maj@k counts them; no answer never votes). The columns `label` (`vote` or `gold`) "
+        "and `weight` (the vote margin: (winner's votes - loser's votes) / samples; 1 for gold) say so per pair; "
+        "training weighs each pair's loss by it.\n\n"
+        "| | |\n|---|---:|\n"
+        f"| pairs labelled by vote | {stats.get('pairs_labelled_by_vote', 0)} |\n"
+        f"| questions labelled by vote with fewer than two answers (no loser) | "
+        f"{stats.get('questions_vote_unanimous', 0)} |\n"
+        f"| questions labelled by vote whose answers all tie (margin 0: no pairs) | {stats.get('questions_vote_tied', 0)} |\n"
+        f"| questions labelled by vote whose most-voted answer is right (where a gold answer exists: {judged}) | "
+        f"{right} |"
+    )
 
 
 def write_card_and_manifest(iter_dir: Path, card_text: str, manifest: dict) -> None:

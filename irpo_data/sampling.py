@@ -193,7 +193,7 @@ def _graded_rows(task, questions, prompts, outputs, workers=None, prompt_ids=Non
             "n_tokens": gen.n_tokens,
             "finish_reason": gen.finish_reason,
             "answer": result.answer,
-            "correct": result.correct,
+            "correct": result.correct if question.has_gold else None,  # None: no gold to judge by (labelled by vote)
             "well_formed": result.well_formed,
             "grading_timed_out": result.timed_out,
             "prompt_token_ids": list(ids_of[question.question_id]),

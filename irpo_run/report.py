@@ -52,6 +52,12 @@ DROPS = (
     ("questions_prompt_too_long", "questions whose prompt overflows the context"),
     ("grading_timeouts", "answers whose grading ran out of time (counted wrong)"),
     ("contaminated", "training questions also in the test set, left out"),
+    # pairs.label vote or mixed (ScPO's labels): present only in such runs' manifests
+    ("questions_labelled_by_vote", "questions labelled by vote (pairs.label)"),
+    ("questions_vote_unanimous", "of them with one answer only (no loser)"),
+    ("questions_vote_tied", "of them with every answer tied (no pairs)"),
+    ("vote_winner_correct", "of them with gold all the same: the vote was right"),
+    ("vote_winner_judged", "of them with gold all the same: judged"),
 )
 
 

@@ -10,7 +10,8 @@ exceeds `max_length` tokens is dropped and counted rather than truncated: a cut 
 final answer, which is what the pair is about.
 
 Row out: {"question_id": "gsm8k/train/3", "prompt_ids": [...], "chosen_ids": [...], "rejected_ids": [...]}
-(completion ids only; the question id lets the trainer leave the held-out questions out).
+(completion ids only; the question id lets the trainer leave the held-out questions out), and "weight"
+where the pairs were labelled by vote (pairs.label vote or mixed).
 The SFT objectives train on rows without "rejected_ids": the pairs' winners, or the gold
 solutions of `gold_solution_rows`, tokenised the same way.
 """
@@ -54,11 +55,14 @@ def tokenize_pairs(dataset, max_length: int) -> TokenizedPairs:
     rejected = [list(r) for r in dataset["rejected_token_ids"]]
     rows, dropped = [], 0
     ids = list(dataset["question_id"]) if "question_id" in dataset.column_names else [None] * len(prompts)
-    for question_id, p, c, r in zip(ids, prompts, chosen, rejected):
+    # pairs.label vote or mixed: each pair's weight (the vote margin; 1 for gold), which the loss multiplies.
+    weights = list(dataset["weight"]) if "weight" in dataset.column_names else None
+    for n, (question_id, p, c, r) in enumerate(zip(ids, prompts, chosen, rejected)):
         if len(p) + max(len(c), len(r)) > max_length:
             dropped += 1
             continue
-        rows.append({"question_id": question_id, "prompt_ids": p, "chosen_ids": c, "rejected_ids": r})
+        row = {"question_id": question_id, "prompt_ids": p, "chosen_ids": c, "rejected_ids": r}
+        rows.append(row if weights is None else {**row, "weight": float(weights[n])})
     if dropped:
         log.info("dropped %d of %d pairs longer than train.max_length=%d tokens", dropped, len(prompts), max_length)
     return TokenizedPairs(rows, dropped)
@@ -130,7 +134,7 @@ def collate(rows: list[dict], pad_token_id: int) -> dict[str, torch.Tensor]:
         attention[i, : len(seq)] = 1
         completion[i, plen : len(seq)] = True
     batch = {"input_ids": input_ids, "attention_mask": attention, "completion_mask": completion}
-    for key in ("ref_chosen_logps", "ref_rejected_logps"):
+    for key in ("ref_chosen_logps", "ref_rejected_logps", "weight"):
         if key in rows[0]:
             batch[key] = torch.tensor([r[key] for r in rows], dtype=torch.float32)
     return batch

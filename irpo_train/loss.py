@@ -39,15 +39,19 @@ def dpo_nll_loss(
     beta: float = 0.1,
     alpha: float = 1.0,
     rejected_lengths: torch.Tensor | None = None,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Batch-mean loss and its parts, from 1-D tensors of per-pair summed log-probs.
 
     With `rejected_lengths`, each log-ratio is divided by its answer's length (dpo_norm_nll); the
-    rewards are then per token. parts: dpo, nll (batch means), reward_chosen / reward_rejected
+    rewards are then per token. With `weights` (pairs labelled by vote: the vote margin), each pair's loss,
+    both terms, is multiplied by its weight before the batch mean, as ScPO's loss (Prasad et al. 2024, eq. 3)
+    weighs it; without, every pair weighs 1 and the arithmetic is the paper's, unchanged. parts: dpo, nll (batch means), reward_chosen / reward_rejected
     (beta x log-ratio), reward_margin, reward_accuracy (share of pairs whose margin is positive), all detached.
     """
     tensors = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_lengths)
     tensors += () if rejected_lengths is None else (rejected_lengths,)
+    tensors += () if weights is None else (weights,)
     if any(t.dim() != 1 or t.shape != chosen_logps.shape for t in tensors):
         raise ValueError(
             f"dpo_nll_loss wants 1-D tensors of one length, got shapes {[tuple(t.shape) for t in tensors]}"
@@ -67,7 +71,8 @@ def dpo_nll_loss(
     # logsigmoid is computed stably: a margin of +-1e4 gives 0 and 1e4, never inf or NaN.
     dpo = -F.logsigmoid(margin)
     nll = -chosen_logps / chosen_lengths.to(chosen_logps.dtype)
-    loss = (dpo + alpha * nll).mean()
+    per_pair = dpo + alpha * nll
+    loss = (per_pair if weights is None else weights.to(per_pair.dtype) * per_pair).mean()
     parts = {
         "dpo": dpo.mean(),
         "nll": nll.mean(),
@@ -115,4 +120,5 @@ def objective_loss(
         beta=beta,
         alpha=alpha if spec.nll else 0.0,
         rejected_lengths=lengths[half:] if spec.length_normalised else None,
+        weights=batch.get("weight"),
     )

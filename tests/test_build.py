@@ -308,3 +308,61 @@ def test_build_more_pairs_doubles_k_from_the_same_samples(tmp_path):
     pairs = load_from_disk(str(folder))["train"]
     assert pairs.num_rows == 3 * 6 and folder.name == "pairs_2x"
     assert build_more_pairs(card, 1, 2, tmp_path) == (folder, fp)  # reused, not rebuilt
+
+
+@pytest.mark.slow  # loads the demo model
+def test_a_mixed_run_labels_questions_without_gold_by_vote(tmp_path):
+    """pairs.label=mixed on a data file where every other training question has no gold answer: those are
+    sampled and graded for their answer only, paired by vote with the margin as weight (recounted here from the
+    samples with irpo.majority), never given a gold winner; the others are labelled by gold; held-out questions
+    all have gold; the dataset card says how the pairs were labelled; the trainer's rows carry the weights."""
+    import polars as pl
+
+    from irpo.majority import vote_labels
+    from irpo.tasks.demo import generate_rows
+    from irpo_data.sampling import read_samples
+    from irpo_train.data import tokenize_pairs
+
+    data = tmp_path / "data"
+    data.mkdir()
+    train = [
+        {**row, "answer": None, "solution": None} if i % 2 else row for i, row in enumerate(generate_rows("train"))
+    ]
+    (data / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in train))
+    (data / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in generate_rows("test")))
+    runs = tmp_path / "runs"
+    require_vllm()
+    # vLLM: the demo model needs ~100 tokens to state an answer, too slow on the transformers engine.
+    settings = ["sampling.engine=vllm", f"task.data_dir={data}", "task.max_questions=8", "task.held_out=1",
+                "sampling.num_samples=6", "sampling.max_new_tokens=160", "pairs.max_tokens=160", "pairs.label=mixed"]  # fmt: skip
+    result = invoke("build", "--runs-dir", runs, *settings)
+    assert result.exit_code == 0, result.output
+    iter_dir = runs / "demo" / "iter_1"
+    samples = read_samples(iter_dir / "samples")
+    questions = pl.read_parquet(iter_dir / "questions.parquet")
+    unlabelled = set(questions.filter(pl.col("gold") == "")["question_id"])
+    assert unlabelled and unlabelled <= set(questions.filter(pl.col("role") == "train")["question_id"])
+    assert (
+        samples.filter(pl.col("question_id").is_in(sorted(unlabelled)))["correct"].null_count() == len(unlabelled) * 6
+    )
+    pairs = pl.from_arrow(load_from_disk(str(iter_dir / "pairs"))["train"].data.table)
+    voted = pairs.filter(pl.col("label") == "vote")
+    assert (
+        voted.height
+        and set(voted["question_id"]) <= unlabelled
+        and set(pairs.filter(pl.col("label") == "gold")["question_id"])
+    )
+    assert set(voted["chosen_source"]) <= {"sample"} and set(pairs.filter(pl.col("label") == "gold")["weight"]) == {1}
+    for (question_id,), group in voted.group_by("question_id"):
+        answers = samples.filter(pl.col("question_id") == question_id).sort("sample_idx")["answer"].to_list()
+        labels = vote_labels("demo", answers)
+        assert set(group["weight"]) == {labels.margin} and labels.margin > 0
+        assert set(group["chosen_sample_idx"]) <= set(labels.winner.samples)
+        assert set(group["rejected_sample_idx"]) <= set(labels.loser.samples)
+    manifest = json.loads((iter_dir / "manifest.json").read_text())
+    assert manifest["counts"]["questions_labelled_by_vote"] == len(unlabelled & set(samples["question_id"]))
+    assert manifest["counts"]["pairs_labelled_by_vote"] == voted.height
+    card = (iter_dir / "README.md").read_text()
+    assert "`pairs.label: mixed`" in card and f"| pairs labelled by vote | {voted.height} |" in card
+    rows = tokenize_pairs(load_from_disk(str(iter_dir / "pairs"))["train"], 4096).rows
+    assert [r["weight"] for r in rows] == pairs["weight"].to_list()

@@ -153,3 +153,24 @@ def test_the_length_normalised_dpo_term_by_hand():
     # The paper's term on the same pair: margin 0.1 * (1 + 2) = 0.3, another loss.
     paper, _ = objective_loss("dpo_nll", t(-10, -12), lengths, batch, beta=0.1, alpha=1.0)
     assert paper.item() == pytest.approx(math.log1p(math.exp(-0.3)) + 2.0, abs=1e-12)
+
+
+def test_vote_weights_multiply_each_pairs_loss_by_hand():
+    # Two pairs labelled by vote (pairs.label=vote), weights 0.5 and 0.25 (their vote margins).
+    # Pair 1: margin 0.1 * ((-10 + 11) - (-12 + 10)) = 0.3, nll 10 / 5 = 2 -> log(1 + e^-0.3) + 2.
+    # Pair 2: margin 0.1 * ((-8 + 8) - (-9 + 9)) = 0, nll 8 / 4 = 2 -> log 2 + 2.
+    # Loss = (0.5 * pair 1 + 0.25 * pair 2) / 2: the batch mean of the weighted losses (ScPO's eq. 3).
+    chosen, lengths = t(-10, -8, -12, -9), t(5, 4, 6, 3)
+    batch = {"ref_chosen_logps": t(-11, -8), "ref_rejected_logps": t(-10, -9), "weight": t(0.5, 0.25)}
+    loss, parts = objective_loss("dpo_nll", chosen, lengths, batch, beta=0.1, alpha=1.0)
+    one, two = math.log1p(math.exp(-0.3)) + 2.0, math.log(2.0) + 2.0
+    assert loss.item() == pytest.approx((0.5 * one + 0.25 * two) / 2, abs=1e-12)
+    # The parts stay unweighted means (what the pairs look like, not how much they count).
+    assert parts["nll"].item() == pytest.approx(2.0)
+    # Weights of 1 are the paper's loss to the bit.
+    ones = {**batch, "weight": t(1.0, 1.0)}
+    plain = {k: v for k, v in batch.items() if k != "weight"}
+    assert torch.equal(
+        objective_loss("dpo_nll", chosen, lengths, ones, beta=0.1, alpha=1.0)[0],
+        objective_loss("dpo_nll", chosen, lengths, plain, beta=0.1, alpha=1.0)[0],
+    )

@@ -9,6 +9,7 @@ import pytest
 
 from irpo.card import PairsConfig
 from irpo.pairs import build_pairs
+from irpo.tasks import get_task
 
 # irpo's rule before the paper's was adopted: distinct random pairs, off-format answers dropped.
 DISTINCT = dict(scheme="distinct", drop_off_format=True, gold_winner="never")
@@ -224,3 +225,80 @@ def test_max_pairs_keeps_a_seeded_random_subset_and_counts_the_rest():
     again, _ = build_pairs(samples_table(SPEC), PairsConfig(max_tokens=50, max_pairs=17), seed=0, gold=gold_table(SPEC))
     other, _ = build_pairs(samples_table(SPEC), PairsConfig(max_tokens=50, max_pairs=17), seed=1, gold=gold_table(SPEC))
     assert capped.equals(again) and not capped.equals(other)
+
+
+# --- labels by vote (pairs.label vote or mixed; ScPO, Prasad et al. 2024) ---
+
+
+def vote_samples(spec: dict[str, tuple[str, list]]) -> pl.DataFrame:
+    """spec: question -> (gold, [(answer, well_formed, finish_reason), ...]); correct is null without gold."""
+    rows = []
+    for qid, (gold, samples) in spec.items():
+        for idx, (answer, well_formed, finish) in enumerate(samples):
+            rows.append(
+                {
+                    "question_id": qid,
+                    "sample_idx": idx,
+                    "prompt": f"prompt of {qid}",
+                    "gold": gold,
+                    "completion": f"{qid} says {answer} ({idx})",
+                    "n_tokens": 10,
+                    "finish_reason": finish,
+                    "answer": answer,
+                    "correct": (answer == gold) if gold else None,
+                    "well_formed": well_formed,
+                }
+            )
+    return pl.DataFrame(rows, schema_overrides={"correct": pl.Boolean, "answer": pl.String})
+
+
+def test_labels_by_vote_on_a_table_worked_out_by_hand():
+    """Winners are the most-voted answer's samples, losers the least-voted's, counted as maj@k counts (equivalent
+    answers together, no answer never votes, ties as majority_vote breaks them); the pairs weigh the margin; a
+    question with one answer, or all tied, has none; the gold is ignored under vote and no gold solution joins."""
+    ok = lambda a: (a, True, "stop")  # noqa: E731
+    table = vote_samples(
+        {
+            # "4" and "4.0" are one answer with 3 votes (samples 0, 2, 5); "5" and "7" have 1; sample 3 none.
+            # "7" was voted last of the two least-voted: it loses. Margin (3 - 1) / 6. The gold says 5: the vote is
+            # wrong here, and under vote it wins all the same.
+            "q_vote": ("5", [ok("4"), ok("5"), ok("4.0"), ok(None), ok("7"), ok("4")]),
+            # One answer (and an unanswered sample): no loser.
+            "q_unanimous": ("", [ok("9"), ok("9.0"), ok(None)]),
+            # 2 votes each: a tie, margin 0, no pairs.
+            "q_tied": ("", [ok("2"), ok("3"), ok("3"), ok("2")]),
+            # No gold: "8" has 2 votes (one off-format: it sits out), "6" has 1; "8" cut off counts its vote (as
+            # maj@k) but is no winner. Margin (3 - 1) / 4.
+            "q_no_gold": ("", [ok("8"), ("8", False, "stop"), ok("6"), ("8", True, "length")]),
+        }
+    )
+    config = PairsConfig(pairs_per_question=4, max_tokens=50, label="vote")
+    gold = gold_table(["q_vote"])
+    pairs, stats = build_pairs(table, config, seed=0, gold=gold, task=get_task("gsm8k"))
+    by_question = {q: group for (q,), group in pairs.group_by("question_id")}
+    assert set(by_question) == {"q_vote", "q_no_gold"}
+    q = by_question["q_vote"]
+    assert set(q["chosen_sample_idx"]) == {0, 2, 5} and set(q["rejected_sample_idx"]) == {4}
+    assert set(q["chosen_source"]) == {"sample"}  # no gold solution under a vote
+    assert q["weight"].to_list() == [2 / 6] * 4 and set(q["label"]) == {"vote"}
+    q = by_question["q_no_gold"]
+    assert set(q["chosen_sample_idx"]) == {0} and set(q["rejected_sample_idx"]) == {2}
+    assert q["weight"].to_list() == [0.5] * 4 and set(q["gold"]) == {""}
+    assert stats["questions_labelled_by_vote"] == 4 and stats["questions_vote_unanimous"] == 1
+    assert stats["questions_vote_tied"] == 1 and stats["pairs_labelled_by_vote"] == 8
+    assert (stats["vote_winner_correct"], stats["vote_winner_judged"]) == (0, 1)
+    assert stats["gold_winners"] == 0
+    # mixed: a question with gold is labelled by it (gold winner and all), one without by the vote.
+    mixed, stats = build_pairs(
+        table, PairsConfig(pairs_per_question=4, max_tokens=50, label="mixed"), 0, gold, get_task("gsm8k")
+    )
+    q = mixed.filter(pl.col("question_id") == "q_vote")
+    assert set(q["label"]) == {"gold"} and q["weight"].to_list() == [1.0] * 4
+    assert set(q["chosen_sample_idx"]) <= {1, -1} and -1 in set(q["chosen_sample_idx"])  # "5" and the gold
+    assert set(mixed.filter(pl.col("question_id") == "q_no_gold")["label"]) == {"vote"}
+    assert (stats["questions_labelled_by_gold"], stats["questions_labelled_by_vote"]) == (1, 3)
+    # gold (the paper's) has neither column, so existing pair tables keep their fingerprints.
+    plain, _ = build_pairs(table.filter(pl.col("gold") != ""), PairsConfig(pairs_per_question=4, max_tokens=50), 0)
+    assert "weight" not in plain.columns and "label" not in plain.columns
+    with pytest.raises(ValueError, match="needs the task"):
+        build_pairs(table, config, 0)

@@ -377,3 +377,45 @@ def test_adding_a_benchmark_is_one_module_one_card_and_two_written_yamls(tmp_pat
     assert greedy.doc_to_text(doc) == 'What is 10 + 5? Finish with "Final answer: N".'
     assert greedy_results(doc, ["10 + 5 = 15.\nFinal answer: 15"])["greedy_strict"] == 1.0
     assert greedy_results(doc, ["Final answer: 14"])["greedy"] == 0.0
+
+
+def test_rows_without_gold_are_kept_for_a_vote_and_never_held_out(tmp_path):
+    """pairs.label vote or mixed: training rows without a gold answer load with gold "" (kept_without_gold), are
+    graded for their answer only, and split_held_out never holds one out (the checks grade against the gold)."""
+    from irpo.grading import grade
+
+    rows = [
+        {"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"},
+        {"question": "What is 3 + 3?", "answer": None},  # no gold at all
+        {"question": "What is 4 + 4?", "answer": "worked, then ####"},  # an empty gold
+        {"question": "What is 5 + 5?", "answer": "#### 10"},
+    ]
+    (tmp_path / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    gsm8k = get_task("gsm8k")
+    assert [q.gold for q in gsm8k.load("train", str(tmp_path)).questions] == ["4", "10"]  # the paper's: skipped
+    kept = gsm8k.load("train", str(tmp_path), keep_without_gold=True)
+    assert [(q.question_id, q.gold, q.has_gold) for q in kept.questions] == [
+        ("gsm8k/train/0", "4", True),
+        ("gsm8k/train/1", "", False),
+        ("gsm8k/train/2", "", False),
+        ("gsm8k/train/3", "10", True),
+    ]
+    assert kept.without_gold == 2 and kept.questions[1].solution is None
+    assert "0" not in gsm8k.user_message(kept.questions[1])  # the stand-in gold never reaches a prompt
+    assert grade(gsm8k, "3 + 3 = 6. Final answer: 6", "") == grade(gsm8k, "Final answer: 6", "")
+    assert grade(gsm8k, "Final answer: 6", "").answer == "6" and not grade(gsm8k, "Final answer: 6", "").correct
+    for _ in range(3):
+        train, held = split_held_out(kept.questions, 1)
+        assert len(held) == 1 and held[0].has_gold and len(train) == 3
+    with pytest.raises(TaskError, match="with a gold answer"):
+        split_held_out(kept.questions, 2)
+    # ARC: an answer key that is missing keeps the row, with its options, when asked to.
+    arc = {"id": "Q1", "question": "Which is a gas?", "choices": {"text": ["rock", "air"], "label": ["A", "B"]}}
+    (tmp_path / "arc").mkdir()
+    (tmp_path / "arc" / "train.jsonl").write_text(json.dumps({**arc, "answerKey": None}) + "\n")
+    (question,) = (
+        get_task("arc_challenge", train_subsets=["ARC-Challenge"])
+        .load("train", str(tmp_path / "arc"), keep_without_gold=True)
+        .questions
+    )
+    assert (question.gold, question.labels, "(B) air" in question.text) == ("", ("A", "B"), True)

@@ -718,3 +718,23 @@ def test_an_ablation_from_sft_starts_from_the_sft_model_and_says_so(tmp_path, ti
     assert key["reference_weights_sha256"] == weights_sha256(sft)  # the SFT model scored the pairs
     first = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
     assert first["reward_chosen"] == 0.0  # it starts from its reference: rewards start at zero
+
+
+def test_pairs_labelled_by_vote_train_with_their_weights(tmp_path, tiny_model, demo_tokenizer):
+    """pairs.label vote: the pair table's `weight` column reaches the loss. Pairs of weight 0 (a vote margin of 0)
+    give no gradient, so M_1 is M_0 to the bit; the same pairs at their margins move the model."""
+    from irpo.models import weights_sha256
+
+    card = load_card(
+        "demo", [*TINY, "train.retrain_with_held_out=false", "train.max_steps=2", f"model.base={tiny_model}"]
+    )
+    hashes = {}
+    for weight in (0.0, 0.5):
+        runs = tmp_path / str(weight)
+        run, pairs = make_iteration(runs, demo_tokenizer, card)
+        weighted = pairs.with_columns(pl.lit("vote").alias("label"), pl.lit(weight).alias("weight"))
+        save_pairs(weighted, 1, run.pairs(1))
+        write_card_and_manifest(run.iteration(1), "# card\n", {"pairs_fingerprint": fingerprint(weighted)})
+        hashes[weight] = weights_sha256(train_module.train_iteration(card, 1, runs, progress=False))
+    assert hashes[0.0] == weights_sha256(tiny_model)
+    assert hashes[0.5] != weights_sha256(tiny_model)

@@ -62,6 +62,11 @@ class Question:
     # the benchmark has none (ARC-Challenge gives only the answer key).
     solution: str | None = None
 
+    @property
+    def has_gold(self) -> bool:
+        """False for a training question kept without a gold answer (pairs.label vote or mixed): gold is ""."""
+        return bool(self.gold)
+
 
 @dataclass(frozen=True)
 class PaperResult:
@@ -93,6 +98,7 @@ class LoadedSplit:
     questions: list[Question]
     skipped_empty_gold: int = 0
     source: str = ""  # where the rows came from, for the dataset card's lineage
+    without_gold: int = 0  # rows kept with no gold answer (keep_without_gold): labelled by vote
 
 
 @dataclass(frozen=True)
@@ -162,6 +168,18 @@ class Task:
     def user_message(self, question: Question) -> str:
         raise NotImplementedError
 
+    def gold_stand_in(self, row: dict[str, Any]) -> Any:
+        """A gold field value parse_row accepts, for reading a row that has none (parse_unlabelled)."""
+        return "0"
+
+    def parse_unlabelled(self, row: dict[str, Any], split: str, index: int) -> Question | None:
+        """The row's question without a gold answer (gold "", no solution), for pairs.label vote or mixed.
+
+        parse_row reads the row with a stand-in gold, so a task's question text and id are built in one
+        place; the stand-in is then taken out again and never reaches a prompt, a grade or a pair."""
+        question = self.parse_row({**row, self.gold_field: self.gold_stand_in(row)}, split, index)
+        return None if question is None else dataclasses.replace(question, gold="", solution=None)
+
     def messages(self, question: Question) -> list[dict[str, str]]:
         """Chat messages of the prompt; the sampler applies the model's chat template."""
         return [{"role": "user", "content": self.user_message(question)}]
@@ -186,12 +204,16 @@ class Task:
                 return f"its gold answer is {len(question.gold)} characters, over the grader's {MAX_ANSWER_CHARS}"
         return None
 
-    def load(self, split: str, data_dir: str | None = None, hub_id: str | None = None) -> LoadedSplit:
+    def load(
+        self, split: str, data_dir: str | None = None, hub_id: str | None = None, keep_without_gold: bool = False
+    ) -> LoadedSplit:
+        """The split's questions. Rows without a gold answer are skipped and counted, or with `keep_without_gold`
+        (training questions labelled by vote) kept with gold "" (Question.has_gold is False)."""
         rows, source = self.read_rows(split, data_dir, hub_id)
         questions, skipped, rows_of = [], 0, {}
         for index, row in enumerate(rows):
             where = f"{source} row {index + 1}"
-            question = self._question(row, split, index, where)
+            question = self._question(row, split, index, where, keep_without_gold)
             if question is None:
                 skipped += 1
                 continue
@@ -208,10 +230,13 @@ class Task:
             raise TaskError(f"{source} has no usable questions ({skipped} with an empty gold answer)")
         if skipped:
             log.info("%s: skipped %d rows (an empty gold answer, or a prompt exemplar)", source, skipped)
-        return LoadedSplit(questions, skipped, source)
+        unlabelled = sum(not q.has_gold for q in questions)
+        if unlabelled:
+            log.info("%s: kept %d questions without a gold answer (labelled by vote)", source, unlabelled)
+        return LoadedSplit(questions, skipped, source, unlabelled)
 
-    def _question(self, row: Any, split: str, index: int, where: str) -> Question | None:
-        """The row's question, None when it has no gold answer, or a TaskError naming what is wrong."""
+    def _question(self, row: Any, split: str, index: int, where: str, keep_without_gold: bool = False):
+        """The row's question, None when it has no gold answer (unless kept), or a TaskError naming what is wrong."""
         if not isinstance(row, dict):
             raise TaskError(f"{where} is {type(row).__name__}, not a JSON object; fix or remove that row")
         missing = [k for k in self.required_fields if k not in row]
@@ -220,20 +245,25 @@ class Task:
                 f"{where} has no field {', '.join(missing)} (task {self.name} needs "
                 f"{', '.join(self.required_fields)}); fix the row or pick the task that matches the file"
             )
-        if row[self.gold_field] is None:
+        no_gold = row[self.gold_field] is None
+        if no_gold and not keep_without_gold:
             return None  # no gold answer: skipped and counted, as an empty one
         for name in self.required_fields:
+            if no_gold and name == self.gold_field:
+                continue
             kind = self.field_types.get(name, str)
             if not isinstance(row[name], kind) or isinstance(row[name], bool):
                 raise TaskError(
                     f"{where}: field {name} is {type(row[name]).__name__}, not {kind.__name__}; fix that row"
                 )
-        question = self.parse_row(row, split, index)
+        question = None if no_gold else self.parse_row(row, split, index)
+        if question is None and keep_without_gold:
+            question = self.parse_unlabelled(row, split, index)
         if question is None:
             return None
         if not question.text.strip():
             raise TaskError(f"{where} has an empty question; fix or remove that row")
-        problem = self.gold_problem(question)
+        problem = self.gold_problem(question) if question.has_gold else None
         if problem:
             raise TaskError(f"{where} ({question.question_id}): {problem}; fix that row's gold answer")
         return question
@@ -296,12 +326,15 @@ def split_held_out(questions: list[Question], held_out: int) -> tuple[list[Quest
 
     The choice hashes each question id (no seed), so the held-out set never changes with the
     card's seed or iteration and is never sampled for pairs. Both parts keep the file's order.
+    Only questions with a gold answer can be held out: the checks grade against it.
     """
-    if held_out >= len(questions):
+    labelled = [q for q in questions if q.has_gold]
+    if held_out >= len(labelled):
         raise TaskError(
-            f"task.held_out={held_out} leaves no training questions out of {len(questions)}; lower task.held_out"
+            f"task.held_out={held_out} leaves no training questions out of {len(labelled)} with a gold answer; "
+            "lower task.held_out"
         )
-    ranked = sorted(questions, key=lambda q: hashlib.sha256(q.question_id.encode()).digest())
+    ranked = sorted(labelled, key=lambda q: hashlib.sha256(q.question_id.encode()).digest())
     held_ids = {q.question_id for q in ranked[:held_out]}
     train = [q for q in questions if q.question_id not in held_ids]
     held = [q for q in questions if q.question_id in held_ids]

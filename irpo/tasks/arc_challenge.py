@@ -88,6 +88,10 @@ class ARCChallenge(Task):
         text = f"{str(row['question']).strip()}\n{options}"
         return Question(str(row["id"]), text, gold, tuple(str(label) for label in choices["label"]))
 
+    def gold_stand_in(self, row: dict[str, Any]) -> str:
+        labels = row["choices"].get("label") if isinstance(row.get("choices"), dict) else None
+        return str(labels[0]) if labels else "A"  # an answer key must be one of the row's labels
+
     def user_message(self, question: Question) -> str:
         return paper_prompt(INSTRUCTION, question.text)
 
