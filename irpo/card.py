@@ -83,6 +83,10 @@ class SamplingConfig:
     batch_size: int = 16
     enforce_eager: bool = True  # skip vLLM graph compilation: ~15 s start-up instead of 65-97 s on CPU
     max_model_len: int = 2048  # vLLM context length (prompt + answer) in tokens
+    # Semi-online iterations (beyond the paper; Lanchantin et al. 2025): every this many training steps, a fresh
+    # slice of the training questions is sampled, graded and paired from the current weights (irpo.slices).
+    # null (the paper's): the iteration samples every question from M_(t-1) before training.
+    resample_every: int | None = None
 
     def temperature(self, iteration: int) -> float:
         return self.temperatures[min(iteration, len(self.temperatures)) - 1]
@@ -292,6 +296,7 @@ ADDED_KEYS: dict[str, Any] = {
     "train.lora_alpha": None,  # issue 33: was 2 x lora_r, written in the trainer
     "train.reference": "previous",  # issue 35: the reference was always M_{t-1}
     "pairs.label": "gold",  # issue 35: winners were always those that match the gold answer
+    "sampling.resample_every": None,  # issue 35: every iteration sampled all its questions before training
 }
 
 

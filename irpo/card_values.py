@@ -72,6 +72,7 @@ RANGES: dict[str, Range] = {
     "sampling.questions_per_shard": COUNT,
     "sampling.batch_size": COUNT,
     "sampling.max_model_len": Range(16, 1e9),
+    "sampling.resample_every": COUNT,  # null: offline, the paper's
     "pairs.pairs_per_question": COUNT,
     "pairs.max_tokens": COUNT,
     "pairs.max_pairs": COUNT,

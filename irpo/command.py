@@ -144,6 +144,14 @@ iter_option = click.option(
     show_default=True,
     help="Iteration T (1 = sample from the base model).",
 )
+slice_option = click.option(
+    "--slice",
+    "slice_index",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Semi-online iterations (sampling.resample_every): slice J only, built then trained in turn "
+    "(J = 0, 1, ...; `irpo run` alternates them).",
+)
 runs_option = click.option(
     "--runs-dir",
     default="runs",

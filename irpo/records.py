@@ -160,6 +160,8 @@ class TrainManifest(Record):
     timings: dict = field(default_factory=dict)  # irpo.timing: seconds per phase, vLLM starts
     selection: dict | None = None  # with the retrain: the selection run's pairs and their fingerprint
     gold: dict | None = None  # sft_gold: the gold solutions trained on
+    # sampling.resample_every: the slices, each with its steps, pairs and the weights it ended with (irpo.slices)
+    semi_online: dict | None = None
     hardware: dict = field(default_factory=dict)  # irpo.hardware.describe(): weights differ across CPUs in bf16
     irpo_version: str = ""
 

@@ -71,6 +71,15 @@ class RunFolder:
         """iter_t/pairs_{factor}x.json: what the pairs at factor x K were built from, and their fingerprint."""
         return self.iteration(t) / f"pairs_{factor}x.json"
 
+    def slice(self, t: int, j: int) -> Path:
+        """iter_t/slices/slice-J: slice J of a semi-online iteration (sampling.resample_every): its pairs/ and
+        record.json (irpo.slices). Its samples are iter_t/samples/slice-J/, shards with their own settings.json."""
+        return self.iteration(t) / "slices" / f"slice-{j}"
+
+    def slice_weights(self, t: int, step: int) -> Path:
+        """The weights a semi-online iteration reached at `step`, saved for the next slice's sampling."""
+        return self.models / f"M_{t}.work" / "weights" / f"step-{step}"
+
     def questions(self, t: int) -> Path:
         """iter_t/questions.parquet: the questions the build used, their roles and prompt ids."""
         return self.iteration(t) / "questions.parquet"

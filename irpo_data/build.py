@@ -33,6 +33,7 @@ from irpo.prompts import PromptFormat, Prompts, encode_answers, prompt_format
 from irpo.reading import load_dataset_dir, read_json, read_parquet
 from irpo.records import BuildManifest, IterationQuestions
 from irpo.runs import RunFolder, set_aside, write_parquet_atomic, write_text_atomic
+from irpo.slices import require_offline
 from irpo.tasks import Question, Task, TaskError, split_held_out, task_from_config
 from irpo.tracking import open_tracker
 from irpo_data.contamination import overlapping_questions
@@ -183,7 +184,7 @@ def build_iteration(
         report, params, data_sha256 = _sample(job, tokenizer, progress)
     with timing.phase("pairs"):
         pairs, stats = _pair(job, tokenizer)
-    manifest = _publish(job, pairs, stats, report, params, data_sha256)
+    manifest = publish(job, pairs, stats, report, params, data_sha256)
     with open_tracker(card, job.run, f"build-{iteration}") as tracker:
         tracker.log({f"build/{k}": v for k, v in manifest.counts.items()}, iteration)
         tracker.table(f"build/example_pairs_{iteration}", example_pairs(pairs), iteration)
@@ -194,7 +195,7 @@ def build_iteration(
 
 
 @dataclass
-class _BuildJob:
+class BuildJob:
     card: Card
     iteration: int
     run: RunFolder
@@ -211,10 +212,11 @@ def _has_token_ids(pairs_dir: Path) -> bool:
     return "prompt_token_ids" in load_dataset_dir(pairs_dir)["train"].column_names
 
 
-def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob | BuildResult:
+def _start(card: Card, iteration: int, runs_dir, model: str | None) -> BuildJob | BuildResult:
     """The job, or the finished build when one from the same card and model is there."""
     if iteration < 1:
         raise TaskError(f"--iter must be 1 or more, got {iteration}: iteration 1 samples from the base model")
+    require_offline(card, "irpo data build")
     run = RunFolder.for_card(card, runs_dir)
     run.freeze_card(card, BUILD_SECTIONS)
     resolved = sampling_model(card, run, iteration, model)
@@ -244,12 +246,12 @@ def _start(card: Card, iteration: int, runs_dir, model: str | None) -> _BuildJob
         ", sampled too" if len(sets.sampled) > len(sets.train) else "",
         sets.source,
     )
-    return _BuildJob(
+    return BuildJob(
         card, iteration, run, run.iteration(iteration), resolved, identity, task_from_config(card.task), sets
     )
 
 
-def _sample(job: _BuildJob, tokenizer, progress: bool):
+def _sample(job: BuildJob, tokenizer, progress: bool):
     """samples/: N graded answers to every question to sample, shard by shard (resumable)."""
     card = job.card
     prompts, job.too_long, table = iteration_prompts(
@@ -285,7 +287,7 @@ def _sample(job: _BuildJob, tokenizer, progress: bool):
     return report, params, data_sha256
 
 
-def _pair(job: _BuildJob, tokenizer):
+def _pair(job: BuildJob, tokenizer):
     """gold.parquet, then the pairs of the samples and the gold solutions, and their counts."""
     left_out = set(job.too_long)
     sampled = [q for q in job.sets.sampled if q.question_id not in left_out]
@@ -306,8 +308,11 @@ def _pair(job: _BuildJob, tokenizer):
     return pairs, stats
 
 
-def _publish(job: _BuildJob, pairs, stats: dict, report, params, data_sha256: str) -> BuildManifest:
-    """pairs/, then README.md (the dataset card), then manifest.json, last: it vouches for the rest."""
+def publish(
+    job: BuildJob, pairs, stats: dict, report, params, data_sha256: str, sampling: dict | None = None
+) -> BuildManifest:
+    """pairs/, then README.md (the dataset card), then manifest.json, last: it vouches for the rest.
+    `sampling`: the samples' settings (default: samples/settings.json; a semi-online iteration's slices')."""
     card, iteration = job.card, job.iteration
     save_pairs(pairs, iteration, job.run.pairs(iteration))
     fp = fingerprint(pairs)
@@ -328,7 +333,7 @@ def _publish(job: _BuildJob, pairs, stats: dict, report, params, data_sha256: st
         held_out_sampled=len(job.sets.sampled) > len(job.sets.train),
         temperature=params.temperature,
         pairs_settings=dataclasses.asdict(card.pairs),
-        sampling=read_json(job.run.samples(iteration) / "settings.json"),
+        sampling=sampling or read_json(job.run.samples(iteration) / "settings.json"),
         sampling_seconds=round(report.seconds, 1),
         timings=timing.take(),  # of this run of the build: a resumed one counts its own part
         sampling_tokens_per_s=round(report.tokens / report.seconds, 1) if report.seconds and report.tokens else None,

@@ -20,6 +20,7 @@ from irpo.command import (
     runs_option,
     setup_logging,
     show_dry_run,
+    slice_option,
 )
 from irpo.errors import IrpoError
 from irpo.hub import check_repo_id
@@ -29,6 +30,7 @@ from irpo.records import BuildManifest
 from irpo.runs import RunFolder
 from irpo.tasks import get_task, task_names
 from irpo_data.build import build_iteration, build_more_pairs
+from irpo_data.build_slice import build_slice
 from irpo_data.publish import push_iteration
 
 
@@ -63,6 +65,7 @@ def main() -> None:
     help="Also pair the iteration's samples at this many times pairs.pairs_per_question (and pairs.max_pairs), "
     "into iter_T/pairs_{N}x/: the paper's twice-the-data baselines (the _2x ablations). No new sampling.",
 )
+@slice_option
 @ray_option
 @hub_option
 @private_option
@@ -72,6 +75,7 @@ def main() -> None:
 def build(
     card,
     iteration,
+    slice_index,
     runs_dir,
     model,
     data_dir,
@@ -93,6 +97,7 @@ def build(
           sampling.num_samples=8 task.max_questions=200
       irpo data build --card gsm8k --ray-address ray://head:10001 resources.ray_engines=8
       irpo data build --iter 1 --pairs-factor 2             # + iter_1/pairs_2x for the _2x ablations
+      irpo data build --iter 1 --slice 0 sampling.resample_every=4   # a semi-online iteration's first slice
 
     Overrides are dotted card keys (sampling.num_samples=8). A killed build resumes from its
     last finished shard when run again with the same arguments.
@@ -108,6 +113,16 @@ def build(
         )
 
     start_reaper()  # the engine's processes die with this command
+    if slice_index is not None:
+        with run_lock(RunFolder.for_card(resolved, runs_dir).root):
+            record = build_slice(resolved, iteration, slice_index, runs_dir, progress=not quiet)
+        counts = record["counts"]
+        click.echo(
+            f"{RunFolder.for_card(resolved, runs_dir).slice(iteration, slice_index)}: {counts['pairs']} pairs from "
+            f"{counts['questions_paired']} of {counts['questions']} questions, sampled from {record['model']}; "
+            f"fingerprint {record['pairs_fingerprint'][:16]}"
+        )
+        return
     with run_lock(RunFolder.for_card(resolved, runs_dir).root):
         result = build_iteration(resolved, iteration, runs_dir, model=model, progress=not quiet)
         if pairs_factor > 1:

@@ -34,6 +34,7 @@ from irpo.models import iteration_model
 from irpo.objectives import ABLATIONS, training_order
 from irpo.reading import read_json
 from irpo.runs import RunFolder, set_aside
+from irpo.slices import SlicePlan, slice_plan
 from irpo_run.pushes import Pushes
 from irpo_run.report import write_report
 from irpo_run.stages import run_stage
@@ -44,6 +45,8 @@ BUILD = "irpo_data.build:build_iteration"
 TRAIN = "irpo_train.train:train_iteration"
 EVALUATE = "irpo_eval.run_eval:evaluate_run"
 MORE_PAIRS = "irpo_data.build:build_more_pairs"  # iteration 1's samples at factor x K, for the _2x ablations
+BUILD_SLICE = "irpo_data.build_slice:build_slice"  # semi-online iterations (sampling.resample_every)
+TRAIN_SLICE = "irpo_train.train_slice:train_slice"
 
 log = logging.getLogger(__name__)
 
@@ -110,20 +113,25 @@ def run_loop(
     if iterations < 1:
         raise ValueError(f"--iterations must be 1 or more, got {iterations}")
     pushes = pushes or Pushes.start(push_to_hub)  # the repo id (and access, online) before any work
+    plan = slice_plan(card)  # a semi-online card that cannot run says so before any work
     run = RunFolder.for_card(card, runs_dir)
     restart_if_recipe_changed(card, run)
     times = StageTimes(run=run)
     for t in range(1, iterations + 1):
         start = time.perf_counter()
-        if t > 1:
-            set_aside_if_sampled_from_another_model(card, run, t)
-        run_stage(BUILD, card, t, runs_dir, progress=progress)
-        times.record(f"iter_{t}/build", start)
-        pushes.catch_up(run, t)  # this iteration, and any earlier one the repo does not have yet
+        if plan is not None:
+            run_slices(card, t, plan, runs_dir, times, progress)
+            pushes.catch_up(run, t)
+        else:
+            if t > 1:
+                set_aside_if_sampled_from_another_model(card, run, t)
+            run_stage(BUILD, card, t, runs_dir, progress=progress)
+            times.record(f"iter_{t}/build", start)
+            pushes.catch_up(run, t)  # this iteration, and any earlier one the repo does not have yet
 
-        start = time.perf_counter()
-        run_stage(TRAIN, card, t, runs_dir, progress=progress)
-        times.record(f"iter_{t}/train", start)
+            start = time.perf_counter()
+            run_stage(TRAIN, card, t, runs_dir, progress=progress)
+            times.record(f"iter_{t}/train", start)
         if t == 1 and card.ablations:
             train_ablations(card, run, runs_dir, times, progress)
 
@@ -138,6 +146,17 @@ def run_loop(
             "not pushed in this run: %s; run it again with the same push options to catch up", ", ".join(pushes.failed)
         )
     return times
+
+
+def run_slices(card: Card, t: int, plan: SlicePlan, runs_dir, times: StageTimes, progress: bool) -> None:
+    """A semi-online iteration: slice j built from the weights training has reached, then trained on, in turn."""
+    for j in range(plan.count):
+        start = time.perf_counter()
+        run_stage(BUILD_SLICE, card, t, j, runs_dir, progress=progress)
+        times.record(f"iter_{t}/slice {j} build", start)
+        start = time.perf_counter()
+        run_stage(TRAIN_SLICE, card, t, j, runs_dir, progress=progress)
+        times.record(f"iter_{t}/slice {j} train", start)
 
 
 def train_ablations(card: Card, run: RunFolder, runs_dir: str | Path, times: StageTimes, progress: bool) -> None:

@@ -18,7 +18,9 @@ from irpo.command import (
     runs_option,
     setup_logging,
     show_dry_run,
+    slice_option,
 )
+from irpo.errors import SettingError
 from irpo.hub import check_repo_id
 from irpo.lock import run_lock
 from irpo.model_repo import push_model
@@ -31,6 +33,7 @@ from irpo.runs import TRAIN_MANIFEST, RunFolder
 @click.command(cls=Command)
 @card_option
 @iter_option
+@slice_option
 @runs_option
 @click.option(
     "--ablation",
@@ -50,7 +53,7 @@ from irpo.runs import TRAIN_MANIFEST, RunFolder
 @dry_run_option
 @quiet_option
 @overrides_argument
-def main(card, iteration, runs_dir, ablation, push_models_to_hub, private, dry_run, quiet, overrides):
+def main(card, iteration, slice_index, runs_dir, ablation, push_models_to_hub, private, dry_run, quiet, overrides):
     """Train M_T from M_{T-1} on runs/NAME/iter_T/pairs with DPO + NLL.
 
     \b
@@ -88,10 +91,19 @@ def main(card, iteration, runs_dir, ablation, push_models_to_hub, private, dry_r
     # (each stage's memory is its own process's).
     from irpo_train import distributed
     from irpo_train.train import train_iteration
+    from irpo_train.train_slice import train_slice
 
     start_reaper()  # the engine's processes (held-out checks on vLLM) die with this command
     run = RunFolder.for_card(resolved, runs_dir)
     with run_lock(run.root):  # rank 0 holds it for the launch
+        if slice_index is not None:
+            if ablation or push_models_to_hub:
+                raise SettingError("--slice trains one segment of M_T: leave out --ablation and --push-models-to-hub")
+            out = train_slice(resolved, iteration, slice_index, runs_dir, progress=not quiet)
+            if distributed.is_main():
+                done = (out / "train_manifest.json").is_file()
+                click.echo(f"{out}" + ("" if done else f": slice {slice_index} trained; M_{iteration} not finished"))
+            return
         out = train_iteration(resolved, iteration, runs_dir, progress=not quiet, ablation=ablation)
         pushed = None
         if push_models_to_hub and distributed.is_main():  # one process pushes; under the lock, as it reads M_T

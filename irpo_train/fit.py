@@ -51,10 +51,14 @@ def fit(
     progress: bool,
     choose: bool = True,
     args=None,
+    segment_weights: Path | None = None,
 ) -> dict:
     """Train one phase from M_{T-1} (job.take_model()) in work/PHASE/, resumably; its record.
 
     `choose`: score candidates on the held-out questions every select_every steps and keep the best.
+    `segment_weights`: this is a slice of a semi-online iteration (irpo.slices) that is not its last: the run
+    stops at `max_steps` keeping its checkpoint (the next slice goes on from it, on other rows), saves the
+    weights there for the next slice's sampling, and the phase is not done.
     Every process runs it; only the main one writes (the Trainer's checkpoints included).
     """
     folder, cfg = job.work / phase, job.cfg
@@ -86,7 +90,7 @@ def fit(
                 zero_at_start=job.step_reference is not None and not job.fixed_reference,
             )
         )
-    if not candidates:
+    if not candidates and segment_weights is None:
         callbacks.append(NoFinalCheckpoint())
     callbacks.append(TrimHeap())
     trainer = DPONLLTrainer(
@@ -116,6 +120,10 @@ def fit(
     with timing.phase(f"{phase} run"):
         trainer.train(resume_from_checkpoint=checkpoint)
     steps = trainer.state.global_step
+    if segment_weights is not None:  # the next slice resumes from the checkpoint at this step
+        with timing.phase("save for the next slice"):
+            trainer.save_full_model(segment_weights, tokenizer)
+        return {"phase": phase, "steps": steps, "pairs": len(rows), "best": accuracy.best() if accuracy else None}
     if candidates:
         del trainer, model, callbacks, candidates  # the engine that scores the candidates needs the memory
         with timing.phase(f"{phase} run: candidate scoring"):
@@ -133,9 +141,11 @@ def fit(
     return record
 
 
-def training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: bool):
+def training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: bool, new_rows: bool = False):
+    """`new_rows`: a semi-online slice resumes the run before it on rows of its own, from their start."""
     cfg = job.cfg
     return TrainingArguments(
+        ignore_data_skip=new_rows,
         output_dir=str(folder / "checkpoints"),
         per_device_train_batch_size=per_device_batch(cfg, distributed.world_size()),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,

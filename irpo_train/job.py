@@ -59,9 +59,15 @@ class TrainJob:
     step_reference: StepReference | None = None  # train.reference_logps=per_step, pairwise objectives
     tracker: Tracker = field(default_factory=Tracker)  # the run's trackers (tracking.report_to); none: a no-op
     reference: ResolvedModel | None = None  # DPO's: `start` (train.reference=previous), or M_0 (initial)
+    slice_index: int | None = None  # a semi-online iteration's slice (irpo.slices): its pairs only
 
     def __post_init__(self):
         self.reference = self.reference or self.start
+
+    @property
+    def cache_dir(self) -> Path:
+        """Where the reference log-probs of these pairs are cached: a slice's next to its own pairs' record."""
+        return self.work if self.slice_index is None else self.work / "slices" / f"slice-{self.slice_index}"
 
     @property
     def fixed_reference(self) -> bool:
@@ -80,8 +86,14 @@ class TrainJob:
         return self.cfg.retrain_with_held_out and self.card.task.selection_split is None and bool(self.sets.held_out)
 
 
-def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> TrainJob | None:
-    """The job, or None when the model is already trained from these pairs and this reference."""
+def prepare_job(
+    card: Card, iteration: int, runs_dir, ablation: str | None, slice_index: int | None = None
+) -> TrainJob | None:
+    """The job, or None when the model is already trained from these pairs and this reference.
+
+    `slice_index`: one slice of a semi-online iteration (irpo_train.train_slice): its pairs are the slice's,
+    and the identity of its work folder names slice 0's pairs (the only ones no training went into); M_T's
+    names the iteration's pairs, every slice's, published when the last slice was built."""
     run = RunFolder.for_card(card, runs_dir)
     if distributed.is_main():
         run.freeze_card(card, BUILD_SECTIONS)  # the pairs came from these; train.* may change
@@ -93,7 +105,10 @@ def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> T
     if ablation is not None:  # after freezing: the run's card.yaml keeps the main line's objective
         objective = ABLATIONS[ablation].objective.name
         card = dataclasses.replace(card, train=dataclasses.replace(card.train, objective=objective))
-    dataset, fingerprint = load_pairs(run, iteration)
+    if slice_index is None:
+        dataset, fingerprint = load_pairs(run, iteration)
+    else:
+        dataset, fingerprint = load_slice_pairs(run, iteration, slice_index)
     factor = ABLATIONS[ablation].pairs_factor if ablation is not None else 1
     if factor > 1:
         dataset, fingerprint = more_pairs(run, iteration, factor)
@@ -104,12 +119,15 @@ def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> T
     # train.bf16=auto resolves per machine, and another precision is another model.
     identity = TrainManifest(
         train_card_sha256=card.sha256(TRAIN_SECTIONS),
-        pairs_fingerprint=fingerprint,
+        pairs_fingerprint=fingerprint if slice_index is None else load_slice_pairs(run, iteration, 0)[1],
         reference_weights_sha256=start.weights_sha256,
         bf16=resolve_bf16(card.train.bf16),
     ).identity()
     done = out_dir / TRAIN_MANIFEST
-    if done.is_file() and TrainManifest.from_json(done).identity() == identity:
+    finished = identity
+    if slice_index is not None and run.manifest(iteration).is_file():  # M_T is of every slice's pairs
+        finished = {**identity, "pairs_fingerprint": BuildManifest.from_json(run.manifest(iteration)).pairs_fingerprint}
+    if done.is_file() and TrainManifest.from_json(done).identity() == finished:
         log.info("%s is already trained from these pairs and this reference; nothing to do", out_dir)
         return None
     if "prompt_token_ids" not in dataset.column_names:  # to be trained, before any model loads
@@ -147,6 +165,7 @@ def prepare_job(card: Card, iteration: int, runs_dir, ablation: str | None) -> T
         identity["bf16"],
         sets,
         reference=reference,
+        slice_index=slice_index,
     )
 
 
@@ -210,6 +229,18 @@ def load_pairs(run: RunFolder, iteration: int):
             "raise sampling.num_samples or use an easier task, then rebuild"
         )
     return dataset, BuildManifest.from_json(manifest).pairs_fingerprint
+
+
+def load_slice_pairs(run: RunFolder, iteration: int, index: int):
+    """(dataset, fingerprint) of slice `index` of a semi-online iteration, which `irpo data build --slice` makes."""
+    folder = run.slice(iteration, index)
+    if not (folder / "record.json").is_file():
+        raise RunFolderError(
+            f"slice {index} of iteration {iteration} is not built; run `irpo data build --iter {iteration} --slice "
+            f"{index}` first (`irpo run` alternates building and training the slices)"
+        )
+    dataset = load_dataset_dir(folder / "pairs")["train"]
+    return dataset, read_json(folder / "record.json")["pairs_fingerprint"]
 
 
 def more_pairs(run: RunFolder, iteration: int, factor: int):

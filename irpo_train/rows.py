@@ -82,8 +82,9 @@ def training_rows(job: TrainJob, tokenizer, progress: bool) -> tuple[list[dict],
     if scored:
         siblings = [job.run.model(job.iteration, a) for a in (None, *ABLATIONS)]  # their cache's key decides
         with timing.phase("reference pass"):
+            job.cache_dir.mkdir(parents=True, exist_ok=True)
             chosen, rejected, meta = load_or_compute(
-                job.work,
+                job.cache_dir,
                 key,
                 lambda: reference_logps(reference, scored, tokenizer.pad_token_id, batch_size, progress, job.bf16),
                 elsewhere=siblings,

@@ -44,6 +44,7 @@ from irpo.hardware import release_memory
 from irpo.reading import read_json
 from irpo.records import TrainManifest
 from irpo.runs import CHECKPOINT_CHOICE, TRAIN_MANIFEST, RunFolder
+from irpo.slices import require_offline
 from irpo.tracking import Tracker, open_tracker
 from irpo_train import distributed
 from irpo_train.fit import fit, training_arguments
@@ -63,6 +64,7 @@ def train_iteration(
 
 
 def _train_iteration(card: Card, iteration: int, runs_dir: str | Path, progress: bool, ablation: str | None) -> Path:
+    require_offline(card, "irpo train")
     distributed.check_launch()
     distributed.init()
     timing.take()  # this stage's phases only
