@@ -121,3 +121,12 @@ def test_the_header_names_a_reference_other_than_the_papers(tmp_path):
     card = run.card_file.read_text().replace("train:\n", "train:\n  reference: initial\n", 1)
     run.card_file.write_text(card)
     assert "<b>M_0 at every iteration</b>" in _report(run.root).read_text()
+    html = _report(run.root).read_text()
+    assert "offline, every question from M_{t-1}" in html and "by the gold answer (the paper's)" in html
+    card = card.replace("sampling:\n", "sampling:\n  resample_every: 4\n", 1).replace(
+        "pairs:\n", "pairs:\n  label: vote\n", 1
+    )
+    run.card_file.write_text(card)
+    html = _report(run.root).read_text()
+    assert "<b>semi-online</b>: a fresh slice of the questions every 4 steps" in html
+    assert "<b>by vote</b> (<code>pairs.label=vote</code>, ScPO)" in html
