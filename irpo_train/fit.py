@@ -52,13 +52,15 @@ def fit(
     choose: bool = True,
     args=None,
     segment_weights: Path | None = None,
+    in_order: bool = False,
 ) -> dict:
     """Train one phase from M_{T-1} (job.take_model()) in work/PHASE/, resumably; its record.
 
     `choose`: score candidates on the held-out questions every select_every steps and keep the best.
     `segment_weights`: this is a slice of a semi-online iteration (irpo.slices) that is not its last: the run
     stops at `max_steps` keeping its checkpoint (the next slice goes on from it, on other rows), saves the
-    weights there for the next slice's sampling, and the phase is not done.
+    weights there for the next slice's sampling, and the phase is not done. `in_order`: the rows are read in
+    their order (a slice's, already shuffled and cut to the steps left; irpo_train.train_slice).
     Every process runs it; only the main one writes (the Trainer's checkpoints included).
     """
     folder, cfg = job.work / phase, job.cfg
@@ -101,6 +103,7 @@ def fit(
         alpha=cfg.alpha,
         objective=cfg.objective,
         reference=job.step_reference,
+        in_order=in_order,
         data_collator=lambda batch: collate(batch, tokenizer.pad_token_id),
         callbacks=callbacks,
     )
@@ -141,11 +144,11 @@ def fit(
     return record
 
 
-def training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: bool, new_rows: bool = False):
-    """`new_rows`: a semi-online slice resumes the run before it on rows of its own, from their start."""
+def training_arguments(job: TrainJob, folder: Path, max_steps: int, progress: bool, in_order: bool = False):
+    """`in_order`: a semi-online slice's rows, which hold only the steps left to train: nothing to skip on resume."""
     cfg = job.cfg
     return TrainingArguments(
-        ignore_data_skip=new_rows,
+        ignore_data_skip=in_order,
         output_dir=str(folder / "checkpoints"),
         per_device_train_batch_size=per_device_batch(cfg, distributed.world_size()),
         gradient_accumulation_steps=cfg.gradient_accumulation_steps,

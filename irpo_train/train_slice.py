@@ -14,6 +14,8 @@ in between (no training process waits on it, and on a GPU the engine has the mem
 from __future__ import annotations
 
 import logging
+import random
+import shutil
 from pathlib import Path
 
 from irpo import timing
@@ -67,15 +69,19 @@ def train_slice(card: Card, iteration: int, index: int, runs_dir: str | Path = "
 def _train_segment(job: TrainJob, plan, index: int, done: Path, progress: bool) -> None:
     start, end = plan.steps(index)
     folder = job.work / "select"
-    _check_resume_point(job, folder, plan, index)
+    resumed_at = _resume_point(job, folder, plan, index)
     tokenizer = load_tokenizer(job)
-    args = training_arguments(job, folder, end, progress, new_rows=index > 0)
+    args = training_arguments(job, folder, end, progress, in_order=True)
     rows, _, notes = training_rows(job, tokenizer, progress)
+    ordered = segment_rows(rows, end - start, job.cfg.batch_size, job.card.seed, index)
     last = plan.last(index)
     weights = None if last else job.run.slice_weights(job.iteration, end)
     log.info("iteration %d, slice %d: steps %d-%d on %d pairs", job.iteration, index, start, end, len(rows))
+    # The rows of the steps left (a run killed within the slice resumes at its last checkpoint), in order; at
+    # least the last batch, so that a run killed after its last checkpoint still loads it (and trains no step).
+    left = ordered[(resumed_at - start) * job.cfg.batch_size :] or ordered[-job.cfg.batch_size :]
     # No probe: its pairs would change with every slice, and the log-prob figure compares the same pairs.
-    record = fit(job, "select", rows, end, tokenizer, None, progress, args=args, segment_weights=weights)
+    record = fit(job, "select", left, end, tokenizer, None, progress, args=args, segment_weights=weights, in_order=True)
     if distributed.is_main():
         slice_record = {
             "slice": index,
@@ -87,11 +93,7 @@ def _train_segment(job: TrainJob, plan, index: int, done: Path, progress: bool) 
         }
         write_json_atomic(done, slice_record)
         if index > 0:  # slice index is sampled and trained: the weights it was sampled from are not needed again
-            previous = job.run.slice_weights(job.iteration, start)
-            if previous.is_dir():
-                import shutil
-
-                shutil.rmtree(previous)
+            shutil.rmtree(job.run.slice_weights(job.iteration, start), ignore_errors=True)
     distributed.barrier()
     if not last:
         return
@@ -108,13 +110,26 @@ def _train_segment(job: TrainJob, plan, index: int, done: Path, progress: bool) 
             write_model(job, tokenizer, record, record, notes, notes["pairs_trained"])
 
 
-def _check_resume_point(job: TrainJob, folder: Path, plan, index: int) -> None:
-    """Slice J > 0 goes on from the checkpoint at its first step, the weights its samples came from."""
-    if index == 0:
-        return
+def segment_rows(rows: list[dict], steps: int, batch_size: int, seed: int, index: int) -> list[dict]:
+    """A slice's rows in the order its `steps` steps train on them: a seeded shuffle, cycled to steps x batch_size
+    rows (the sampler reads them in order), so that a run resumed within the slice trains on the same batches."""
+    order = list(range(len(rows)))
+    random.Random(f"{seed}:slice-{index}").shuffle(order)
+    return [rows[order[i % len(order)]] for i in range(steps * batch_size)]
+
+
+def _resume_point(job: TrainJob, folder: Path, plan, index: int) -> int:
+    """The step this slice's training starts at: its first, or a checkpoint within it after a kill. Slice J > 0
+    goes on from the checkpoint at its first step, the weights its samples came from."""
     start = plan.steps(index)[0]
+    if distributed.is_main():  # it deletes a checkpoint written half; then every process finds the same one
+        last_complete_checkpoint(folder / "checkpoints")
+    distributed.barrier()
+    checkpoint = last_complete_checkpoint(folder / "checkpoints")
+    step = int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0
+    if index == 0:
+        return step
     previous = job.work / "slices" / f"slice-{index - 1}" / "done.json"
-    checkpoint = last_complete_checkpoint(folder / "checkpoints") if distributed.is_main() else None
     if not previous.is_file() or checkpoint is None:
         raise RunFolderError(
             f"slice {index} of iteration {job.iteration} goes on from slice {index - 1}'s training, which "
@@ -127,6 +142,6 @@ def _check_resume_point(job: TrainJob, folder: Path, plan, index: int) -> None:
             f"training ended with (it was trained again); build slice {index} again: `irpo data build --iter "
             f"{job.iteration} --slice {index}` samples it from the new weights"
         )
-    step = int(Path(checkpoint).name.split("-")[1])
     if step < start:
         raise RunFolderError(f"{checkpoint} is at step {step}, before slice {index}'s first step {start}")
+    return step

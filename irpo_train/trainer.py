@@ -54,13 +54,32 @@ class DPONLLTrainer(Trainer):
     and saved models are the LM inside it, as a plain transformers folder.
     """
 
-    def __init__(self, *args, beta: float, alpha: float, objective: str = "dpo_nll", reference=None, **kwargs):
+    def __init__(
+        self,
+        *args,
+        beta: float,
+        alpha: float,
+        objective: str = "dpo_nll",
+        reference=None,
+        in_order: bool = False,
+        **kwargs,
+    ):
         super().__init__(*args, **kwargs)
         self.beta, self.alpha, self.objective = beta, alpha, objective
+        # A semi-online slice's rows come in the order they are trained in, already shuffled and cut to its
+        # steps (irpo_train.train_slice): read in order, whatever step the run resumes at.
+        self.in_order = in_order
         # irpo_train.reference.StepReference (train.reference_logps=per_step), or None: the batches
         # carry precomputed reference log-probs (or the objective needs none).
         self.reference = reference
         self._parts: list[dict[str, torch.Tensor]] = []
+
+    def _get_train_sampler(self, train_dataset=None):
+        if self.in_order:
+            return torch.utils.data.SequentialSampler(
+                train_dataset if train_dataset is not None else self.train_dataset
+            )
+        return super()._get_train_sampler(train_dataset)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         if self.reference is not None:

@@ -30,12 +30,13 @@ SEMI = [
     "sampling.engine=transformers",
     "task.max_questions=4",
     "task.held_out=2",
-    "sampling.num_samples=3",
+    "sampling.num_samples=4",
     "sampling.max_new_tokens=24",
     "pairs.max_tokens=64",
-    "pairs.pairs_per_question=2",
-    "train.max_steps=2",
-    "sampling.resample_every=1",  # two slices: steps [0, 1) and [1, 2)
+    "pairs.pairs_per_question=4",  # 8 pairs a slice: the batches of its two steps differ
+    "train.max_steps=4",
+    "sampling.resample_every=2",  # two slices: steps [0, 2) and [2, 4)
+    "train.save_every=1",  # a checkpoint after every step, for the kill within slice 1
     "train.batch_size=2",
     "train.gradient_accumulation_steps=1",
     "train.select_every=1",
@@ -94,24 +95,25 @@ def test_a_semi_online_iteration_killed_between_slices_resumes_to_the_same_pairs
     slices = [json.loads((root / f"iter_1/slices/slice-{j}/record.json").read_text()) for j in (0, 1)]
     manifest = json.loads((root / "models/M_1/train_manifest.json").read_text())
     trained = manifest["semi_online"]["slices"]
-    # Slice 0 was sampled from M_0, slice 1 from the weights after step 1, which are not M_0's.
+    # Slice 0 was sampled from M_0, slice 1 from the weights after step 2, which are not M_0's.
     assert slices[0]["weights_sha256"] == weights_sha256(stopping_model)
     assert slices[1]["weights_sha256"] == trained[0]["weights_sha256"] != slices[0]["weights_sha256"]
     settings = json.loads((root / "iter_1/samples/slice-1/settings.json").read_text())
     assert settings["weights_sha256"] == trained[0]["weights_sha256"]
-    assert [s["steps"] for s in slices] == [[0, 1], [1, 2]] and [s["steps"] for s in trained] == [[0, 1], [1, 2]]
+    assert [s["steps"] for s in slices] == [[0, 2], [2, 4]] and [s["steps"] for s in trained] == [[0, 2], [2, 4]]
     # The iteration's pairs are every slice's, published as a build's; M_1 names them.
     pairs = pl.from_arrow(load_from_disk(str(root / "iter_1/pairs"))["train"].data.table)
     assert set(pairs["slice"]) == {0, 1} and pairs.height == sum(s["counts"]["pairs"] for s in slices)
     built = json.loads((root / "iter_1/manifest.json").read_text())
-    assert manifest["pairs_fingerprint"] == built["pairs_fingerprint"] and manifest["steps"] == 2
-    # One run in segments: steps 1 and 2 in one metrics file, the held-out checks of both, and DPO's reference
-    # is M_0 throughout: the rewards are zero at step 1 only (at step 2 the policy has moved from M_0).
+    assert manifest["pairs_fingerprint"] == built["pairs_fingerprint"] and manifest["steps"] == 4
+    # One run in segments: steps 1-4 in one metrics file, the held-out checks of both, and DPO's reference
+    # is M_0 throughout: the rewards are zero at step 1 only (from step 2 on the policy has moved from M_0),
+    # also at step 3, slice 1's first, which a reference of the slice's own start would make zero again.
     metrics = [json.loads(line) for line in (root / "models/M_1/metrics.jsonl").read_text().splitlines()]
-    assert [m["step"] for m in metrics] == [1, 2]
-    assert metrics[0]["reward_chosen"] == 0.0 and metrics[1]["reward_chosen"] != 0.0
+    assert [m["step"] for m in metrics] == [1, 2, 3, 4]
+    assert metrics[0]["reward_chosen"] == 0.0 and all(m["reward_chosen"] != 0.0 for m in metrics[1:])
     choice = json.loads((root / "models/M_1/checkpoint_choice.json").read_text())
-    assert [h["step"] for h in choice["history"]] == [1, 2]
+    assert [h["step"] for h in choice["history"]] == [1, 2, 3, 4]
     assert not (root / "models/M_1.work").exists()  # the segments' checkpoints and weights are gone
 
     # The same iteration with `irpo run`, killed once slice 0 is trained, before slice 1 is built...
@@ -131,18 +133,38 @@ def test_a_semi_online_iteration_killed_between_slices_resumes_to_the_same_pairs
     os.killpg(run.pid, signal.SIGKILL)
     run.wait()
     assert done.is_file() and not (killed / "demo/iter_1/slices/slice-1/record.json").exists()
-    # ... then resumed by hand, slice by slice: slice 0 is not built or trained again.
-    for j in (0, 1):
-        for command in (("irpo-data", "build"), ("irpo", "train")):
-            result = subprocess.run(
-                _cli(*command, "--slice", j, "--runs-dir", killed, *overrides),
-                env=env,
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-            assert result.returncode == 0, result.stderr[-3000:]
-            assert ("already" in result.stderr) == (j == 0), result.stderr[-2000:]
+
+    # ... then resumed by hand, slice by slice: slice 0 is not built or trained again; slice 1's training is
+    # killed after its first step (step 3's checkpoint) and resumed there.
+    def by_hand(*command, j):
+        return subprocess.run(
+            _cli(*command, "--slice", j, "--runs-dir", killed, *overrides),
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+
+    for command in (("irpo-data", "build"), ("irpo", "train")):
+        result = by_hand(*command, j=0)
+        assert result.returncode == 0 and "already" in result.stderr, result.stderr[-3000:]
+    assert by_hand("irpo-data", "build", j=1).returncode == 0
+    train = subprocess.Popen(
+        _cli("irpo", "train", "--slice", 1, "--runs-dir", killed, "--quiet", *overrides),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    checkpoint = killed / "demo/models/M_1.work/select/checkpoints/checkpoint-3/trainer_state.json"
+    while not checkpoint.is_file() and train.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(train.pid, signal.SIGKILL)
+    train.wait()
+    assert not (killed / "demo/models/M_1").exists(), "slice 1's training ended before it could be killed"
+    resumed = by_hand("irpo", "train", j=1)
+    assert resumed.returncode == 0 and "resuming the select run from" in resumed.stderr, resumed.stderr[-3000:]
+    assert "checkpoint-3" in resumed.stderr
     again = killed / "demo"
     assert json.loads((again / "iter_1/manifest.json").read_text())["pairs_fingerprint"] == built["pairs_fingerprint"]
     assert weights_sha256(again / "models/M_1") == weights_sha256(root / "models/M_1")
