@@ -30,8 +30,8 @@ SEMI = [
     "sampling.engine=transformers",
     "task.max_questions=4",
     "task.held_out=2",
-    "sampling.num_samples=4",
-    "sampling.max_new_tokens=24",
+    "sampling.num_samples=6",
+    "sampling.max_new_tokens=64",  # most answers stop: losers enough for batches that differ
     "pairs.max_tokens=64",
     "pairs.pairs_per_question=4",  # 8 pairs a slice: the batches of its two steps differ
     "train.max_steps=4",
@@ -104,6 +104,9 @@ def test_a_semi_online_iteration_killed_between_slices_resumes_to_the_same_pairs
     # The iteration's pairs are every slice's, published as a build's; M_1 names them.
     pairs = pl.from_arrow(load_from_disk(str(root / "iter_1/pairs"))["train"].data.table)
     assert set(pairs["slice"]) == {0, 1} and pairs.height == sum(s["counts"]["pairs"] for s in slices)
+    # The premise of the kill within slice 1 below: its pairs are not all one pair, so its two steps' batches differ.
+    second = pairs.filter(pl.col("slice") == 1).select("question_id", "chosen_sample_idx", "rejected_sample_idx")
+    assert second.n_unique() > 1
     built = json.loads((root / "iter_1/manifest.json").read_text())
     assert manifest["pairs_fingerprint"] == built["pairs_fingerprint"] and manifest["steps"] == 4
     # One run in segments: steps 1-4 in one metrics file, the held-out checks of both, and DPO's reference
@@ -168,6 +171,10 @@ def test_a_semi_online_iteration_killed_between_slices_resumes_to_the_same_pairs
     again = killed / "demo"
     assert json.loads((again / "iter_1/manifest.json").read_text())["pairs_fingerprint"] == built["pairs_fingerprint"]
     assert weights_sha256(again / "models/M_1") == weights_sha256(root / "models/M_1")
+    # M_1 is the best checked step, which may come before the kill: every step's loss is compared too.
+    losses = [{k: m[k] for k in ("step", "loss", "dpo", "nll", "reward_chosen", "reward_rejected")} for m in metrics]
+    resumed_metrics = [json.loads(line) for line in (again / "models/M_1/metrics.jsonl").read_text().splitlines()]
+    assert [{k: m[k] for k in losses[0]} for m in resumed_metrics] == losses
     # A whole-iteration command on a semi-online card says how to run it.
     whole = subprocess.run(
         _cli("irpo", "train", "--runs-dir", killed, *overrides), env=env, capture_output=True, text=True
