@@ -21,12 +21,13 @@ from irpo import timing
 from irpo.card import BUILD_SECTIONS, Card
 from irpo.errors import RunFolderError, SettingError
 from irpo.models import ResolvedModel, resolve_model
-from irpo.pairs import build_pairs
+from irpo.pairs import build_pairs, example_pairs
 from irpo.prompts import prompt_format
 from irpo.reading import load_dataset_dir, read_json
 from irpo.runs import RunFolder, set_aside, write_json_atomic, write_parquet_atomic, write_text_atomic
 from irpo.slices import SlicePlan, slice_plan
 from irpo.tasks import task_from_config
+from irpo.tracking import open_tracker
 from irpo_data.build import (
     BuildJob,
     gold_table,
@@ -220,6 +221,9 @@ def _publish_iteration(card: Card, run: RunFolder, iteration: int, plan: SlicePl
     # The iteration's questions and prompts: those of its slices, in slice order.
     data_sha256 = hashlib.sha256("".join(r["sampling"]["data_sha256"] for r in records).encode()).hexdigest()
     manifest = publish(job, pairs, stats, report, params, data_sha256, sampling)
+    with open_tracker(card, run, f"build-{iteration}") as tracker:  # as an offline build logs its counts
+        tracker.log({f"build/{k}": v for k, v in manifest.counts.items()}, iteration)
+        tracker.table(f"build/example_pairs_{iteration}", example_pairs(pairs), iteration)
     log.info(
         "iteration %d: %d slices published, %d pairs -> %s (fingerprint %s)",
         iteration,

@@ -122,6 +122,17 @@ def build(
             f"{counts['questions_paired']} of {counts['questions']} questions, sampled from {record['model']}; "
             f"fingerprint {record['pairs_fingerprint'][:16]}"
         )
+        run = RunFolder.for_card(resolved, runs_dir)
+        if push_to_hub and run.manifest(iteration).is_file():  # the last slice published the iteration
+            _push(
+                run.iteration(iteration),
+                push_to_hub,
+                iteration,
+                BuildManifest.from_json(run.manifest(iteration)),
+                private,
+            )
+        elif push_to_hub:
+            click.echo(f"iteration {iteration} is published after its last slice; --push-to-hub pushes it then")
         return
     with run_lock(RunFolder.for_card(resolved, runs_dir).root):
         result = build_iteration(resolved, iteration, runs_dir, model=model, progress=not quiet)
