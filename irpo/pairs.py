@@ -102,10 +102,11 @@ def build_pairs(
         pl.lit("sample").alias("source"),
     )
     columns = _pool_columns(samples)
-    labels, vote_stats = None, {}
+    labels, vote_stats, finished = None, {}, kept
     if config.label != "gold":
         labels, vote_stats = _vote(samples, config, task)
         kept = _label_by_vote(kept, labels)
+        vote_stats["generations_set_aside_by_vote"] = finished.height - kept.height  # answers between the two
         if gold is not None:  # a question labelled by vote never has a gold winner
             by_vote = labels.filter(pl.col("label") == "vote")["question_id"].implode()
             gold = gold.filter(~pl.col("question_id").is_in(by_vote))
@@ -120,11 +121,11 @@ def build_pairs(
     stats = {
         "generations": samples.height,
         **{f"dropped_{r}": int(dropped.get(r, 0)) for r in DROP_REASONS},
-        "generations_kept": kept.height,
+        "generations_kept": finished.height,
         "losers_off_format": kept.filter(~pl.col("winner") & ~pl.col("well_formed").fill_null(False)).height,
         **gold_stats,
         "questions": n_questions,
-        "questions_no_usable_generation": n_questions - kept["question_id"].n_unique(),
+        "questions_no_usable_generation": n_questions - finished["question_id"].n_unique(),
         "questions_no_correct": per_question.filter(pl.col("n_winners") == 0).height,
         "questions_no_wrong": per_question.filter(pl.col("n_losers") == 0).height,
         # Answers whose verification ran out of time (irpo.grading): graded wrong, counted here.
@@ -146,6 +147,8 @@ def build_pairs(
     stats["pairs"] = pairs.height
     # Of the samples with a gold answer to judge them by (a question labelled by vote may have none).
     stats["sample_accuracy"] = float(samples["correct"].drop_nulls().mean() or 0.0)  # type: ignore[arg-type]
+    if config.label != "gold":
+        stats["samples_judged"] = samples["correct"].drop_nulls().len()
     return pairs, stats
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import polars as pl
 
 from irpo import __version__, timing
-from irpo.card import BUILD_SECTIONS, Card
+from irpo.card import ADDED_KEYS, BUILD_SECTIONS, Card
 from irpo.grading import grade_many
 from irpo.hardware import describe
 from irpo.models import ResolvedModel, iteration_model, resolve_model
@@ -383,7 +383,8 @@ def build_more_pairs(card: Card, iteration: int, factor: int, runs_dir: str | Pa
     )
     out, record = run.pairs(iteration, factor), run.pairs_record(iteration, factor)
     settings = {
-        "pairs": dataclasses.asdict(config),
+        # Keys added since at their defaults are left out, so a folder paired by an earlier release stays complete.
+        "pairs": {k: v for k, v in dataclasses.asdict(config).items() if ADDED_KEYS.get(f"pairs.{k}", ...) != v},
         "seed": card.seed,
         "samples_fingerprint": _samples_digest(run.samples(iteration)),
     }

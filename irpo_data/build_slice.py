@@ -20,7 +20,7 @@ import polars as pl
 from irpo import timing
 from irpo.card import BUILD_SECTIONS, Card
 from irpo.errors import RunFolderError, SettingError
-from irpo.models import ResolvedModel, resolve_model
+from irpo.models import ResolvedModel, resolve_model, weights_sha256
 from irpo.pairs import build_pairs, example_pairs
 from irpo.prompts import prompt_format
 from irpo.reading import load_dataset_dir, read_json
@@ -59,28 +59,66 @@ def build_slice(card: Card, iteration: int, index: int, runs_dir: str | Path = "
     run.freeze_card(card, BUILD_SECTIONS)
     build_sha = card.sha256(BUILD_SECTIONS)
     start = sampling_model(card, run, iteration, None)  # M_(T-1): the iteration's identity, as an offline build's
+    key = {"build_card_sha256": build_sha, "slices": [plan.every, plan.count]}  # train.max_steps deals the slices
     if index == 0:
-        _set_aside_if_stale(run, iteration, build_sha, start.weights_sha256)
+        _set_aside_if_stale(run, iteration, key, start.weights_sha256)
     record_path = run.slice(iteration, index) / RECORD
-    if record_path.is_file() and read_json(record_path).get("build_card_sha256") == build_sha:
+    record = read_json(record_path) if record_path.is_file() else None
+    if record is not None and {k: record.get(k) for k in key} != key:
+        raise RunFolderError(
+            f"slice {index} of iteration {iteration} was dealt with other settings (train.max_steps, "
+            f"sampling.resample_every); build slice 0 first: `irpo data build --iter {iteration} --slice 0` sets the "
+            "iteration's old slices aside"
+        )
+    if record is not None and _sampled_from_current_weights(run, iteration, plan, index, record):
         log.info("iteration %d, slice %d: already built; nothing to do", iteration, index)
-        if plan.last(index) and not run.manifest(iteration).is_file():
+        if plan.last(index) and not _published(run, iteration, plan):
             _publish_iteration(card, run, iteration, plan, start)
-        return read_json(record_path)
-    record = _sample_and_pair(card, run, iteration, index, plan, start, build_sha, progress)
+        return record
+    # About to be built (again): no manifest may vouch for the iteration's pairs until the last slice is.
+    if run.manifest(iteration).is_file():
+        set_aside(run.manifest(iteration), f"slice {index} of iteration {iteration} is built again")
+    record = _sample_and_pair(card, run, iteration, index, plan, start, key, progress)
     if plan.last(index):
         _publish_iteration(card, run, iteration, plan, start)
     return record
 
 
-def _set_aside_if_stale(run: RunFolder, iteration: int, build_sha: str, start_sha: str) -> None:
-    """An iteration sliced from another M_(T-1), or built from another card, is set aside whole (kept)."""
+def _set_aside_if_stale(run: RunFolder, iteration: int, key: dict, start_sha: str) -> None:
+    """An iteration sliced from another M_(T-1), another card or into other slices is set aside whole (kept)."""
     first = run.slice(iteration, 0) / RECORD
     if not first.is_file():
         return
     before = read_json(first)
-    if (before.get("build_card_sha256"), before.get("weights_sha256")) != (build_sha, start_sha):
-        set_aside(run.iteration(iteration), f"iteration {iteration} was sliced from another card or M_{iteration - 1}")
+    if ({k: before.get(k) for k in key}, before.get("weights_sha256")) != (key, start_sha):
+        set_aside(
+            run.iteration(iteration),
+            f"iteration {iteration} was sliced from another card, M_{iteration - 1} or train.max_steps",
+        )
+
+
+def _sampled_from_current_weights(run: RunFolder, iteration: int, plan: SlicePlan, index: int, record: dict) -> bool:
+    """Whether slice `index`'s record still holds: the weights it was sampled from are those training reached
+    (slice J-1 may have been trained again since); where they are gone, the training after them is done."""
+    if index == 0:
+        return True  # M_(T-1): checked with the whole iteration (_set_aside_if_stale)
+    folder = run.slice_weights(iteration, plan.steps(index)[0])
+    if not (folder / "config.json").is_file() or weights_sha256(folder) == record.get("weights_sha256"):
+        return True
+    for j in range(index, plan.count):  # this slice and the ones after it were sampled from other weights
+        for stale in (run.slice(iteration, j), run.samples(iteration) / f"slice-{j}"):
+            if stale.exists():
+                set_aside(stale, f"slice {j} of iteration {iteration} was sampled from weights trained again since")
+    return False
+
+
+def _published(run: RunFolder, iteration: int, plan: SlicePlan) -> bool:
+    """Whether the iteration's manifest is there and names the pairs every slice's record has now."""
+    if not run.manifest(iteration).is_file():
+        return False
+    slices = read_json(run.manifest(iteration)).get("sampling", {}).get("semi_online", {}).get("slices", [])
+    now = [read_json(run.slice(iteration, j) / RECORD)["pairs_fingerprint"] for j in range(plan.count)]
+    return [s.get("pairs_fingerprint") for s in slices] == now
 
 
 def slice_model(card: Card, run: RunFolder, iteration: int, plan: SlicePlan, index: int, start: ResolvedModel):
@@ -97,7 +135,7 @@ def slice_model(card: Card, run: RunFolder, iteration: int, plan: SlicePlan, ind
     return resolve_model(str(folder), trust_remote_code=card.model.trust_remote_code)
 
 
-def _sample_and_pair(card, run, iteration, index, plan, start, build_sha, progress) -> dict:
+def _sample_and_pair(card, run, iteration, index, plan, start, key, progress) -> dict:
     from transformers import AutoTokenizer  # here: `irpo data --help` and `irpo run`'s parent import this module
 
     with timing.phase("model and questions"):
@@ -108,6 +146,12 @@ def _sample_and_pair(card, run, iteration, index, plan, start, build_sha, progre
     tokenizer = AutoTokenizer.from_pretrained(start.path, trust_remote_code=card.model.trust_remote_code)
     fmt = prompt_format(start.path, tokenizer, task, card.task.prompt_style)
     prompts, too_long, table = iteration_prompts(task, sets, tokenizer, fmt.style, card.sampling.max_model_len)
+    if len(prompts.questions) < plan.count:
+        raise SettingError(
+            f"{len(prompts.questions)} training questions cannot fill {plan.count} slices (train.max_steps="
+            f"{plan.max_steps} in slices of sampling.resample_every={plan.every} steps): raise "
+            "sampling.resample_every or task.max_questions"
+        )
     if index == 0:
         write_parquet_atomic(table, run.questions(iteration))
         if sets.contaminated is not None:
@@ -168,7 +212,7 @@ def _sample_and_pair(card, run, iteration, index, plan, start, build_sha, progre
     record = {
         "slice": index,
         "steps": list(plan.steps(index)),
-        "build_card_sha256": build_sha,
+        **key,
         "model": model.spec,
         "weights_sha256": model.weights_sha256,  # what this slice was sampled from
         "questions": len(questions),
@@ -242,9 +286,10 @@ def _sum_counts(counts: list[dict]) -> dict:
             if isinstance(value, bool) or not isinstance(value, int):
                 continue
             total[key] = total.get(key, 0) + value
-    generations = total.get("generations", 0)
+    # Weighted by the samples each slice could judge (all of them, unless some questions have no gold).
+    judged = [c.get("samples_judged", c["generations"]) for c in counts]
     total["sample_accuracy"] = (
-        sum(c["sample_accuracy"] * c["generations"] for c in counts) / generations if generations else 0.0
+        sum(c["sample_accuracy"] * n for c, n in zip(counts, judged)) / sum(judged) if sum(judged) else 0.0
     )
     total["contaminated"] = counts[0].get("contaminated")
     return total

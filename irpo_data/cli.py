@@ -112,6 +112,11 @@ def build(
             resolved, f"build {RunFolder.for_card(resolved, runs_dir).iteration(iteration)} from {source}"
         )
 
+    if slice_index is not None and (model or pairs_factor > 1):
+        raise IrpoError(
+            "--slice samples from the weights training reached and pairs at the card's K: leave out --model and "
+            "--pairs-factor"
+        )
     start_reaper()  # the engine's processes die with this command
     if slice_index is not None:
         with run_lock(RunFolder.for_card(resolved, runs_dir).root):

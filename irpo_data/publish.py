@@ -60,7 +60,10 @@ def dataset_card(**fields) -> str:
         **stats,
         **fields,
         "drop_table": "\n".join(rows),
-        "sample_accuracy": f"{stats['sample_accuracy']:.1%}",
+        # pairs.label vote: questions without gold have no accuracy; none at all is said so, not shown as 0%
+        "sample_accuracy": "n/a (no gold answers)"
+        if stats.get("samples_judged") == 0
+        else f"{stats['sample_accuracy']:.1%}",
         "labelling": labelling(label, stats),
     }
     return string.Template(template).substitute(values)

@@ -54,7 +54,7 @@ DROPS = (
     ("contaminated", "training questions also in the test set, left out"),
     # pairs.label vote or mixed (ScPO's labels): present only in such runs' manifests
     ("questions_labelled_by_vote", "questions labelled by vote (pairs.label)"),
-    ("questions_vote_unanimous", "of them with one answer only (no loser)"),
+    ("questions_vote_unanimous", "of them with fewer than two answers (no loser)"),
     ("questions_vote_tied", "of them with every answer tied (no pairs)"),
     ("vote_winner_correct", "of them with gold all the same: the vote was right"),
     ("vote_winner_judged", "of them with gold all the same: judged"),

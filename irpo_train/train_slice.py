@@ -54,7 +54,8 @@ def train_slice(card: Card, iteration: int, index: int, runs_dir: str | Path = "
         if job is None:
             return RunFolder.for_card(card, runs_dir).model(iteration)
         done = job.work / "slices" / f"slice-{index}" / "done.json"
-        if done.is_file() and read_json(done).get("pairs_fingerprint") == job.fingerprint:
+        # The last slice is done when M_T is written (prepare_job said so above): a kill while saving it redoes the save.
+        if not plan.last(index) and done.is_file() and read_json(done).get("pairs_fingerprint") == job.fingerprint:
             log.info("iteration %d, slice %d: already trained; nothing to do", iteration, index)
             return job.out_dir
         with open_tracker(card, job.run, f"train-{job.out_dir.name}-slice-{index}") as job.tracker:
@@ -69,7 +70,8 @@ def train_slice(card: Card, iteration: int, index: int, runs_dir: str | Path = "
 def _train_segment(job: TrainJob, plan, index: int, done: Path, progress: bool) -> None:
     start, end = plan.steps(index)
     folder = job.work / "select"
-    resumed_at = _resume_point(job, folder, plan, index)
+    # After the last slice's run (its record written, M_T not yet): fit() reuses the record, nothing resumes.
+    resumed_at = end if (folder / "done.json").is_file() else _resume_point(job, folder, plan, index)
     tokenizer = load_tokenizer(job)
     args = training_arguments(job, folder, end, progress, in_order=True)
     rows, _, notes = training_rows(job, tokenizer, progress)
@@ -88,6 +90,7 @@ def _train_segment(job: TrainJob, plan, index: int, done: Path, progress: bool) 
             "steps": [start, end],
             "pairs_fingerprint": job.fingerprint,
             "pairs_trained": notes["pairs_trained"],
+            "pairs_dropped_too_long": notes["pairs_dropped_too_long"],
             "weights_sha256": weights_sha256(weights) if weights is not None else None,
             "timings": timing.take(),
         }
@@ -102,7 +105,8 @@ def _train_segment(job: TrainJob, plan, index: int, done: Path, progress: bool) 
     if distributed.is_main():
         slices = [read_json(job.work / "slices" / f"slice-{j}" / "done.json") for j in range(plan.count)]
         notes["semi_online"] = {"resample_every": plan.every, "slices": slices}
-        notes["pairs_trained"] = sum(s["pairs_trained"] for s in slices)
+        for count in ("pairs_trained", "pairs_dropped_too_long"):
+            notes[count] = sum(s[count] for s in slices)
         # M_T is of the iteration's pairs: every slice's, as the last slice's build published them.
         manifest = read_json(job.run.manifest(job.iteration))
         job.identity = {**job.identity, "pairs_fingerprint": manifest["pairs_fingerprint"]}

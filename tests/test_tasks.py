@@ -407,8 +407,10 @@ def test_rows_without_gold_are_kept_for_a_vote_and_never_held_out(tmp_path):
     for _ in range(3):
         train, held = split_held_out(kept.questions, 1)
         assert len(held) == 1 and held[0].has_gold and len(train) == 3
-    with pytest.raises(TaskError, match="with a gold answer"):
-        split_held_out(kept.questions, 2)
+    assert split_held_out(kept.questions, 2)[1] == [kept.questions[0], kept.questions[3]]
+    with pytest.raises(TaskError, match="only 2 of the 4 training questions have a gold answer"):
+        split_held_out(kept.questions, 3)
+    assert split_held_out([q for q in kept.questions if not q.has_gold], 0)[1] == []  # nothing held out: fine
     # ARC: an answer key that is missing keeps the row, with its options, when asked to.
     arc = {"id": "Q1", "question": "Which is a gas?", "choices": {"text": ["rock", "air"], "label": ["A", "B"]}}
     (tmp_path / "arc").mkdir()

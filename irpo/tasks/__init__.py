@@ -329,10 +329,15 @@ def split_held_out(questions: list[Question], held_out: int) -> tuple[list[Quest
     Only questions with a gold answer can be held out: the checks grade against it.
     """
     labelled = [q for q in questions if q.has_gold]
-    if held_out >= len(labelled):
+    if held_out >= len(questions):
         raise TaskError(
-            f"task.held_out={held_out} leaves no training questions out of {len(labelled)} with a gold answer; "
-            "lower task.held_out"
+            f"task.held_out={held_out} leaves no training questions out of {len(questions)}; lower task.held_out"
+        )
+    if held_out > len(labelled):
+        raise TaskError(
+            f"task.held_out={held_out}, but only {len(labelled)} of the {len(questions)} training questions have a "
+            "gold answer, which the held-out checks grade against; lower task.held_out, or choose the step on a "
+            "split with gold answers (task.selection_split)"
         )
     ranked = sorted(labelled, key=lambda q: hashlib.sha256(q.question_id.encode()).digest())
     held_ids = {q.question_id for q in ranked[:held_out]}
