@@ -62,9 +62,11 @@ def main(card, iteration, slice_index, runs_dir, ablation, push_models_to_hub, p
       irpo train --card gsm8k --iter 2 train.lora=true train.max_steps=2000
       irpo train --ablation sft_winners            # the STaR baseline beside M_1, same pairs
       irpo train --iter 2 --push-models-to-hub ORG/irpo-demo-models   # M_2 to branch iter_2 (and main)
+      irpo train --slice 0 sampling.resample_every=4   # a semi-online iteration's first slice (after its build)
 
     train.objective picks the loss: dpo_nll (the paper's, default), dpo (alpha = 0),
-    sft_winners (NLL on the winners), sft_gold (NLL on the dataset's gold solutions).
+    sft_winners (NLL on the winners), sft_gold (NLL on the dataset's gold solutions),
+    dpo_norm_nll (length-normalised DPO + NLL).
     With train.retrain_with_held_out (the paper's) a selection run chooses the step on the
     held-out questions, then a retrain on all pairs for that many steps makes M_T.
 
