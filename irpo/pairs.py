@@ -4,8 +4,9 @@
 
 Steps, as Pang et al. (2024) §2-3 prescribe (each departure is a PairsConfig switch):
 1. Drop generations cut off at max_new_tokens or at the end of the context (finish_reason
-   "length"), or longer than `max_tokens` (None: no such limit; what overflowed the context is gone). With `drop_off_format`, also those that do not state
-   their answer in the prompt's format (irpo's old rule; the paper has no such filter).
+   "length"), or longer than `max_tokens` (None: no such limit; what overflowed the context is gone).
+   With `drop_off_format`, also those that do not state their answer in the prompt's format (irpo's
+   old rule; the paper has no such filter).
 2. Winners G_w: correct *and* stated in the prompt's format (the paper reads the final answer
    from "Final answer: ..."). Losers G_l: every other finished answer, off-format ones included
    (reward 0; counted as `losers_off_format`).
@@ -25,8 +26,9 @@ equivalent answers together, no answer never votes, over all its samples); step 
 winners the finished, well-formed samples of the most-voted answer and as losers the finished samples
 of the least-voted one (the other answers sit out; so do the most-voted's off-format samples, which would
 otherwise be paired against their own answer); a question with fewer than two answers, or whose answers
-all tie, has no pairs (their weight would be 0); no gold solution joins a question labelled by vote. Such a table has two more columns: `label` ("gold" or
-"vote") and `weight` (the vote margin, (votes of the winner - votes of the loser) / samples; 1 for gold).
+all tie, has no pairs (their weight would be 0); no gold solution joins a question labelled by vote.
+Such a table has two more columns: `label` ("gold" or "vote") and `weight` (the vote margin, (votes of
+the winner - votes of the loser) / samples; 1 for gold).
 
 With token ids (samples from irpo_data.sampling carry `prompt_token_ids` and `completion_token_ids`,
 the gold table `completion_token_ids`), each pair also carries `prompt_token_ids`,

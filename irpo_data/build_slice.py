@@ -1,7 +1,7 @@
 """`irpo data build --iter T --slice J`: slice J of a semi-online iteration (sampling.resample_every; irpo.slices).
 
     slice J's questions ─► samples/slice-J/ (from M_(T-1) for J = 0, else the weights training reached at
-    step J x s) ─► gold ─► build_pairs ─► slices/slice-J/pairs + record.json (last: it vouches for the slice)
+    step J x s) ─► gold ─► build_pairs ─► slices/slice-J/pairs + record.json (last: it vouches for it)
 
 After the last slice: the iteration's pairs/ (every slice's pairs, with a `slice` column), README.md and
 manifest.json, as irpo_data.build publishes an offline iteration, so pushing and the report read it the same.

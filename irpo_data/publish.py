@@ -90,7 +90,8 @@ def labelling(label: str, stats: dict) -> str:
         f"| pairs labelled by vote | {stats.get('pairs_labelled_by_vote', 0)} |\n"
         f"| questions labelled by vote with fewer than two answers (no loser) | "
         f"{stats.get('questions_vote_unanimous', 0)} |\n"
-        f"| questions labelled by vote whose answers all tie (margin 0: no pairs) | {stats.get('questions_vote_tied', 0)} |\n"
+        "| questions labelled by vote whose answers all tie (margin 0: no pairs) | "
+        f"{stats.get('questions_vote_tied', 0)} |\n"
         f"| questions labelled by vote whose most-voted answer is right (where a gold answer exists: {judged}) | "
         f"{right} |"
     )

@@ -243,7 +243,8 @@ def load_slice_pairs(run: RunFolder, iteration: int, index: int):
     if dataset.num_rows == 0:
         raise SettingError(
             f"{folder / 'pairs'} has no pairs (see {folder / 'record.json'} for why): slice {index} has nothing to "
-            "train on; raise sampling.num_samples or sampling.resample_every (fewer, larger slices), or use an easier task"
+            "train on; raise sampling.num_samples or sampling.resample_every (fewer, larger slices), or use an "
+            "easier task"
         )
     return dataset, read_json(folder / "record.json")["pairs_fingerprint"]
 

@@ -46,8 +46,9 @@ def dpo_nll_loss(
     With `rejected_lengths`, each log-ratio is divided by its answer's length (dpo_norm_nll); the
     rewards are then per token. With `weights` (pairs labelled by vote: the vote margin), each pair's loss,
     both terms, is multiplied by its weight before the batch mean, as ScPO's loss (Prasad et al. 2024, eq. 3)
-    weighs it; without, every pair weighs 1 and the arithmetic is the paper's, unchanged. parts: dpo, nll (batch means), reward_chosen / reward_rejected
-    (beta x log-ratio), reward_margin, reward_accuracy (share of pairs whose margin is positive), all detached.
+    weighs it; without, every pair weighs 1 and the arithmetic is the paper's, unchanged.
+    parts (unweighted): dpo, nll (batch means), reward_chosen / reward_rejected (beta x log-ratio),
+    reward_margin, reward_accuracy (share of pairs whose margin is positive), all detached.
     """
     tensors = (chosen_logps, rejected_logps, ref_chosen_logps, ref_rejected_logps, chosen_lengths)
     tensors += () if rejected_lengths is None else (rejected_lengths,)

@@ -54,7 +54,7 @@ def train_slice(card: Card, iteration: int, index: int, runs_dir: str | Path = "
         if job is None:
             return RunFolder.for_card(card, runs_dir).model(iteration)
         done = job.work / "slices" / f"slice-{index}" / "done.json"
-        # The last slice is done when M_T is written (prepare_job said so above): a kill while saving it redoes the save.
+        # The last slice is done when M_T is written (prepare_job says so): a kill while saving it redoes the save.
         if not plan.last(index) and done.is_file() and read_json(done).get("pairs_fingerprint") == job.fingerprint:
             log.info("iteration %d, slice %d: already trained; nothing to do", iteration, index)
             return job.out_dir

@@ -334,7 +334,8 @@ def test_a_mixed_run_labels_questions_without_gold_by_vote(tmp_path):
     require_vllm()
     # vLLM: the demo model needs ~100 tokens to state an answer, too slow on the transformers engine.
     settings = ["sampling.engine=vllm", f"task.data_dir={data}", "task.max_questions=8", "task.held_out=1",
-                "sampling.num_samples=6", "sampling.max_new_tokens=160", "pairs.max_tokens=160", "pairs.label=mixed"]  # fmt: skip
+                "sampling.num_samples=6", "sampling.max_new_tokens=160", "pairs.max_tokens=160",
+                "pairs.label=mixed"]  # fmt: skip
     result = invoke("build", "--runs-dir", runs, *settings)
     assert result.exit_code == 0, result.output
     iter_dir = runs / "demo" / "iter_1"
