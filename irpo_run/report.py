@@ -80,6 +80,7 @@ class Iteration:
     held_out_chart: Markup | None = None
     logps_png: str | None = None  # base64
     timings: list[dict] = field(default_factory=list)
+    slices: list[dict] = field(default_factory=list)  # a semi-online iteration's (sampling.resample_every)
 
 
 def write_report(run: RunFolder) -> Path:
@@ -178,6 +179,7 @@ def _iteration(run: RunFolder, t: int, stages: list) -> Iteration:
     counts = it.manifest.counts if it.manifest else {}
     it.drops = [(label, counts[key]) for key, label in DROPS if counts.get(key) is not None]
     it.examples = example_pairs(_pairs(run.pairs(t)), EXAMPLES) if it.manifest else []
+    it.slices = _slices(run, t)
     choice = _checkpoint_choice(run.model(t) / CHECKPOINT_CHOICE)
     if choice:
         best = (choice.get("best") or {}).get("step")
@@ -191,6 +193,31 @@ def _iteration(run: RunFolder, t: int, stages: list) -> Iteration:
                 peak = record.timings.get("peak_gb", {}).get(phase)
                 it.timings.append({"stage": stage if i == 0 else "", "phase": phase, "seconds": seconds, "peak": peak})
     return it
+
+
+def _slices(run: RunFolder, t: int) -> list[dict]:
+    """A semi-online iteration's slices as built so far: steps, the weights sampled from, accuracy, pairs."""
+    rows, j = [], 0
+    while (run.slice(t, j) / "record.json").is_file():
+        try:
+            record = read_json(run.slice(t, j) / "record.json")
+        except RecordError as exc:  # the table stops there; the run's files are the run's
+            log.warning("report: %s", exc)
+            break
+        counts = record.get("counts", {})
+        rows.append(
+            {
+                "slice": j,
+                "steps": "{}-{}".format(*record["steps"]),
+                "sampled_from": f"M_{t - 1}" if j == 0 else f"the weights after step {record['steps'][0]}",
+                "weights": str(record.get("weights_sha256", ""))[:12],
+                "sample_accuracy": counts.get("sample_accuracy"),
+                "pairs": counts.get("pairs"),
+                "questions": record.get("questions"),
+            }
+        )
+        j += 1
+    return rows
 
 
 def _checkpoint_choice(path: Path) -> dict | None:

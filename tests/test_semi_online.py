@@ -85,7 +85,9 @@ def test_a_semi_online_iteration_killed_between_slices_resumes_to_the_same_pairs
     from datasets import load_from_disk
 
     from irpo.models import weights_sha256
+    from irpo.runs import RunFolder
     from irpo_data.build_slice import build_slice
+    from irpo_run.report import write_report
     from irpo_train.train_slice import train_slice
 
     overrides = [f"model.base={stopping_model}", *SEMI]
@@ -121,6 +123,9 @@ def test_a_semi_online_iteration_killed_between_slices_resumes_to_the_same_pairs
     choice = json.loads((root / "models/M_1/checkpoint_choice.json").read_text())
     assert [h["step"] for h in choice["history"]] == [1, 2, 3, 4]
     assert not (root / "models/M_1.work").exists()  # the segments' checkpoints and weights are gone
+    html = write_report(RunFolder(root)).read_text()  # the report lists the slices and what each sampled from
+    assert "Slices (semi-online" in html and "the weights after step 2" in html
+    assert trained[0]["weights_sha256"][:12] in html
 
     # The same iteration with `irpo run`, killed once slice 0 is trained, before slice 1 is built...
     killed = tmp_path / "killed"
