@@ -88,6 +88,18 @@ def slice_plan(card: Card) -> SlicePlan | None:
     return SlicePlan(every, card.train.max_steps)
 
 
+def plan_of_slice(card: Card, iteration: int, index: int, command: str) -> SlicePlan:
+    """The card's slices for `command --slice index`; a SettingError on an offline card or a slice past the last."""
+    plan = slice_plan(card)
+    if plan is None:
+        raise SettingError(
+            "--slice needs sampling.resample_every (semi-online iterations); without it, run the whole iteration "
+            f"with `{command} --iter {iteration}`"
+        )
+    plan.check_index(index)
+    return plan
+
+
 def require_offline(card: Card, command: str) -> None:
     """A command that samples or trains a whole iteration at once, refused on a semi-online card."""
     plan = slice_plan(card)

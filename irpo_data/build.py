@@ -259,15 +259,7 @@ def _sample(job: BuildJob, tokenizer, progress: bool):
     )
     write_parquet_atomic(table, job.run.questions(job.iteration))
     data_sha256 = questions_sha256(prompts.questions, prompts.texts)
-    params = SamplingParams(
-        num_samples=card.sampling.num_samples,
-        temperature=card.sampling.temperature(job.iteration),
-        top_p=card.sampling.top_p,
-        max_new_tokens=card.sampling.max_new_tokens,
-        seed=card.seed,
-        stop_token_ids=job.format.stop_token_ids,
-        stop=job.format.stop_strings,
-    )
+    params = sampling_params(card, job.iteration, job.format)
     engine = make_engine(job.model.path, card.sampling, card.seed, card.model.trust_remote_code, card.resources)
     try:
         report = sample_answers(
@@ -285,6 +277,19 @@ def _sample(job: BuildJob, tokenizer, progress: bool):
     finally:
         engine.close()  # frees the vLLM engine's memory before the pair work and the stages after it
     return report, params, data_sha256
+
+
+def sampling_params(card: Card, iteration: int, fmt: PromptFormat) -> SamplingParams:
+    """What iteration `iteration` samples with: the card's sampling section and the model's stop tokens."""
+    return SamplingParams(
+        num_samples=card.sampling.num_samples,
+        temperature=card.sampling.temperature(iteration),
+        top_p=card.sampling.top_p,
+        max_new_tokens=card.sampling.max_new_tokens,
+        seed=card.seed,
+        stop_token_ids=fmt.stop_token_ids,
+        stop=fmt.stop_strings,
+    )
 
 
 def _pair(job: BuildJob, tokenizer):

@@ -25,7 +25,7 @@ from irpo.pairs import build_pairs, example_pairs
 from irpo.prompts import prompt_format
 from irpo.reading import load_dataset_dir, read_json
 from irpo.runs import RunFolder, set_aside, write_json_atomic, write_parquet_atomic, write_text_atomic
-from irpo.slices import SlicePlan, slice_plan
+from irpo.slices import SlicePlan, plan_of_slice
 from irpo.tasks import task_from_config
 from irpo.tracking import open_tracker
 from irpo_data.build import (
@@ -36,6 +36,7 @@ from irpo_data.build import (
     question_sets,
     questions_sha256,
     sampling_model,
+    sampling_params,
 )
 from irpo_data.publish import fingerprint, save_pairs
 from irpo_data.sampling import SamplingParams, SamplingReport, make_engine, read_samples, sample_answers
@@ -47,13 +48,7 @@ RECORD = "record.json"
 
 def build_slice(card: Card, iteration: int, index: int, runs_dir: str | Path = "runs", progress: bool = True) -> dict:
     """Sample, grade and pair slice `index` of iteration `iteration`; its record (slices/slice-J/record.json)."""
-    plan = slice_plan(card)
-    if plan is None:
-        raise SettingError(
-            "--slice needs sampling.resample_every (semi-online iterations); without it, build the whole iteration "
-            f"with `irpo data build --iter {iteration}`"
-        )
-    plan.check_index(index)
+    plan = plan_of_slice(card, iteration, index, "irpo data build")
     timing.take()  # this slice's phases only
     run = RunFolder.for_card(card, runs_dir)
     run.freeze_card(card, BUILD_SECTIONS)
@@ -172,15 +167,7 @@ def _sample_and_pair(card, run, iteration, index, plan, start, key, progress) ->
         model.spec,
         *plan.steps(index),
     )
-    params = SamplingParams(
-        num_samples=card.sampling.num_samples,
-        temperature=card.sampling.temperature(iteration),
-        top_p=card.sampling.top_p,
-        max_new_tokens=card.sampling.max_new_tokens,
-        seed=card.seed,
-        stop_token_ids=fmt.stop_token_ids,
-        stop=fmt.stop_strings,
-    )
+    params = sampling_params(card, iteration, fmt)
     engine = make_engine(model.path, card.sampling, card.seed, card.model.trust_remote_code, card.resources)
     try:
         with timing.phase("sampling"):

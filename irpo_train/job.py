@@ -67,7 +67,11 @@ class TrainJob:
     @property
     def cache_dir(self) -> Path:
         """Where the reference log-probs of these pairs are cached: a slice's next to its own pairs' record."""
-        return self.work if self.slice_index is None else self.work / "slices" / f"slice-{self.slice_index}"
+        return self.work if self.slice_index is None else self.slice_work(self.slice_index)
+
+    def slice_work(self, j: int) -> Path:
+        """models/M_T.work/slices/slice-J: slice J's training record (done.json) and reference cache."""
+        return self.work / "slices" / f"slice-{j}"
 
     @property
     def fixed_reference(self) -> bool:

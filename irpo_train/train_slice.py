@@ -20,12 +20,12 @@ from pathlib import Path
 
 from irpo import timing
 from irpo.card import Card
-from irpo.errors import RunFolderError, SettingError
+from irpo.errors import RunFolderError
 from irpo.hardware import release_memory
 from irpo.models import weights_sha256
 from irpo.reading import read_json
 from irpo.runs import RunFolder, write_json_atomic
-from irpo.slices import slice_plan
+from irpo.slices import plan_of_slice
 from irpo.tracking import open_tracker
 from irpo_train import distributed
 from irpo_train.fit import fit, last_complete_checkpoint, training_arguments
@@ -39,13 +39,7 @@ log = logging.getLogger(__name__)
 
 def train_slice(card: Card, iteration: int, index: int, runs_dir: str | Path = "runs", progress: bool = True) -> Path:
     """Train slice `index`'s segment; after the last, write M_T. Returns M_T's folder (done or not yet)."""
-    plan = slice_plan(card)
-    if plan is None:
-        raise SettingError(
-            "--slice needs sampling.resample_every (semi-online iterations); without it, train the whole iteration "
-            f"with `irpo train --iter {iteration}`"
-        )
-    plan.check_index(index)
+    plan = plan_of_slice(card, iteration, index, "irpo train")
     try:
         distributed.check_launch()
         distributed.init()
@@ -53,7 +47,7 @@ def train_slice(card: Card, iteration: int, index: int, runs_dir: str | Path = "
         job = prepare_job(card, iteration, runs_dir, None, slice_index=index)
         if job is None:
             return RunFolder.for_card(card, runs_dir).model(iteration)
-        done = job.work / "slices" / f"slice-{index}" / "done.json"
+        done = job.slice_work(index) / "done.json"
         # The last slice is done when M_T is written (prepare_job says so): a kill while saving it redoes the save.
         if not plan.last(index) and done.is_file() and read_json(done).get("pairs_fingerprint") == job.fingerprint:
             log.info("iteration %d, slice %d: already trained; nothing to do", iteration, index)
@@ -103,7 +97,7 @@ def _train_segment(job: TrainJob, plan, index: int, done: Path, progress: bool) 
     job.step_reference = None
     release_memory()
     if distributed.is_main():
-        slices = [read_json(job.work / "slices" / f"slice-{j}" / "done.json") for j in range(plan.count)]
+        slices = [read_json(job.slice_work(j) / "done.json") for j in range(plan.count)]
         notes["semi_online"] = {"resample_every": plan.every, "slices": slices}
         for count in ("pairs_trained", "pairs_dropped_too_long"):
             notes[count] = sum(s[count] for s in slices)
@@ -133,7 +127,7 @@ def _resume_point(job: TrainJob, folder: Path, plan, index: int) -> int:
     step = int(Path(checkpoint).name.split("-")[1]) if checkpoint else 0
     if index == 0:
         return step
-    previous = job.work / "slices" / f"slice-{index - 1}" / "done.json"
+    previous = job.slice_work(index - 1) / "done.json"
     if not previous.is_file() or checkpoint is None:
         raise RunFolderError(
             f"slice {index} of iteration {job.iteration} goes on from slice {index - 1}'s training, which "

@@ -78,6 +78,18 @@ def _cli(name: str, *args) -> list[str]:
     return [shutil.which(name) or str(Path(sys.executable).parent / name), *map(str, args)]
 
 
+def _kill_once(command: list[str], env: dict, written: Path, timeout: float = 300) -> None:
+    """Run `command` in a process group of its own and SIGKILL the group as soon as `written` exists."""
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    deadline = time.time() + timeout
+    while not written.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
 @pytest.mark.slow  # samples and trains a tiny model in several processes
 def test_a_semi_online_iteration_killed_between_slices_resumes_to_the_same_pairs_and_weights(
     tmp_path, stopping_model, caplog
@@ -130,19 +142,8 @@ def test_a_semi_online_iteration_killed_between_slices_resumes_to_the_same_pairs
     # The same iteration with `irpo run`, killed once slice 0 is trained, before slice 1 is built...
     killed = tmp_path / "killed"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    run = subprocess.Popen(
-        _cli("irpo", "run", "--iterations", 1, "--runs-dir", killed, "--quiet", *overrides),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     done = killed / "demo/models/M_1.work/slices/slice-0/done.json"
-    deadline = time.time() + 300
-    while not done.is_file() and run.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(run.pid, signal.SIGKILL)
-    run.wait()
+    _kill_once(_cli("irpo", "run", "--iterations", 1, "--runs-dir", killed, "--quiet", *overrides), env, done)
     assert done.is_file() and not (killed / "demo/iter_1/slices/slice-1/record.json").exists()
 
     # ... then resumed slice by slice (here in this process, what `irpo data build --slice J` and `irpo train
@@ -153,18 +154,8 @@ def test_a_semi_online_iteration_killed_between_slices_resumes_to_the_same_pairs
     train_slice(card, 1, 0, killed, progress=False)
     assert "slice 0: already built" in caplog.text and "slice 0: already trained" in caplog.text
     build_slice(card, 1, 1, killed, progress=False)
-    train = subprocess.Popen(
-        _cli("irpo", "train", "--slice", 1, "--runs-dir", killed, "--quiet", *overrides),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
     checkpoint = killed / "demo/models/M_1.work/select/checkpoints/checkpoint-3/trainer_state.json"
-    while not checkpoint.is_file() and train.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    os.killpg(train.pid, signal.SIGKILL)
-    train.wait()
+    _kill_once(_cli("irpo", "train", "--slice", 1, "--runs-dir", killed, "--quiet", *overrides), env, checkpoint)
     assert not (killed / "demo/models/M_1").exists(), "slice 1's training ended before it could be killed"
     caplog.clear()
     train_slice(card, 1, 1, killed, progress=False)
